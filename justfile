@@ -1,0 +1,28 @@
+# emollama tasks. `just --list` shows them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") / "release/emollama"
+
+# Install prerequisites (apt packages, just, cargo-nextest); idempotent.
+setup:
+    bash tools/setup.sh
+
+# Build the release binary (tensor code must be optimised).
+build:
+    cargo build --release
+
+# Run a recipe, e.g. `just run recipes/quickstart.toml --set model.use_av=false`.
+run recipe *args: build
+    {{bin}} run {{recipe}} {{args}}
+
+# Validate a recipe.
+check recipe *args: build
+    {{bin}} recipe check {{recipe}} {{args}}
+
+# The whole test suite, optimised (unoptimised candle is ~170x slower).
+test:
+    cargo nextest run --cargo-profile release --no-fail-fast
+
+# The emollama CLI itself, e.g. `just emollama registry list`.
+emollama *args: build
+    {{bin}} {{args}}

@@ -1,0 +1,94 @@
+//! Decoding samples into in-memory media, in parallel, with a progress bar and the recipe's error policy.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::media::{self, FrameSampling, MediaError};
+use crate::recipe::OnError;
+
+use super::Sample;
+
+/// A sample's decoded media at the recipe's sizes.
+#[derive(Debug, Clone)]
+pub struct DecodedMedia {
+    /// `frames × height × width × 3` RGB bytes.
+    pub frames: Vec<u8>,
+    pub num_frames: usize,
+    /// Exactly `audio_len` samples (16 kHz mono), padded with silence or cut.
+    pub audio: Vec<f32>,
+    /// The file had no audio stream (the audio is silence).
+    pub audio_missing: bool,
+}
+
+/// How to decode.
+#[derive(Debug, Clone)]
+pub struct DecodeSpec {
+    pub sampling: FrameSampling,
+    pub width: u32,
+    pub height: u32,
+    pub audio_len: usize,
+    pub on_error: OnError,
+    pub threads: usize,
+    pub show_progress: bool,
+}
+
+/// A sample whose media could not be used.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    pub id: String,
+    pub media: PathBuf,
+    pub reason: String,
+}
+
+/// Decodes every sample. Under `OnError::Skip` unreadable samples are dropped and returned in the
+/// second list; under `OnError::Fail` the first error stops the run.
+pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<(Vec<(Sample, DecodedMedia)>, Vec<Skipped>), MediaError> {
+    media::init();
+    let bar = crate::progress::bar(samples.len() as u64, "decode", spec.show_progress);
+    let results: Mutex<Vec<Option<Result<DecodedMedia, MediaError>>>> = Mutex::new((0..samples.len()).map(|_| None).collect());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = spec.threads.clamp(1, 8);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(sample) = samples.get(i) else { break };
+                    let r = decode_one(sample, spec);
+                    if let Ok(mut g) = results.lock() {
+                        g[i] = Some(r);
+                    }
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let results = results.into_inner().unwrap_or_default();
+    let mut ok = Vec::with_capacity(samples.len());
+    let mut skipped = Vec::new();
+    for (sample, r) in samples.into_iter().zip(results) {
+        match r {
+            Some(Ok(m)) => ok.push((sample, m)),
+            Some(Err(e)) if spec.on_error == OnError::Skip => {
+                tracing::warn!(sample = %sample.id, error = %e, "skipping sample");
+                skipped.push(Skipped { id: sample.id, media: sample.media, reason: e.to_string() });
+            }
+            Some(Err(e)) => return Err(e),
+            None => skipped.push(Skipped { id: sample.id, media: sample.media, reason: "not decoded".into() }),
+        }
+    }
+    Ok((ok, skipped))
+}
+
+fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, MediaError> {
+    let clip = media::decode_clip(&sample.media, &spec.sampling, spec.width, spec.height)?;
+    let num_frames = clip.video.frames.len();
+    let mut frames = Vec::with_capacity(num_frames * (spec.width * spec.height * 3) as usize);
+    for f in &clip.video.frames {
+        frames.extend_from_slice(f);
+    }
+    let mut audio = clip.audio.samples;
+    audio.resize(spec.audio_len, 0.0);
+    Ok(DecodedMedia { frames, num_frames, audio, audio_missing: clip.audio.missing })
+}

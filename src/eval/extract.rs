@@ -1,0 +1,58 @@
+//! Turning generated text into a label.
+
+use crate::recipe::LabelExtraction;
+
+/// The label found in `text`, or `None` when the text names no label (reported as unparsed).
+///
+/// - `Reference` (Emotion-LLaMA `eval_emotion.py`): the last whitespace token; anything outside the label
+///   set counts as `neutral` (so it is never `None`).
+/// - `NearestEnd`: the label word (or a synonym) nearest the end of the text, punctuation stripped.
+pub fn extract_label(text: &str, labels: &[&str], rule: LabelExtraction) -> Option<String> {
+    match rule {
+        LabelExtraction::Reference => {
+            let last = text.split(' ').next_back().unwrap_or("");
+            Some(if labels.contains(&last) { last.to_string() } else { "neutral".to_string() })
+        }
+        LabelExtraction::NearestEnd => text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .rev()
+            .find_map(|w| canonical(&w.to_lowercase(), labels)),
+    }
+}
+
+/// Maps a word to a label in `labels`, through a small synonym table.
+fn canonical(word: &str, labels: &[&str]) -> Option<String> {
+    if labels.contains(&word) {
+        return Some(word.to_string());
+    }
+    let mapped = match word {
+        "anger" | "angrily" | "furious" | "mad" | "annoyed" => "angry",
+        "happiness" | "joy" | "joyful" | "glad" | "cheerful" => "happy",
+        "sadness" | "sorrow" | "unhappy" | "upset" => "sad",
+        "worry" | "anxious" | "anxiety" | "nervous" | "fear" | "afraid" => "worried",
+        "surprised" | "astonished" | "amazed" => "surprise",
+        "calm" | "neutrality" => "neutral",
+        _ => return None,
+    };
+    labels.contains(&mapped).then(|| mapped.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const L: [&str; 6] = ["neutral", "angry", "happy", "sad", "worried", "surprise"];
+
+    #[test]
+    fn reference_rule_takes_the_last_token_and_defaults_to_neutral() {
+        assert_eq!(extract_label("so it is happy", &L, LabelExtraction::Reference).as_deref(), Some("happy"));
+        assert_eq!(extract_label("so it is happy.", &L, LabelExtraction::Reference).as_deref(), Some("neutral"));
+    }
+
+    #[test]
+    fn nearest_end_strips_punctuation_and_maps_synonyms() {
+        assert_eq!(extract_label("the state is happy.", &L, LabelExtraction::NearestEnd).as_deref(), Some("happy"));
+        assert_eq!(extract_label("not sad but furious!", &L, LabelExtraction::NearestEnd).as_deref(), Some("angry"));
+        assert_eq!(extract_label("no idea", &L, LabelExtraction::NearestEnd), None);
+    }
+}

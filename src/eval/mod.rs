@@ -1,0 +1,5 @@
+//! Evaluation: label extraction from generated text, and classification metrics.
+
+pub mod extract;
+pub mod metrics;
+pub mod runner;

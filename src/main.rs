@@ -1,0 +1,184 @@
+//! The `emollama` command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use emollama::media::{self, FrameSampling};
+use emollama::recipe::{LoadedRecipe, load_recipe};
+use emollama::registry::Registry;
+
+#[derive(Parser)]
+#[command(name = "emollama", version, about = "Multimodal emotion recognition and reasoning with LLMs, end to end from raw video")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a recipe: data, training stages, evaluation; writes runs/<name>-<timestamp>/.
+    Run {
+        recipe: PathBuf,
+        /// Override a recipe key, e.g. `--set model.use_av=false` (repeatable; highest priority).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Hide progress bars.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check or show recipes.
+    Recipe {
+        #[command(subcommand)]
+        command: RecipeCommand,
+    },
+    /// List the registries (architectures, plugins, datasets, tasks, metrics).
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+    /// Print a media file's streams, duration, frame count and the frames a sampling would pick.
+    Probe {
+        file: PathBuf,
+        /// Take the sampling from this recipe's `data.frames`.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        /// Sampling: `uniform:N`, `first` or `fps:F` (default: uniform:8, or the recipe's).
+        #[arg(long)]
+        frames: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecipeCommand {
+    /// Load and validate a recipe; exits non-zero with every problem found.
+    Check {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print the fully resolved recipe as TOML.
+    Show {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// List every registry and its names.
+    List {
+        /// Project root holding plugins/ and datasets/ (default: found from the working directory).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads, then validates against the registries found from the recipe's location.
+fn load_checked(path: &Path, sets: &[String]) -> Result<(LoadedRecipe, Registry)> {
+    let loaded = load_recipe(path, sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let registry = Registry::discover(start)?;
+    let errors = emollama::validate::validate(&loaded, &registry);
+    if !errors.is_empty() {
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        bail!("recipe `{}` is invalid:\n{}", path.display(), text.join("\n"));
+    }
+    Ok((loaded, registry))
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { recipe, sets, no_progress } => {
+            let (loaded, registry) = load_checked(&recipe, &sets)?;
+            if loaded.recipe.runtime.threads > 0 {
+                // SAFETY: set before any worker thread exists (tensor thread pools start lazily).
+                unsafe { std::env::set_var("RAYON_NUM_THREADS", loaded.recipe.runtime.threads.to_string()) };
+            }
+            let show = loaded.recipe.runtime.progress && !no_progress && std::io::stderr().is_terminal();
+            let summary = emollama::run::run(&loaded, &registry, show).with_context(|| format!("running `{}`", recipe.display()))?;
+            println!("{}", emollama::run::summary_table(&summary));
+            Ok(())
+        }
+        Command::Recipe { command: RecipeCommand::Check { recipe, sets } } => {
+            let (loaded, _) = load_checked(&recipe, &sets)?;
+            println!("ok: `{}` ({} stage(s), files: {})", recipe.display(), loaded.recipe.stages.len(), loaded.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+            Ok(())
+        }
+        Command::Recipe { command: RecipeCommand::Show { recipe, sets } } => {
+            let (loaded, _) = load_checked(&recipe, &sets)?;
+            print!("{}", loaded.to_toml().map_err(|e| anyhow::anyhow!("{e}"))?);
+            Ok(())
+        }
+        Command::Registry { command: RegistryCommand::List { root } } => {
+            let registry = match root {
+                Some(r) => Registry::load(&r)?,
+                None => Registry::discover(Path::new("."))?,
+            };
+            println!("project root: {}", registry.root.display());
+            for (kind, names) in registry.listing() {
+                println!("{kind:>22}: {}", if names.is_empty() { "(none)".to_string() } else { names.join(", ") });
+            }
+            Ok(())
+        }
+        Command::Probe { file, recipe, frames, json } => {
+            let sampling = match (frames, recipe) {
+                (Some(spec), _) => parse_sampling(&spec)?,
+                (None, Some(r)) => load_recipe(&r, &[]).map_err(|e| anyhow::anyhow!("{e}"))?.recipe.data.frames,
+                (None, None) => FrameSampling::Uniform { n: 8 },
+            };
+            media::init();
+            let info = media::probe(&file)?;
+            let picked = media::probe::sampled_frame_times(&file, &sampling).ok();
+            if json {
+                let v = serde_json::json!({"probe": info, "sampling": sampling, "targets_s": info.sample_times(&sampling), "picked_s": picked});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", info.render_text());
+                println!("sampling {sampling:?}");
+                println!("  target times (s): {}", fmt_times(&info.sample_times(&sampling)));
+                if let Some(p) = picked {
+                    println!("  picked frames (s): {}", fmt_times(&p));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn fmt_times(t: &[f64]) -> String {
+    t.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ")
+}
+
+/// `uniform:N`, `first`, `fps:F`.
+fn parse_sampling(spec: &str) -> Result<FrameSampling> {
+    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    Ok(match kind {
+        "first" => FrameSampling::First,
+        "uniform" => FrameSampling::Uniform { n: arg.parse().with_context(|| format!("--frames `{spec}`: expected uniform:N with N a count"))? },
+        "fps" => FrameSampling::Fps { fps: arg.parse().with_context(|| format!("--frames `{spec}`: expected fps:F with F frames per second"))?, max_frames: None },
+        _ => bail!("--frames `{spec}`: expected `uniform:N`, `first` or `fps:F`"),
+    })
+}

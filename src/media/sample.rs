@@ -1,0 +1,194 @@
+//! Frame sampling: which frames of a video to decode.
+//!
+//! A sampling turns a duration into *target times*; the frame picked for a target `t` is the
+//! frame on screen at `t`: the last decoded frame whose presentation time (`pts - start_time`,
+//! seconds) is `<= t`, or the first frame if there is none. The same frame may be picked more
+//! than once (short videos).
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on the number of frames one sampling may request.
+pub const MAX_SAMPLED_FRAMES: usize = 10_000;
+
+/// Slack (seconds) when comparing a frame time with a target time, so that a frame whose
+/// time equals the target up to floating-point rounding counts as "on screen" at the target.
+pub const TIME_EPSILON: f64 = 1e-6;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FrameSampling {
+    /// `n` frames: the midpoints of `n` equal segments of `[0, duration)`.
+    Uniform { n: usize },
+    /// Only the first frame (target 0.0).
+    First,
+    /// `t = k / fps` for `k = 0, 1, ..` while `t < duration`, at most `max_frames`.
+    Fps {
+        fps: f64,
+        #[serde(default)]
+        max_frames: Option<usize>,
+    },
+}
+
+impl Default for FrameSampling {
+    fn default() -> Self {
+        FrameSampling::Uniform { n: 8 }
+    }
+}
+
+impl FrameSampling {
+    /// Check the parameters: `n >= 1`, `fps` finite and `> 0`, `max_frames >= 1`,
+    /// and no more than [`MAX_SAMPLED_FRAMES`] frames for `Uniform`.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            FrameSampling::Uniform { n } => {
+                if n == 0 {
+                    return Err("uniform sampling needs n >= 1 frames (got n = 0)".into());
+                }
+                if n > MAX_SAMPLED_FRAMES {
+                    return Err(format!("uniform sampling of {n} frames exceeds the limit of {MAX_SAMPLED_FRAMES}"));
+                }
+            }
+            FrameSampling::First => {}
+            FrameSampling::Fps { fps, max_frames } => {
+                if !fps.is_finite() || fps <= 0.0 {
+                    return Err(format!("fps sampling needs a finite fps > 0 (got {fps})"));
+                }
+                match max_frames {
+                    Some(0) => return Err("fps sampling with max_frames = 0 selects no frames".into()),
+                    Some(m) if m > MAX_SAMPLED_FRAMES => {
+                        return Err(format!("max_frames = {m} exceeds the limit of {MAX_SAMPLED_FRAMES}"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Target times in seconds from the stream start, ascending.
+    ///
+    /// * `Uniform { n }`: `(i + 0.5) * duration / n` for `i in 0..n`.
+    /// * `First`: `[0.0]`.
+    /// * `Fps { fps, max_frames }`: `k / fps` while `< duration`, capped by `max_frames`
+    ///   (and by [`MAX_SAMPLED_FRAMES`]); always at least `[0.0]`, so a clip of unknown or zero
+    ///   duration still yields its first frame.
+    ///
+    /// A non-finite or negative duration is treated as 0. Invalid parameters (see
+    /// [`validate`](Self::validate)) give an empty list.
+    pub fn target_times(&self, duration_s: f64) -> Vec<f64> {
+        if self.validate().is_err() {
+            return Vec::new();
+        }
+        let d = if duration_s.is_finite() && duration_s > 0.0 { duration_s } else { 0.0 };
+        match *self {
+            FrameSampling::Uniform { n } => {
+                (0..n).map(|i| (i as f64 + 0.5) * d / n as f64).collect()
+            }
+            FrameSampling::First => vec![0.0],
+            FrameSampling::Fps { fps, max_frames } => {
+                let cap = max_frames.unwrap_or(MAX_SAMPLED_FRAMES).min(MAX_SAMPLED_FRAMES);
+                let mut out = vec![0.0];
+                let mut k = 1usize;
+                while out.len() < cap {
+                    let t = k as f64 / fps;
+                    if t >= d {
+                        break;
+                    }
+                    out.push(t);
+                    k += 1;
+                }
+                out
+            }
+        }
+    }
+
+    /// Number of targets before the [`MAX_SAMPLED_FRAMES`] safety cap (`Fps` without
+    /// `max_frames` on a long video can exceed it; decoding then fails with `InvalidRequest`).
+    pub fn uncapped_count(&self, duration_s: f64) -> usize {
+        match *self {
+            FrameSampling::Fps { fps, max_frames: None } if fps.is_finite() && fps > 0.0 => {
+                let d = if duration_s.is_finite() && duration_s > 0.0 { duration_s } else { 0.0 };
+                let n = (d * fps).ceil();
+                if n.is_finite() { (n as usize).max(1) } else { usize::MAX }
+            }
+            _ => self.target_times(duration_s).len(),
+        }
+    }
+
+    /// Number of frames this sampling yields for a clip of `duration_s` seconds.
+    pub fn frame_count(&self, duration_s: f64) -> usize {
+        self.target_times(duration_s).len()
+    }
+}
+
+/// The reference selection rule on a list of frame times (in decode/presentation order):
+/// for each target, the index of the last frame whose time is `<= t` (up to
+/// [`TIME_EPSILON`]), else 0.
+/// Returns an empty list if there are no frames.
+pub fn select_frames(frame_times: &[f64], targets: &[f64]) -> Vec<usize> {
+    if frame_times.is_empty() {
+        return Vec::new();
+    }
+    targets
+        .iter()
+        .map(|&t| frame_times.iter().rposition(|&ft| ft <= t + TIME_EPSILON).unwrap_or(0))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_midpoints() {
+        let t = FrameSampling::Uniform { n: 4 }.target_times(2.0);
+        assert_eq!(t, vec![0.25, 0.75, 1.25, 1.75]);
+    }
+
+    #[test]
+    fn first_and_fps() {
+        assert_eq!(FrameSampling::First.target_times(3.0), vec![0.0]);
+        let t = FrameSampling::Fps { fps: 2.0, max_frames: None }.target_times(2.0);
+        assert_eq!(t, vec![0.0, 0.5, 1.0, 1.5]);
+        let t = FrameSampling::Fps { fps: 2.0, max_frames: Some(3) }.target_times(10.0);
+        assert_eq!(t, vec![0.0, 0.5, 1.0]);
+        assert_eq!(FrameSampling::Fps { fps: 2.0, max_frames: None }.target_times(0.0), vec![0.0]);
+        let long = FrameSampling::Fps { fps: 25.0, max_frames: None };
+        assert_eq!(long.uncapped_count(600.0), 15_000);
+        assert_eq!(long.target_times(600.0).len(), MAX_SAMPLED_FRAMES);
+    }
+
+    #[test]
+    fn invalid_requests() {
+        assert!(FrameSampling::Uniform { n: 0 }.validate().is_err());
+        assert!(FrameSampling::Fps { fps: 0.0, max_frames: None }.validate().is_err());
+        assert!(FrameSampling::Fps { fps: f64::NAN, max_frames: None }.validate().is_err());
+        assert!(FrameSampling::Fps { fps: 1.0, max_frames: Some(0) }.validate().is_err());
+        assert!(FrameSampling::Uniform { n: 0 }.target_times(1.0).is_empty());
+        // Degenerate durations never panic.
+        assert_eq!(FrameSampling::Uniform { n: 2 }.target_times(f64::NAN), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let s: FrameSampling = serde_json::from_str(r#"{"mode":"uniform","n":8}"#).unwrap();
+        assert_eq!(s, FrameSampling::Uniform { n: 8 });
+        let s: FrameSampling = serde_json::from_str(r#"{"mode":"fps","fps":2.5}"#).unwrap();
+        assert_eq!(s, FrameSampling::Fps { fps: 2.5, max_frames: None });
+        let s: FrameSampling = serde_json::from_str(r#"{"mode":"first"}"#).unwrap();
+        assert_eq!(s, FrameSampling::First);
+        assert!(serde_json::from_str::<FrameSampling>(r#"{"mode":"uniform","n":8,"x":1}"#).is_err());
+        let j = serde_json::to_string(&FrameSampling::Fps { fps: 1.0, max_frames: Some(4) }).unwrap();
+        assert_eq!(j, r#"{"mode":"fps","fps":1.0,"max_frames":4}"#);
+    }
+
+    #[test]
+    fn selection_rule() {
+        let frames = [0.0, 0.1, 0.2, 0.3];
+        assert_eq!(select_frames(&frames, &[0.0, 0.15, 0.2, 5.0]), vec![0, 1, 2, 3]);
+        assert_eq!(select_frames(&[0.5, 0.6], &[0.1]), vec![0]);
+        assert!(select_frames(&[], &[0.1]).is_empty());
+        // rounding noise does not flip a pick
+        assert_eq!(select_frames(&[0.0, 0.30000000000000004], &[0.3]), vec![1]);
+    }
+}

@@ -1,0 +1,95 @@
+//! Building the multimodal model from a recipe's plugin names.
+
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+
+use super::init::SeededVarMap;
+
+use super::llama::{Llama, LlamaConfig};
+use super::multimodal::EmotionModel;
+use super::tokenizer::TextTokenizer;
+use super::vit::{TinyVit, VitConfig};
+use super::wave::{TinyWave, WaveConfig};
+use crate::recipe::Recipe;
+use crate::registry::{EncoderManifest, Registry, RegistryError, Weights};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("plugin `{plugin}` (`{path}`): {message}")]
+    Plugin { plugin: String, path: String, message: String },
+    #[error("building the model: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The built model plus the per-encoder pixel normalisation it expects.
+pub struct Built {
+    pub model: EmotionModel,
+    pub llm_config: LlamaConfig,
+    pub pixel_mean: [f32; 3],
+    pub pixel_std: [f32; 3],
+}
+
+/// Creates every parameter in `varmap` (names `llm.*`, `encoder.{video,audio}.*`, `projector.*`),
+/// initialised deterministically from `seed`.
+pub fn build_model(recipe: &Recipe, registry: &Registry, tokenizer: &TextTokenizer, varmap: &VarMap, seed: u64, device: &Device) -> Result<Built, BuildError> {
+    let vb = SeededVarMap::builder(varmap, seed, DType::F32, device);
+    let (llm_path, llm_manifest) = registry.llm(&recipe.model.llm)?;
+    let mut llm_config = llm_manifest.config.clone();
+    if llm_config.vocab_size == 0 {
+        llm_config.vocab_size = tokenizer.vocab_size();
+    } else if llm_config.vocab_size < tokenizer.vocab_size() {
+        return Err(BuildError::Plugin {
+            plugin: llm_manifest.name.clone(),
+            path: llm_path.display().to_string(),
+            message: format!("vocab_size {} is smaller than the tokenizer's {}", llm_config.vocab_size, tokenizer.vocab_size()),
+        });
+    }
+    check_random_weights(&llm_manifest.name, llm_path, &llm_manifest.weights)?;
+    let llm = Llama::new(&llm_config, vb.pp("llm"))?;
+
+    let mut pixel = ([0.5f32; 3], [0.5f32; 3]);
+    let video = match recipe.model.video_encoder.as_str() {
+        "" => None,
+        name => {
+            let (path, m) = registry.encoder(name)?;
+            check_random_weights(name, path, &m.weights)?;
+            pixel = (m.preprocess.mean, m.preprocess.std);
+            let cfg: VitConfig = arch_config(m, path, "tiny_vit")?;
+            Some(TinyVit::new(&cfg, vb.pp("encoder.video"))?)
+        }
+    };
+    let audio = match recipe.model.audio_encoder.as_str() {
+        "" => None,
+        name => {
+            let (path, m) = registry.encoder(name)?;
+            check_random_weights(name, path, &m.weights)?;
+            let cfg: WaveConfig = arch_config(m, path, "tiny_wave")?;
+            Some(TinyWave::new(&cfg, vb.pp("encoder.audio"))?)
+        }
+    };
+    let model = EmotionModel::new(llm, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
+    Ok(Built { model, llm_config, pixel_mean: pixel.0, pixel_std: pixel.1 })
+}
+
+fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {
+    let err = |message: String| BuildError::Plugin { plugin: m.name.clone(), path: path.display().to_string(), message };
+    if m.architecture != want {
+        return Err(err(format!("architecture `{}` cannot be used here (expected `{want}`)", m.architecture)));
+    }
+    toml::Value::Table(m.config.clone()).try_into().map_err(|e: toml::de::Error| err(format!("[config]: {e}")))
+}
+
+/// Pretrained weights for these tiny architectures do not exist yet; say so instead of silently
+/// training from scratch.
+fn check_random_weights(name: &str, path: &std::path::Path, w: &Weights) -> Result<(), BuildError> {
+    match w {
+        Weights::Random => Ok(()),
+        other => Err(BuildError::Plugin {
+            plugin: name.to_string(),
+            path: path.display().to_string(),
+            message: format!("weights {other:?}: loading pretrained weights into this architecture is not supported yet; use `source = \"random\"`"),
+        }),
+    }
+}

@@ -1,0 +1,13 @@
+//! Models: the trainable LLaMA, the small encoders, projectors, tokenizer, prompt assembly, generation.
+
+pub mod build;
+pub mod generate;
+pub mod init;
+pub mod llama;
+pub mod multimodal;
+pub mod nn;
+pub mod projector;
+pub mod prompt;
+pub mod tokenizer;
+pub mod vit;
+pub mod wave;

@@ -1,0 +1,213 @@
+//! The multimodal model: encoders → projectors → tokens spliced into the LLM's input embeddings.
+//!
+//! Token layout (after Emotion-LLaMA's `encode_img` / `prompt_wrap`): at `<VideoHere>` one projected token
+//! per sampled frame; at `<FeatureHere>` the projected mean frame feature and the projected mean audio
+//! feature. The sequence is `[BOS] prompt-with-tokens answer [EOS]`; only answer and EOS carry loss.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::llama::Llama;
+use super::projector::Projector;
+use super::prompt::Segment;
+use super::vit::TinyVit;
+use super::wave::TinyWave;
+
+/// A tokenized prompt: text pieces (ids) and placeholders, plus the answer ids (empty at generation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedPrompt {
+    pub pieces: Vec<Piece>,
+    pub answer: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(Vec<u32>),
+    Video,
+    Feature,
+}
+
+impl TokenizedPrompt {
+    pub fn from_segments(
+        segments: &[Segment],
+        answer: Vec<u32>,
+        mut encode: impl FnMut(&str) -> std::result::Result<Vec<u32>, super::tokenizer::TokenizerError>,
+    ) -> std::result::Result<Self, super::tokenizer::TokenizerError> {
+        let mut pieces = Vec::with_capacity(segments.len());
+        for s in segments {
+            pieces.push(match s {
+                Segment::Text(t) => Piece::Text(encode(t)?),
+                Segment::Video => Piece::Video,
+                Segment::Feature => Piece::Feature,
+            });
+        }
+        Ok(Self { pieces, answer })
+    }
+}
+
+/// Decoded media for a batch, as tensors.
+#[derive(Debug, Clone)]
+pub struct MediaBatch {
+    /// (batch, frames, 3, size, size), normalised.
+    pub frames: Tensor,
+    /// (batch, samples) at 16 kHz.
+    pub audio: Tensor,
+}
+
+/// Multimodal tokens for a batch.
+#[derive(Debug, Clone)]
+pub struct MmTokens {
+    /// (batch, frames, hidden) for `<VideoHere>`.
+    pub video: Tensor,
+    /// (batch, k, hidden) for `<FeatureHere>`.
+    pub feature: Tensor,
+}
+
+/// Inputs ready for the LLM.
+pub struct LlmInputs {
+    pub embeds: Tensor,
+    pub valid: Tensor,
+    /// Per sample, the number of real positions.
+    pub lengths: Vec<usize>,
+    /// Flat indices (b * seq + t) of positions whose next token is a target, and those targets.
+    pub target_rows: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+pub struct EmotionModel {
+    pub llm: Llama,
+    video_encoder: Option<TinyVit>,
+    audio_encoder: Option<TinyWave>,
+    proj_frames: Option<Projector>,
+    proj_video: Option<Projector>,
+    proj_audio: Option<Projector>,
+    pub bos: u32,
+    pub eos: u32,
+}
+
+impl EmotionModel {
+    /// Parameter prefixes: `llm.`, `encoder.video.`, `encoder.audio.`, `projector.{frames,video,audio}.`.
+    pub fn new(
+        llm: Llama,
+        video_encoder: Option<TinyVit>,
+        audio_encoder: Option<TinyWave>,
+        projector: &str,
+        vb: VarBuilder,
+        bos: u32,
+        eos: u32,
+    ) -> Result<Self> {
+        let h = llm.config().hidden_size;
+        let p = vb.pp("projector");
+        let (proj_frames, proj_video) = match &video_encoder {
+            Some(v) => (
+                Some(Projector::new(projector, v.hidden_size(), h, p.pp("frames"))?),
+                Some(Projector::new(projector, v.hidden_size(), h, p.pp("video"))?),
+            ),
+            None => (None, None),
+        };
+        let proj_audio = match &audio_encoder {
+            Some(a) => Some(Projector::new(projector, a.hidden_size(), h, p.pp("audio"))?),
+            None => None,
+        };
+        Ok(Self { llm, video_encoder, audio_encoder, proj_frames, proj_video, proj_audio, bos, eos })
+    }
+
+    /// Encodes and projects the media of a batch. `None` when the model has no encoders.
+    pub fn encode(&self, media: &MediaBatch) -> Result<Option<MmTokens>> {
+        let mut feature = Vec::new();
+        let mut video = None;
+        if let (Some(enc), Some(pf), Some(pv)) = (&self.video_encoder, &self.proj_frames, &self.proj_video) {
+            let (b, n, c, hgt, w) = media.frames.dims5()?;
+            let per_frame = enc.forward(&media.frames.reshape((b * n, c, hgt, w))?)?.reshape((b, n, ()))?;
+            video = Some(pf.forward(&per_frame)?);
+            feature.push(pv.forward(&per_frame.mean_keepdim(1)?)?);
+        }
+        if let (Some(enc), Some(pa)) = (&self.audio_encoder, &self.proj_audio) {
+            let steps = enc.forward(&media.audio)?;
+            feature.push(pa.forward(&steps.mean_keepdim(1)?)?);
+        }
+        if video.is_none() && feature.is_empty() {
+            return Ok(None);
+        }
+        let b = media.frames.dim(0)?;
+        let h = self.llm.config().hidden_size;
+        let dev = media.frames.device();
+        let video = match video {
+            Some(v) => v,
+            None => Tensor::zeros((b, 0, h), DType::F32, dev)?,
+        };
+        let feature = if feature.is_empty() { Tensor::zeros((b, 0, h), DType::F32, dev)? } else { Tensor::cat(&feature, 1)? };
+        Ok(Some(MmTokens { video, feature }))
+    }
+
+    /// Builds right-padded input embeddings with multimodal tokens spliced at the placeholders.
+    /// With `mm = None` the placeholders stay empty (the text-only ablation).
+    pub fn build_inputs(&self, prompts: &[TokenizedPrompt], mm: Option<&MmTokens>, with_eos: bool) -> Result<LlmInputs> {
+        let dev = self.llm_device();
+        let mut rows: Vec<Tensor> = Vec::with_capacity(prompts.len());
+        let mut lengths = Vec::with_capacity(prompts.len());
+        let mut answer_spans = Vec::with_capacity(prompts.len());
+        for (b, p) in prompts.iter().enumerate() {
+            let mut parts = vec![self.llm.embed(&Tensor::new(&[self.bos], dev)?)?];
+            let mut len = 1;
+            for piece in &p.pieces {
+                let t = match (piece, mm) {
+                    (Piece::Text(ids), _) if !ids.is_empty() => self.llm.embed(&Tensor::new(ids.as_slice(), dev)?)?,
+                    (Piece::Video, Some(mm)) if mm.video.dim(1)? > 0 => mm.video.i(b)?,
+                    (Piece::Feature, Some(mm)) if mm.feature.dim(1)? > 0 => mm.feature.i(b)?,
+                    _ => continue,
+                };
+                len += t.dim(0)?;
+                parts.push(t);
+            }
+            let mut answer = p.answer.clone();
+            if with_eos {
+                answer.push(self.eos);
+            }
+            if !answer.is_empty() {
+                parts.push(self.llm.embed(&Tensor::new(answer.as_slice(), dev)?)?);
+            }
+            answer_spans.push((len, answer));
+            len += answer_spans[b].1.len();
+            rows.push(Tensor::cat(&parts, 0)?);
+            lengths.push(len);
+        }
+        let t_max = lengths.iter().copied().max().unwrap_or(1);
+        let h = self.llm.config().hidden_size;
+        let mut padded = Vec::with_capacity(rows.len());
+        let mut valid = vec![0u8; prompts.len() * t_max];
+        let (mut target_rows, mut targets) = (Vec::new(), Vec::new());
+        for (b, row) in rows.into_iter().enumerate() {
+            let len = lengths[b];
+            valid[b * t_max..b * t_max + len].fill(1);
+            padded.push(if len < t_max { Tensor::cat(&[row, Tensor::zeros((t_max - len, h), DType::F32, dev)?], 0)? } else { row });
+            let (start, answer) = &answer_spans[b];
+            for (k, &tok) in answer.iter().enumerate() {
+                // The logit at position p predicts token p + 1.
+                target_rows.push((b * t_max + start + k - 1) as u32);
+                targets.push(tok);
+            }
+        }
+        Ok(LlmInputs {
+            embeds: Tensor::stack(&padded, 0)?,
+            valid: Tensor::from_vec(valid, (prompts.len(), t_max), dev)?,
+            lengths,
+            target_rows,
+            targets,
+        })
+    }
+
+    /// Mean next-token cross-entropy over answer tokens (and EOS).
+    pub fn loss(&self, inputs: &LlmInputs) -> Result<Tensor> {
+        let logits = self.llm.forward_embeds(&inputs.embeds, &inputs.valid)?;
+        let (b, t, v) = logits.dims3()?;
+        let dev = logits.device();
+        let rows = Tensor::new(inputs.target_rows.as_slice(), dev)?;
+        let picked = logits.reshape((b * t, v))?.index_select(&rows, 0)?;
+        candle_nn::loss::cross_entropy(&picked, &Tensor::new(inputs.targets.as_slice(), dev)?)
+    }
+
+    fn llm_device(&self) -> &Device {
+        self.llm.device()
+    }
+}

@@ -1,0 +1,33 @@
+//! Projectors from encoder features to LLM hidden size (registry kinds `linear`, `mlp`).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+pub const KINDS: [&str; 2] = ["linear", "mlp"];
+
+/// `linear`: one `nn.Linear` with bias, as Emotion-LLaMA's `feats_llama_proj*`; `mlp`: Linear-GELU-Linear
+/// as LLaVA-1.5's `mlp2x_gelu`.
+#[derive(Debug, Clone)]
+pub enum Projector {
+    Linear(Linear),
+    Mlp(Linear, Linear),
+}
+
+impl Projector {
+    pub fn new(kind: &str, input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
+        match kind {
+            "linear" => Ok(Self::Linear(candle_nn::linear(input, output, vb)?)),
+            "mlp" => Ok(Self::Mlp(candle_nn::linear(input, output, vb.pp("0"))?, candle_nn::linear(output, output, vb.pp("2"))?)),
+            other => candle_core::bail!("unknown projector `{other}` (known: {})", KINDS.join(", ")),
+        }
+    }
+}
+
+impl Module for Projector {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Linear(l) => l.forward(x),
+            Self::Mlp(a, b) => b.forward(&a.forward(x)?.gelu_erf()?),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Recipes: the schema ([`schema`]), loading with `extends`, environment and `--set` overrides ([`load`]),
+//! and errors a user can act on ([`error`]).
+
+pub mod error;
+pub mod load;
+pub mod schema;
+pub mod suggest;
+
+pub use error::RecipeError;
+pub use load::{load_recipe, LoadedRecipe};
+pub use schema::*;

@@ -1,0 +1,280 @@
+//! The recipe schema: every key a recipe may hold, with its default.
+//!
+//! Every struct denies unknown keys so a typo is an error, never a silently ignored option.
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::FrameSampling;
+
+/// A whole run: data, model, prompt, training stages and evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recipe {
+    /// Run name; the run directory is `<runs_dir>/<name>-<timestamp>`.
+    pub name: String,
+    /// Other recipe files this one builds on (paths relative to this file); later entries and this
+    /// file win. Resolved at load time, so the resolved recipe shows it empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extends: Vec<String>,
+    /// Seed for data order, initialisation, dropout and sampling.
+    pub seed: u64,
+    pub runtime: Runtime,
+    pub data: Data,
+    pub model: Model,
+    pub prompt: Prompt,
+    #[serde(rename = "stage")]
+    pub stages: Vec<Stage>,
+    pub eval: Eval,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            name: "run".into(),
+            extends: Vec::new(),
+            seed: 0,
+            runtime: Runtime::default(),
+            data: Data::default(),
+            model: Model::default(),
+            prompt: Prompt::default(),
+            stages: Vec::new(),
+            eval: Eval::default(),
+        }
+    }
+}
+
+/// Where the run writes and how it uses the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Runtime {
+    /// `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
+    pub device: String,
+    /// Worker threads for tensor code; 0 = all cores.
+    pub threads: usize,
+    /// Parent directory of run directories (relative paths are relative to the working directory).
+    pub runs_dir: String,
+    /// Cache for generated datasets and decoded media; empty = `$XDG_CACHE_HOME/emollama` or `~/.cache/emollama`.
+    pub cache_dir: String,
+    /// Show progress bars (they are hidden automatically when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            threads: 0,
+            runs_dir: "runs".into(),
+            cache_dir: String::new(),
+            progress: true,
+        }
+    }
+}
+
+/// What to do with a sample whose media cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    Skip,
+    Fail,
+}
+
+/// The dataset and how its media are decoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Data {
+    /// Dataset card name (a file `datasets/<name>.toml`).
+    pub dataset: String,
+    /// Options of the synthetic source (used when the card's source is `synth`).
+    pub synth: crate::data::synth::SynthConfig,
+    /// Frames given to the visual encoder.
+    pub frames: FrameSampling,
+    /// Frame size after scaling (pixels).
+    pub width: u32,
+    pub height: u32,
+    /// Audio given to the audio encoder, in seconds (padded with silence or cut).
+    pub audio_seconds: f32,
+    /// Missing or unreadable media: skip the sample (and report it) or stop the run.
+    pub on_error: OnError,
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Self {
+            dataset: "synth".into(),
+            synth: Default::default(),
+            frames: FrameSampling::Uniform { n: 8 },
+            width: 64,
+            height: 64,
+            audio_seconds: 2.0,
+            on_error: OnError::Skip,
+        }
+    }
+}
+
+/// Components, each by registry or plugin name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Model {
+    /// LLM plugin (`plugins/llms/<name>.toml`).
+    pub llm: String,
+    /// Visual encoder plugin (`plugins/encoders/<name>.toml`); empty = no visual tokens.
+    pub video_encoder: String,
+    /// Audio encoder plugin (`plugins/encoders/<name>.toml`); empty = no audio tokens.
+    pub audio_encoder: String,
+    /// Projector architecture from the registry (`linear` or `mlp`).
+    pub projector: String,
+    /// Feed the projected audio and visual tokens to the LLM. `false` gives the text-only ablation:
+    /// the placeholders stay empty, so the model sees only the prompt and transcript.
+    pub use_av: bool,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self {
+            llm: "tiny-llama".into(),
+            video_encoder: "tiny-vit-frames".into(),
+            audio_encoder: "tiny-wave-audio".into(),
+            projector: "linear".into(),
+            use_av: true,
+        }
+    }
+}
+
+/// Chat template and instruction wording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prompt {
+    /// `llama2` (`[INST] ... [/INST]`, Emotion-LLaMA's) or `chatml`.
+    pub template: String,
+    /// Include "The person in video says: ..." with the transcript.
+    pub transcript: bool,
+    /// Instruction pools by task name; a random entry is drawn per sample in training, the first in evaluation.
+    pub instructions: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        let mut instructions = std::collections::BTreeMap::new();
+        instructions.insert(
+            "emotion".to_string(),
+            vec![
+                "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise."
+                    .to_string(),
+            ],
+        );
+        instructions.insert(
+            "description".to_string(),
+            vec![
+                "Please describe the facial expression and the tone of voice in the video.".to_string(),
+                "What are the facial expressions and vocal tone used in the video?".to_string(),
+            ],
+        );
+        instructions.insert(
+            "reason".to_string(),
+            vec![
+                "Please analyze all the clues in the video and reason out the emotional label of the person in the video."
+                    .to_string(),
+                "What is the emotional state of the person in the video? Please tell me the reason.".to_string(),
+                "Please integrate information from various modalities to infer the emotional category of the person in the video."
+                    .to_string(),
+            ],
+        );
+        Self { template: "llama2".into(), transcript: true, instructions }
+    }
+}
+
+/// Learning-rate schedule shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    Constant,
+    Cosine,
+    Linear,
+}
+
+/// One training stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    /// Tasks drawn per sample: `emotion` (label word), `description` (coarse cues), `reason` (fine reasoning ending in the label).
+    pub tasks: Vec<String>,
+    /// Optimiser steps.
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    pub lr: f64,
+    /// Final learning rate of the cosine / linear decay.
+    pub min_lr: f64,
+    pub warmup_steps: usize,
+    pub lr_schedule: LrSchedule,
+    /// AdamW weight decay, applied to matrices only (not biases or norms).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub grad_clip: f64,
+    /// Globs over parameter names that this stage trains (`projector.*`, `llm.*`, `encoder.audio.*`).
+    pub trainable: Vec<String>,
+    /// Log every N steps.
+    pub log_every: usize,
+}
+
+impl Default for Stage {
+    fn default() -> Self {
+        Self {
+            name: "stage".into(),
+            tasks: vec!["emotion".into()],
+            steps: 100,
+            batch_size: 16,
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_steps: 10,
+            lr_schedule: LrSchedule::Cosine,
+            weight_decay: 0.05,
+            grad_clip: 1.0,
+            trainable: vec!["*".into()],
+            log_every: 10,
+        }
+    }
+}
+
+/// How text becomes a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelExtraction {
+    /// Emotion-LLaMA's rule: the last whitespace token; anything outside the label set counts as neutral.
+    Reference,
+    /// The label word nearest the end of the text (punctuation stripped); none found = unparsed.
+    NearestEnd,
+}
+
+/// Evaluation after training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Eval {
+    /// Run evaluation at the end of the run.
+    pub enabled: bool,
+    pub split: String,
+    /// Task whose instruction is asked (`emotion` or `reason`).
+    pub task: String,
+    pub max_new_tokens: usize,
+    pub label_extraction: LabelExtraction,
+    /// Metric names from the registry.
+    pub metrics: Vec<String>,
+    /// Evaluate at most this many samples (0 = all).
+    pub limit: usize,
+}
+
+impl Default for Eval {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            split: "test".into(),
+            task: "reason".into(),
+            max_new_tokens: 40,
+            label_extraction: LabelExtraction::NearestEnd,
+            metrics: vec!["weighted_f1".into(), "accuracy".into(), "macro_f1".into(), "confusion_matrix".into()],
+            limit: 0,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Registries: names → components.
+//!
+//! Two layers: built-in **kinds** (architectures, projectors, sources, tasks, metrics, templates: code in
+//! `src/`), and declarative **manifests** that bind a kind to a configuration and weights
+//! (`plugins/encoders/*.toml`, `plugins/llms/*.toml`) or to data (`datasets/*.toml`). Recipes name
+//! manifests; an unknown name is an error that lists the known ones and the closest match.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DatasetCard;
+use crate::model::llama::LlamaConfig;
+
+pub const ENCODER_ARCHITECTURES: [&str; 2] = ["tiny_vit", "tiny_wave"];
+pub const LLM_ARCHITECTURES: [&str; 1] = ["llama"];
+pub const TASKS: [&str; 3] = ["emotion", "description", "reason"];
+
+/// Where a component's weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Weights {
+    /// Freshly initialised from the run's seed (trained by the recipe's stages).
+    #[default]
+    Random,
+    /// A safetensors file (relative paths are relative to the manifest).
+    Path { path: String },
+    /// A Hugging Face repository (loading arrives with the real checkpoints).
+    Hf { repo: String, revision: String, #[serde(default)] files: Vec<String> },
+    /// A URL with its checksum (loading arrives with the real checkpoints).
+    Url { url: String, sha256: String },
+}
+
+/// `plugins/encoders/<name>.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderManifest {
+    pub name: String,
+    /// One of [`ENCODER_ARCHITECTURES`].
+    pub architecture: String,
+    /// `video` or `audio`.
+    pub modality: String,
+    #[serde(default)]
+    pub description: String,
+    /// Architecture configuration (the fields of that architecture's `Config`).
+    pub config: toml::Table,
+    #[serde(default)]
+    pub weights: Weights,
+    #[serde(default)]
+    pub preprocess: Preprocess,
+}
+
+/// Pixel normalisation for visual encoders: `(x / 255 - mean) / std` per channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Self { mean: [0.5; 3], std: [0.5; 3] }
+    }
+}
+
+/// How the LLM's tokenizer is obtained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenizerSpec {
+    /// A word-level vocabulary built from the run's training texts and prompts.
+    CorpusWordLevel,
+    /// A `tokenizer.json` file (relative to the manifest).
+    File { path: String },
+}
+
+/// `plugins/llms/<name>.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmManifest {
+    pub name: String,
+    /// One of [`LLM_ARCHITECTURES`].
+    pub architecture: String,
+    #[serde(default)]
+    pub description: String,
+    /// HF `config.json` fields.
+    pub config: LlamaConfig,
+    pub tokenizer: TokenizerSpec,
+    #[serde(default)]
+    pub weights: Weights,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("unknown {kind} `{name}`{}; known: {}", suggestion.as_ref().map(|s| format!(", did you mean `{s}`?")).unwrap_or_default(), if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    Unknown { kind: &'static str, name: String, known: Vec<String>, suggestion: Option<String> },
+    #[error("`{path}`: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("cannot find the project's `plugins/` and `datasets/` directories above `{from}` (run from the emollama checkout)")]
+    NoRoot { from: PathBuf },
+}
+
+/// All known names, with the manifests read from a project root.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub root: PathBuf,
+    pub encoders: BTreeMap<String, (PathBuf, EncoderManifest)>,
+    pub llms: BTreeMap<String, (PathBuf, LlmManifest)>,
+    pub datasets: BTreeMap<String, (PathBuf, DatasetCard)>,
+}
+
+impl Registry {
+    /// Finds the project root (a directory holding `plugins/` and `datasets/`) at or above `start`,
+    /// falling back to the directory this crate was built from.
+    pub fn discover(start: &Path) -> Result<Self, RegistryError> {
+        let start_abs = std::fs::canonicalize(start).unwrap_or_else(|_| start.to_path_buf());
+        let is_root = |d: &Path| d.join("plugins").is_dir() && d.join("datasets").is_dir();
+        let found = start_abs.ancestors().find(|d| is_root(d)).map(Path::to_path_buf);
+        let root = match found {
+            Some(r) => r,
+            None => {
+                let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+                if is_root(&built) { built } else { return Err(RegistryError::NoRoot { from: start_abs }) }
+            }
+        };
+        Self::load(&root)
+    }
+
+    pub fn load(root: &Path) -> Result<Self, RegistryError> {
+        Ok(Self {
+            root: root.to_path_buf(),
+            encoders: read_dir(&root.join("plugins/encoders"), |m: &EncoderManifest| m.name.clone())?,
+            llms: read_dir(&root.join("plugins/llms"), |m: &LlmManifest| m.name.clone())?,
+            datasets: read_dir(&root.join("datasets"), |c: &DatasetCard| c.name.clone())?,
+        })
+    }
+
+    pub fn encoder(&self, name: &str) -> Result<&(PathBuf, EncoderManifest), RegistryError> {
+        self.encoders.get(name).ok_or_else(|| unknown("encoder plugin", name, self.encoders.keys()))
+    }
+
+    pub fn llm(&self, name: &str) -> Result<&(PathBuf, LlmManifest), RegistryError> {
+        self.llms.get(name).ok_or_else(|| unknown("LLM plugin", name, self.llms.keys()))
+    }
+
+    pub fn dataset(&self, name: &str) -> Result<&(PathBuf, DatasetCard), RegistryError> {
+        self.datasets.get(name).ok_or_else(|| unknown("dataset", name, self.datasets.keys()))
+    }
+
+    /// Every registry as (kind, names), for `emollama registry list`.
+    pub fn listing(&self) -> Vec<(&'static str, Vec<String>)> {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        vec![
+            ("encoder architectures", s(&ENCODER_ARCHITECTURES)),
+            ("encoder plugins", self.encoders.keys().cloned().collect()),
+            ("LLM architectures", s(&LLM_ARCHITECTURES)),
+            ("LLM plugins", self.llms.keys().cloned().collect()),
+            ("projectors", s(&crate::model::projector::KINDS)),
+            ("sources", s(&crate::data::source::SOURCES)),
+            ("datasets", self.datasets.keys().cloned().collect()),
+            ("tasks", s(&TASKS)),
+            ("metrics", s(&crate::eval::metrics::NAMES)),
+            ("templates", s(&crate::model::prompt::Template::NAMES)),
+        ]
+    }
+}
+
+/// The "unknown name" error with a close match.
+pub fn unknown<'a>(kind: &'static str, name: &str, known: impl IntoIterator<Item = &'a String>) -> RegistryError {
+    let known: Vec<String> = known.into_iter().cloned().collect();
+    let refs: Vec<&str> = known.iter().map(String::as_str).collect();
+    RegistryError::Unknown { kind, name: name.to_string(), suggestion: crate::recipe::suggest::suggest(name, &refs), known }
+}
+
+/// Checks `name` against a fixed list.
+pub fn check_builtin(kind: &'static str, name: &str, known: &[&str]) -> Result<(), RegistryError> {
+    if known.contains(&name) {
+        Ok(())
+    } else {
+        let owned: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+        Err(unknown(kind, name, owned.iter()))
+    }
+}
+
+fn read_dir<T: serde::de::DeserializeOwned>(dir: &Path, name_of: impl Fn(&T) -> String) -> Result<BTreeMap<String, (PathBuf, T)>, RegistryError> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(out) };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|e| RegistryError::Manifest { path: path.clone(), message: e.to_string() })?;
+        let value: T = toml::from_str(&text).map_err(|e| RegistryError::Manifest { path: path.clone(), message: e.to_string() })?;
+        let name = name_of(&value);
+        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        if name != stem {
+            return Err(RegistryError::Manifest { path, message: format!("name `{name}` must match the file name `{stem}.toml`") });
+        }
+        out.insert(name, (path, value));
+    }
+    Ok(out)
+}

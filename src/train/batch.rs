@@ -1,0 +1,72 @@
+//! From samples to model inputs: the task's prompt and answer, and media tensors.
+
+use candle_core::{Device, Result, Tensor};
+
+use crate::data::Sample;
+use crate::data::loader::DecodedMedia;
+use crate::model::multimodal::{MediaBatch, TokenizedPrompt};
+use crate::model::prompt::{self, Template};
+use crate::model::tokenizer::{TextTokenizer, TokenizerError};
+
+/// The answer text of `task` for `sample`, if the sample has it.
+pub fn answer_for(sample: &Sample, task: &str) -> Option<String> {
+    let raw = match task {
+        "emotion" => sample.label.clone(),
+        "description" => sample.description.clone(),
+        "reason" => sample.reasoning.clone(),
+        _ => None,
+    }?;
+    Some(prompt::normalise_answer(&raw))
+}
+
+/// Builds the full prompt string for one sample and task.
+pub fn prompt_text(sample: &Sample, task: &str, instruction: &str, template: Template, with_transcript: bool) -> String {
+    let transcript = if with_transcript { sample.transcript.as_deref() } else { None };
+    template.wrap(&prompt::emotion_llama_instruction(transcript, task, instruction))
+}
+
+pub fn tokenize(tok: &TextTokenizer, prompt: &str, answer: Option<&str>) -> std::result::Result<TokenizedPrompt, TokenizerError> {
+    let answer_ids = match answer {
+        Some(a) => tok.encode(a)?,
+        None => Vec::new(),
+    };
+    TokenizedPrompt::from_segments(&prompt::split_placeholders(prompt), answer_ids, |t| tok.encode(t))
+}
+
+/// Pixel normalisation and audio length shared by a batch.
+#[derive(Debug, Clone)]
+pub struct MediaLayout {
+    pub width: usize,
+    pub height: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Stacks decoded media into tensors: frames (batch, n, 3, h, w) normalised, audio (batch, samples).
+pub fn media_batch(items: &[&DecodedMedia], layout: &MediaLayout, device: &Device) -> Result<MediaBatch> {
+    let n = items.first().map(|m| m.num_frames).unwrap_or(0);
+    let (h, w) = (layout.height, layout.width);
+    let mut frames = Vec::with_capacity(items.len() * n * 3 * h * w);
+    for m in items {
+        if m.num_frames != n {
+            candle_core::bail!("samples in a batch have {} and {n} frames", m.num_frames);
+        }
+        // HWC bytes → CHW floats, normalised per channel.
+        for f in 0..n {
+            let base = f * h * w * 3;
+            for c in 0..3 {
+                let (mean, std) = (layout.mean[c], layout.std[c]);
+                frames.extend((0..h * w).map(|p| (m.frames[base + p * 3 + c] as f32 / 255.0 - mean) / std));
+            }
+        }
+    }
+    let audio_len = items.first().map(|m| m.audio.len()).unwrap_or(0);
+    let mut audio = Vec::with_capacity(items.len() * audio_len);
+    for m in items {
+        audio.extend_from_slice(&m.audio);
+    }
+    Ok(MediaBatch {
+        frames: Tensor::from_vec(frames, (items.len(), n, 3, h, w), device)?,
+        audio: Tensor::from_vec(audio, (items.len(), audio_len), device)?,
+    })
+}

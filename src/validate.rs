@@ -1,0 +1,84 @@
+//! Checks a loaded recipe against the registries: every name resolves, sizes agree, values make sense.
+//! Each problem names the recipe file and line of the key and lists the known names.
+
+use crate::recipe::LoadedRecipe;
+use crate::recipe::load::validation_error;
+use crate::registry::{self, Registry};
+use crate::RecipeError;
+
+/// All problems found (empty = valid).
+pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
+    let r = &loaded.recipe;
+    let mut errs = Vec::new();
+    let mut err = |key: &str, msg: String| errs.push(validation_error(loaded, key, msg));
+
+    match reg.dataset(&r.data.dataset) {
+        Ok((_, card)) => {
+            if let Err(e) = registry::check_builtin("source", &card.source, &crate::data::source::SOURCES) {
+                err("data.dataset", format!("dataset card `{}`: {e}", card.name));
+            }
+            if r.eval.enabled && !card.splits.contains(&r.eval.split) {
+                err("eval.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.eval.split, card.splits.join(", ")));
+            }
+        }
+        Err(e) => err("data.dataset", e.to_string()),
+    }
+    if let Err(e) = reg.llm(&r.model.llm) {
+        err("model.llm", e.to_string());
+    }
+    for (key, name, modality) in [("model.video_encoder", &r.model.video_encoder, "video"), ("model.audio_encoder", &r.model.audio_encoder, "audio")] {
+        if name.is_empty() {
+            continue;
+        }
+        match reg.encoder(name) {
+            Ok((_, m)) if m.modality != modality => err(key, format!("encoder plugin `{name}` is a {} encoder, not {modality}", m.modality)),
+            Ok((_, m)) if modality == "video" => {
+                let size = m.config.get("image_size").and_then(|v| v.as_integer()).unwrap_or(0) as u32;
+                if size != r.data.width || size != r.data.height {
+                    err("data.width", format!("encoder `{name}` takes {size}x{size} frames but data.width x data.height is {}x{}", r.data.width, r.data.height));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => err(key, e.to_string()),
+        }
+    }
+    if let Err(e) = registry::check_builtin("projector", &r.model.projector, &crate::model::projector::KINDS) {
+        err("model.projector", e.to_string());
+    }
+    if let Err(e) = registry::check_builtin("template", &r.prompt.template, &crate::model::prompt::Template::NAMES) {
+        err("prompt.template", e.to_string());
+    }
+    for (i, s) in r.stages.iter().enumerate() {
+        for t in &s.tasks {
+            if let Err(e) = registry::check_builtin("task", t, &registry::TASKS) {
+                err(&format!("stage[{i}].tasks"), e.to_string());
+            }
+        }
+        if s.tasks.is_empty() {
+            err(&format!("stage[{i}].tasks"), "a stage needs at least one task".into());
+        }
+        if s.batch_size == 0 {
+            err(&format!("stage[{i}].batch_size"), "must be at least 1".into());
+        }
+        if !(s.lr > 0.0 && s.lr.is_finite()) {
+            err(&format!("stage[{i}].lr"), format!("must be a positive number, got {}", s.lr));
+        }
+        if r.stages[..i].iter().any(|p| p.name == s.name) {
+            err(&format!("stage[{i}].name"), format!("stage name `{}` is used twice", s.name));
+        }
+    }
+    if r.eval.enabled {
+        if let Err(e) = registry::check_builtin("task", &r.eval.task, &registry::TASKS) {
+            err("eval.task", e.to_string());
+        }
+        for m in &r.eval.metrics {
+            if let Err(e) = registry::check_builtin("metric", m, &crate::eval::metrics::NAMES) {
+                err("eval.metrics", e.to_string());
+            }
+        }
+    }
+    if let crate::media::FrameSampling::Uniform { n: 0 } = r.data.frames {
+        err("data.frames", "uniform sampling needs n >= 1".into());
+    }
+    errs
+}

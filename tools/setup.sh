@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything emollama needs on a fresh Debian/Ubuntu machine. Safe to run again: it installs only
+# what is missing. Needs a Rust toolchain (rustup) already; installs apt packages, `just` and cargo-nextest.
+set -euo pipefail
+
+APT_PACKAGES=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+              libswresample-dev ffmpeg)
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found. Install Rust first: https://rustup.rs (then open a new shell)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing apt packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v just >/dev/null 2>&1; then
+  echo "installing just (pip package rust-just)"
+  python3 -m pip install --quiet rust-just || python3 -m pip install --quiet --user rust-just
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest (compiles from crates.io, a few minutes)"
+  cargo install cargo-nextest --locked
+fi
+echo "setup complete: $(just --version), $(cargo nextest --version | head -1)"
