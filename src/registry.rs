@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DatasetCard;
 use crate::model::llama::LlamaConfig;
 
-pub const ENCODER_ARCHITECTURES: [&str; 2] = ["tiny_vit", "tiny_wave"];
+pub const ENCODER_ARCHITECTURES: [&str; 3] = ["tiny_cnn", "tiny_vit", "tiny_wave"];
 pub const LLM_ARCHITECTURES: [&str; 1] = ["llama"];
 pub const TASKS: [&str; 3] = ["emotion", "description", "reason"];
 

@@ -356,6 +356,7 @@ fn bad_input_truncated_mp4() {
             err(decode_clip(&p, &uniform8(), 32, 32)),
         ] {
             assert!(matches!(e, MediaError::Decode { .. }), "{e:?}");
+            assert!(e.to_string().contains("truncated"), "{e}");
             assert_names_file(&e, &p);
         }
     }
@@ -431,6 +432,9 @@ fn bad_request_is_invalid_request() {
         (FrameSampling::Uniform { n: 0 }, 32, 32),
         (FrameSampling::Fps { fps: 0.0, max_frames: None }, 32, 32),
         (FrameSampling::Fps { fps: f64::NAN, max_frames: None }, 32, 32),
+        (FrameSampling::Fps { fps: 30.0, max_frames: Some(20_000) }, 32, 32),
+        // 5000 fps over 3 s = 15000 frames > the 10000-frame safety limit
+        (FrameSampling::Fps { fps: 5000.0, max_frames: None }, 32, 32),
         (uniform8(), 0, 32),
         (uniform8(), 32, 100_000),
     ] {

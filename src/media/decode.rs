@@ -290,6 +290,8 @@ struct VideoState {
     fallback_frame_s: f64,
     /// Time and sequence number of the last frame that had a timestamp.
     anchor: Option<(f64, u64)>,
+    /// Latest frame time seen.
+    last_time: Option<f64>,
     dec: ffmpeg::decoder::Video,
     targets: Vec<f64>,
     next: usize,
@@ -377,6 +379,7 @@ impl VideoState {
             }
             self.next += 1;
         }
+        self.last_time = Some(self.last_time.map_or(t, |x: f64| x.max(t)));
         self.prev = Some(Held { frame: f, t, seq });
         Ok(())
     }
@@ -563,6 +566,7 @@ pub(crate) fn run(
         let Some(vi) = super::best_video_stream(&ictx) else {
             return Err(MediaError::NoVideoStream { path: path.to_path_buf(), streams: super::stream_kinds(&ictx) });
         };
+        super::check_index_within_file(path, &ictx, vi)?;
         let dur = video_duration_s(path, &ictx, vi)?;
         video_duration = Some(dur);
         let Some(st) = ictx.stream(vi) else {
@@ -602,6 +606,7 @@ pub(crate) fn run(
             start: super::stream_start(&st),
             fallback_frame_s: 1.0 / fps,
             anchor: None,
+            last_time: None,
             dec,
             targets,
             next: 0,
@@ -626,6 +631,7 @@ pub(crate) fn run(
     if want_audio
         && let Some(ai) = super::best_audio_stream(&ictx)
     {
+        super::check_index_within_file(path, &ictx, ai)?;
         let Some(st) = ictx.stream(ai) else {
             return Err(MediaError::decode(path, "audio stream vanished"));
         };
@@ -692,12 +698,10 @@ pub(crate) fn run(
         return Err(MediaError::decode(path, format!("read error: {e}")));
     }
 
-    // --- truncation: the container's index declares more packets than the demuxer delivered
-    // (e.g. an MP4 cut after its `moov`). Trusted for the MP4/MOV family, whose `nb_frames` is
-    // the sample-table count, and wherever the demuxer reported corrupt/partial packets. PCM
-    // tracks are skipped: their `nb_frames` counts samples, not packets.
-    let mov_family = ictx.format().name().split(',').any(|n| n == "mov" || n == "mp4");
-    if !stopped_early && (mov_family || invalid_total > 0) {
+    // --- truncation that the index check above cannot see: the demuxer reported corrupt or
+    // partial packets and delivered fewer packets than the container declares. PCM tracks are
+    // skipped: their `nb_frames` counts samples, not packets.
+    if !stopped_early && invalid_total > 0 {
         let check = |index: usize, got: u64, what: &str| -> Result<(), MediaError> {
             let Some(st) = ictx.stream(index) else { return Ok(()) };
             let codec = st.parameters().id().name();
@@ -708,7 +712,7 @@ pub(crate) fn run(
             if declared > 0 && got < declared as u64 {
                 return Err(MediaError::decode(
                     path,
-                    format!("truncated file: the {what} stream has {got} of {declared} packets"),
+                    format!("truncated or corrupt file: the {what} stream has {got} of {declared} packets"),
                 ));
             }
             Ok(())
@@ -735,6 +739,17 @@ pub(crate) fn run(
                     errors = v.errors,
                     "video decoded with errors (last: {})",
                     v.last_error.as_deref().unwrap_or("?")
+                );
+            }
+            // Containers indexed at the end (Matroska, AVI) give no truncation signal; a
+            // video that stops far short of its declared duration is the best hint.
+            if let (false, Some(dur), Some(last)) = (stopped_early, video_duration, v.last_time)
+                && dur > 1.0
+                && last < 0.5 * dur
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    "video frames end at {last:.2} s of a declared {dur:.2} s: truncated file?"
                 );
             }
             let (w, h) = video.as_ref().and_then(|r| r.scale).unwrap_or((0, 0));

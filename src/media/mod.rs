@@ -236,6 +236,48 @@ pub(crate) fn stream_start(st: &ffmpeg::format::stream::Stream) -> i64 {
     if s == ffmpeg::ffi::AV_NOPTS_VALUE { 0 } else { s }
 }
 
+/// The largest byte offset (`pos + size`) the stream's demuxer index refers to, if the
+/// container has an index (MP4/MOV sample tables, AVI idx1, Matroska cues, ...).
+pub(crate) fn index_end(st: &ffmpeg::format::stream::Stream) -> Option<i64> {
+    // SAFETY: `st` wraps a valid AVStream of an open input; the entries are only read, and no
+    // other libavformat call happens while the pointers are in use.
+    unsafe {
+        let p = st.as_ptr() as *mut ffmpeg::ffi::AVStream;
+        let n = ffmpeg::ffi::avformat_index_get_entries_count(p);
+        let mut end: Option<i64> = None;
+        for i in 0..n.max(0) {
+            let e = ffmpeg::ffi::avformat_index_get_entry(p, i);
+            if e.is_null() || (*e).pos < 0 {
+                continue;
+            }
+            let x = (*e).pos.saturating_add(i64::from((*e).size().max(0)));
+            end = Some(end.map_or(x, |m| m.max(x)));
+        }
+        end
+    }
+}
+
+/// `Decode` error if the index of stream `index` points past the end of the file, i.e. the
+/// file was cut after its header (e.g. an MP4 with `moov` up front, truncated).
+pub(crate) fn check_index_within_file(
+    path: &Path,
+    ictx: &ffmpeg::format::context::Input,
+    index: usize,
+) -> Result<(), MediaError> {
+    let Some(st) = ictx.stream(index) else { return Ok(()) };
+    let Some(end) = index_end(&st) else { return Ok(()) };
+    let size = std::fs::metadata(path).map_err(|e| MediaError::io(path, e))?.len();
+    if end > 0 && end as u64 > size {
+        return Err(MediaError::decode(
+            path,
+            format!(
+                "truncated file: stream #{index}'s index refers to byte {end} but the file has only {size} bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn kind_name(t: ffmpeg::media::Type) -> &'static str {
     match t {
         ffmpeg::media::Type::Video => "video",

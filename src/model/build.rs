@@ -6,7 +6,8 @@ use candle_nn::VarMap;
 use super::init::SeededVarMap;
 
 use super::llama::{Llama, LlamaConfig};
-use super::multimodal::EmotionModel;
+use super::cnn::{CnnConfig, TinyCnn};
+use super::multimodal::{EmotionModel, FrameEncoder};
 use super::tokenizer::TextTokenizer;
 use super::vit::{TinyVit, VitConfig};
 use super::wave::{TinyWave, WaveConfig};
@@ -56,8 +57,11 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, tokenizer: &TextTokeniz
             let (path, m) = registry.encoder(name)?;
             check_random_weights(name, path, &m.weights)?;
             pixel = (m.preprocess.mean, m.preprocess.std);
-            let cfg: VitConfig = arch_config(m, path, "tiny_vit")?;
-            Some(TinyVit::new(&cfg, vb.pp("encoder.video"))?)
+            let vb = vb.pp("encoder.video");
+            Some(match m.architecture.as_str() {
+                "tiny_cnn" => FrameEncoder::Cnn(TinyCnn::new(&arch_config::<CnnConfig>(m, path, "tiny_cnn")?, vb)?),
+                _ => FrameEncoder::Vit(TinyVit::new(&arch_config::<VitConfig>(m, path, "tiny_vit")?, vb)?),
+            })
         }
     };
     let audio = match recipe.model.audio_encoder.as_str() {

@@ -1,6 +1,7 @@
 //! Models: the trainable LLaMA, the small encoders, projectors, tokenizer, prompt assembly, generation.
 
 pub mod build;
+pub mod cnn;
 pub mod generate;
 pub mod init;
 pub mod llama;

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use super::llama::Llama;
 use super::projector::Projector;
 use super::prompt::Segment;
+use super::cnn::TinyCnn;
 use super::vit::TinyVit;
 use super::wave::TinyWave;
 
@@ -74,9 +75,32 @@ pub struct LlmInputs {
     pub targets: Vec<u32>,
 }
 
+/// A per-frame visual encoder: (n, 3, size, size) → (n, hidden).
+#[derive(Debug, Clone)]
+pub enum FrameEncoder {
+    Vit(TinyVit),
+    Cnn(TinyCnn),
+}
+
+impl FrameEncoder {
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            Self::Vit(v) => v.hidden_size(),
+            Self::Cnn(c) => c.hidden_size(),
+        }
+    }
+
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Vit(v) => v.forward(images),
+            Self::Cnn(c) => c.forward(images),
+        }
+    }
+}
+
 pub struct EmotionModel {
     pub llm: Llama,
-    video_encoder: Option<TinyVit>,
+    video_encoder: Option<FrameEncoder>,
     audio_encoder: Option<TinyWave>,
     proj_frames: Option<Projector>,
     proj_video: Option<Projector>,
@@ -89,7 +113,7 @@ impl EmotionModel {
     /// Parameter prefixes: `llm.`, `encoder.video.`, `encoder.audio.`, `projector.{frames,video,audio}.`.
     pub fn new(
         llm: Llama,
-        video_encoder: Option<TinyVit>,
+        video_encoder: Option<FrameEncoder>,
         audio_encoder: Option<TinyWave>,
         projector: &str,
         vb: VarBuilder,

@@ -133,7 +133,7 @@ impl Default for Model {
     fn default() -> Self {
         Self {
             llm: "tiny-llama".into(),
-            video_encoder: "tiny-vit-frames".into(),
+            video_encoder: "tiny-cnn-frames".into(),
             audio_encoder: "tiny-wave-audio".into(),
             projector: "linear".into(),
             use_av: true,

@@ -1,0 +1,125 @@
+//! The `emollama` binary: recipe check / show, registry list, probe. Malformed recipes must exit non-zero
+//! with an actionable message and never panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_emollama"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).current_dir(repo()).output().expect("spawn emollama")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// Writes a recipe that extends the repository's tiny base with extra TOML.
+fn recipe(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let base = repo().join("recipes/base/tiny.toml");
+    let p = dir.join(name);
+    std::fs::write(&p, format!("extends = [{:?}]\nname = \"t\"\n{body}", base.display().to_string())).expect("write recipe");
+    p
+}
+
+fn check_fails(path: &Path, expect: &[&str]) {
+    let o = run(&["recipe", "check", path.to_str().expect("utf8 path")]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "check should fail for {}: {err}", path.display());
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for e in expect {
+        assert!(err.contains(e), "expected `{e}` in:\n{err}");
+    }
+}
+
+#[test]
+fn quickstart_recipe_checks_and_shows() {
+    let o = run(&["recipe", "check", "recipes/quickstart.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["recipe", "show", "recipes/quickstart.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("[[stage]]") && shown.contains("name = \"coarse\"") && shown.contains("name = \"fine\""), "{shown}");
+    assert!(shown.contains("llm = \"tiny-llama\""), "resolved recipe includes the base: {shown}");
+    let o = run(&["recipe", "show", "recipes/quickstart.toml", "--set", "model.use_av=false"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("use_av = false"));
+}
+
+#[test]
+fn unknown_key_names_file_line_and_suggestion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = recipe(dir.path(), "typo.toml", "\n[[stage]]\nname = \"a\"\nlr_shedule = \"cosine\"\n");
+    check_fails(&p, &["typo.toml:6", "lr_shedule", "did you mean `lr_schedule`"]);
+}
+
+#[test]
+fn wrong_type_names_key_and_expectation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = recipe(dir.path(), "type.toml", "\n[[stage]]\nname = \"a\"\nlr = \"fast\"\n");
+    check_fails(&p, &["type.toml:6", "lr", "float"]);
+}
+
+#[test]
+fn missing_extends_file_and_cycle_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("child.toml");
+    std::fs::write(&p, "extends = [\"../nowhere/base.toml\"]\n").expect("write");
+    check_fails(&p, &["child.toml", "nowhere/base.toml"]);
+    std::fs::write(dir.path().join("a.toml"), "extends = [\"b.toml\"]\n").expect("write");
+    std::fs::write(dir.path().join("b.toml"), "extends = [\"a.toml\"]\n").expect("write");
+    check_fails(&dir.path().join("a.toml"), &["a.toml", "b.toml", "cycle"]);
+}
+
+#[test]
+fn unknown_registry_names_list_the_known_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = recipe(dir.path(), "names.toml", "[model]\nllm = \"tiny-lama\"\nprojector = \"mlpp\"\n[[stage]]\nname = \"s\"\ntasks = [\"emotoin\"]\n");
+    check_fails(
+        &p,
+        &[
+            "names.toml:5",
+            "unknown LLM plugin `tiny-lama`, did you mean `tiny-llama`?",
+            "unknown projector `mlpp`",
+            "linear, mlp",
+            "unknown task `emotoin`, did you mean `emotion`?",
+        ],
+    );
+    let o = run(&["recipe", "check", p.to_str().expect("utf8"), "--set", "data.dataset=synthh"]);
+    assert!(stderr(&o).contains("unknown dataset `synthh`, did you mean `synth`?"), "{}", stderr(&o));
+}
+
+#[test]
+fn registry_list_shows_every_kind() {
+    let o = run(&["registry", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["tiny_cnn", "tiny-cnn-frames", "tiny-wave-audio", "tiny-llama", "synth", "weighted_f1", "reason", "llama2"] {
+        assert!(out.contains(needle), "`{needle}` missing from:\n{out}");
+    }
+}
+
+#[test]
+fn probe_prints_streams_and_sampled_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("c.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-f", "lavfi", "-i", "sine=frequency=440", "-t", "2"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .arg(&clip)
+        .status()
+        .expect("the ffmpeg CLI is needed to make test media: apt-get install ffmpeg");
+    assert!(st.success());
+    let o = run(&["probe", clip.to_str().expect("utf8"), "--frames", "uniform:4", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let picked: Vec<f64> = v["picked_s"].as_array().expect("picked").iter().filter_map(|x| x.as_f64()).collect();
+    assert_eq!(picked, vec![0.2, 0.7, 1.2, 1.7]);
+    let o = run(&["probe", dir.path().join("missing.mp4").to_str().expect("utf8")]);
+    assert!(!o.status.success() && stderr(&o).contains("missing.mp4") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
