@@ -57,6 +57,11 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
         if s.tasks.is_empty() {
             err(&format!("stage[{i}].tasks"), "a stage needs at least one task".into());
         }
+        for m in &s.modalities {
+            if let Err(e) = registry::check_builtin("modality", m, &["video", "audio"]) {
+                err(&format!("stage[{i}].modalities"), e.to_string());
+            }
+        }
         if s.batch_size == 0 {
             err(&format!("stage[{i}].batch_size"), "must be at least 1".into());
         }

@@ -126,8 +126,18 @@ impl TinyCnn {
         self.cfg.hidden_size
     }
 
+    /// Channels of the spatial tokens from [`Self::forward_with_tokens`].
+    pub fn token_dim(&self) -> usize {
+        self.cfg.channels.last().copied().unwrap_or(self.cfg.stem_channels)
+    }
+
     /// `images`: (n, channels, size, size), normalised → (n, hidden).
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with_tokens(images)?.0)
+    }
+
+    /// Pooled features (n, hidden) and the last feature map as spatial tokens (n, side², token_dim).
+    pub fn forward_with_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
         let (n, c, h, w) = images.dims4()?;
         let s = self.cfg.image_size;
         if (c, h, w) != (self.cfg.num_channels, s, s) {
@@ -141,7 +151,9 @@ impl TinyCnn {
             x = conv.forward(&x)?.relu()?;
         }
         let pooled = if self.cfg.pool == "mean" { x.mean((1, 2))? } else { x.flatten_from(1)? };
-        self.norm.forward(&self.proj.forward(&pooled)?)
+        let (_, sh, sw, ch) = x.dims4()?;
+        let tokens = x.reshape((n, sh * sw, ch))?;
+        Ok((self.norm.forward(&self.proj.forward(&pooled)?)?, tokens))
     }
 }
 

@@ -1,13 +1,17 @@
 //! The multimodal model: encoders → projectors → tokens spliced into the LLM's input embeddings.
 //!
-//! Token layout (after Emotion-LLaMA's `encode_img` / `prompt_wrap`): at `<VideoHere>` one projected token
-//! per sampled frame; at `<FeatureHere>` the projected mean frame feature and the projected mean audio
-//! feature. The sequence is `[BOS] prompt-with-tokens answer [EOS]`; only answer and EOS carry loss.
+//! Token layout (after Emotion-LLaMA's `encode_img` / `prompt_wrap`): at `<VideoHere>` the projected
+//! spatial tokens of the frame-averaged feature map (as Emotion-LLaMA puts EVA's patch tokens there), then
+//! one projected token per sampled frame; at `<FeatureHere>` the projected mean frame feature and the
+//! projected mean audio feature. Spatial tokens matter for learning from scratch: a local feature of the
+//! mouth region is informative even before the encoder has learned to pool it, so the LLM learns to attend
+//! to the visual tokens before it learns to ignore them. The sequence is `[BOS] prompt-with-tokens answer [EOS]`; only answer and EOS carry loss.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::llama::Llama;
+use crate::recipe::LossReduction;
 use super::projector::Projector;
 use super::prompt::Segment;
 use super::cnn::TinyCnn;
@@ -73,6 +77,8 @@ pub struct LlmInputs {
     /// Flat indices (b * seq + t) of positions whose next token is a target, and those targets.
     pub target_rows: Vec<u32>,
     pub targets: Vec<u32>,
+    /// For each target, the index of its sample.
+    pub target_sample: Vec<usize>,
 }
 
 /// A per-frame visual encoder: (n, 3, size, size) → (n, hidden).
@@ -90,10 +96,19 @@ impl FrameEncoder {
         }
     }
 
-    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+    /// Width of the spatial (patch) tokens.
+    pub fn token_dim(&self) -> usize {
         match self {
-            Self::Vit(v) => v.forward(images),
-            Self::Cnn(c) => c.forward(images),
+            Self::Vit(v) => v.hidden_size(),
+            Self::Cnn(c) => c.token_dim(),
+        }
+    }
+
+    /// Pooled (n, hidden) and spatial tokens (n, tokens, token_dim).
+    pub fn forward_with_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            Self::Vit(v) => v.forward_with_tokens(images),
+            Self::Cnn(c) => c.forward_with_tokens(images),
         }
     }
 }
@@ -102,6 +117,7 @@ pub struct EmotionModel {
     pub llm: Llama,
     video_encoder: Option<FrameEncoder>,
     audio_encoder: Option<TinyWave>,
+    proj_patches: Option<Projector>,
     proj_frames: Option<Projector>,
     proj_video: Option<Projector>,
     proj_audio: Option<Projector>,
@@ -122,31 +138,42 @@ impl EmotionModel {
     ) -> Result<Self> {
         let h = llm.config().hidden_size;
         let p = vb.pp("projector");
-        let (proj_frames, proj_video) = match &video_encoder {
+        let (proj_patches, proj_frames, proj_video) = match &video_encoder {
             Some(v) => (
+                Some(Projector::new(projector, v.token_dim(), h, p.pp("patches"))?),
                 Some(Projector::new(projector, v.hidden_size(), h, p.pp("frames"))?),
                 Some(Projector::new(projector, v.hidden_size(), h, p.pp("video"))?),
             ),
-            None => (None, None),
+            None => (None, None, None),
         };
         let proj_audio = match &audio_encoder {
             Some(a) => Some(Projector::new(projector, a.hidden_size(), h, p.pp("audio"))?),
             None => None,
         };
-        Ok(Self { llm, video_encoder, audio_encoder, proj_frames, proj_video, proj_audio, bos, eos })
+        Ok(Self { llm, video_encoder, audio_encoder, proj_patches, proj_frames, proj_video, proj_audio, bos, eos })
     }
 
     /// Encodes and projects the media of a batch. `None` when the model has no encoders.
     pub fn encode(&self, media: &MediaBatch) -> Result<Option<MmTokens>> {
+        self.encode_modalities(media, true, true)
+    }
+
+    /// As [`Self::encode`], with each modality switchable (a disabled one contributes no tokens).
+    pub fn encode_modalities(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
         let mut feature = Vec::new();
         let mut video = None;
-        if let (Some(enc), Some(pf), Some(pv)) = (&self.video_encoder, &self.proj_frames, &self.proj_video) {
+        if let (true, Some(enc), Some(pp), Some(pf), Some(pv)) =
+            (use_video, &self.video_encoder, &self.proj_patches, &self.proj_frames, &self.proj_video)
+        {
             let (b, n, c, hgt, w) = media.frames.dims5()?;
-            let per_frame = enc.forward(&media.frames.reshape((b * n, c, hgt, w))?)?.reshape((b, n, ()))?;
-            video = Some(pf.forward(&per_frame)?);
+            let (pooled, tokens) = enc.forward_with_tokens(&media.frames.reshape((b * n, c, hgt, w))?)?;
+            let per_frame = pooled.reshape((b, n, ()))?;
+            let (_, t, d) = tokens.dims3()?;
+            let patches = tokens.reshape((b, n, t, d))?.mean(1)?;
+            video = Some(Tensor::cat(&[pp.forward(&patches)?, pf.forward(&per_frame)?], 1)?);
             feature.push(pv.forward(&per_frame.mean_keepdim(1)?)?);
         }
-        if let (Some(enc), Some(pa)) = (&self.audio_encoder, &self.proj_audio) {
+        if let (true, Some(enc), Some(pa)) = (use_audio, &self.audio_encoder, &self.proj_audio) {
             let steps = enc.forward(&media.audio)?;
             feature.push(pa.forward(&steps.mean_keepdim(1)?)?);
         }
@@ -200,7 +227,7 @@ impl EmotionModel {
         let h = self.llm.config().hidden_size;
         let mut padded = Vec::with_capacity(rows.len());
         let mut valid = vec![0u8; prompts.len() * t_max];
-        let (mut target_rows, mut targets) = (Vec::new(), Vec::new());
+        let (mut target_rows, mut targets, mut target_sample) = (Vec::new(), Vec::new(), Vec::new());
         for (b, row) in rows.into_iter().enumerate() {
             let len = lengths[b];
             valid[b * t_max..b * t_max + len].fill(1);
@@ -210,6 +237,7 @@ impl EmotionModel {
                 // The logit at position p predicts token p + 1.
                 target_rows.push((b * t_max + start + k - 1) as u32);
                 targets.push(tok);
+                target_sample.push(b);
             }
         }
         Ok(LlmInputs {
@@ -218,17 +246,34 @@ impl EmotionModel {
             lengths,
             target_rows,
             targets,
+            target_sample,
         })
     }
 
-    /// Mean next-token cross-entropy over answer tokens (and EOS).
-    pub fn loss(&self, inputs: &LlmInputs) -> Result<Tensor> {
+    /// Next-token cross-entropy over answer tokens (and EOS), averaged per `reduction`.
+    pub fn loss(&self, inputs: &LlmInputs, reduction: LossReduction) -> Result<Tensor> {
         let logits = self.llm.forward_embeds(&inputs.embeds, &inputs.valid)?;
         let (b, t, v) = logits.dims3()?;
         let dev = logits.device();
         let rows = Tensor::new(inputs.target_rows.as_slice(), dev)?;
         let picked = logits.reshape((b * t, v))?.index_select(&rows, 0)?;
-        candle_nn::loss::cross_entropy(&picked, &Tensor::new(inputs.targets.as_slice(), dev)?)
+        let targets = Tensor::new(inputs.targets.as_slice(), dev)?;
+        match reduction {
+            LossReduction::TokenMean => candle_nn::loss::cross_entropy(&picked, &targets),
+            LossReduction::SampleMean => {
+                // Weight each token by 1 / (its sample's answer length · samples), so the sum is the mean
+                // over samples of per-sample token means.
+                let mut counts = vec![0usize; b];
+                for &s in &inputs.target_sample {
+                    counts[s] += 1;
+                }
+                let samples = counts.iter().filter(|&&c| c > 0).count().max(1) as f32;
+                let w: Vec<f32> = inputs.target_sample.iter().map(|&s| 1.0 / (counts[s] as f32 * samples)).collect();
+                let logp = candle_nn::ops::log_softmax(&picked, candle_core::D::Minus1)?;
+                let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+                (nll * Tensor::new(w.as_slice(), dev)?)?.sum_all()
+            }
+        }
     }
 
     fn llm_device(&self) -> &Device {

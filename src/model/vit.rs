@@ -75,6 +75,11 @@ impl TinyVit {
 
     /// `images`: (n, channels, size, size), normalised → (n, hidden) CLS features.
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with_tokens(images)?.0)
+    }
+
+    /// CLS features (n, hidden) and the normalised patch tokens (n, patches, hidden).
+    pub fn forward_with_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
         let (n, c, h, w) = images.dims4()?;
         let (s, p) = (self.cfg.image_size, self.cfg.patch_size);
         if (c, h, w) != (self.cfg.num_channels, s, s) {
@@ -91,6 +96,8 @@ impl TinyVit {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        self.norm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)
+        let x = self.norm.forward(&x)?;
+        let patches = x.dim(1)? - 1;
+        Ok((x.narrow(1, 0, 1)?.squeeze(1)?, x.narrow(1, 1, patches)?))
     }
 }

@@ -193,6 +193,17 @@ pub enum LrSchedule {
     Linear,
 }
 
+/// How answer-token losses are averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossReduction {
+    /// Mean over all answer tokens of the batch (Emotion-LLaMA / HF `reduction='mean'`): long answers
+    /// dominate, a one-word label answer weighs little.
+    TokenMean,
+    /// Mean over samples of each sample's token mean: a label answer weighs as much as a description.
+    SampleMean,
+}
+
 /// One training stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -215,6 +226,17 @@ pub struct Stage {
     pub grad_clip: f64,
     /// Globs over parameter names that this stage trains (`projector.*`, `llm.*`, `encoder.audio.*`).
     pub trainable: Vec<String>,
+    /// Modalities whose tokens this stage feeds (`video`, `audio`); empty = all the model has. A visual
+    /// warm-up stage (`["video"]`) teaches the LLM to read the visual tokens before the easier audio cue
+    /// is available to it; without it a from-scratch LLM learns to ignore the slower visual pathway.
+    pub modalities: Vec<String>,
+    /// Override `prompt.transcript` for this stage.
+    pub transcript: Option<bool>,
+    /// Learning-rate factors by parameter glob, e.g. `{ "encoder.*" = 5.0 }` (first matching glob in sorted
+    /// order; others use 1).
+    pub lr_scale: std::collections::BTreeMap<String, f64>,
+    /// Averaging of the answer-token loss.
+    pub loss: LossReduction,
     /// Log every N steps.
     pub log_every: usize,
 }
@@ -233,6 +255,10 @@ impl Default for Stage {
             weight_decay: 0.05,
             grad_clip: 1.0,
             trainable: vec!["*".into()],
+            modalities: Vec::new(),
+            transcript: None,
+            lr_scale: Default::default(),
+            loss: LossReduction::TokenMean,
             log_every: 10,
         }
     }

@@ -44,35 +44,68 @@ pub fn select(varmap: &VarMap, globs: &[String]) -> Vec<(String, Var)> {
 }
 
 pub struct GroupedAdamW {
-    decay: AdamW,
-    no_decay: AdamW,
+    /// One AdamW per (weight decay on/off, learning-rate scale) group, with its scale.
+    optimizers: Vec<(AdamW, f64)>,
     vars: Vec<Var>,
+    /// Module group of each var (`encoder.video`, `projector.audio`, `llm`, ...), for per-group norms.
+    groups: Vec<String>,
+}
+
+/// The module group a parameter belongs to: its first two name components (`llm` alone for the LLM).
+pub fn group_of(name: &str) -> String {
+    let mut parts = name.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("llm"), _) | (Some(_), None) => name.split('.').next().unwrap_or(name).to_string(),
+        (Some(a), Some(b)) => format!("{a}.{b}"),
+        _ => name.to_string(),
+    }
 }
 
 impl GroupedAdamW {
-    pub fn new(vars: &[(String, Var)], lr: f64, weight_decay: f64) -> Result<Self> {
-        let params = |wd| ParamsAdamW { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd };
-        let (d, nd): (Vec<_>, Vec<_>) = vars.iter().partition(|(n, v)| decays(n, v));
+    /// `lr_scale`: glob → factor on the learning rate (the first matching glob in sorted order wins;
+    /// unmatched parameters use 1).
+    pub fn new(vars: &[(String, Var)], lr: f64, weight_decay: f64, lr_scale: &std::collections::BTreeMap<String, f64>) -> Result<Self> {
+        let scale_of = |name: &str| lr_scale.iter().find(|(g, _)| glob_match(g, name)).map(|(_, f)| *f).unwrap_or(1.0);
+        let mut groups: Vec<((bool, u64), Vec<Var>)> = Vec::new();
+        for (name, var) in vars {
+            let key = (decays(name, var), scale_of(name).to_bits());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, vs)) => vs.push(var.clone()),
+                None => groups.push((key, vec![var.clone()])),
+            }
+        }
+        let mut optimizers = Vec::with_capacity(groups.len());
+        for ((decay, scale_bits), vs) in groups {
+            let scale = f64::from_bits(scale_bits);
+            let params = ParamsAdamW { lr: lr * scale, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: if decay { weight_decay } else { 0.0 } };
+            optimizers.push((AdamW::new(vs, params)?, scale));
+        }
         Ok(Self {
-            decay: AdamW::new(d.into_iter().map(|(_, v)| v.clone()).collect(), params(weight_decay))?,
-            no_decay: AdamW::new(nd.into_iter().map(|(_, v)| v.clone()).collect(), params(0.0))?,
+            optimizers,
             vars: vars.iter().map(|(_, v)| v.clone()).collect(),
+            groups: vars.iter().map(|(n, _)| group_of(n)).collect(),
         })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
-        self.decay.set_learning_rate(lr);
-        self.no_decay.set_learning_rate(lr);
+        for (opt, scale) in &mut self.optimizers {
+            opt.set_learning_rate(lr * *scale);
+        }
     }
 
-    /// Clips the global gradient norm to `max_norm` (0 = no clipping), steps, and returns the norm before clipping.
-    pub fn step(&mut self, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+    /// Clips the global gradient norm to `max_norm` (0 = no clipping), steps, and returns the norm before
+    /// clipping with the per-group norms.
+    pub fn step(&mut self, grads: &mut GradStore, max_norm: f64) -> Result<(f64, std::collections::BTreeMap<String, f64>)> {
         let mut sq = 0.0f64;
-        for v in &self.vars {
+        let mut per_group = std::collections::BTreeMap::<String, f64>::new();
+        for (v, group) in self.vars.iter().zip(&self.groups) {
             if let Some(g) = grads.get(v.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                let s = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                sq += s;
+                *per_group.entry(group.clone()).or_default() += s;
             }
         }
+        per_group.values_mut().for_each(|v| *v = v.sqrt());
         let norm = sq.sqrt();
         if max_norm > 0.0 && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
@@ -82,15 +115,23 @@ impl GroupedAdamW {
                 }
             }
         }
-        self.decay.step(grads)?;
-        self.no_decay.step(grads)?;
-        Ok(norm)
+        for (opt, _) in &mut self.optimizers {
+            opt.step(grads)?;
+        }
+        Ok((norm, per_group))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_are_module_prefixes() {
+        assert_eq!(group_of("llm.model.layers.0.mlp.up_proj.weight"), "llm");
+        assert_eq!(group_of("encoder.video.stem.weight"), "encoder.video");
+        assert_eq!(group_of("projector.audio.bias"), "projector.audio");
+    }
 
     #[test]
     fn globs_match_dotted_names() {

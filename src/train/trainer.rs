@@ -80,7 +80,9 @@ pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Resul
     if pairs.is_empty() {
         return Err(fail(format!("no training sample has an answer for tasks {:?}", stage.tasks)));
     }
-    let mut opt = GroupedAdamW::new(&vars, stage.lr, stage.weight_decay).map_err(candle(0))?;
+    let uses = |m: &str| stage.modalities.is_empty() || stage.modalities.iter().any(|x| x == m);
+    let (use_video, use_audio) = (uses("video"), uses("audio"));
+    let mut opt = GroupedAdamW::new(&vars, stage.lr, stage.weight_decay, &stage.lr_scale).map_err(candle(0))?;
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.recipe.seed ^ ((index as u64 + 1) * 0x9E37_79B9_7F4A_7C15));
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.shuffle(&mut rng);
@@ -103,26 +105,26 @@ pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Resul
             let (sample, decoded) = &ctx.train[*si];
             let pool = ctx.recipe.prompt.instructions.get(task).filter(|p| !p.is_empty());
             let instruction = pool.map(|p| p[rng.random_range(0..p.len())].as_str()).unwrap_or("");
-            let text = batch::prompt_text(sample, task, instruction, ctx.template, ctx.recipe.prompt.transcript);
+            let text = batch::prompt_text(sample, task, instruction, ctx.template, stage.transcript.unwrap_or(ctx.recipe.prompt.transcript));
             let answer = batch::answer_for(sample, task);
             prompts.push(batch::tokenize(ctx.tokenizer, &text, answer.as_deref()).map_err(|e| fail(e.to_string()))?);
             media.push(decoded);
         }
-        let loss = (|| -> candle_core::Result<(f64, f64)> {
+        let loss = (|| -> candle_core::Result<(f64, (f64, std::collections::BTreeMap<String, f64>))> {
             let mm = if ctx.recipe.model.use_av {
-                ctx.model.encode(&batch::media_batch(&media, &ctx.layout, ctx.device)?)?
+                ctx.model.encode_modalities(&batch::media_batch(&media, &ctx.layout, ctx.device)?, use_video, use_audio)?
             } else {
                 None
             };
             let inputs = ctx.model.build_inputs(&prompts, mm.as_ref(), true)?;
-            let loss = ctx.model.loss(&inputs)?;
+            let loss = ctx.model.loss(&inputs, stage.loss)?;
             let value = loss.to_scalar::<f32>()? as f64;
             let mut grads = loss.backward()?;
             let norm = opt.step(&mut grads, stage.grad_clip)?;
             Ok((value, norm))
         })()
         .map_err(candle(step))?;
-        let (value, grad_norm) = loss;
+        let (value, (grad_norm, group_norms)) = loss;
         if !value.is_finite() {
             return Err(fail(format!("loss became {value} at step {step}; lower `lr` or enable `grad_clip`")));
         }
@@ -136,7 +138,7 @@ pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Resul
         bar.inc(1);
         if step % stage.log_every.max(1) == 0 || step + 1 == stage.steps {
             let line = serde_json::json!({
-                "stage": stage.name, "step": step + 1, "loss": value, "lr": lr, "grad_norm": grad_norm,
+                "stage": stage.name, "step": step + 1, "loss": value, "lr": lr, "grad_norm": grad_norm, "grad_norms": group_norms,
                 "elapsed_s": start.elapsed().as_secs_f64(),
             });
             writeln!(ctx.log, "{line}").map_err(|source| TrainError::Io { path: "log.jsonl".into(), source })?;

@@ -34,7 +34,7 @@ use crate::media::{self, VideoCodec};
 pub const CLASSES: [&str; 6] = ["neutral", "angry", "happy", "sad", "worried", "surprise"];
 
 /// Bumped whenever generated content changes; part of the fingerprint (and so of the cache path).
-pub const GENERATOR_VERSION: &str = "synth-v2";
+pub const GENERATOR_VERSION: &str = "synth-v3";
 
 /// Split names in manifest order.
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
