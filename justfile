@@ -26,3 +26,7 @@ test:
 # The emollama CLI itself, e.g. `just emollama registry list`.
 emollama *args: build
     {{bin}} {{args}}
+
+# Time the parts of a quick-start training step (forward + backward, median of 5).
+bench:
+    cargo run --release --example profile_step

@@ -117,8 +117,10 @@ fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[(Sample, DecodedMedia)], lab
     let mut corpus: Vec<String> = labels.to_vec();
     for (sample, _) in train {
         for task in &tasks {
-            for instruction in r.prompt.instructions.get(*task).into_iter().flatten() {
-                corpus.push(batch::prompt_text(sample, task, instruction, template, r.prompt.transcript));
+            for instruction in r.prompt.instructions_for(task) {
+                for transcript in [true, false] {
+                    corpus.push(batch::prompt_text(sample, task, &instruction, template, transcript));
+                }
             }
             if let Some(a) = batch::answer_for(sample, task) {
                 corpus.push(a);

@@ -70,7 +70,8 @@ pub fn evaluate(ctx: &EvalContext, samples: &[(Sample, DecodedMedia)], out_dir: 
     if take == 0 {
         return Err(EvalError::Empty { split: e.split.clone() });
     }
-    let instruction = ctx.recipe.prompt.instructions.get(&e.task).and_then(|p| p.first()).map(String::as_str).unwrap_or("");
+    let pool = ctx.recipe.prompt.instructions_for(&e.task);
+    let instruction = pool.first().map(String::as_str).unwrap_or("");
     let labels: Vec<&str> = ctx.labels.iter().map(String::as_str).collect();
     let path = out_dir.join("predictions.jsonl");
     let io = |source| EvalError::Io { path: path.display().to_string(), source };

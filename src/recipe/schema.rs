@@ -153,6 +153,17 @@ pub struct Prompt {
     pub instructions: std::collections::BTreeMap<String, Vec<String>>,
 }
 
+impl Prompt {
+    /// The instruction pool of `task`: the recipe's, or the default pool when the recipe sets
+    /// `[prompt.instructions]` without this task (serde fills defaults per struct, not per map key).
+    pub fn instructions_for(&self, task: &str) -> Vec<String> {
+        match self.instructions.get(task) {
+            Some(pool) if !pool.is_empty() => pool.clone(),
+            _ => Prompt::default().instructions.get(task).cloned().unwrap_or_default(),
+        }
+    }
+}
+
 impl Default for Prompt {
     fn default() -> Self {
         let mut instructions = std::collections::BTreeMap::new();

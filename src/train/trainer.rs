@@ -103,8 +103,8 @@ pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Resul
             let (si, task) = &pairs[order[cursor]];
             cursor += 1;
             let (sample, decoded) = &ctx.train[*si];
-            let pool = ctx.recipe.prompt.instructions.get(task).filter(|p| !p.is_empty());
-            let instruction = pool.map(|p| p[rng.random_range(0..p.len())].as_str()).unwrap_or("");
+            let pool = ctx.recipe.prompt.instructions_for(task);
+            let instruction = if pool.is_empty() { "" } else { pool[rng.random_range(0..pool.len())].as_str() };
             let text = batch::prompt_text(sample, task, instruction, ctx.template, stage.transcript.unwrap_or(ctx.recipe.prompt.transcript));
             let answer = batch::answer_for(sample, task);
             prompts.push(batch::tokenize(ctx.tokenizer, &text, answer.as_deref()).map_err(|e| fail(e.to_string()))?);
