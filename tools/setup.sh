@@ -24,7 +24,13 @@ fi
 
 if ! command -v just >/dev/null 2>&1; then
   echo "installing just (pip package rust-just)"
-  python3 -m pip install --quiet rust-just || python3 -m pip install --quiet --user rust-just
+  # pip may refuse (PEP 668 system Python) or install outside PATH (~/.local/bin): then build it with cargo,
+  # which puts it in ~/.cargo/bin, already on a Rust user's PATH.
+  python3 -m pip install --quiet rust-just >/dev/null 2>&1 || true
+  if ! command -v just >/dev/null 2>&1; then
+    echo "pip could not put just on PATH; installing it with cargo (a few minutes)"
+    cargo install just --locked
+  fi
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
