@@ -34,7 +34,8 @@ fn main() -> candle_core::Result<()> {
     let embeds = Tensor::randn(0f32, 1., (16, 100, 128), &dev)?;
     let valid = Tensor::ones((16, 100), DType::U8, &dev)?;
     println!("{:>28} {:>10}", "part (fwd + bwd)", "ms");
-    let rows: [(&str, Box<dyn Fn() -> candle_core::Result<Tensor>>); 4] = [
+    type Part<'a> = (&'a str, Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>);
+    let rows: [Part; 4] = [
         ("tiny_cnn, 64 frames", Box::new(|| cnn.forward(&frames))),
         ("tiny_vit, 64 frames", Box::new(|| vit.forward(&frames))),
         ("tiny_wave, 16 x 2 s", Box::new(|| wave.forward(&audio))),

@@ -65,6 +65,8 @@ pub struct RunSummary {
     pub recipe: String,
     pub use_av: bool,
     pub train_samples: usize,
+    /// Samples whose file had no audio stream (decoded as silence).
+    pub audio_missing: usize,
     pub stages: Vec<StageReport>,
     pub eval: Option<EvalOutcome>,
     pub skipped: Vec<Skipped>,
@@ -161,6 +163,10 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
     if !skipped.is_empty() {
         tracing::warn!(count = skipped.len(), "samples skipped (see metrics.json)");
     }
+    let audio_missing = decoded.iter().filter(|(_, m)| m.audio_missing).count();
+    if audio_missing > 0 {
+        tracing::warn!(count = audio_missing, "samples without an audio stream are decoded as silence");
+    }
     let (train, eval_set): (Vec<_>, Vec<_>) = decoded.into_iter().partition(|(s, _)| s.split == "train");
     let data_s = t0.elapsed().as_secs_f64();
 
@@ -229,6 +235,7 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
         recipe: loaded.path.display().to_string(),
         use_av: r.model.use_av,
         train_samples: train.len(),
+        audio_missing,
         stages,
         eval,
         skipped,

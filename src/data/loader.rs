@@ -40,9 +40,12 @@ pub struct Skipped {
     pub reason: String,
 }
 
+/// Decoded samples, and the ones skipped by the error policy.
+pub type Decoded = (Vec<(Sample, DecodedMedia)>, Vec<Skipped>);
+
 /// Decodes every sample. Under `OnError::Skip` unreadable samples are dropped and returned in the
 /// second list; under `OnError::Fail` the first error stops the run.
-pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<(Vec<(Sample, DecodedMedia)>, Vec<Skipped>), MediaError> {
+pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<Decoded, MediaError> {
     media::init();
     let bar = crate::progress::bar(samples.len() as u64, "decode", spec.show_progress);
     let results: Mutex<Vec<Option<Result<DecodedMedia, MediaError>>>> = Mutex::new((0..samples.len()).map(|_| None).collect());

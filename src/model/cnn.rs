@@ -93,7 +93,7 @@ pub struct TinyCnn {
 impl TinyCnn {
     pub fn new(cfg: &CnnConfig, vb: VarBuilder) -> Result<Self> {
         let scale = cfg.stem_patch.max(1) << cfg.channels.len();
-        if cfg.stem_patch == 0 || cfg.image_size % scale != 0 {
+        if cfg.stem_patch == 0 || !cfg.image_size.is_multiple_of(scale) {
             candle_core::bail!(
                 "image_size {} is not divisible by stem_patch x 2^{} = {scale} (one halving per conv stage)",
                 cfg.image_size,

@@ -280,3 +280,62 @@ impl EmotionModel {
         self.llm.device()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::llama::LlamaConfig;
+    use candle_nn::VarMap;
+
+    fn model() -> Result<EmotionModel> {
+        let cfg = LlamaConfig {
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: None,
+            vocab_size: 20,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+        };
+        let vm = VarMap::new();
+        let vb = crate::model::init::SeededVarMap::builder(&vm, 3, DType::F32, &Device::Cpu);
+        EmotionModel::new(Llama::new(&cfg, vb.pp("llm"))?, None, None, "linear", vb, 1, 2)
+    }
+
+    fn prompt(answer: Vec<u32>) -> TokenizedPrompt {
+        TokenizedPrompt { pieces: vec![Piece::Text(vec![5, 6]), Piece::Video, Piece::Text(vec![7])], answer }
+    }
+
+    #[test]
+    fn targets_are_answer_tokens_and_eos_only() -> Result<()> {
+        let m = model()?;
+        let inputs = m.build_inputs(&[prompt(vec![9, 10]), prompt(vec![11])], None, true)?;
+        // [BOS 5 6 7 | 9 10 EOS] and [BOS 5 6 7 | 11 EOS pad]: positions 3,4,5 of row 0 and 3,4 of row 1.
+        assert_eq!(inputs.lengths, vec![7, 6]);
+        assert_eq!(inputs.targets, vec![9, 10, 2, 11, 2]);
+        assert_eq!(inputs.target_rows, vec![3, 4, 5, 7 + 3, 7 + 4]);
+        assert_eq!(inputs.target_sample, vec![0, 0, 0, 1, 1]);
+        Ok(())
+    }
+
+    #[test]
+    fn sample_mean_weighs_samples_equally() -> Result<()> {
+        let m = model()?;
+        let equal = m.build_inputs(&[prompt(vec![9, 10]), prompt(vec![11, 12])], None, true)?;
+        let a = m.loss(&equal, LossReduction::TokenMean)?.to_scalar::<f32>()?;
+        let b = m.loss(&equal, LossReduction::SampleMean)?.to_scalar::<f32>()?;
+        assert!((a - b).abs() < 1e-5, "equal lengths: {a} vs {b}");
+        // Per-sample losses, then the two reductions by hand.
+        let one = |p| -> Result<f32> { m.loss(&m.build_inputs(&[p], None, true)?, LossReduction::TokenMean)?.to_scalar::<f32>() };
+        let (l0, l1) = (one(prompt(vec![9, 10, 11, 12]))?, one(prompt(vec![13]))?);
+        let mixed = m.build_inputs(&[prompt(vec![9, 10, 11, 12]), prompt(vec![13])], None, true)?;
+        let token = m.loss(&mixed, LossReduction::TokenMean)?.to_scalar::<f32>()?;
+        let sample = m.loss(&mixed, LossReduction::SampleMean)?.to_scalar::<f32>()?;
+        assert!((sample - (l0 + l1) / 2.0).abs() < 1e-4, "{sample} vs {}", (l0 + l1) / 2.0);
+        assert!((token - (5.0 * l0 + 2.0 * l1) / 7.0).abs() < 1e-4, "{token}");
+        Ok(())
+    }
+}

@@ -48,7 +48,7 @@ pub struct EncoderBlock {
 
 impl EncoderBlock {
     pub fn new(dim: usize, heads: usize, mlp_dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             candle_core::bail!("hidden size {dim} is not divisible by {heads} heads");
         }
         Ok(Self {

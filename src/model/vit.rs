@@ -43,7 +43,7 @@ pub struct TinyVit {
 
 impl TinyVit {
     pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
             candle_core::bail!("image_size {} is not a multiple of patch_size {}", cfg.image_size, cfg.patch_size);
         }
         let patches = (cfg.image_size / cfg.patch_size).pow(2);

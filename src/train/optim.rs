@@ -43,6 +43,9 @@ pub fn select(varmap: &VarMap, globs: &[String]) -> Vec<(String, Var)> {
     out
 }
 
+/// Gradient norm before clipping, and per module group.
+pub type GradNorms = (f64, std::collections::BTreeMap<String, f64>);
+
 pub struct GroupedAdamW {
     /// One AdamW per (weight decay on/off, learning-rate scale) group, with its scale.
     optimizers: Vec<(AdamW, f64)>,
@@ -95,7 +98,7 @@ impl GroupedAdamW {
 
     /// Clips the global gradient norm to `max_norm` (0 = no clipping), steps, and returns the norm before
     /// clipping with the per-group norms.
-    pub fn step(&mut self, grads: &mut GradStore, max_norm: f64) -> Result<(f64, std::collections::BTreeMap<String, f64>)> {
+    pub fn step(&mut self, grads: &mut GradStore, max_norm: f64) -> Result<GradNorms> {
         let mut sq = 0.0f64;
         let mut per_group = std::collections::BTreeMap::<String, f64>::new();
         for (v, group) in self.vars.iter().zip(&self.groups) {

@@ -110,7 +110,7 @@ pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Resul
             prompts.push(batch::tokenize(ctx.tokenizer, &text, answer.as_deref()).map_err(|e| fail(e.to_string()))?);
             media.push(decoded);
         }
-        let loss = (|| -> candle_core::Result<(f64, (f64, std::collections::BTreeMap<String, f64>))> {
+        let loss = (|| -> candle_core::Result<(f64, optim::GradNorms)> {
             let mm = if ctx.recipe.model.use_av {
                 ctx.model.encode_modalities(&batch::media_batch(&media, &ctx.layout, ctx.device)?, use_video, use_audio)?
             } else {
