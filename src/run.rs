@@ -212,6 +212,13 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
         stages.push(report);
     }
     let train_s = t_train.elapsed().as_secs_f64();
+    if let Some(lora) = &r.model.lora {
+        let params: Vec<(String, candle_core::Tensor)> =
+            crate::train::optim::select(&varmap, &["llm.*.lora_*".to_string()]).into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let dir = run_dir.join("adapter");
+        let n = crate::model::lora::save_peft(&dir, lora, &params, "llm.").map_err(|e| RunError::Other(e.to_string()))?;
+        tracing::info!(tensors = n, dir = %dir.display(), "LoRA adapter saved (PEFT format)");
+    }
 
     // Evaluation.
     let t_eval = Instant::now();

@@ -34,6 +34,11 @@ lr = 2e-3
 warmup_steps = 5
 log_every = 5
 
+[model.lora]
+r = 4
+lora_alpha = 8.0
+target_modules = ["q_proj", "v_proj"]
+
 [[stage]]
 name = "fine"
 tasks = ["reason"]
@@ -41,7 +46,7 @@ steps = 15
 batch_size = 8
 lr = 5e-4
 warmup_steps = 2
-trainable = ["llm.*", "projector.*"]
+trainable = ["llm.*.lora_*", "projector.*"]
 
 [eval]
 max_new_tokens = 30
@@ -120,7 +125,13 @@ fn two_stage_run_writes_every_artefact_and_the_ablation_runs() {
     assert!(coarse_ckpt.keys().any(|k| k.starts_with("encoder.video.")) && coarse_ckpt.keys().any(|k| k.starts_with("llm.")));
     let fine_ckpt = candle_core::safetensors::load(run.join("checkpoints/02-fine.safetensors"), &dev).expect("load fine");
     assert!(!fine_ckpt.is_empty());
-    assert!(fine_ckpt.keys().all(|k| k.starts_with("llm.") || k.starts_with("projector.")), "{:?}", fine_ckpt.keys().collect::<Vec<_>>());
+    assert!(fine_ckpt.keys().all(|k| k.contains(".lora_") || k.starts_with("projector.")), "{:?}", fine_ckpt.keys().collect::<Vec<_>>());
+    // The LoRA adapter is also written in PEFT layout.
+    let adapter = candle_core::safetensors::load(run.join("adapter/adapter_model.safetensors"), &dev).expect("adapter");
+    assert_eq!(adapter.len(), 2 * 2 * 2, "2 layers x q,v x A,B");
+    assert!(adapter.keys().all(|k| k.starts_with("base_model.model.model.layers.")));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("adapter/adapter_config.json")).expect("cfg")).expect("json");
+    assert_eq!(cfg["r"], 4);
 
     // The text-only ablation runs through the same path (reusing the cached dataset).
     let out = Command::new(env!("CARGO_BIN_EXE_emollama"))

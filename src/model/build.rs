@@ -48,7 +48,7 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, tokenizer: &TextTokeniz
         });
     }
     check_random_weights(&llm_manifest.name, llm_path, &llm_manifest.weights)?;
-    let llm = Llama::new(&llm_config, vb.pp("llm"))?;
+    let llm = Llama::new_with_lora(&llm_config, recipe.model.lora.as_ref(), vb.pp("llm"))?;
 
     let mut pixel = ([0.5f32; 3], [0.5f32; 3]);
     let video = match recipe.model.video_encoder.as_str() {

@@ -7,6 +7,8 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
+
+use super::lora::{LoraConfig, LoraLinear};
 use serde::{Deserialize, Serialize};
 
 /// The subset of HF `LlamaConfig` (`config.json`) this model reads.
@@ -105,23 +107,24 @@ impl Module for RmsNorm {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: LoraLinear,
+    k_proj: LoraLinear,
+    v_proj: LoraLinear,
+    o_proj: LoraLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let lin = |i, o, name: &str| LoraLinear::new(candle_nn::linear_no_bias(i, o, vb.pp(name))?, name, lora, vb.pp(name));
         Ok(Self {
-            q_proj: candle_nn::linear_no_bias(h, cfg.num_attention_heads * hd, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_no_bias(h, cfg.kv_heads() * hd, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_no_bias(h, cfg.kv_heads() * hd, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_no_bias(cfg.num_attention_heads * hd, h, vb.pp("o_proj"))?,
+            q_proj: lin(h, cfg.num_attention_heads * hd, "q_proj")?,
+            k_proj: lin(h, cfg.kv_heads() * hd, "k_proj")?,
+            v_proj: lin(h, cfg.kv_heads() * hd, "v_proj")?,
+            o_proj: lin(cfg.num_attention_heads * hd, h, "o_proj")?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.kv_heads(),
             head_dim: hd,
@@ -153,19 +156,16 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: LoraLinear,
+    up_proj: LoraLinear,
+    down_proj: LoraLinear,
 }
 
 impl Mlp {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            gate_proj: candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_no_bias(h, i, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_no_bias(i, h, vb.pp("down_proj"))?,
-        })
+        let lin = |a, b, name: &str| LoraLinear::new(candle_nn::linear_no_bias(a, b, vb.pp(name))?, name, lora, vb.pp(name));
+        Ok(Self { gate_proj: lin(h, i, "gate_proj")?, up_proj: lin(h, i, "up_proj")?, down_proj: lin(i, h, "down_proj")? })
     }
 }
 
@@ -185,12 +185,12 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, lora, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::new(cfg, lora, vb.pp("mlp"))?,
         })
     }
 
@@ -214,10 +214,16 @@ pub struct Llama {
 impl Llama {
     /// Builds from `vb` with HF names (`model.embed_tokens`, `model.layers.N.*`, `model.norm`, `lm_head`).
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new_with_lora(cfg, None, vb)
+    }
+
+    /// As [`Self::new`], with LoRA adapters on the `lora.target_modules` projections
+    /// (`model.layers.N.self_attn.q_proj.lora_A.weight`, ...).
+    pub fn new_with_lora(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::new(cfg, m.pp(format!("layers.{i}"))))
+            .map(|i| Block::new(cfg, lora, m.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -310,6 +316,27 @@ mod tests {
         let diff = (out.narrow(1, 0, 3)? - full.narrow(1, 0, 3)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "padding changed real logits: {diff}");
         assert!(out.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()));
+        Ok(())
+    }
+
+    #[test]
+    fn lora_adapters_get_gradients_and_start_as_a_no_op() -> Result<()> {
+        let dev = Device::Cpu;
+        let lora = crate::model::lora::LoraConfig { r: 4, lora_alpha: 8.0, lora_dropout: 0.0, target_modules: vec!["q_proj".into(), "v_proj".into()] };
+        let (vm_a, vm_b) = (VarMap::new(), VarMap::new());
+        let plain = Llama::new(&tiny(), crate::model::init::SeededVarMap::builder(&vm_a, 1, DType::F32, &dev))?;
+        let adapted = Llama::new_with_lora(&tiny(), Some(&lora), crate::model::init::SeededVarMap::builder(&vm_b, 1, DType::F32, &dev))?;
+        let ids = Tensor::new(&[[1u32, 5, 7, 9]], &dev)?;
+        let valid = Tensor::ones((1, 4), DType::U8, &dev)?;
+        let (la, lb) = (plain.forward_embeds(&plain.embed(&ids)?, &valid)?, adapted.forward_embeds(&adapted.embed(&ids)?, &valid)?);
+        assert!((la - &lb)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-6, "same seed + B = 0: identical logits");
+        let loss = candle_nn::loss::cross_entropy(&lb.squeeze(0)?, &Tensor::new(&[5u32, 7, 9, 2], &dev)?)?;
+        let grads = loss.backward()?;
+        let data = vm_b.data().lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let lora_names: Vec<&String> = data.keys().filter(|k| k.contains(".lora_")).collect();
+        assert_eq!(lora_names.len(), 2 * 2 * 2, "2 layers x q,v x A,B");
+        let b = &data["model.layers.0.self_attn.q_proj.lora_B.weight"];
+        assert!(grads.get(b.as_tensor()).is_some_and(|g| g.abs().and_then(|a| a.sum_all()).and_then(|s| s.to_scalar::<f32>()).unwrap_or(0.0) > 0.0));
         Ok(())
     }
 

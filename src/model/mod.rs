@@ -5,6 +5,7 @@ pub mod cnn;
 pub mod generate;
 pub mod init;
 pub mod llama;
+pub mod lora;
 pub mod multimodal;
 pub mod nn;
 pub mod projector;

@@ -127,6 +127,11 @@ pub struct Model {
     /// Feed the projected audio and visual tokens to the LLM. `false` gives the text-only ablation:
     /// the placeholders stay empty, so the model sees only the prompt and transcript.
     pub use_av: bool,
+    /// LoRA adapters on the LLM (PEFT field names), e.g.
+    /// `{ r = 64, lora_alpha = 16.0, lora_dropout = 0.05, target_modules = ["q_proj", "v_proj"] }`;
+    /// train them with `trainable = ["llm.*.lora_*", "projector.*"]`. The adapter is saved in PEFT format
+    /// under the run's `adapter/`. (Dropout is recorded but not applied yet.)
+    pub lora: Option<crate::model::lora::LoraConfig>,
 }
 
 impl Default for Model {
@@ -137,6 +142,7 @@ impl Default for Model {
             audio_encoder: "tiny-wave-audio".into(),
             projector: "linear".into(),
             use_av: true,
+            lora: None,
         }
     }
 }

@@ -1,0 +1,190 @@
+//! LoRA: `y = x Wᵀ (+ b) + (α / r) · x Aᵀ Bᵀ`, with `A` (r × in) Kaiming-uniform and `B` (out × r) zero, so a
+//! fresh adapter leaves the model unchanged. Adapters are saved in HF PEFT's layout
+//! (`adapter_config.json` + `adapter_model.safetensors`, keys `base_model.model.<module>.lora_A.weight`)
+//! so `peft` can read them, and can be merged into the base weights for export.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// The fields of PEFT's `LoraConfig` this implementation honours (names as in `adapter_config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f64,
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Module names (the last path component), e.g. `["q_proj", "v_proj"]` (Emotion-LLaMA).
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    /// Emotion-LLaMA's adapter: r = 64, α = 16, dropout 0.05 on q_proj and v_proj.
+    pub fn emotion_llama() -> Self {
+        Self { r: 64, lora_alpha: 16.0, lora_dropout: 0.05, target_modules: vec!["q_proj".into(), "v_proj".into()] }
+    }
+
+    pub fn scaling(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+
+    pub fn targets(&self, module: &str) -> bool {
+        self.target_modules.iter().any(|t| t == module)
+    }
+}
+
+/// A linear layer with an optional low-rank adapter.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    base: Linear,
+    adapter: Option<(Tensor, Tensor, f64)>,
+}
+
+impl LoraLinear {
+    /// The base `Linear` (weight named `weight`, optional `bias`) at `vb`; adapter tensors at
+    /// `vb.lora_A.weight` / `vb.lora_B.weight` when `lora` targets `module`.
+    pub fn new(base: Linear, module: &str, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
+        let adapter = match lora {
+            Some(cfg) if cfg.targets(module) => {
+                let (out, inp) = base.weight().dims2()?;
+                let bound = 1.0 / (inp as f64).sqrt();
+                let a = vb.get_with_hints((cfg.r, inp), "lora_A.weight", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
+                let b = vb.get_with_hints((out, cfg.r), "lora_B.weight", candle_nn::Init::Const(0.0))?;
+                Some((a, b, cfg.scaling()))
+            }
+            _ => None,
+        };
+        Ok(Self { base, adapter })
+    }
+
+    /// `W + (α/r) B A`: the plain linear layer to export.
+    pub fn merged(&self) -> Result<Linear> {
+        match &self.adapter {
+            None => Ok(self.base.clone()),
+            Some((a, b, s)) => Ok(Linear::new((self.base.weight() + (b.matmul(a)? * *s)?)?, self.base.bias().cloned())),
+        }
+    }
+}
+
+impl Module for LoraLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.adapter {
+            None => Ok(y),
+            Some((a, b, s)) => {
+                // x Aᵀ Bᵀ through two small matmuls (never materialise the out × in update).
+                let low = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+                y + (low * *s)?
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("adapter `{path}`: {detail}")]
+    Io { path: String, detail: String },
+}
+
+/// PEFT's key for an emollama parameter name under `prefix` (e.g. `llm.`): `base_model.model.<rest>`.
+pub fn peft_key(name: &str, prefix: &str) -> Option<String> {
+    name.strip_prefix(prefix).filter(|rest| rest.contains(".lora_")).map(|rest| format!("base_model.model.{rest}"))
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` from the LoRA tensors among
+/// `params` (names starting with `prefix`).
+pub fn save_peft(dir: &Path, cfg: &LoraConfig, params: &[(String, Tensor)], prefix: &str) -> std::result::Result<usize, AdapterError> {
+    let io = |p: &Path, e: String| AdapterError::Io { path: p.display().to_string(), detail: e };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e.to_string()))?;
+    let tensors: HashMap<String, Tensor> = params.iter().filter_map(|(n, t)| peft_key(n, prefix).map(|k| (k, t.clone()))).collect();
+    let weights = dir.join("adapter_model.safetensors");
+    candle_core::safetensors::save(&tensors, &weights).map_err(|e| io(&weights, e.to_string()))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg.r, "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout, "target_modules": cfg.target_modules, "bias": "none",
+        "fan_in_fan_out": false, "inference_mode": true, "base_model_name_or_path": null,
+    });
+    let cfg_path = dir.join("adapter_config.json");
+    let text = serde_json::to_string_pretty(&config).map_err(|e| io(&cfg_path, e.to_string()))?;
+    std::fs::write(&cfg_path, text).map_err(|e| io(&cfg_path, e.to_string()))?;
+    Ok(tensors.len())
+}
+
+/// Reads a PEFT adapter directory: its config and its tensors renamed back to emollama names under `prefix`.
+pub fn load_peft(dir: &Path, prefix: &str) -> std::result::Result<(LoraConfig, HashMap<String, Tensor>), AdapterError> {
+    let io = |p: &Path, e: String| AdapterError::Io { path: p.display().to_string(), detail: e };
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io(&cfg_path, e.to_string()))?;
+    let field = |k: &str| v.get(k).cloned().ok_or_else(|| io(&cfg_path, format!("missing `{k}`")));
+    let cfg = LoraConfig {
+        r: field("r")?.as_u64().ok_or_else(|| io(&cfg_path, "`r` is not an integer".into()))? as usize,
+        lora_alpha: field("lora_alpha")?.as_f64().ok_or_else(|| io(&cfg_path, "`lora_alpha` is not a number".into()))?,
+        lora_dropout: v.get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0),
+        target_modules: serde_json::from_value(field("target_modules")?).map_err(|e| io(&cfg_path, format!("`target_modules`: {e}")))?,
+    };
+    let weights = dir.join("adapter_model.safetensors");
+    let raw = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).map_err(|e| io(&weights, e.to_string()))?;
+    let tensors = raw
+        .into_iter()
+        .map(|(k, t)| match k.strip_prefix("base_model.model.") {
+            Some(rest) => Ok((format!("{prefix}{rest}"), t)),
+            None => Err(io(&weights, format!("tensor `{k}` is not a PEFT LoRA key (base_model.model.*)"))),
+        })
+        .collect::<std::result::Result<HashMap<_, _>, _>>()?;
+    Ok((cfg, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn layer(cfg: &LoraConfig, vm: &VarMap) -> Result<LoraLinear> {
+        let vb = crate::model::init::SeededVarMap::builder(vm, 5, DType::F32, &Device::Cpu);
+        let base = candle_nn::linear(6, 4, vb.pp("q_proj"))?;
+        LoraLinear::new(base, "q_proj", Some(cfg), vb.pp("q_proj"))
+    }
+
+    #[test]
+    fn fresh_adapter_is_identity_and_merge_matches_forward() -> Result<()> {
+        let cfg = LoraConfig { r: 2, lora_alpha: 4.0, lora_dropout: 0.0, target_modules: vec!["q_proj".into()] };
+        let vm = VarMap::new();
+        let l = layer(&cfg, &vm)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 6), &Device::Cpu)?;
+        let d = (l.forward(&x)? - l.base.forward(&x)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(d, 0.0, "B = 0 makes a fresh adapter a no-op");
+        // Train-like change of B, then the merged layer must give the same output.
+        let data = vm.data().lock().expect("lock");
+        data["q_proj.lora_B.weight"].set(&Tensor::randn(0f32, 1.0, (4, 2), &Device::Cpu)?)?;
+        drop(data);
+        let merged = l.merged()?.forward(&x)?;
+        let d = (l.forward(&x)? - merged)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "merged differs by {d}");
+        Ok(())
+    }
+
+    #[test]
+    fn peft_round_trip_keeps_names_and_values() -> Result<()> {
+        let cfg = LoraConfig::emotion_llama();
+        let params = vec![
+            ("llm.model.layers.0.self_attn.q_proj.lora_A.weight".to_string(), Tensor::ones((64, 8), DType::F32, &Device::Cpu)?),
+            ("llm.model.layers.0.self_attn.q_proj.weight".to_string(), Tensor::ones((8, 8), DType::F32, &Device::Cpu)?),
+        ];
+        let dir = tempfile::tempdir().map_err(candle_core::Error::wrap)?;
+        let n = save_peft(dir.path(), &cfg, &params, "llm.").map_err(candle_core::Error::wrap)?;
+        assert_eq!(n, 1, "only LoRA tensors are saved");
+        let (back, tensors) = load_peft(dir.path(), "llm.").map_err(candle_core::Error::wrap)?;
+        assert_eq!(back, cfg);
+        assert!(tensors.contains_key("llm.model.layers.0.self_attn.q_proj.lora_A.weight"));
+        let raw = candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)?;
+        assert!(raw.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+        assert!(load_peft(&dir.path().join("nope"), "llm.").is_err());
+        Ok(())
+    }
+}
