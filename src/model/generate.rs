@@ -1,9 +1,10 @@
-//! Greedy / temperature generation over input embeddings (no KV cache yet: the tiny trainable LLM
-//! recomputes the prefix each step, which costs milliseconds at this size).
+//! Greedy / temperature generation over input embeddings, with a KV cache (the prompt is processed once,
+//! then one position per new token).
 
-use candle_core::{D, DType, IndexOp, Result, Tensor};
+use candle_core::{D, IndexOp, Result, Tensor};
 use rand::Rng;
 
+use super::llama::KvCache;
 use super::multimodal::{EmotionModel, MmTokens, TokenizedPrompt};
 
 #[derive(Debug, Clone, Copy)]
@@ -22,15 +23,15 @@ pub fn generate_one(
     rng: &mut impl Rng,
 ) -> Result<Vec<u32>> {
     let inputs = model.build_inputs(std::slice::from_ref(prompt), mm, false)?;
-    let mut embeds = inputs.embeds;
+    let mut step_input = inputs.embeds;
+    let mut cache = KvCache::new();
     let mut out = Vec::new();
     for _ in 0..opts.max_new_tokens {
-        let t = embeds.dim(1)?;
-        if t >= model.llm.config().max_position_embeddings {
+        let t = step_input.dim(1)?;
+        if cache.len + t > model.llm.config().max_position_embeddings {
             break;
         }
-        let valid = Tensor::ones((1, t), DType::U8, embeds.device())?;
-        let logits = model.llm.forward_embeds(&embeds, &valid)?.i((0, t - 1))?;
+        let logits = model.llm.forward_cached(&step_input, &mut cache)?.i((0, t - 1))?;
         let next = if opts.temperature <= 0.0 {
             logits.argmax(D::Minus1)?.to_scalar::<u32>()?
         } else {
@@ -41,8 +42,7 @@ pub fn generate_one(
             break;
         }
         out.push(next);
-        let e = model.llm.embed(&Tensor::new(&[next], embeds.device())?)?.unsqueeze(0)?;
-        embeds = Tensor::cat(&[&embeds, &e], 1)?;
+        step_input = model.llm.embed(&Tensor::new(&[next], step_input.device())?)?.unsqueeze(0)?;
     }
     Ok(out)
 }

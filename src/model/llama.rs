@@ -131,12 +131,21 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, mask: &Tensor) -> Result<Tensor> {
+    /// `offset`: absolute position of the first query; `cache`: this layer's keys and values of earlier
+    /// positions (before head repetition), extended in place.
+    fn forward(&self, x: &Tensor, rotary: &Rotary, mask: &Tensor, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = rotary.apply(&split(self.q_proj.forward(x)?, self.heads)?, 0)?;
-        let k = rotary.apply(&split(self.k_proj.forward(x)?, self.kv_heads)?, 0)?;
-        let v = split(self.v_proj.forward(x)?, self.kv_heads)?.contiguous()?;
+        let q = rotary.apply(&split(self.q_proj.forward(x)?, self.heads)?, offset)?;
+        let mut k = rotary.apply(&split(self.k_proj.forward(x)?, self.kv_heads)?, offset)?;
+        let mut v = split(self.v_proj.forward(x)?, self.kv_heads)?.contiguous()?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
         let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
@@ -194,8 +203,8 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, mask: &Tensor) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rotary, mask)?)?;
+    fn forward(&self, x: &Tensor, rotary: &Rotary, mask: &Tensor, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rotary, mask, offset, cache)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
     }
 }
@@ -258,9 +267,53 @@ impl Llama {
         let mask = attention_mask(valid, embeds.dtype())?;
         let mut x = embeds.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, &self.rotary, &mask)?;
+            x = layer.forward(&x, &self.rotary, &mask, 0, None)?;
         }
         self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+
+    /// Inference with a KV cache, batch of one, no padding: `embeds` (1, t, hidden) are the positions after
+    /// those already in `cache`. Returns logits (1, t, vocab) and extends the cache.
+    pub fn forward_cached(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        if b != 1 {
+            candle_core::bail!("forward_cached takes a batch of one, got {b}");
+        }
+        let offset = cache.len;
+        if offset + t > self.cfg.max_position_embeddings {
+            candle_core::bail!("{} positions exceed max_position_embeddings {}", offset + t, self.cfg.max_position_embeddings);
+        }
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        // Query i (absolute offset + i) sees keys 0..=offset + i.
+        let dev = embeds.device();
+        let qi = Tensor::arange(offset as u32, (offset + t) as u32, dev)?.reshape((t, 1))?;
+        let kj = Tensor::arange(0u32, (offset + t) as u32, dev)?.reshape((1, offset + t))?;
+        let allowed = qi.broadcast_ge(&kj)?;
+        let zero = Tensor::zeros((t, offset + t), embeds.dtype(), dev)?;
+        let neg = Tensor::new(-1e9f32, dev)?.to_dtype(embeds.dtype())?.broadcast_as((t, offset + t))?;
+        let mask = allowed.where_cond(&zero, &neg)?.reshape((1, 1, t, offset + t))?;
+        let mut x = embeds.clone();
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&x, &self.rotary, &mask, offset, Some(slot))?;
+        }
+        cache.len += t;
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+}
+
+/// Keys and values of the positions processed so far, per layer.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Positions cached.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
     }
 }
 
@@ -337,6 +390,25 @@ mod tests {
         assert_eq!(lora_names.len(), 2 * 2 * 2, "2 layers x q,v x A,B");
         let b = &data["model.layers.0.self_attn.q_proj.lora_B.weight"];
         assert!(grads.get(b.as_tensor()).is_some_and(|g| g.abs().and_then(|a| a.sum_all()).and_then(|s| s.to_scalar::<f32>()).unwrap_or(0.0) > 0.0));
+        Ok(())
+    }
+
+    #[test]
+    fn kv_cache_gives_the_same_logits_as_the_full_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let model = Llama::new(&tiny(), crate::model::init::SeededVarMap::builder(&vm, 2, DType::F32, &dev))?;
+        let ids = Tensor::new(&[[1u32, 5, 7, 9, 11, 13, 3]], &dev)?;
+        let full = model.forward_embeds(&model.embed(&ids)?, &Tensor::ones((1, 7), DType::U8, &dev)?)?;
+        let mut cache = KvCache::new();
+        let mut parts = vec![model.forward_cached(&model.embed(&ids.narrow(1, 0, 4)?)?, &mut cache)?];
+        for i in 4..7 {
+            parts.push(model.forward_cached(&model.embed(&ids.narrow(1, i, 1)?)?, &mut cache)?);
+        }
+        let cached = Tensor::cat(&parts, 1)?;
+        let diff = (full - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "cached logits differ by {diff}");
+        assert_eq!(cache.len, 7);
         Ok(())
     }
 
