@@ -78,7 +78,7 @@ pub fn evaluate(ctx: &EvalContext, samples: &[(Sample, DecodedMedia)], out_dir: 
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
     let bar = crate::progress::bar(take as u64, "evaluate", ctx.show_progress);
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.recipe.seed);
-    let opts = GenerateOptions { max_new_tokens: e.max_new_tokens, temperature: 0.0 };
+    let opts = GenerateOptions::greedy(e.max_new_tokens);
     let (mut truth, mut pred, mut unparsed) = (Vec::new(), Vec::new(), 0);
     for (sample, media) in labelled.into_iter().take(take) {
         let text = batch::prompt_text(sample, &e.task, instruction, ctx.template, ctx.recipe.prompt.transcript);
@@ -88,7 +88,7 @@ pub fn evaluate(ctx: &EvalContext, samples: &[(Sample, DecodedMedia)], out_dir: 
         } else {
             None
         };
-        let ids = generate_one(ctx.model, &prompt, mm.as_ref(), opts, &mut rng)?;
+        let ids = generate_one(ctx.model, &prompt, mm.as_ref(), &opts, &mut rng)?;
         let generated = ctx.tokenizer.decode(&ids)?;
         let label = extract_label(&generated, &labels, e.label_extraction);
         let flagged = label.is_none();

@@ -1,17 +1,30 @@
-//! Greedy / temperature generation over input embeddings, with a KV cache (the prompt is processed once,
-//! then one position per new token).
+//! Generation over input embeddings with a KV cache (the prompt is processed once, then one position per
+//! new token): greedy or temperature sampling with top-p, a repetition penalty, and stop tokens.
 
-use candle_core::{D, IndexOp, Result, Tensor};
+use candle_core::{IndexOp, Result, Tensor};
 use rand::Rng;
 
 use super::llama::KvCache;
 use super::multimodal::{EmotionModel, MmTokens, TokenizedPrompt};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// 0 = greedy.
     pub temperature: f64,
+    /// Nucleus sampling: keep the most probable tokens whose mass reaches `top_p` (1 = off).
+    pub top_p: f64,
+    /// HF `repetition_penalty`: logits of tokens already generated are divided (if > 0) or multiplied
+    /// (if < 0) by it (1 = off).
+    pub repetition_penalty: f32,
+    /// Tokens that end generation besides EOS (not included in the output).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl GenerateOptions {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self { max_new_tokens, temperature: 0.0, top_p: 1.0, repetition_penalty: 1.0, stop_tokens: Vec::new() }
+    }
 }
 
 /// Generates answer ids for one prompt (batch of one). `mm` holds this sample's tokens (batch dim 1).
@@ -19,7 +32,7 @@ pub fn generate_one(
     model: &EmotionModel,
     prompt: &TokenizedPrompt,
     mm: Option<&MmTokens>,
-    opts: GenerateOptions,
+    opts: &GenerateOptions,
     rng: &mut impl Rng,
 ) -> Result<Vec<u32>> {
     let inputs = model.build_inputs(std::slice::from_ref(prompt), mm, false)?;
@@ -31,14 +44,10 @@ pub fn generate_one(
         if cache.len + t > model.llm.config().max_position_embeddings {
             break;
         }
-        let logits = model.llm.forward_cached(&step_input, &mut cache)?.i((0, t - 1))?;
-        let next = if opts.temperature <= 0.0 {
-            logits.argmax(D::Minus1)?.to_scalar::<u32>()?
-        } else {
-            let probs = candle_nn::ops::softmax(&(logits / opts.temperature)?, D::Minus1)?.to_vec1::<f32>()?;
-            sample(&probs, rng)
-        };
-        if next == model.eos {
+        let mut logits = model.llm.forward_cached(&step_input, &mut cache)?.i((0, t - 1))?.to_vec1::<f32>()?;
+        apply_repetition_penalty(&mut logits, &out, opts.repetition_penalty);
+        let next = pick(&logits, opts, rng);
+        if next == model.eos || opts.stop_tokens.contains(&next) {
             break;
         }
         out.push(next);
@@ -47,14 +56,78 @@ pub fn generate_one(
     Ok(out)
 }
 
-fn sample(probs: &[f32], rng: &mut impl Rng) -> u32 {
-    let r: f32 = rng.random();
-    let mut acc = 0.0;
-    for (i, p) in probs.iter().enumerate() {
-        acc += p;
-        if r < acc {
-            return i as u32;
+/// HF semantics: positive logits of seen tokens are divided by `penalty`, negative ones multiplied.
+pub fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut done = std::collections::HashSet::new();
+    for &id in seen {
+        if let Some(l) = logits.get_mut(id as usize).filter(|_| done.insert(id)) {
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
         }
     }
-    probs.len().saturating_sub(1) as u32
+}
+
+/// The next token: argmax when greedy, else a draw from the temperature-scaled, top-p-truncated softmax.
+pub fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> u32 {
+    let argmax = || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &l)| if l > b.1 { (i, l) } else { b }).0 as u32;
+    if opts.temperature <= 0.0 || logits.is_empty() {
+        return argmax();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(usize, f64)> = logits.iter().enumerate().map(|(i, &l)| (i, (((l - max) as f64) / opts.temperature).exp())).collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= total);
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if opts.top_p < 1.0 {
+        let mut mass = 0.0;
+        let keep = probs.iter().take_while(|p| {
+            let before = mass;
+            mass += p.1;
+            before < opts.top_p
+        });
+        let kept = keep.count().max(1);
+        probs.truncate(kept);
+    }
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    let mut r = rng.random::<f64>() * total;
+    for (i, p) in &probs {
+        r -= p;
+        if r <= 0.0 {
+            return *i as u32;
+        }
+    }
+    probs.last().map(|p| p.0 as u32).unwrap_or_else(argmax)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn repetition_penalty_follows_hf() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 0], 2.0);
+        assert_eq!(l, vec![1.0, -4.0, 1.0], "each seen token once, sign-aware");
+    }
+
+    #[test]
+    fn greedy_is_argmax_and_top_p_keeps_only_the_nucleus() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let logits = [0.0f32, 3.0, 2.9, -5.0];
+        assert_eq!(pick(&logits, &GenerateOptions::greedy(1), &mut rng), 1);
+        // Probabilities ≈ [0.03, 0.50, 0.45, 0.0003]: top_p 0.9 keeps tokens 1 and 2 only.
+        let opts = GenerateOptions { temperature: 1.0, top_p: 0.9, ..GenerateOptions::greedy(1) };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..500 {
+            seen.insert(pick(&logits, &opts, &mut rng));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![1, 2]);
+        // Without top-p every token can appear.
+        let opts = GenerateOptions { temperature: 5.0, ..GenerateOptions::greedy(1) };
+        let all: std::collections::BTreeSet<u32> = (0..2000).map(|_| pick(&logits, &opts, &mut rng)).collect();
+        assert_eq!(all.len(), 4);
+    }
 }
