@@ -264,7 +264,7 @@ impl Llama {
         if t > self.cfg.max_position_embeddings {
             candle_core::bail!("sequence of {t} tokens exceeds max_position_embeddings {}", self.cfg.max_position_embeddings);
         }
-        let mask = attention_mask(valid, embeds.dtype())?;
+        let mask = attention_mask(valid, 0, embeds.dtype())?;
         let mut x = embeds.clone();
         for layer in &self.layers {
             x = layer.forward(&x, &self.rotary, &mask, 0, None)?;
@@ -286,14 +286,8 @@ impl Llama {
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![None; self.layers.len()];
         }
-        // Query i (absolute offset + i) sees keys 0..=offset + i.
-        let dev = embeds.device();
-        let qi = Tensor::arange(offset as u32, (offset + t) as u32, dev)?.reshape((t, 1))?;
-        let kj = Tensor::arange(0u32, (offset + t) as u32, dev)?.reshape((1, offset + t))?;
-        let allowed = qi.broadcast_ge(&kj)?;
-        let zero = Tensor::zeros((t, offset + t), embeds.dtype(), dev)?;
-        let neg = Tensor::new(-1e9f32, dev)?.to_dtype(embeds.dtype())?.broadcast_as((t, offset + t))?;
-        let mask = allowed.where_cond(&zero, &neg)?.reshape((1, 1, t, offset + t))?;
+        let all_keys = Tensor::ones((1, offset + t), DType::U8, embeds.device())?;
+        let mask = attention_mask(&all_keys, offset, embeds.dtype())?;
         let mut x = embeds.clone();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &self.rotary, &mask, offset, Some(slot))?;
@@ -317,17 +311,20 @@ impl KvCache {
     }
 }
 
-/// Additive mask (batch, 1, seq, seq): causal, and padded keys masked out.
-fn attention_mask(valid: &Tensor, dtype: DType) -> Result<Tensor> {
-    let (b, t) = valid.dims2()?;
+/// Additive mask (batch, 1, queries, keys) over `valid` (batch, keys): the queries are the positions from
+/// `offset` on (earlier ones are cached); query i (absolute offset + i) sees key j when j <= offset + i and
+/// key j is not padding.
+fn attention_mask(valid: &Tensor, offset: usize, dtype: DType) -> Result<Tensor> {
+    let (b, keys) = valid.dims2()?;
+    let t = keys - offset;
     let dev = valid.device();
-    let i = Tensor::arange(0u32, t as u32, dev)?;
-    let causal = i.reshape((t, 1))?.broadcast_ge(&i.reshape((1, t))?)?; // key j <= query i
-    let keys = valid.to_dtype(DType::U8)?.reshape((b, 1, 1, t))?;
-    let allowed = causal.reshape((1, 1, t, t))?.broadcast_mul(&keys)?;
+    let qi = Tensor::arange(offset as u32, keys as u32, dev)?.reshape((t, 1))?;
+    let kj = Tensor::arange(0u32, keys as u32, dev)?.reshape((1, keys))?;
+    let causal = qi.broadcast_ge(&kj)?;
+    let allowed = causal.reshape((1, 1, t, keys))?.broadcast_mul(&valid.to_dtype(DType::U8)?.reshape((b, 1, 1, keys))?)?;
     // A large finite negative keeps fully-masked (padding) query rows free of NaN.
-    let neg = Tensor::new(-1e9f32, dev)?.to_dtype(dtype)?.broadcast_as((b, 1, t, t))?;
-    let zero = Tensor::zeros((b, 1, t, t), dtype, dev)?;
+    let neg = Tensor::new(-1e9f32, dev)?.to_dtype(dtype)?.broadcast_as((b, 1, t, keys))?;
+    let zero = Tensor::zeros((b, 1, t, keys), dtype, dev)?;
     allowed.where_cond(&zero, &neg)
 }
 
