@@ -121,7 +121,7 @@ fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[(Sample, DecodedMedia)], lab
         for task in &tasks {
             for instruction in r.prompt.instructions_for(task) {
                 for transcript in [true, false] {
-                    corpus.push(batch::prompt_text(sample, task, &instruction, template, transcript));
+                    corpus.push(batch::prompt_text(sample, task, instruction, template, transcript));
                 }
             }
             if let Some(a) = batch::answer_for(sample, task) {

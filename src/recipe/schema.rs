@@ -162,10 +162,11 @@ pub struct Prompt {
 impl Prompt {
     /// The instruction pool of `task`: the recipe's, or the default pool when the recipe sets
     /// `[prompt.instructions]` without this task (serde fills defaults per struct, not per map key).
-    pub fn instructions_for(&self, task: &str) -> Vec<String> {
+    pub fn instructions_for(&self, task: &str) -> &[String] {
+        static DEFAULTS: std::sync::LazyLock<Prompt> = std::sync::LazyLock::new(Prompt::default);
         match self.instructions.get(task) {
-            Some(pool) if !pool.is_empty() => pool.clone(),
-            _ => Prompt::default().instructions.get(task).cloned().unwrap_or_default(),
+            Some(pool) if !pool.is_empty() => pool,
+            _ => DEFAULTS.instructions.get(task).map(Vec::as_slice).unwrap_or(&[]),
         }
     }
 }
