@@ -16,6 +16,8 @@ use crate::model::llama::LlamaConfig;
 pub const ENCODER_ARCHITECTURES: [&str; 3] = ["tiny_cnn", "tiny_vit", "tiny_wave"];
 pub const LLM_ARCHITECTURES: [&str; 1] = ["llama"];
 pub const TASKS: [&str; 3] = ["emotion", "description", "reason"];
+/// Modalities a stage can feed (`stage.modalities`).
+pub const MODALITIES: [&str; 2] = ["video", "audio"];
 
 /// Where a component's weights come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

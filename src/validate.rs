@@ -58,7 +58,7 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
             err(&format!("stage[{i}].tasks"), "a stage needs at least one task".into());
         }
         for m in &s.modalities {
-            if let Err(e) = registry::check_builtin("modality", m, &["video", "audio"]) {
+            if let Err(e) = registry::check_builtin("modality", m, &registry::MODALITIES) {
                 err(&format!("stage[{i}].modalities"), e.to_string());
             }
         }

@@ -5,7 +5,9 @@
 //! one projected token per sampled frame; at `<FeatureHere>` the projected mean frame feature and the
 //! projected mean audio feature. Spatial tokens matter for learning from scratch: a local feature of the
 //! mouth region is informative even before the encoder has learned to pool it, so the LLM learns to attend
-//! to the visual tokens before it learns to ignore them. The sequence is `[BOS] prompt-with-tokens answer [EOS]`; only answer and EOS carry loss.
+//! to the visual tokens before it learns to ignore them.
+//!
+//! The sequence is `[BOS] prompt-with-tokens answer [EOS]`; only answer and EOS carry loss.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -126,7 +128,7 @@ pub struct EmotionModel {
 }
 
 impl EmotionModel {
-    /// Parameter prefixes: `llm.`, `encoder.video.`, `encoder.audio.`, `projector.{frames,video,audio}.`.
+    /// Parameter prefixes: `llm.`, `encoder.video.`, `encoder.audio.`, `projector.{patches,frames,video,audio}.`.
     pub fn new(
         llm: Llama,
         video_encoder: Option<FrameEncoder>,

@@ -56,11 +56,10 @@ pub struct GroupedAdamW {
 
 /// The module group a parameter belongs to: its first two name components (`llm` alone for the LLM).
 pub fn group_of(name: &str) -> String {
-    let mut parts = name.split('.');
+    let mut parts = name.splitn(3, '.');
     match (parts.next(), parts.next()) {
-        (Some("llm"), _) | (Some(_), None) => name.split('.').next().unwrap_or(name).to_string(),
-        (Some(a), Some(b)) => format!("{a}.{b}"),
-        _ => name.to_string(),
+        (Some(first), Some(second)) if first != "llm" => format!("{first}.{second}"),
+        (first, _) => first.unwrap_or(name).to_string(),
     }
 }
 
