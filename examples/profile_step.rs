@@ -28,7 +28,7 @@ fn main() -> candle_core::Result<()> {
     let cnn = TinyCnn::new(&CnnConfig { image_size: 64, stem_patch: 4, stem_channels: 32, channels: vec![64, 64], hidden_size: 64, num_channels: 3, pool: "flatten".into() }, vb.pp("c"))?;
     let vit = TinyVit::new(&VitConfig { image_size: 64, patch_size: 16, num_channels: 3, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128, layer_norm_eps: 1e-6 }, vb.pp("v"))?;
     let wave = TinyWave::new(&WaveConfig { frame_size: 160, merge: 4, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128, max_positions: 256, layer_norm_eps: 1e-5 }, vb.pp("a"))?;
-    let llm = Llama::new(&LlamaConfig { hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: Some(2), vocab_size: 261, rms_norm_eps: 1e-6, rope_theta: 1e4, max_position_embeddings: 256, tie_word_embeddings: false }, vb.pp("l"))?;
+    let llm = Llama::new(&LlamaConfig { hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: Some(2), vocab_size: 261, max_position_embeddings: 256, ..LlamaConfig::default() }, vb.pp("l"))?;
     let frames = Tensor::randn(0f32, 1., (64, 3, 64, 64), &dev)?;
     let audio = Tensor::randn(0f32, 0.1, (16, 32000), &dev)?;
     let embeds = Tensor::randn(0f32, 1., (16, 100, 128), &dev)?;

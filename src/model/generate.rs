@@ -4,7 +4,7 @@
 use candle_core::{IndexOp, Result, Tensor};
 use rand::Rng;
 
-use super::llama::KvCache;
+use super::llama::{KvCache, Llama};
 use super::multimodal::{EmotionModel, MmTokens, TokenizedPrompt};
 
 #[derive(Debug, Clone)]
@@ -44,7 +44,8 @@ pub fn generate_one(
         if cache.len + t > model.llm.config().max_position_embeddings {
             break;
         }
-        let mut logits = model.llm.forward_cached(&step_input, &mut cache)?.i((0, t - 1))?.to_vec1::<f32>()?;
+        let valid = Tensor::ones((1, cache.len + t), candle_core::DType::U8, step_input.device())?;
+        let mut logits = model.llm.forward_cached(&step_input, &valid, &mut cache)?.i((0, t - 1))?.to_vec1::<f32>()?;
         apply_repetition_penalty(&mut logits, &out, opts.repetition_penalty);
         let next = pick(&logits, opts, rng);
         if next == model.eos || opts.stop_tokens.contains(&next) {
@@ -52,6 +53,61 @@ pub fn generate_one(
         }
         out.push(next);
         step_input = model.llm.embed(&Tensor::new(&[next], step_input.device())?)?.unsqueeze(0)?;
+    }
+    Ok(out)
+}
+
+/// Generates continuations of token-id prompts, batched with left padding (each row's positions count
+/// its own tokens, as HF `generate` does). A row ends at an `eos` id (not included) or after
+/// `max_new_tokens`; `pad` fills the left of shorter prompts.
+pub fn generate_ids_batch(llm: &Llama, prompts: &[Vec<u32>], pad: u32, eos: &[u32], opts: &GenerateOptions, rng: &mut impl Rng) -> Result<Vec<Vec<u32>>> {
+    let b = prompts.len();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if b == 0 || prompts.iter().any(Vec::is_empty) {
+        candle_core::bail!("every prompt needs at least one token");
+    }
+    let dev = llm.device().clone();
+    let mut ids = Vec::with_capacity(b * longest);
+    let mut valid: Vec<Vec<u8>> = Vec::with_capacity(b);
+    for p in prompts {
+        let padding = longest - p.len();
+        ids.extend(std::iter::repeat_n(pad, padding).chain(p.iter().copied()));
+        valid.push(std::iter::repeat_n(0u8, padding).chain(std::iter::repeat_n(1u8, p.len())).collect());
+    }
+    let mut step = llm.embed(&Tensor::from_vec(ids, (b, longest), &dev)?)?;
+    let mut cache = KvCache::new();
+    let mut out = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    for _ in 0..opts.max_new_tokens {
+        let t = step.dim(1)?;
+        if cache.len + t > llm.config().max_position_embeddings {
+            break;
+        }
+        let flat: Vec<u8> = valid.iter().flatten().copied().collect();
+        let mask = Tensor::from_vec(flat, (b, cache.len + t), &dev)?;
+        let logits = llm.forward_cached(&step, &mask, &mut cache)?.i((.., t - 1))?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(b);
+        for (row, mut l) in logits.into_iter().enumerate() {
+            if done[row] {
+                next.push(pad);
+                continue;
+            }
+            apply_repetition_penalty(&mut l, &out[row], opts.repetition_penalty);
+            let tok = pick(&l, opts, rng);
+            if eos.contains(&tok) || opts.stop_tokens.contains(&tok) {
+                done[row] = true;
+            } else {
+                out[row].push(tok);
+            }
+            next.push(tok);
+        }
+        if done.iter().all(|d| *d) {
+            break;
+        }
+        for v in valid.iter_mut() {
+            v.push(1);
+        }
+        step = llm.embed(&Tensor::from_vec(next, (b, 1), &dev)?)?;
     }
     Ok(out)
 }

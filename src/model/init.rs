@@ -18,6 +18,10 @@ pub struct SeededVarMap {
 }
 
 impl SeededVarMap {
+    pub fn new(varmap: &VarMap, seed: u64) -> Self {
+        Self { varmap: varmap.clone(), seed }
+    }
+
     /// A `VarBuilder` whose new parameters land in `varmap`, seeded by `seed`.
     pub fn builder(varmap: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(Self { varmap: varmap.clone(), seed }), dtype, device.clone())

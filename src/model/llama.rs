@@ -1,60 +1,55 @@
-//! A trainable LLaMA-architecture decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+//! A trainable LLaMA / Qwen2 decoder (RMSNorm, RoPE with scaling, SwiGLU, grouped-query attention, Qwen2's
+//! q/k/v bias), one set of weights for a training path (`forward_embeds_t`) and a KV-cached inference path
+//! (`forward_cached`, where GGUF matrices may stay quantized).
 //!
 //! candle-transformers' llama cannot be trained: its fused rope, softmax_last_dim and rms_norm ops carry
 //! no gradient, and it returns only the last position's logits. This one uses differentiable ops
 //! throughout, returns logits for every position, and takes input embeddings so projected audio and
 //! visual tokens can be spliced into the prompt. Parameter names follow HF `LlamaForCausalLM`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
-use candle_nn::{Embedding, Linear, Module, VarBuilder};
+use candle_nn::{Embedding, Module, VarBuilder};
 
-use super::lora::{LoraConfig, LoraLinear};
-use serde::{Deserialize, Serialize};
+use super::lora::{BaseLinear, DropoutRng, LoraConfig, LoraLinear};
+pub use super::llm_config::{LlamaConfig, OneOrMany, RopeScaling};
 
-/// The subset of HF `LlamaConfig` (`config.json`) this model reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LlamaConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    /// Defaults to `num_attention_heads` (no GQA).
-    #[serde(default)]
-    pub num_key_value_heads: Option<usize>,
-    /// 0 = taken from the tokenizer at build time.
-    #[serde(default)]
-    pub vocab_size: usize,
-    #[serde(default = "default_rms_eps")]
-    pub rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
-    #[serde(default = "default_max_pos")]
-    pub max_position_embeddings: usize,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
+/// Weight matrices kept quantized for inference (GGUF), by full parameter name (`<prefix>model.layers.0...`).
+pub type QuantStore = HashMap<String, Arc<QTensor>>;
+
+/// What the layers are built from: dense tensors through `vb`, quantized matrices from `quant` when
+/// present, and the model-wide LoRA settings.
+#[derive(Clone)]
+struct Parts<'a> {
+    cfg: &'a LlamaConfig,
+    lora: Option<&'a LoraConfig>,
+    quant: Option<&'a QuantStore>,
+    rng: DropoutRng,
 }
 
-fn default_rms_eps() -> f64 {
-    1e-6
-}
-fn default_rope_theta() -> f64 {
-    10_000.0
-}
-fn default_max_pos() -> usize {
-    2048
-}
-
-impl LlamaConfig {
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
-    }
-    pub fn kv_heads(&self) -> usize {
-        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+impl Parts<'_> {
+    fn linear(&self, inp: usize, out: usize, bias: bool, name: &str, vb: &VarBuilder) -> Result<LoraLinear> {
+        let vb = vb.pp(name);
+        let key = format!("{}.weight", vb.prefix());
+        let base = match self.quant.and_then(|q| q.get(&key)) {
+            Some(w) => {
+                if w.shape().dims() != [out, inp] {
+                    candle_core::bail!("tensor `{key}` has shape {:?}, the config expects [{out}, {inp}]", w.shape().dims());
+                }
+                let b = if bias { Some(vb.get(out, "bias")?) } else { None };
+                BaseLinear::quantized(w.clone(), b)?
+            }
+            None if bias => BaseLinear::Dense(candle_nn::linear(inp, out, vb.clone())?),
+            None => BaseLinear::Dense(candle_nn::linear_no_bias(inp, out, vb.clone())?),
+        };
+        LoraLinear::with_rng(base, name, self.lora, vb, self.rng.clone())
     }
 }
 
-/// Precomputed rotary tables (HF "rotate half" convention).
+/// Rotary tables (HF "rotate half" convention) for every position up to `max_position_embeddings`.
 #[derive(Debug, Clone)]
 struct Rotary {
     cos: Tensor,
@@ -63,10 +58,8 @@ struct Rotary {
 
 impl Rotary {
     fn new(cfg: &LlamaConfig, dtype: DType, dev: &Device) -> Result<Self> {
-        let half = cfg.head_dim() / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / cfg.head_dim() as f32))
-            .collect();
+        let inv_freq = cfg.inv_freq();
+        let half = inv_freq.len();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), dev)?;
         let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
             .to_dtype(DType::F32)?
@@ -75,13 +68,18 @@ impl Rotary {
         Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
     }
 
-    /// `x`: (batch, heads, seq, head_dim); positions start at `offset`.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_, _, seq, _) = x.dims4()?;
-        let cos = self.cos.narrow(0, offset, seq)?;
-        let sin = self.sin.narrow(0, offset, seq)?;
-        // rope_slow is the differentiable reference implementation of the same rotation.
-        candle_nn::rotary_emb::rope_slow(&x.contiguous()?, &cos, &sin)
+    /// `x`: (batch, heads, seq, head_dim); `positions`: (batch, seq) u32, one position per token (left
+    /// padding shifts them). Differentiable.
+    fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, _, t, d) = x.dims4()?;
+        let flat = positions.flatten_all()?;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d / 2))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d / 2))?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let c = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[a, c], D::Minus1)
     }
 }
 
@@ -105,6 +103,14 @@ impl Module for RmsNorm {
     }
 }
 
+/// Per-call inputs shared by every layer.
+struct Step<'a> {
+    rotary: &'a Rotary,
+    mask: &'a Tensor,
+    positions: &'a Tensor,
+    train: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Attention {
     q_proj: LoraLinear,
@@ -117,28 +123,27 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
+    fn new(p: &Parts, vb: VarBuilder) -> Result<Self> {
+        let cfg = p.cfg;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
-        let lin = |i, o, name: &str| LoraLinear::new(candle_nn::linear_no_bias(i, o, vb.pp(name))?, name, lora, vb.pp(name));
         Ok(Self {
-            q_proj: lin(h, cfg.num_attention_heads * hd, "q_proj")?,
-            k_proj: lin(h, cfg.kv_heads() * hd, "k_proj")?,
-            v_proj: lin(h, cfg.kv_heads() * hd, "v_proj")?,
-            o_proj: lin(cfg.num_attention_heads * hd, h, "o_proj")?,
+            q_proj: p.linear(h, cfg.num_attention_heads * hd, cfg.qkv_bias(), "q_proj", &vb)?,
+            k_proj: p.linear(h, cfg.kv_heads() * hd, cfg.qkv_bias(), "k_proj", &vb)?,
+            v_proj: p.linear(h, cfg.kv_heads() * hd, cfg.qkv_bias(), "v_proj", &vb)?,
+            o_proj: p.linear(cfg.num_attention_heads * hd, h, cfg.o_bias(), "o_proj", &vb)?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.kv_heads(),
             head_dim: hd,
         })
     }
 
-    /// `offset`: absolute position of the first query; `cache`: this layer's keys and values of earlier
-    /// positions (before head repetition), extended in place.
-    fn forward(&self, x: &Tensor, rotary: &Rotary, mask: &Tensor, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    /// `cache`: this layer's keys and values of earlier positions (before head repetition), extended in place.
+    fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = rotary.apply(&split(self.q_proj.forward(x)?, self.heads)?, offset)?;
-        let mut k = rotary.apply(&split(self.k_proj.forward(x)?, self.kv_heads)?, offset)?;
-        let mut v = split(self.v_proj.forward(x)?, self.kv_heads)?.contiguous()?;
+        let q = s.rotary.apply(&split(self.q_proj.forward_t(x, s.train)?, self.heads)?, s.positions)?;
+        let mut k = s.rotary.apply(&split(self.k_proj.forward_t(x, s.train)?, self.kv_heads)?, s.positions)?;
+        let mut v = split(self.v_proj.forward_t(x, s.train)?, self.kv_heads)?.contiguous()?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -148,10 +153,10 @@ impl Attention {
         }
         let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(s.mask)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward_t(&out, s.train)
     }
 }
 
@@ -171,17 +176,18 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let lin = |a, b, name: &str| LoraLinear::new(candle_nn::linear_no_bias(a, b, vb.pp(name))?, name, lora, vb.pp(name));
-        Ok(Self { gate_proj: lin(h, i, "gate_proj")?, up_proj: lin(h, i, "up_proj")?, down_proj: lin(i, h, "down_proj")? })
+    fn new(p: &Parts, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (p.cfg.hidden_size, p.cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: p.linear(h, i, false, "gate_proj", &vb)?,
+            up_proj: p.linear(h, i, false, "up_proj", &vb)?,
+            down_proj: p.linear(i, h, false, "down_proj", &vb)?,
+        })
     }
-}
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let gate = self.gate_proj.forward_t(x, train)?.silu()?;
+        self.down_proj.forward_t(&(gate * self.up_proj.forward_t(x, train)?)?, train)
     }
 }
 
@@ -194,54 +200,68 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
+    fn new(p: &Parts, vb: VarBuilder) -> Result<Self> {
+        let cfg = p.cfg;
         Ok(Self {
             input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::new(cfg, lora, vb.pp("self_attn"))?,
+            self_attn: Attention::new(p, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
-            mlp: Mlp::new(cfg, lora, vb.pp("mlp"))?,
+            mlp: Mlp::new(p, vb.pp("mlp"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &Rotary, mask: &Tensor, offset: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rotary, mask, offset, cache)?)?;
-        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
+    fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, s, cache)?)?;
+        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, s.train)?
     }
 }
 
-/// LLaMA for causal LM over input embeddings.
+/// LLaMA / Qwen2 for causal LM over input embeddings.
 #[derive(Debug, Clone)]
 pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: BaseLinear,
     rotary: Rotary,
     cfg: LlamaConfig,
+    dropout_rng: DropoutRng,
 }
 
 impl Llama {
     /// Builds from `vb` with HF names (`model.embed_tokens`, `model.layers.N.*`, `model.norm`, `lm_head`).
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
-        Self::new_with_lora(cfg, None, vb)
+        Self::load(cfg, None, None, vb)
     }
 
     /// As [`Self::new`], with LoRA adapters on the `lora.target_modules` projections
     /// (`model.layers.N.self_attn.q_proj.lora_A.weight`, ...).
     pub fn new_with_lora(cfg: &LlamaConfig, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
+        Self::load(cfg, lora, None, vb)
+    }
+
+    /// The general constructor: matrices found in `quant` (keyed by full name under `vb`) stay quantized
+    /// (inference only); everything else comes from `vb`.
+    pub fn load(cfg: &LlamaConfig, lora: Option<&LoraConfig>, quant: Option<&QuantStore>, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let rng = super::lora::dropout_rng(0);
+        let parts = Parts { cfg, lora, quant, rng: rng.clone() };
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Block::new(cfg, lora, m.pp(format!("layers.{i}"))))
+            .map(|i| Block::new(&parts, m.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
-        } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        let tied_key = format!("{}.weight", m.pp("embed_tokens").prefix());
+        let head_key = format!("{}.weight", vb.pp("lm_head").prefix());
+        let quant_head = quant.and_then(|q| q.get(if cfg.tie_word_embeddings { &tied_key } else { &head_key }));
+        let lm_head = match quant_head {
+            Some(w) => BaseLinear::quantized(w.clone(), None)?,
+            None if cfg.tie_word_embeddings => BaseLinear::Dense(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None)),
+            None => BaseLinear::Dense(candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?),
         };
         let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone() })
+        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), dropout_rng: rng })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -252,45 +272,64 @@ impl Llama {
         self.embed_tokens.embeddings().device()
     }
 
+    /// Restarts the LoRA dropout stream (a run seeds it per stage so dropout masks are reproducible).
+    pub fn reseed_dropout(&self, seed: u64) {
+        use rand::SeedableRng;
+        if let Ok(mut g) = self.dropout_rng.lock() {
+            *g = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        }
+    }
+
     /// Token ids (any shape) → embeddings (shape + hidden).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         self.embed_tokens.forward(ids)
     }
 
-    /// `embeds`: (batch, seq, hidden); `valid`: (batch, seq) with 1 for real positions, 0 for padding.
-    /// Returns logits (batch, seq, vocab) for every position.
+    /// `embeds`: (batch, seq, hidden); `valid`: (batch, seq) with 1 for real positions, 0 for padding
+    /// (right padding: positions count from 0). Returns logits (batch, seq, vocab) for every position.
     pub fn forward_embeds(&self, embeds: &Tensor, valid: &Tensor) -> Result<Tensor> {
-        let (_, t, _) = embeds.dims3()?;
+        self.forward_embeds_t(embeds, valid, false)
+    }
+
+    /// As [`Self::forward_embeds`]; `train` applies LoRA dropout.
+    pub fn forward_embeds_t(&self, embeds: &Tensor, valid: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
         if t > self.cfg.max_position_embeddings {
             candle_core::bail!("sequence of {t} tokens exceeds max_position_embeddings {}", self.cfg.max_position_embeddings);
         }
+        let positions = Tensor::arange(0u32, t as u32, embeds.device())?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
         let mask = attention_mask(valid, 0, embeds.dtype())?;
+        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train };
         let mut x = embeds.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, &self.rotary, &mask, 0, None)?;
+            x = layer.forward(&x, &step, None)?;
         }
         self.lm_head.forward(&self.norm.forward(&x)?)
     }
 
-    /// Inference with a KV cache, batch of one, no padding: `embeds` (1, t, hidden) are the positions after
-    /// those already in `cache`. Returns logits (1, t, vocab) and extends the cache.
-    pub fn forward_cached(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (b, t, _) = embeds.dims3()?;
-        if b != 1 {
-            candle_core::bail!("forward_cached takes a batch of one, got {b}");
-        }
+    /// Inference with a KV cache: `embeds` (batch, t, hidden) are the positions after those already in
+    /// `cache`; `valid` (batch, cached + t) marks real keys (left padding allowed: each row's positions
+    /// count its real tokens only, as HF `generate` does). Returns logits (batch, t, vocab).
+    pub fn forward_cached(&self, embeds: &Tensor, valid: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (_, t, _) = embeds.dims3()?;
         let offset = cache.len;
+        if valid.dim(1)? != offset + t {
+            candle_core::bail!("valid covers {} keys, expected {} cached + {t} new", valid.dim(1)?, offset);
+        }
         if offset + t > self.cfg.max_position_embeddings {
             candle_core::bail!("{} positions exceed max_position_embeddings {}", offset + t, self.cfg.max_position_embeddings);
         }
         if cache.layers.len() != self.layers.len() {
             cache.layers = vec![None; self.layers.len()];
         }
-        let all_keys = Tensor::ones((1, offset + t), DType::U8, embeds.device())?;
-        let mask = attention_mask(&all_keys, offset, embeds.dtype())?;
+        // Position of each key = number of real keys before it (padding gets 0, never attended).
+        let counts = valid.to_dtype(DType::F32)?.cumsum(1)?;
+        let positions = (counts - 1.0)?.clamp(0.0, f64::MAX)?.narrow(1, offset, t)?.to_dtype(DType::U32)?;
+        let mask = attention_mask(valid, offset, embeds.dtype())?;
+        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train: false };
         let mut x = embeds.clone();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &self.rotary, &mask, offset, Some(slot))?;
+            x = layer.forward(&x, &step, Some(slot))?;
         }
         cache.len += t;
         self.lm_head.forward(&self.norm.forward(&x)?)
@@ -341,10 +380,8 @@ mod tests {
             num_attention_heads: 4,
             num_key_value_heads: Some(2),
             vocab_size: 50,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10_000.0,
             max_position_embeddings: 64,
-            tie_word_embeddings: false,
+            ..LlamaConfig::default()
         }
     }
 
@@ -398,9 +435,10 @@ mod tests {
         let ids = Tensor::new(&[[1u32, 5, 7, 9, 11, 13, 3]], &dev)?;
         let full = model.forward_embeds(&model.embed(&ids)?, &Tensor::ones((1, 7), DType::U8, &dev)?)?;
         let mut cache = KvCache::new();
-        let mut parts = vec![model.forward_cached(&model.embed(&ids.narrow(1, 0, 4)?)?, &mut cache)?];
+        let all = Tensor::ones((1, 7), DType::U8, &dev)?;
+        let mut parts = vec![model.forward_cached(&model.embed(&ids.narrow(1, 0, 4)?)?, &all.narrow(1, 0, 4)?, &mut cache)?];
         for i in 4..7 {
-            parts.push(model.forward_cached(&model.embed(&ids.narrow(1, i, 1)?)?, &mut cache)?);
+            parts.push(model.forward_cached(&model.embed(&ids.narrow(1, i, 1)?)?, &all.narrow(1, 0, i + 1)?, &mut cache)?);
         }
         let cached = Tensor::cat(&parts, 1)?;
         let diff = (full - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -6,6 +6,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
@@ -37,20 +40,93 @@ impl LoraConfig {
     }
 }
 
+/// The frozen or trainable base of a linear layer: dense (differentiable), or a GGUF matrix kept
+/// quantized for CPU inference (no gradient flows through it, so it is never used for training).
+#[derive(Debug, Clone)]
+pub enum BaseLinear {
+    Dense(Linear),
+    Quantized { weight: Arc<QTensor>, matmul: QMatMul, bias: Option<Tensor> },
+}
+
+impl BaseLinear {
+    pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self::Quantized { matmul: QMatMul::from_arc(weight.clone())?, weight, bias })
+    }
+
+    /// (out, in).
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Self::Dense(l) => l.weight().dims2(),
+            Self::Quantized { weight, .. } => weight.shape().dims2(),
+        }
+    }
+
+    /// The dense layer (dequantized if needed).
+    pub fn dense(&self) -> Result<Linear> {
+        match self {
+            Self::Dense(l) => Ok(l.clone()),
+            Self::Quantized { weight, bias, .. } => Ok(Linear::new(weight.dequantize(&weight.device())?, bias.clone())),
+        }
+    }
+}
+
+impl Module for BaseLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(l) => l.forward(x),
+            Self::Quantized { matmul, bias, .. } => {
+                let y = matmul.forward(x)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
 /// A linear layer with an optional low-rank adapter.
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
-    base: Linear,
+    base: BaseLinear,
     adapter: Option<(Tensor, Tensor, f64)>,
+    /// Dropout on the adapter's input during training (PEFT applies it to x before A).
+    dropout: f32,
+    rng: DropoutRng,
+}
+
+/// The seeded random stream behind LoRA dropout (candle's own CPU RNG cannot be seeded), shared by all
+/// adapters of a model so a run's dropout masks are reproducible.
+pub type DropoutRng = Arc<std::sync::Mutex<rand_chacha::ChaCha8Rng>>;
+
+pub fn dropout_rng(seed: u64) -> DropoutRng {
+    use rand::SeedableRng;
+    Arc::new(std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)))
+}
+
+/// Inverted dropout with a mask drawn from `rng`.
+fn seeded_dropout(x: &Tensor, p: f32, rng: &DropoutRng) -> Result<Tensor> {
+    use rand::Rng;
+    let n = x.elem_count();
+    let keep = 1.0 - p;
+    let mut g = rng.lock().map_err(|_| candle_core::Error::Msg("dropout rng lock poisoned".into()))?;
+    let mask: Vec<f32> = (0..n).map(|_| if g.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+    drop(g);
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
 }
 
 impl LoraLinear {
     /// The base `Linear` (weight named `weight`, optional `bias`) at `vb`; adapter tensors at
     /// `vb.lora_A.weight` / `vb.lora_B.weight` when `lora` targets `module`.
-    pub fn new(base: Linear, module: &str, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
+    pub fn new(base: BaseLinear, module: &str, lora: Option<&LoraConfig>, vb: VarBuilder) -> Result<Self> {
+        Self::with_rng(base, module, lora, vb, dropout_rng(0))
+    }
+
+    pub fn with_rng(base: BaseLinear, module: &str, lora: Option<&LoraConfig>, vb: VarBuilder, rng: DropoutRng) -> Result<Self> {
         let adapter = match lora {
             Some(cfg) if cfg.targets(module) => {
-                let (out, inp) = base.weight().dims2()?;
+                let (out, inp) = base.dims()?;
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a = vb.get_with_hints((cfg.r, inp), "lora_A.weight", candle_nn::Init::Uniform { lo: -bound, up: bound })?;
                 let b = vb.get_with_hints((out, cfg.r), "lora_B.weight", candle_nn::Init::Const(0.0))?;
@@ -58,29 +134,37 @@ impl LoraLinear {
             }
             _ => None,
         };
-        Ok(Self { base, adapter })
+        let dropout = lora.map(|c| c.lora_dropout as f32).unwrap_or(0.0);
+        Ok(Self { base, adapter, dropout, rng })
     }
 
     /// `W + (α/r) B A`: the plain linear layer to export.
     pub fn merged(&self) -> Result<Linear> {
+        let base = self.base.dense()?;
         match &self.adapter {
-            None => Ok(self.base.clone()),
-            Some((a, b, s)) => Ok(Linear::new((self.base.weight() + (b.matmul(a)? * *s)?)?, self.base.bias().cloned())),
+            None => Ok(base),
+            Some((a, b, s)) => Ok(Linear::new((base.weight() + (b.matmul(a)? * *s)?)?, base.bias().cloned())),
+        }
+    }
+
+    /// `train`: apply the adapter's dropout (inference never does).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.adapter {
+            None => Ok(y),
+            Some((a, b, s)) => {
+                let x = if train && self.dropout > 0.0 { seeded_dropout(x, self.dropout, &self.rng)? } else { x.clone() };
+                // x Aᵀ Bᵀ through two small matmuls (never materialise the out × in update).
+                let low = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+                y + (low * *s)?
+            }
         }
     }
 }
 
 impl Module for LoraLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
-        match &self.adapter {
-            None => Ok(y),
-            Some((a, b, s)) => {
-                // x Aᵀ Bᵀ through two small matmuls (never materialise the out × in update).
-                let low = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
-                y + (low * *s)?
-            }
-        }
+        self.forward_t(x, false)
     }
 }
 
@@ -147,7 +231,7 @@ mod tests {
 
     fn layer(cfg: &LoraConfig, vm: &VarMap) -> Result<LoraLinear> {
         let vb = crate::model::init::SeededVarMap::builder(vm, 5, DType::F32, &Device::Cpu);
-        let base = candle_nn::linear(6, 4, vb.pp("q_proj"))?;
+        let base = BaseLinear::Dense(candle_nn::linear(6, 4, vb.pp("q_proj"))?);
         LoraLinear::new(base, "q_proj", Some(cfg), vb.pp("q_proj"))
     }
 

@@ -254,7 +254,7 @@ impl EmotionModel {
 
     /// Next-token cross-entropy over answer tokens (and EOS), averaged per `reduction`.
     pub fn loss(&self, inputs: &LlmInputs, reduction: LossReduction) -> Result<Tensor> {
-        let logits = self.llm.forward_embeds(&inputs.embeds, &inputs.valid)?;
+        let logits = self.llm.forward_embeds_t(&inputs.embeds, &inputs.valid, true)?;
         let (b, t, v) = logits.dims3()?;
         let dev = logits.device();
         let rows = Tensor::new(inputs.target_rows.as_slice(), dev)?;
@@ -295,12 +295,9 @@ mod tests {
             intermediate_size: 32,
             num_hidden_layers: 1,
             num_attention_heads: 2,
-            num_key_value_heads: None,
             vocab_size: 20,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10_000.0,
             max_position_embeddings: 64,
-            tie_word_embeddings: false,
+            ..LlamaConfig::default()
         };
         let vm = VarMap::new();
         let vb = crate::model::init::SeededVarMap::builder(&vm, 3, DType::F32, &Device::Cpu);

@@ -1,0 +1,194 @@
+//! Parity with transformers / peft on tiny random models written by `tools/fixtures/make_llm_fixtures.py`:
+//! a LLaMA (tied embeddings, llama3 rope scaling, f32, 4 safetensors shards) and a Qwen2 (q/k/v bias,
+//! bf16 weights). Logits of a right-padded batch, 32 greedy tokens of a left-padded batch, and a LoRA
+//! adapter saved by peft: logits, loss and the gradients of every LoRA tensor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarMap;
+use emollama::model::generate::{GenerateOptions, generate_ids_batch};
+use emollama::model::llama::Llama;
+use emollama::model::lora::load_peft;
+use emollama::model::weights::{PretrainedBackend, apply_adapter, open_hf_model};
+use rand::SeedableRng;
+
+type R = anyhow::Result<()>;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llm").join(name)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()?)
+}
+
+fn rows(t: &Tensor) -> anyhow::Result<Vec<Vec<u32>>> {
+    Ok(t.to_dtype(DType::I64)?.to_vec2::<i64>()?.into_iter().map(|r| r.into_iter().map(|v| v as u32).collect()).collect())
+}
+
+fn load(name: &str, lora: Option<&emollama::model::lora::LoraConfig>) -> anyhow::Result<(Llama, VarMap)> {
+    let (cfg, store) = open_hf_model(&fixture(name))?;
+    let varmap = VarMap::new();
+    let vb = PretrainedBackend::builder(Arc::new(store), "", &varmap, 0, DType::F32, &Device::Cpu);
+    Ok((Llama::load(&cfg, lora, None, vb)?, varmap))
+}
+
+/// Logits of the real (unpadded) positions of each row.
+fn check_logits(model: &Llama, ids: &Tensor, mask: &Tensor, want: &Tensor, what: &str) -> anyhow::Result<Tensor> {
+    let ids = ids.to_dtype(DType::U32)?;
+    let logits = model.forward_embeds(&model.embed(&ids)?, &mask.to_dtype(DType::U8)?)?;
+    for (row, len) in mask.to_dtype(DType::I64)?.sum(1)?.to_vec1::<i64>()?.into_iter().enumerate() {
+        let len = len as usize;
+        let d = max_diff(&logits.i((row, ..len))?, &want.i((row, ..len))?)?;
+        assert!(d < 1e-4, "{what}: row {row} logits differ from transformers by {d}");
+    }
+    Ok(logits)
+}
+
+fn parity(name: &str) -> R {
+    let (model, _) = load(name, None)?;
+    let r = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)?;
+    check_logits(&model, &r["input_ids"], &r["attention_mask"], &r["logits"], name)?;
+
+    // Greedy generation, left-padded batch of two, 32 tokens, no EOS.
+    let prompts: Vec<Vec<u32>> = rows(&r["gen_input_ids"])?
+        .into_iter()
+        .zip(rows(&r["gen_attention_mask"])?)
+        .map(|(ids, m)| ids.into_iter().zip(m).filter(|(_, m)| *m == 1).map(|(i, _)| i).collect())
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let out = generate_ids_batch(&model, &prompts, 0, &[], &GenerateOptions::greedy(32), &mut rng)?;
+    let want = rows(&r["gen_output"])?;
+    for (row, got) in out.iter().enumerate() {
+        assert_eq!(got.len(), 32);
+        assert_eq!(got.as_slice(), &want[row][12..], "{name}: greedy tokens of row {row} differ from transformers");
+    }
+    Ok(())
+}
+
+fn lora_parity(name: &str) -> R {
+    let dir = fixture(name).join("adapter");
+    let (cfg, tensors) = load_peft(&dir, "")?;
+    let (model, varmap) = load(name, Some(&cfg))?;
+    assert_eq!(apply_adapter(&varmap, &tensors, &dir)?, 8, "2 layers x (q, v) x (A, B)");
+    let r = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)?;
+    let l = candle_core::safetensors::load(fixture(name).join("lora_reference.safetensors"), &Device::Cpu)?;
+    let logits = check_logits(&model, &r["input_ids"], &r["attention_mask"], &l["logits"], "with the adapter")?;
+
+    // HF causal-LM loss: position t predicts label t+1; -100 is ignored; mean over the rest.
+    let (b, t, v) = logits.dims3()?;
+    let labels = l["labels"].to_vec2::<i64>()?;
+    let (mut pos, mut tgt) = (Vec::new(), Vec::new());
+    for (row, lab) in labels.iter().enumerate() {
+        for k in 1..t {
+            if lab[k] >= 0 {
+                pos.push((row * t + k - 1) as u32);
+                tgt.push(lab[k] as u32);
+            }
+        }
+    }
+    let picked = logits.reshape((b * t, v))?.index_select(&Tensor::new(pos.as_slice(), &Device::Cpu)?, 0)?;
+    let loss = candle_nn::loss::cross_entropy(&picked, &Tensor::new(tgt.as_slice(), &Device::Cpu)?)?;
+    let want = l["loss"].to_vec1::<f32>()?[0];
+    let got = loss.to_scalar::<f32>()?;
+    assert!((got - want).abs() < 1e-4, "loss {got} vs PyTorch {want}");
+
+    let grads = loss.backward()?;
+    let data = varmap.data().lock().map_err(|_| anyhow::anyhow!("lock"))?;
+    let mut checked = 0;
+    for (key, want) in l.iter().filter(|(k, _)| k.starts_with("grad.")) {
+        let name = key.trim_start_matches("grad.base_model.model.");
+        let var = data.get(name).ok_or_else(|| anyhow::anyhow!("no variable {name}"))?;
+        let g = grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient for {name}"))?;
+        let d = max_diff(g, want)?;
+        assert!(d < 1e-4, "gradient of {name} differs from PyTorch by {d}");
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
+    Ok(())
+}
+
+#[test]
+fn llama_matches_transformers() -> R {
+    parity("tiny-llama-hf")
+}
+
+#[test]
+fn qwen2_matches_transformers() -> R {
+    parity("tiny-qwen2-hf")
+}
+
+#[test]
+fn llama_lora_matches_peft() -> R {
+    lora_parity("tiny-llama-hf")
+}
+
+#[test]
+fn qwen2_lora_matches_peft() -> R {
+    lora_parity("tiny-qwen2-hf")
+}
+
+/// A config/weights mismatch, a missing shard, a corrupt file, an unknown architecture: errors that name
+/// the file and the tensor, never a panic.
+#[test]
+fn bad_weights_are_named_errors() -> R {
+    let tmp = tempfile::tempdir()?;
+    let copy = |to: &Path| -> anyhow::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(fixture("tiny-qwen2-hf"))? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name()))?;
+            }
+        }
+        Ok(())
+    };
+    let build = |dir: &Path| -> anyhow::Result<Llama> {
+        let (cfg, store) = open_hf_model(dir)?;
+        let vm = VarMap::new();
+        Ok(Llama::load(&cfg, None, None, PretrainedBackend::builder(Arc::new(store), "", &vm, 0, DType::F32, &Device::Cpu))?)
+    };
+
+    // Shape mismatch: the config claims a wider MLP than the weights have.
+    let d = tmp.path().join("shape");
+    copy(&d)?;
+    let cfg = std::fs::read_to_string(d.join("config.json"))?.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    std::fs::write(d.join("config.json"), cfg)?;
+    let e = build(&d).map(|_| ()).expect_err("shape mismatch").to_string();
+    assert!(e.contains("model.safetensors") && e.contains("mlp.gate_proj.weight") && e.contains("[128, 64]"), "{e}");
+
+    // Corrupt weights file.
+    let d = tmp.path().join("corrupt");
+    copy(&d)?;
+    std::fs::write(d.join("model.safetensors"), b"garbage, not safetensors")?;
+    let e = build(&d).map(|_| ()).expect_err("corrupt").to_string();
+    assert!(e.contains("model.safetensors") && e.contains("safetensors"), "{e}");
+
+    // Missing weights.
+    let d = tmp.path().join("missing");
+    copy(&d)?;
+    std::fs::remove_file(d.join("model.safetensors"))?;
+    let e = build(&d).map(|_| ()).expect_err("missing").to_string();
+    assert!(e.contains("missing") || e.contains("no `model.safetensors`"), "{e}");
+
+    // A tensor missing from the file.
+    let d = tmp.path().join("tensor");
+    copy(&d)?;
+    let mut ts: HashMap<String, Tensor> = candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu)?;
+    ts.remove("model.layers.1.self_attn.k_proj.bias");
+    candle_core::safetensors::save(&ts, d.join("model.safetensors"))?;
+    let e = build(&d).map(|_| ()).expect_err("missing tensor").to_string();
+    assert!(e.contains("model.layers.1.self_attn.k_proj.bias") && e.contains("missing"), "{e}");
+
+    // Unknown architecture.
+    let d = tmp.path().join("arch");
+    copy(&d)?;
+    let cfg = std::fs::read_to_string(d.join("config.json"))?.replace("\"model_type\": \"qwen2\"", "\"model_type\": \"gpt_neox\"");
+    std::fs::write(d.join("config.json"), cfg)?;
+    let e = build(&d).map(|_| ()).expect_err("arch").to_string();
+    assert!(e.contains("config.json") && e.contains("gpt_neox"), "{e}");
+    Ok(())
+}
