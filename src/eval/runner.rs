@@ -14,7 +14,7 @@ use crate::data::Sample;
 use crate::data::loader::DecodedMedia;
 use crate::model::generate::{GenerateOptions, generate_one};
 use crate::model::multimodal::EmotionModel;
-use crate::model::prompt::Template;
+use crate::model::prompt::ChatTemplate;
 use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::Recipe;
 use crate::train::batch::{self, MediaLayout};
@@ -54,7 +54,7 @@ pub struct EvalContext<'a> {
     pub model: &'a EmotionModel,
     pub tokenizer: &'a TextTokenizer,
     pub recipe: &'a Recipe,
-    pub template: Template,
+    pub template: ChatTemplate,
     pub layout: MediaLayout,
     pub device: &'a Device,
     pub labels: &'a [String],
@@ -81,7 +81,7 @@ pub fn evaluate(ctx: &EvalContext, samples: &[(Sample, DecodedMedia)], out_dir: 
     let opts = GenerateOptions::greedy(e.max_new_tokens);
     let (mut truth, mut pred, mut unparsed) = (Vec::new(), Vec::new(), 0);
     for (sample, media) in labelled.into_iter().take(take) {
-        let text = batch::prompt_text(sample, &e.task, instruction, ctx.template, ctx.recipe.prompt.transcript);
+        let text = batch::prompt_text(sample, &e.task, instruction, &ctx.template, ctx.recipe.prompt.transcript);
         let prompt = batch::tokenize(ctx.tokenizer, &text, None)?;
         let mm = if ctx.recipe.model.use_av {
             ctx.model.encode(&batch::media_batch(&[media], &ctx.layout, ctx.device)?)?

@@ -1,11 +1,11 @@
 //! Building the multimodal model from a recipe's plugin names.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use candle_nn::VarMap;
 
-use super::init::SeededVarMap;
 
-use super::llama::{Llama, LlamaConfig};
+use super::llama::LlamaConfig;
+use super::llm_load::LlmSpec;
 use super::cnn::{CnnConfig, TinyCnn};
 use super::multimodal::{EmotionModel, FrameEncoder};
 use super::tokenizer::TextTokenizer;
@@ -22,6 +22,8 @@ pub enum BuildError {
     Plugin { plugin: String, path: String, message: String },
     #[error("building the model: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Llm(#[from] Box<super::llm_load::LlmError>),
 }
 
 /// The built model plus the per-encoder pixel normalisation it expects.
@@ -32,23 +34,18 @@ pub struct Built {
     pub pixel_std: [f32; 3],
 }
 
-/// Creates every parameter in `varmap` (names `llm.*`, `encoder.{video,audio}.*`, `projector.*`),
-/// initialised deterministically from `seed`.
-pub fn build_model(recipe: &Recipe, registry: &Registry, tokenizer: &TextTokenizer, varmap: &VarMap, seed: u64, device: &Device) -> Result<Built, BuildError> {
-    let vb = SeededVarMap::builder(varmap, seed, DType::F32, device);
-    let (llm_path, llm_manifest) = registry.llm(&recipe.model.llm)?;
-    let mut llm_config = llm_manifest.config.clone();
-    if llm_config.vocab_size == 0 {
-        llm_config.vocab_size = tokenizer.vocab_size();
-    } else if llm_config.vocab_size < tokenizer.vocab_size() {
-        return Err(BuildError::Plugin {
-            plugin: llm_manifest.name.clone(),
-            path: llm_path.display().to_string(),
-            message: format!("vocab_size {} is smaller than the tokenizer's {}", llm_config.vocab_size, tokenizer.vocab_size()),
-        });
+/// Creates the model: the LLM from `llm` (pretrained weights stay outside `varmap`, frozen), and every
+/// trainable parameter in `varmap` (names `llm.*` for random or LoRA weights, `encoder.{video,audio}.*`,
+/// `projector.*`), initialised deterministically from `seed`.
+pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenizer: &TextTokenizer, varmap: &VarMap, seed: u64, device: &Device) -> Result<Built, BuildError> {
+    if llm.config.vocab_size == 0 {
+        return Err(BuildError::Plugin { plugin: llm.name.clone(), path: String::new(), message: "vocab_size 0: set it from the tokenizer before building".into() });
     }
-    check_random_weights(&llm_manifest.name, llm_path, &llm_manifest.weights)?;
-    let llm = Llama::new_with_lora(&llm_config, recipe.model.lora.as_ref(), vb.pp("llm"))?;
+    let llm_config = llm.config.clone();
+    llm.check_tokenizer(tokenizer).map_err(Box::new)?;
+    let lora = recipe.model.lora.as_ref().or(llm.default_lora.as_ref().filter(|_| llm.is_pretrained()));
+    let (llm_model, vb) = llm.build(lora, varmap, seed, "llm.", false, device).map_err(Box::new)?;
+    let llm_model_ref = llm_model;
 
     let mut pixel = ([0.5f32; 3], [0.5f32; 3]);
     let video = match recipe.model.video_encoder.as_str() {
@@ -73,7 +70,7 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, tokenizer: &TextTokeniz
             Some(TinyWave::new(&cfg, vb.pp("encoder.audio"))?)
         }
     };
-    let model = EmotionModel::new(llm, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
+    let model = EmotionModel::new(llm_model_ref, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
     Ok(Built { model, llm_config, pixel_mean: pixel.0, pixel_std: pixel.1 })
 }
 

@@ -152,10 +152,10 @@ impl LlamaConfig {
         if !MODEL_TYPES.contains(&self.model_type.as_str()) {
             return Err(format!("unknown model_type `{}`; supported: {}", self.model_type, MODEL_TYPES.join(", ")));
         }
-        if self.num_attention_heads == 0 || self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.num_attention_heads == 0 || self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(format!("num_attention_heads {} must be a positive multiple of num_key_value_heads {}", self.num_attention_heads, self.kv_heads()));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for rotary embeddings", self.head_dim()));
         }
         if let Some(s) = &self.rope_scaling {

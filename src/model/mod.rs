@@ -1,11 +1,15 @@
 //! Models: the trainable LLaMA, the small encoders, projectors, tokenizer, prompt assembly, generation.
 
 pub mod build;
+pub mod chat;
 pub mod cnn;
 pub mod generate;
+pub mod hub;
+pub mod gguf;
 pub mod init;
 pub mod llama;
 pub mod llm_config;
+pub mod llm_load;
 pub mod lora;
 pub mod multimodal;
 pub mod nn;

@@ -123,7 +123,7 @@ pub struct EmotionModel {
     proj_frames: Option<Projector>,
     proj_video: Option<Projector>,
     proj_audio: Option<Projector>,
-    pub bos: u32,
+    pub bos: Option<u32>,
     pub eos: u32,
 }
 
@@ -135,7 +135,7 @@ impl EmotionModel {
         audio_encoder: Option<TinyWave>,
         projector: &str,
         vb: VarBuilder,
-        bos: u32,
+        bos: Option<u32>,
         eos: u32,
     ) -> Result<Self> {
         let h = llm.config().hidden_size;
@@ -201,8 +201,11 @@ impl EmotionModel {
         let mut lengths = Vec::with_capacity(prompts.len());
         let mut answer_spans = Vec::with_capacity(prompts.len());
         for (b, p) in prompts.iter().enumerate() {
-            let mut parts = vec![self.llm.embed(&Tensor::new(&[self.bos], dev)?)?];
-            let mut len = 1;
+            let mut parts = match self.bos {
+                Some(bos) => vec![self.llm.embed(&Tensor::new(&[bos], dev)?)?],
+                None => Vec::new(),
+            };
+            let mut len = parts.len();
             for piece in &p.pieces {
                 let t = match (piece, mm) {
                     (Piece::Text(ids), _) if !ids.is_empty() => self.llm.embed(&Tensor::new(ids.as_slice(), dev)?)?,
@@ -301,7 +304,7 @@ mod tests {
         };
         let vm = VarMap::new();
         let vb = crate::model::init::SeededVarMap::builder(&vm, 3, DType::F32, &Device::Cpu);
-        EmotionModel::new(Llama::new(&cfg, vb.pp("llm"))?, None, None, "linear", vb, 1, 2)
+        EmotionModel::new(Llama::new(&cfg, vb.pp("llm"))?, None, None, "linear", vb, Some(1), 2)
     }
 
     fn prompt(answer: Vec<u32>) -> TokenizedPrompt {

@@ -22,8 +22,10 @@ pub enum Template {
 }
 
 impl Template {
-    pub const NAMES: [&'static str; 2] = ["llama2", "chatml"];
+    /// Recipe names; `auto` is the LLM manifest's template.
+    pub const NAMES: [&'static str; 3] = ["auto", "llama2", "chatml"];
 
+    /// A concrete template (`auto` is resolved by the caller).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "llama2" => Some(Self::Llama2),
@@ -32,11 +34,29 @@ impl Template {
         }
     }
 
-    pub fn wrap(self, user: &str) -> String {
-        match self {
-            Self::Llama2 => format!("[INST] {user} [/INST]"),
-            Self::Chatml => format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
+    /// One user turn, ready for the assistant's answer. LLaMA-2's `<s>` is the tokenizer's BOS token,
+    /// added outside the text.
+    pub fn wrap(self, system: Option<&str>, user: &str) -> String {
+        match (self, system) {
+            (Self::Llama2, None) => format!("[INST] {user} [/INST]"),
+            (Self::Llama2, Some(s)) => format!("[INST] <<SYS>>\n{s}\n<</SYS>>\n\n{user} [/INST]"),
+            (Self::Chatml, None) => format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
+            (Self::Chatml, Some(s)) => format!("<|im_start|>system\n{s}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
         }
+    }
+}
+
+/// A template with the model's system prompt (ChatML models have a default one; Emotion-LLaMA's
+/// LLaMA-2 prompt has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTemplate {
+    pub kind: Template,
+    pub system: Option<String>,
+}
+
+impl ChatTemplate {
+    pub fn wrap(&self, user: &str) -> String {
+        self.kind.wrap(self.system.as_deref(), user)
     }
 }
 
@@ -102,7 +122,7 @@ mod tests {
     #[test]
     fn reproduces_the_reference_prompt_string() {
         let instr = "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.";
-        let p = Template::Llama2.wrap(&emotion_llama_instruction(Some("Oh my."), "emotion", instr));
+        let p = Template::Llama2.wrap(None, &emotion_llama_instruction(Some("Oh my."), "emotion", instr));
         assert_eq!(
             p,
             "[INST] <video><VideoHere></video> <feature><FeatureHere></feature> The person in video says: Oh my..  [emotion] Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.  [/INST]"
@@ -113,6 +133,16 @@ mod tests {
         assert_eq!(segs[1], Segment::Video);
         assert_eq!(segs[2], Segment::Text("</video> <feature>".into()));
         assert_eq!(segs[3], Segment::Feature);
+    }
+
+    #[test]
+    fn chatml_has_the_reference_system_turn() {
+        let t = ChatTemplate { kind: Template::Chatml, system: Some("You are a helpful assistant.".into()) };
+        assert_eq!(
+            t.wrap("Hi"),
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(Template::Llama2.wrap(Some("Be brief."), "Hi"), "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]");
     }
 
     #[test]

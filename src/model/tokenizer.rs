@@ -1,7 +1,6 @@
-//! A word-level tokenizer built by the project from its own corpus (tokenizers crate).
-//!
-//! Real pretrained tokenizers (`tokenizer.json`, GGUF) arrive with the real LLMs; the tiny LLM trained from
-//! scratch uses a word-level vocabulary over the training texts, prompts and labels, saved with the run.
+//! Tokenizers (tokenizers crate): a pretrained model's `tokenizer.json`, one rebuilt from GGUF metadata
+//! ([`super::gguf`]), or, for the tiny LLM trained from scratch, a word-level vocabulary built from the
+//! run's training texts, prompts and labels (saved with the run).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,7 +25,8 @@ pub enum TokenizerError {
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
-    pub bos: u32,
+    /// Prepended to every sequence when the model expects it (LLaMA-2: `<s>`; ChatML models: none).
+    pub bos: Option<u32>,
     pub eos: u32,
     pub pad: u32,
     pub unk: u32,
@@ -98,15 +98,36 @@ impl TextTokenizer {
         Self::wrap(inner)
     }
 
+    /// A corpus tokenizer saved by a run (special tokens `<s>`, `</s>`, `<pad>`, `<unk>`).
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
         let inner = Tokenizer::from_file(path)
             .map_err(|e| TokenizerError::File { path: path.display().to_string(), detail: e.to_string() })?;
         Self::wrap(inner)
     }
 
+    /// A pretrained `tokenizer.json` with the special ids from the model's config: `bos` (added only when
+    /// `add_bos`), `eos`, and pad / unk looked up by their usual names or falling back to `eos`.
+    pub fn from_pretrained_file(path: &Path, bos: Option<u32>, add_bos: bool, eos: u32) -> Result<Self, TokenizerError> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError::File { path: path.display().to_string(), detail: e.to_string() })?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let pad = find(&["<pad>", "<|endoftext|>"]).unwrap_or(eos);
+        let unk = find(&["<unk>"]).unwrap_or(eos);
+        Ok(Self::with_specials(inner, bos.filter(|_| add_bos), eos, pad, unk))
+    }
+
+    pub fn with_specials(inner: Tokenizer, bos: Option<u32>, eos: u32, pad: u32, unk: u32) -> Self {
+        Self { inner, bos, eos, pad, unk }
+    }
+
     fn wrap(inner: Tokenizer) -> Result<Self, TokenizerError> {
         let id = |t: &str| inner.token_to_id(t).ok_or_else(|| TokenizerError::Build(format!("special token {t} missing")));
-        Ok(Self { bos: id(BOS)?, eos: id(EOS)?, pad: id(PAD)?, unk: id(UNK)?, inner })
+        Ok(Self { bos: Some(id(BOS)?), eos: id(EOS)?, pad: id(PAD)?, unk: id(UNK)?, inner })
+    }
+
+    /// The id of a token (special tokens included), if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {

@@ -151,7 +151,7 @@ impl Default for Model {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Prompt {
-    /// `llama2` (`[INST] ... [/INST]`, Emotion-LLaMA's) or `chatml`.
+    /// `auto` (the LLM manifest's), `llama2` (`[INST] ... [/INST]`, Emotion-LLaMA's) or `chatml`.
     pub template: String,
     /// Include "The person in video says: ..." with the transcript.
     pub transcript: bool,
@@ -198,7 +198,7 @@ impl Default for Prompt {
                     .to_string(),
             ],
         );
-        Self { template: "llama2".into(), transcript: true, instructions }
+        Self { template: "auto".into(), transcript: true, instructions }
     }
 }
 

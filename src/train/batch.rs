@@ -5,7 +5,7 @@ use candle_core::{Device, Result, Tensor};
 use crate::data::Sample;
 use crate::data::loader::DecodedMedia;
 use crate::model::multimodal::{MediaBatch, TokenizedPrompt};
-use crate::model::prompt::{self, Template};
+use crate::model::prompt::{self, ChatTemplate};
 use crate::model::tokenizer::{TextTokenizer, TokenizerError};
 
 /// The answer text of `task` for `sample`, if the sample has it.
@@ -20,7 +20,7 @@ pub fn answer_for(sample: &Sample, task: &str) -> Option<String> {
 }
 
 /// Builds the full prompt string for one sample and task.
-pub fn prompt_text(sample: &Sample, task: &str, instruction: &str, template: Template, with_transcript: bool) -> String {
+pub fn prompt_text(sample: &Sample, task: &str, instruction: &str, template: &ChatTemplate, with_transcript: bool) -> String {
     let transcript = if with_transcript { sample.transcript.as_deref() } else { None };
     template.wrap(&prompt::emotion_llama_instruction(transcript, task, instruction))
 }

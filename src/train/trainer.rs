@@ -17,7 +17,7 @@ use super::schedule::lr_at;
 use crate::data::Sample;
 use crate::data::loader::DecodedMedia;
 use crate::model::multimodal::{EmotionModel, TokenizedPrompt};
-use crate::model::prompt::Template;
+use crate::model::prompt::ChatTemplate;
 use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::{Recipe, Stage};
 
@@ -50,7 +50,7 @@ pub struct TrainContext<'a> {
     pub tokenizer: &'a TextTokenizer,
     pub train: &'a [(Sample, DecodedMedia)],
     pub recipe: &'a Recipe,
-    pub template: Template,
+    pub template: ChatTemplate,
     pub layout: MediaLayout,
     pub device: &'a Device,
     pub log: &'a mut std::fs::File,
@@ -105,7 +105,7 @@ pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Resul
             let (sample, decoded) = &ctx.train[*si];
             let pool = ctx.recipe.prompt.instructions_for(task);
             let instruction = if pool.is_empty() { "" } else { pool[rng.random_range(0..pool.len())].as_str() };
-            let text = batch::prompt_text(sample, task, instruction, ctx.template, stage.transcript.unwrap_or(ctx.recipe.prompt.transcript));
+            let text = batch::prompt_text(sample, task, instruction, &ctx.template, stage.transcript.unwrap_or(ctx.recipe.prompt.transcript));
             let answer = batch::answer_for(sample, task);
             prompts.push(batch::tokenize(ctx.tokenizer, &text, answer.as_deref()).map_err(|e| fail(e.to_string()))?);
             media.push(decoded);

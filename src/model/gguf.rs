@@ -1,0 +1,314 @@
+//! GGUF files (llama.cpp): the decoder config from the metadata, the weights under HF names, and the
+//! tokenizer rebuilt from `tokenizer.ggml.*` with the tokenizers crate.
+//!
+//! llama.cpp's converter permutes the rows of `attn_q` / `attn_k` of `llama` models so that its rotary
+//! kernel can rotate adjacent pairs; the model here rotates halves (HF layout), so those rows are put
+//! back in HF order on load: for dense tensors after dequantizing, for quantized ones by moving whole
+//! rows of blocks (quantization blocks never cross a row). LoRA adapters trained on a GGUF base are
+//! therefore in HF layout too, and PEFT can read them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::llama::QuantStore;
+use super::llm_config::{LlamaConfig, OneOrMany};
+use super::tokenizer::TextTokenizer;
+use super::weights::TensorStore;
+
+#[derive(Debug, thiserror::Error)]
+#[error("`{path}`: {detail}")]
+pub struct GgufError {
+    pub path: String,
+    pub detail: String,
+}
+
+/// An opened GGUF file: metadata and tensor index (tensor data is read on demand).
+pub struct GgufFile {
+    pub path: PathBuf,
+    content: Content,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let mut f = std::fs::File::open(path).map_err(|e| err(path, e))?;
+        let content = Content::read(&mut f).map_err(|e| err(path, format!("not a readable GGUF file: {e}")))?;
+        Ok(Self { path: path.to_path_buf(), content })
+    }
+
+    fn e(&self, detail: impl ToString) -> GgufError {
+        err(&self.path, detail)
+    }
+
+    fn meta(&self, key: &str) -> Result<&Value, GgufError> {
+        self.content.metadata.get(key).ok_or_else(|| self.e(format!("metadata `{key}` is missing")))
+    }
+
+    fn meta_u32(&self, key: &str) -> Result<u32, GgufError> {
+        self.meta(key)?.to_u32().map_err(|e| self.e(format!("metadata `{key}`: {e}")))
+    }
+
+    fn meta_str(&self, key: &str) -> Option<String> {
+        self.content.metadata.get(key).and_then(|v| v.to_string().ok().cloned())
+    }
+
+    pub fn architecture(&self) -> Result<String, GgufError> {
+        self.meta_str("general.architecture").ok_or_else(|| self.e("metadata `general.architecture` is missing"))
+    }
+
+    /// The decoder config in HF terms.
+    pub fn config(&self) -> Result<LlamaConfig, GgufError> {
+        let arch = self.architecture()?;
+        if !super::llm_config::MODEL_TYPES.contains(&arch.as_str()) {
+            return Err(self.e(format!("unknown architecture `{arch}`; supported: {}", super::llm_config::MODEL_TYPES.join(", "))));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let heads = self.meta_u32(&k("attention.head_count"))? as usize;
+        let hidden = self.meta_u32(&k("embedding_length"))? as usize;
+        let vocab = match self.content.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(v)) => v.len(),
+            _ => self.meta_u32(&k("vocab_size"))? as usize,
+        };
+        let rope_dim = self.meta_u32(&k("rope.dimension_count")).map(|d| d as usize).unwrap_or(hidden / heads);
+        let cfg = LlamaConfig {
+            model_type: arch.clone(),
+            hidden_size: hidden,
+            intermediate_size: self.meta_u32(&k("feed_forward_length"))? as usize,
+            num_hidden_layers: self.meta_u32(&k("block_count"))? as usize,
+            num_attention_heads: heads,
+            num_key_value_heads: Some(self.meta_u32(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(heads)),
+            head_dim: Some(rope_dim),
+            vocab_size: vocab,
+            rms_norm_eps: self.meta(&k("attention.layer_norm_rms_epsilon"))?.to_f32().map_err(|e| self.e(e))? as f64,
+            rope_theta: self.content.metadata.get(&k("rope.freq_base")).and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0) as f64,
+            rope_scaling: None,
+            max_position_embeddings: self.meta_u32(&k("context_length")).map(|v| v as usize).unwrap_or(2048),
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            attention_bias: false,
+            bos_token_id: self.meta_u32("tokenizer.ggml.bos_token_id").ok(),
+            eos_token_id: self.meta_u32("tokenizer.ggml.eos_token_id").ok().map(OneOrMany::One),
+        };
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(self.e("rope_freqs (LLaMA-3 rope scaling stored as a tensor) is not supported"));
+        }
+        cfg.validate().map_err(|m| self.e(m))?;
+        Ok(cfg)
+    }
+
+    /// The default system prompt of the embedded chat template, if it has one
+    /// (`<|im_start|>system\n...<|im_end|>` for ChatML models).
+    pub fn default_system_prompt(&self) -> Option<String> {
+        let t = self.meta_str("tokenizer.chat_template")?;
+        let start = t.find("<|im_start|>system\n")? + "<|im_start|>system\n".len();
+        let end = t[start..].find("<|im_end|>")? + start;
+        Some(t[start..end].to_string())
+    }
+
+    fn read(&self, name: &str, dev: &Device) -> Result<QTensor, GgufError> {
+        let mut f = std::fs::File::open(&self.path).map_err(|e| self.e(e))?;
+        self.content.tensor(&mut f, name, dev).map_err(|e| self.e(format!("tensor `{name}`: {e}")))
+    }
+
+    /// Every tensor under its HF name, with q/k rows in HF order: matrices quantized (`quant`, keyed
+    /// `prefix + name`) when `keep_quantized`, everything else dequantized to f32 in the store.
+    pub fn load(&self, cfg: &LlamaConfig, prefix: &str, keep_quantized: bool, dev: &Device) -> Result<(TensorStore, QuantStore), GgufError> {
+        let mut dense = HashMap::new();
+        let mut quant = QuantStore::new();
+        let mut names: Vec<&String> = self.content.tensor_infos.keys().collect();
+        names.sort();
+        for gguf_name in names {
+            let Some(hf) = hf_name(gguf_name) else {
+                tracing::debug!(tensor = %gguf_name, "GGUF tensor not used by the model");
+                continue;
+            };
+            let mut q = self.read(gguf_name, dev)?;
+            let heads = if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") {
+                Some(cfg.num_attention_heads)
+            } else if hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias") {
+                Some(cfg.kv_heads())
+            } else {
+                None
+            };
+            let permuted = cfg.model_type == "llama" && heads.is_some();
+            let is_matrix = q.shape().rank() == 2 && !hf.contains("embed_tokens");
+            let quantized = !matches!(q.dtype(), candle_core::quantized::GgmlDType::F32 | candle_core::quantized::GgmlDType::F16 | candle_core::quantized::GgmlDType::BF16);
+            if keep_quantized && is_matrix && quantized {
+                if let (true, Some(h)) = (permuted, heads) {
+                    q = unpermute_quantized(&q, h, dev).map_err(|e| self.e(format!("tensor `{gguf_name}`: {e}")))?;
+                }
+                quant.insert(format!("{prefix}{hf}"), std::sync::Arc::new(q));
+                continue;
+            }
+            // Tied embeddings are also the output matrix: keep a quantized copy for a fast lm_head.
+            if keep_quantized && hf == "model.embed_tokens.weight" && quantized && cfg.tie_word_embeddings {
+                let t = q.dequantize(dev).map_err(|e| self.e(e))?;
+                dense.insert(hf.clone(), t);
+                quant.insert(format!("{prefix}{hf}"), std::sync::Arc::new(q));
+                continue;
+            }
+            let mut t = q.dequantize(dev).map_err(|e| self.e(format!("tensor `{gguf_name}`: {e}")))?;
+            if let (true, Some(h)) = (permuted, heads) {
+                t = unpermute_dense(&t, h).map_err(|e| self.e(format!("tensor `{gguf_name}`: {e}")))?;
+            }
+            dense.insert(hf, t.to_dtype(DType::F32).map_err(|e| self.e(e))?);
+        }
+        Ok((TensorStore::Memory { origin: self.path.clone(), tensors: dense }, quant))
+    }
+
+    /// The tokenizer stored in the metadata (`tokenizer.ggml.model = gpt2`, byte-level BPE).
+    pub fn tokenizer(&self) -> Result<TextTokenizer, GgufError> {
+        let model = self.meta_str("tokenizer.ggml.model").unwrap_or_default();
+        if model != "gpt2" {
+            return Err(self.e(format!(
+                "tokenizer model `{model}` in the GGUF metadata is not supported (byte-level BPE `gpt2` is); give the model's tokenizer.json in the manifest's [tokenizer]"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>, GgufError> {
+            match self.meta(key)? {
+                Value::Array(v) => v.iter().map(|x| x.to_string().cloned().map_err(|e| self.e(format!("`{key}`: {e}")))).collect(),
+                _ => Err(self.e(format!("metadata `{key}` is not an array"))),
+            }
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<i32> = match self.content.metadata.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(v)) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.insert(t.clone(), i.into());
+            // 3 = control, 4 = user-defined: matched whole, before BPE.
+            if let Some(&ty @ (3 | 4)) = types.get(i) {
+                added.push(serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}));
+            }
+        }
+        let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or_default();
+        let byte_level = |use_regex: bool| serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let pre_tokenizer = match pre.as_str() {
+            "smollm" => serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            "qwen2" => serde_json::json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
+            other => {
+                tracing::warn!(pre = other, "GGUF pre-tokenizer not known; using GPT-2 byte-level splitting");
+                byte_level(true)
+            }
+        };
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges}
+        });
+        let inner = tokenizers::Tokenizer::from_str(&json.to_string()).map_err(|e| self.e(format!("rebuilding the tokenizer: {e}")))?;
+        let id = |key: &str| self.meta_u32(key).ok();
+        let eos = id("tokenizer.ggml.eos_token_id").ok_or_else(|| self.e("metadata `tokenizer.ggml.eos_token_id` is missing"))?;
+        let add_bos = self.content.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        let bos = id("tokenizer.ggml.bos_token_id").filter(|_| add_bos);
+        Ok(TextTokenizer::with_specials(inner, bos, eos, id("tokenizer.ggml.padding_token_id").unwrap_or(eos), id("tokenizer.ggml.unknown_token_id").unwrap_or(eos)))
+    }
+}
+
+/// Qwen2's pre-tokenizer split (as in its tokenizer.json).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn err(path: &Path, detail: impl ToString) -> GgufError {
+    GgufError { path: path.display().to_string(), detail: detail.to_string() }
+}
+
+/// llama.cpp tensor names → HF names.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Inverse of llama.cpp's q/k permutation on the first dimension: GGUF row `h·d + 2i + j` is HF row
+/// `h·d + j·d/2 + i`.
+fn hf_row_of(gguf_row: usize, head_dim: usize) -> usize {
+    let (h, r) = (gguf_row / head_dim, gguf_row % head_dim);
+    h * head_dim + (r % 2) * (head_dim / 2) + r / 2
+}
+
+pub fn unpermute_dense(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let hd = rows / heads;
+    t.reshape((heads, hd / 2, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
+}
+
+fn unpermute_quantized(q: &QTensor, heads: usize, dev: &Device) -> candle_core::Result<QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    if data.len() != rows * row_bytes {
+        candle_core::bail!("unexpected data size {} for {rows} rows of {row_bytes} bytes", data.len());
+    }
+    let hd = rows / heads;
+    let mut out = vec![0u8; data.len()];
+    for g in 0..rows {
+        let h = hf_row_of(g, hd);
+        out[h * row_bytes..(h + 1) * row_bytes].copy_from_slice(&data[g * row_bytes..(g + 1) * row_bytes]);
+    }
+    QTensor::new(QStorage::from_data(std::borrow::Cow::Owned(out), dev, dtype)?, (rows, cols))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hf() {
+        assert_eq!(hf_name("blk.3.attn_q.weight").as_deref(), Some("model.layers.3.self_attn.q_proj.weight"));
+        assert_eq!(hf_name("blk.0.ffn_down.weight").as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
+        assert_eq!(hf_name("blk.0.attn_k.bias").as_deref(), Some("model.layers.0.self_attn.k_proj.bias"));
+        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    /// llama.cpp's permutation (reshape (heads, 2, d/2, cols), swap axes 1 and 2) followed by ours is
+    /// the identity, for dense and for quantized rows.
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (heads, hd, cols) = (3, 8, 64);
+        let w = Tensor::arange(0f32, (heads * hd * cols) as f32, &dev)?.reshape((heads * hd, cols))?;
+        let permuted = w.reshape((heads, 2, hd / 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((heads * hd, cols))?;
+        let back = unpermute_dense(&permuted, heads)?;
+        assert_eq!(back.to_vec2::<f32>()?, w.to_vec2::<f32>()?);
+        let q = QTensor::quantize(&permuted, candle_core::quantized::GgmlDType::Q8_0)?;
+        let qb = unpermute_quantized(&q, heads, &dev)?.dequantize(&dev)?;
+        let direct = unpermute_dense(&q.dequantize(&dev)?, heads)?;
+        assert_eq!(qb.to_vec2::<f32>()?, direct.to_vec2::<f32>()?);
+        Ok(())
+    }
+}

