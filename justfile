@@ -35,6 +35,8 @@ test:
 emollama *args: build
     {{bin}} {{args}}
 
-# Time the parts of a quick-start training step (forward + backward, median of 5).
+# Benchmarks: the parts of a quick-start training step (forward + backward, median of 5), then SmolLM2
+# inference against llama.cpp on the same GGUF, 2 threads (writes BENCHMARKS.md).
 bench:
     cargo run --release --example profile_step
+    bash tools/bench/llm_vs_llamacpp.sh

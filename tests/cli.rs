@@ -123,3 +123,32 @@ fn probe_prints_streams_and_sampled_times() {
     let o = run(&["probe", dir.path().join("missing.mp4").to_str().expect("utf8")]);
     assert!(!o.status.success() && stderr(&o).contains("missing.mp4") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
+
+#[test]
+fn generate_reports_an_unknown_llm() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emollama"))
+        .args(["generate", "--llm", "smollm3-135m", "--prompt", "hi", "--greedy"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run emollama");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown LLM plugin `smollm3-135m`") && err.contains("smollm2-135m-instruct"), "{err}");
+}
+
+#[test]
+fn generate_answers_with_smollm2_and_writes_logits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logits = dir.path().join("logits.safetensors");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emollama"))
+        .args(["generate", "--llm", "smollm2-135m-instruct", "--prompt", "What is the capital of France?", "--greedy", "--dequantize", "--max-new-tokens", "8", "--logits-out"])
+        .arg(&logits)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run emollama");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Paris"), "{text}");
+    let t = candle_core::safetensors::load(&logits, &candle_core::Device::Cpu).expect("logits file");
+    assert_eq!(t["logits"].dims(), &[1, 49152]);
+}

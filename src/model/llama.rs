@@ -293,6 +293,12 @@ impl Llama {
 
     /// As [`Self::forward_embeds`]; `train` applies LoRA dropout.
     pub fn forward_embeds_t(&self, embeds: &Tensor, valid: &Tensor, train: bool) -> Result<Tensor> {
+        self.lm_head(&self.hidden_states(embeds, valid, train)?)
+    }
+
+    /// Final (normed) hidden states (batch, seq, hidden): a loss over a few positions applies
+    /// [`Self::lm_head`] to those rows only (the vocabulary projection dominates for large vocabularies).
+    pub fn hidden_states(&self, embeds: &Tensor, valid: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
         if t > self.cfg.max_position_embeddings {
             candle_core::bail!("sequence of {t} tokens exceeds max_position_embeddings {}", self.cfg.max_position_embeddings);
@@ -304,7 +310,12 @@ impl Llama {
         for layer in &self.layers {
             x = layer.forward(&x, &step, None)?;
         }
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        self.norm.forward(&x)
+    }
+
+    /// Hidden states → logits.
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
     }
 
     /// Inference with a KV cache: `embeds` (batch, t, hidden) are the positions after those already in

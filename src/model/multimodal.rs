@@ -257,11 +257,11 @@ impl EmotionModel {
 
     /// Next-token cross-entropy over answer tokens (and EOS), averaged per `reduction`.
     pub fn loss(&self, inputs: &LlmInputs, reduction: LossReduction) -> Result<Tensor> {
-        let logits = self.llm.forward_embeds_t(&inputs.embeds, &inputs.valid, true)?;
-        let (b, t, v) = logits.dims3()?;
-        let dev = logits.device();
+        let hidden = self.llm.hidden_states(&inputs.embeds, &inputs.valid, true)?;
+        let (b, t, h) = hidden.dims3()?;
+        let dev = hidden.device();
         let rows = Tensor::new(inputs.target_rows.as_slice(), dev)?;
-        let picked = logits.reshape((b * t, v))?.index_select(&rows, 0)?;
+        let picked = self.llm.lm_head(&hidden.reshape((b * t, h))?.index_select(&rows, 0)?)?;
         let targets = Tensor::new(inputs.targets.as_slice(), dev)?;
         match reduction {
             LossReduction::TokenMean => candle_nn::loss::cross_entropy(&picked, &targets),
