@@ -15,7 +15,9 @@ use crate::model::llama::LlamaConfig;
 
 pub const ENCODER_ARCHITECTURES: [&str; 3] = ["tiny_cnn", "tiny_vit", "tiny_wave"];
 pub const LLM_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
-pub const TASKS: [&str; 3] = ["emotion", "description", "reason"];
+/// `reason_v2` is Emotion-LLaMA's tag for the fine-grained reasoning (stage 2); its target is the same
+/// field as `reason`.
+pub const TASKS: [&str; 4] = ["emotion", "description", "reason", "reason_v2"];
 /// Modalities a stage can feed (`stage.modalities`).
 pub const MODALITIES: [&str; 2] = ["video", "audio"];
 

@@ -48,6 +48,12 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
     if let Err(e) = registry::check_builtin("template", &r.prompt.template, &crate::model::prompt::Template::NAMES) {
         err("prompt.template", e.to_string());
     }
+    if let Err(e) = registry::check_builtin("instruction set", &r.prompt.instruction_set, &crate::recipe::schema::INSTRUCTION_SETS) {
+        err("prompt.instruction_set", e.to_string());
+    }
+    if let Err(e) = registry::check_builtin("evaluation layout", &r.prompt.eval_layout, &crate::recipe::schema::EVAL_LAYOUTS) {
+        err("prompt.eval_layout", e.to_string());
+    }
     for (i, s) in r.stages.iter().enumerate() {
         for t in &s.tasks {
             if let Err(e) = registry::check_builtin("task", t, &registry::TASKS) {

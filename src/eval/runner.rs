@@ -82,7 +82,10 @@ pub fn evaluate(ctx: &EvalContext, samples: &[(Sample, DecodedMedia)], out_dir: 
     let (mut truth, mut pred, mut unparsed) = (Vec::new(), Vec::new(), 0);
     for (sample, media) in labelled.into_iter().take(take) {
         let text = batch::prompt_text(sample, &e.task, instruction, &ctx.template, ctx.recipe.prompt.transcript);
-        let prompt = batch::tokenize(ctx.tokenizer, &text, None)?;
+        let prompt = match ctx.recipe.prompt.eval_layout.as_str() {
+            "reference" => batch::tokenize_reference_eval(ctx.tokenizer, &text)?,
+            _ => batch::tokenize(ctx.tokenizer, &text, None)?,
+        };
         let mm = if ctx.recipe.model.use_av {
             ctx.model.encode(&batch::media_batch(&[media], &ctx.layout, ctx.device)?)?
         } else {

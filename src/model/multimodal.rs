@@ -32,6 +32,8 @@ pub enum Piece {
     Text(Vec<u32>),
     Video,
     Feature,
+    /// Video then feature tokens (the reference evaluation layout).
+    AllMultimodal,
 }
 
 impl TokenizedPrompt {
@@ -46,6 +48,7 @@ impl TokenizedPrompt {
                 Segment::Text(t) => Piece::Text(encode(t)?),
                 Segment::Video => Piece::Video,
                 Segment::Feature => Piece::Feature,
+                Segment::AllMultimodal => Piece::AllMultimodal,
             });
         }
         Ok(Self { pieces, answer })
@@ -211,6 +214,7 @@ impl EmotionModel {
                     (Piece::Text(ids), _) if !ids.is_empty() => self.llm.embed(&Tensor::new(ids.as_slice(), dev)?)?,
                     (Piece::Video, Some(mm)) if mm.video.dim(1)? > 0 => mm.video.i(b)?,
                     (Piece::Feature, Some(mm)) if mm.feature.dim(1)? > 0 => mm.feature.i(b)?,
+                    (Piece::AllMultimodal, Some(mm)) => Tensor::cat(&[mm.video.i(b)?, mm.feature.i(b)?], 0)?,
                     _ => continue,
                 };
                 len += t.dim(0)?;
@@ -320,6 +324,20 @@ mod tests {
         assert_eq!(inputs.targets, vec![9, 10, 2, 11, 2]);
         assert_eq!(inputs.target_rows, vec![3, 4, 5, 7 + 3, 7 + 4]);
         assert_eq!(inputs.target_sample, vec![0, 0, 0, 1, 1]);
+        Ok(())
+    }
+
+    #[test]
+    fn reference_layout_splices_every_token_at_video_here() -> Result<()> {
+        let m = model()?;
+        let h = m.llm.config().hidden_size;
+        let mm = MmTokens { video: Tensor::ones((1, 3, h), DType::F32, &Device::Cpu)?, feature: (Tensor::ones((1, 2, h), DType::F32, &Device::Cpu)? * 2.0)? };
+        let p = TokenizedPrompt { pieces: vec![Piece::Text(vec![5]), Piece::AllMultimodal, Piece::Text(vec![7, 8])], answer: vec![] };
+        let inputs = m.build_inputs(&[p], Some(&mm), false)?;
+        // BOS, 5, 3 video + 2 feature tokens, 7, 8.
+        assert_eq!(inputs.lengths, vec![1 + 1 + 5 + 2]);
+        let row = inputs.embeds.i((0, 2..7, 0))?.to_vec1::<f32>()?;
+        assert_eq!(row, vec![1.0, 1.0, 1.0, 2.0, 2.0]);
         Ok(())
     }
 

@@ -75,6 +75,8 @@ pub enum Segment {
     Text(String),
     Video,
     Feature,
+    /// Video and feature tokens together (the reference evaluation layout).
+    AllMultimodal,
 }
 
 /// Splits a prompt at the placeholders, keeping their order.
@@ -105,14 +107,30 @@ pub fn split_placeholders(prompt: &str) -> Vec<Segment> {
 }
 
 /// Answer text as Emotion-LLaMA's `blip_caption` processor leaves it: lower case, `.!"()*#:;~` as spaces,
-/// whitespace collapsed.
+/// whitespace collapsed, at most 200 words.
 pub fn normalise_answer(text: &str) -> String {
     let replaced: String = text
         .to_lowercase()
         .chars()
         .map(|c| if ".!\"()*#:;~".contains(c) { ' ' } else { c })
         .collect();
-    replaced.split_whitespace().collect::<Vec<_>>().join(" ")
+    replaced.split_whitespace().take(200).collect::<Vec<_>>().join(" ")
+}
+
+/// Splits a prompt in Emotion-LLaMA's evaluation layout (`get_context_emb`): only at `<VideoHere>`, where
+/// every multimodal token goes; `<FeatureHere>` stays in the text.
+pub fn split_reference_eval(prompt: &str) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut parts = prompt.split(VIDEO_PLACEHOLDER).peekable();
+    while let Some(p) = parts.next() {
+        if !p.is_empty() {
+            out.push(Segment::Text(p.to_string()));
+        }
+        if parts.peek().is_some() {
+            out.push(Segment::AllMultimodal);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -146,7 +164,18 @@ mod tests {
     }
 
     #[test]
+    fn reference_eval_layout_puts_everything_at_video_here() {
+        let p = Template::Llama2.wrap(None, &emotion_llama_instruction(None, "emotion", "Which?"));
+        let segs = split_reference_eval(&format!("<s>{p}"));
+        assert_eq!(segs.len(), 3);
+        assert_eq!(segs[0], Segment::Text("<s>[INST] <video>".into()));
+        assert_eq!(segs[1], Segment::AllMultimodal);
+        assert_eq!(segs[2], Segment::Text("</video> <feature><FeatureHere></feature>  [emotion] Which?  [/INST]".into()));
+    }
+
+    #[test]
     fn normalises_answers_like_blip_caption() {
         assert_eq!(normalise_answer("Oh my! She is  Happy."), "oh my she is happy");
+        assert_eq!(normalise_answer(&"word ".repeat(250)).split(' ').count(), 200);
     }
 }

@@ -155,50 +155,69 @@ pub struct Prompt {
     pub template: String,
     /// Include "The person in video says: ..." with the transcript.
     pub transcript: bool,
-    /// Instruction pools by task name; a random entry is drawn per sample in training, the first in evaluation.
+    /// Default instruction pools: `emollama` (6 labels, with the `description` task) or `emotion_llama`
+    /// (the reference's pools verbatim: the 9-label emotion prompt, the 5 reason prompts).
+    pub instruction_set: String,
+    /// Instruction pools by task name, overriding the set's; a random entry is drawn per sample in
+    /// training, the first in evaluation.
     pub instructions: std::collections::BTreeMap<String, Vec<String>>,
+    /// Token layout at evaluation: `training` (visual tokens at `<VideoHere>`, pooled ones at
+    /// `<FeatureHere>`, one BOS, as trained) or `reference` (Emotion-LLaMA's `eval_emotion.py`: every
+    /// multimodal token at `<VideoHere>`, `<FeatureHere>` left as text, a literal `<s>` after BOS).
+    pub eval_layout: String,
 }
 
+pub const INSTRUCTION_SETS: [&str; 2] = ["emollama", "emotion_llama"];
+pub const EVAL_LAYOUTS: [&str; 2] = ["training", "reference"];
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Emotion-LLaMA's pools (`first_face.py`), verbatim.
+const EMOTION_LLAMA_EMOTION: [&str; 1] =
+    ["Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt."];
+const EMOTION_LLAMA_REASON: [&str; 5] = [
+    "Please analyze all the clues in the video and reason out the emotional label of the person in the video.",
+    "What is the emotional state of the person in the video? Please tell me the reason.",
+    "What are the facial expressions and vocal tone used in the video? What is the intended meaning behind his words? Which emotion does this reflect?",
+    "Please integrate information from various modalities to infer the emotional category of the person in the video.",
+    "Could you describe the emotion-related features of the individual in the video? What emotional category do they fall into?",
+];
+
+static POOLS: std::sync::LazyLock<std::collections::BTreeMap<(&'static str, &'static str), Vec<String>>> = std::sync::LazyLock::new(|| {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert(("emollama", "emotion"), strings(&["Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise."]));
+    m.insert(("emollama", "description"), strings(&["Please describe the facial expression and the tone of voice in the video.", "What are the facial expressions and vocal tone used in the video?"]));
+    let reason = strings(&[EMOTION_LLAMA_REASON[0], EMOTION_LLAMA_REASON[1], EMOTION_LLAMA_REASON[3]]);
+    m.insert(("emollama", "reason"), reason.clone());
+    m.insert(("emollama", "reason_v2"), reason);
+    m.insert(("emotion_llama", "emotion"), strings(&EMOTION_LLAMA_EMOTION));
+    m.insert(("emotion_llama", "reason"), strings(&EMOTION_LLAMA_REASON));
+    m.insert(("emotion_llama", "reason_v2"), strings(&EMOTION_LLAMA_REASON));
+    m.insert(("emotion_llama", "description"), strings(&["Please describe the details of the expression and tone the video."]));
+    m
+});
+
 impl Prompt {
-    /// The instruction pool of `task`: the recipe's, or the default pool when the recipe sets
-    /// `[prompt.instructions]` without this task (serde fills defaults per struct, not per map key).
+    /// The instruction pool of `task`: the recipe's, else the instruction set's.
     pub fn instructions_for(&self, task: &str) -> &[String] {
-        static DEFAULTS: std::sync::LazyLock<Prompt> = std::sync::LazyLock::new(Prompt::default);
         match self.instructions.get(task) {
             Some(pool) if !pool.is_empty() => pool,
-            _ => DEFAULTS.instructions.get(task).map(Vec::as_slice).unwrap_or(&[]),
+            _ => POOLS.iter().find(|((set, t), _)| *set == self.instruction_set && *t == task).map(|(_, v)| v.as_slice()).unwrap_or(&[]),
         }
     }
 }
 
 impl Default for Prompt {
     fn default() -> Self {
-        let mut instructions = std::collections::BTreeMap::new();
-        instructions.insert(
-            "emotion".to_string(),
-            vec![
-                "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise."
-                    .to_string(),
-            ],
-        );
-        instructions.insert(
-            "description".to_string(),
-            vec![
-                "Please describe the facial expression and the tone of voice in the video.".to_string(),
-                "What are the facial expressions and vocal tone used in the video?".to_string(),
-            ],
-        );
-        instructions.insert(
-            "reason".to_string(),
-            vec![
-                "Please analyze all the clues in the video and reason out the emotional label of the person in the video."
-                    .to_string(),
-                "What is the emotional state of the person in the video? Please tell me the reason.".to_string(),
-                "Please integrate information from various modalities to infer the emotional category of the person in the video."
-                    .to_string(),
-            ],
-        );
-        Self { template: "auto".into(), transcript: true, instructions }
+        Self {
+            template: "auto".into(),
+            transcript: true,
+            instruction_set: "emollama".into(),
+            instructions: Default::default(),
+            eval_layout: "training".into(),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ pub fn answer_for(sample: &Sample, task: &str) -> Option<String> {
     let raw = match task {
         "emotion" => sample.label.clone(),
         "description" => sample.description.clone(),
-        "reason" => sample.reasoning.clone(),
+        "reason" | "reason_v2" => sample.reasoning.clone(),
         _ => None,
     }?;
     Some(prompt::normalise_answer(&raw))
@@ -31,6 +31,13 @@ pub fn tokenize(tok: &TextTokenizer, prompt: &str, answer: Option<&str>) -> std:
         None => Vec::new(),
     };
     TokenizedPrompt::from_segments(&prompt::split_placeholders(prompt), answer_ids, |t| tok.encode(t))
+}
+
+/// An evaluation prompt in Emotion-LLaMA's `eval_emotion.py` layout: `<s>` as text before the template
+/// (a second BOS after the model's own), all multimodal tokens at `<VideoHere>`.
+pub fn tokenize_reference_eval(tok: &TextTokenizer, prompt: &str) -> std::result::Result<TokenizedPrompt, TokenizerError> {
+    let text = format!("<s>{prompt}");
+    TokenizedPrompt::from_segments(&prompt::split_reference_eval(&text), Vec::new(), |t| tok.encode(t))
 }
 
 /// Pixel normalisation and audio length shared by a batch.
