@@ -76,6 +76,16 @@ enum Command {
         #[arg(long)]
         logits_out: Option<PathBuf>,
     },
+    /// Merge a PEFT LoRA adapter into its base LLM and write an HF model directory (config.json +
+    /// model.safetensors, f32) that transformers and `--llm PATH` load without peft.
+    Merge {
+        #[arg(long)]
+        llm: String,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a media file's streams, duration, frame count and the frames a sampling would pick.
     Probe {
         file: PathBuf,
@@ -210,6 +220,20 @@ fn dispatch(cli: Cli) -> Result<()> {
                 }
             }
             tracing::info!(llm = %chat.spec.name, weights = %chat.spec.describe(), tokens, seconds = format!("{secs:.2}"), "generated");
+            Ok(())
+        }
+        Command::Merge { llm, adapter, out } => {
+            let registry = Registry::discover(Path::new("."))?;
+            let spec = emollama::model::llm_load::LlmSpec::resolve(&registry, &llm)?;
+            let model = spec.build_with_adapter(Some(&adapter), false, &candle_core::Device::Cpu)?;
+            let n = model.export_merged(&out).with_context(|| format!("writing the merged model to `{}`", out.display()))?;
+            // The tokenizer travels with the model: copied, or rebuilt from GGUF metadata.
+            if let Some(t) = spec.tokenizer_json() {
+                std::fs::copy(&t, out.join("tokenizer.json")).with_context(|| format!("copying `{}`", t.display()))?;
+            } else if let Ok(Some(tok)) = spec.tokenizer() {
+                tok.save(&out.join("tokenizer.json"))?;
+            }
+            println!("merged {} into {} tensors: {}", adapter.display(), n, out.display());
             Ok(())
         }
         Command::Probe { file, recipe, frames, json } => {

@@ -218,7 +218,7 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
         stages.push(report);
     }
     let train_s = t_train.elapsed().as_secs_f64();
-    if let Some(lora) = &r.model.lora {
+    if let Some(lora) = &built.lora {
         let params: Vec<(String, candle_core::Tensor)> =
             crate::train::optim::select(&varmap, &["llm.*.lora_*".to_string()]).into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let dir = run_dir.join("adapter");

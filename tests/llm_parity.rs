@@ -192,3 +192,25 @@ fn bad_weights_are_named_errors() -> R {
     assert!(e.contains("config.json") && e.contains("gpt_neox"), "{e}");
     Ok(())
 }
+
+/// Merging the peft adapter into the base and exporting an HF directory gives a plain model with the
+/// adapter model's logits (which match peft's, above).
+#[test]
+fn merged_export_reproduces_the_adapter_model() -> R {
+    for name in ["tiny-llama-hf", "tiny-qwen2-hf"] {
+        let dir = fixture(name).join("adapter");
+        let (cfg, tensors) = load_peft(&dir, "")?;
+        let (model, varmap) = load(name, Some(&cfg))?;
+        apply_adapter(&varmap, &tensors, &dir)?;
+        let out = tempfile::tempdir()?;
+        model.export_merged(out.path())?;
+        let (mcfg, store) = open_hf_model(out.path())?;
+        let vm = VarMap::new();
+        let merged = Llama::load(&mcfg, None, None, PretrainedBackend::builder(Arc::new(store), "", &vm, 0, DType::F32, &Device::Cpu))?;
+        assert!(vm.all_vars().is_empty(), "a merged model has no adapter variables");
+        let l = candle_core::safetensors::load(fixture(name).join("lora_reference.safetensors"), &Device::Cpu)?;
+        let r = candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)?;
+        check_logits(&merged, &r["input_ids"], &r["attention_mask"], &l["logits"], &format!("{name} merged"))?;
+    }
+    Ok(())
+}

@@ -30,6 +30,8 @@ pub enum BuildError {
 pub struct Built {
     pub model: EmotionModel,
     pub llm_config: LlamaConfig,
+    /// The LoRA adapter in use: the recipe's, or the LLM manifest's default for a pretrained LLM.
+    pub lora: Option<super::lora::LoraConfig>,
     pub pixel_mean: [f32; 3],
     pub pixel_std: [f32; 3],
 }
@@ -71,7 +73,7 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
         }
     };
     let model = EmotionModel::new(llm_model_ref, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
-    Ok(Built { model, llm_config, pixel_mean: pixel.0, pixel_std: pixel.1 })
+    Ok(Built { model, llm_config, lora: lora.cloned(), pixel_mean: pixel.0, pixel_std: pixel.1 })
 }
 
 fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {

@@ -1,7 +1,6 @@
 //! A text-only chat model for `emollama generate`: an LLM with its tokenizer, chat template and stop
 //! tokens, optionally with a PEFT LoRA adapter.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -30,18 +29,7 @@ impl ChatModel {
             name: spec.name.clone(),
             detail: "its tokenizer is built from a training corpus: run a recipe with it instead".into(),
         })?;
-        let (lora, tensors) = match adapter {
-            Some(dir) => {
-                let (cfg, t) = super::lora::load_peft(dir, "").map_err(|e| LlmError::Invalid { name: spec.name.clone(), detail: e.to_string() })?;
-                (Some(cfg), t)
-            }
-            None => (None, HashMap::new()),
-        };
-        let varmap = candle_nn::VarMap::new();
-        let (llm, _) = spec.build(lora.as_ref(), &varmap, 0, "", quantized, &Device::Cpu)?;
-        if let Some(dir) = adapter {
-            super::weights::apply_adapter(&varmap, &tensors, dir)?;
-        }
+        let llm = spec.build_with_adapter(adapter, quantized, &Device::Cpu)?;
         let template = ChatTemplate { kind: spec.template, system: spec.system_prompt.clone() };
         let stop = spec.stop_ids(&tokenizer);
         Ok(Self { spec, llm, tokenizer, template, stop })

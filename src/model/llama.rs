@@ -313,6 +313,57 @@ impl Llama {
         self.norm.forward(&x)
     }
 
+    /// Every weight under its HF name, LoRA adapters merged into their base matrices and quantized
+    /// matrices dequantized: a plain `LlamaForCausalLM` / `Qwen2ForCausalLM` state dict for export.
+    pub fn merged_state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.embeddings().clone())];
+        fn push_linear(out: &mut Vec<(String, Tensor)>, name: String, l: &LoraLinear) -> Result<()> {
+            let m = l.merged()?;
+            out.push((format!("{name}.weight"), m.weight().clone()));
+            if let Some(b) = m.bias() {
+                out.push((format!("{name}.bias"), b.clone()));
+            }
+            Ok(())
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &l.self_attn;
+            for (n, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
+                push_linear(&mut out, format!("{p}.self_attn.{n}"), lin)?;
+            }
+            for (n, lin) in [("gate_proj", &l.mlp.gate_proj), ("up_proj", &l.mlp.up_proj), ("down_proj", &l.mlp.down_proj)] {
+                push_linear(&mut out, format!("{p}.mlp.{n}"), lin)?;
+            }
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_attention_layernorm.weight.clone()));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
+        if !self.cfg.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.dense()?.weight().clone()));
+        }
+        Ok(out)
+    }
+
+    /// Writes the merged model as an HF directory (`config.json` + `model.safetensors`).
+    pub fn export_merged(&self, dir: &std::path::Path) -> Result<usize> {
+        std::fs::create_dir_all(dir)?;
+        let state = self.merged_state()?;
+        let map: HashMap<String, Tensor> = state.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.contiguous()?))).collect::<Result<_>>()?;
+        // transformers requires the `format: pt` header entry that candle's writer leaves out.
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(map.iter(), Some(meta), &dir.join("model.safetensors")).map_err(candle_core::Error::wrap)?;
+        let mut cfg = serde_json::to_value(&self.cfg).map_err(candle_core::Error::wrap)?;
+        if let Some(o) = cfg.as_object_mut() {
+            let arch = if self.cfg.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+            o.insert("architectures".into(), serde_json::json!([arch]));
+            o.insert("hidden_act".into(), "silu".into());
+            o.insert("torch_dtype".into(), "float32".into());
+            o.retain(|_, v| !v.is_null());
+        }
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg).map_err(candle_core::Error::wrap)?)?;
+        Ok(map.len())
+    }
+
     /// Hidden states → logits.
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)

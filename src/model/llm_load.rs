@@ -214,6 +214,32 @@ impl LlmSpec {
         Ok((llm, vb))
     }
 
+    /// The LLM alone (no prefix), with a PEFT adapter directory applied when given.
+    pub fn build_with_adapter(&self, adapter: Option<&Path>, keep_quantized: bool, dev: &Device) -> Result<Llama, LlmError> {
+        let (lora, tensors) = match adapter {
+            Some(dir) => {
+                let (cfg, t) = super::lora::load_peft(dir, "").map_err(|e| LlmError::Invalid { name: self.name.clone(), detail: e.to_string() })?;
+                (Some(cfg), t)
+            }
+            None => (None, Default::default()),
+        };
+        let varmap = VarMap::new();
+        let (llm, _) = self.build(lora.as_ref(), &varmap, 0, "", keep_quantized, dev)?;
+        if let Some(dir) = adapter {
+            super::weights::apply_adapter(&varmap, &tensors, dir)?;
+        }
+        Ok(llm)
+    }
+
+    /// The `tokenizer.json` file behind the tokenizer, when there is one.
+    pub fn tokenizer_json(&self) -> Option<PathBuf> {
+        match (&self.tokenizer, &self.source) {
+            (TokenizerSpec::File { path }, _) => Some(self.base_dir.join(path)),
+            (TokenizerSpec::Pretrained, Source::HfDir(d)) => Some(d.join("tokenizer.json")).filter(|p| p.is_file()),
+            _ => None,
+        }
+    }
+
     /// Where the weights come from, for logs and the run directory.
     pub fn describe(&self) -> String {
         match &self.source {
