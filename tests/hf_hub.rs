@@ -1,0 +1,116 @@
+//! Weights from a Hugging Face repository through hf-hub, against a local server speaking the Hub's
+//! `resolve` protocol (HF_ENDPOINT): the standard layout (config, index, shards) is fetched into
+//! HF_HUB_CACHE with HF_TOKEN sent, the model built from it matches transformers, and a second resolution
+//! with HF_HUB_OFFLINE=1 needs no server.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use emollama::model::hub::LocalWeights;
+use emollama::registry::Weights;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llm/tiny-llama-hf")
+}
+
+/// Serves `dir` as repository `org/tiny` at any revision; records the requested files and headers.
+fn serve(dir: PathBuf, log: Arc<Mutex<Vec<String>>>) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(match stream.try_clone() {
+                Ok(s) => s,
+                Err(_) => continue,
+            });
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let (mut range, mut auth) = (None, String::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_lowercase();
+                if let Some(v) = lower.strip_prefix("range: bytes=") {
+                    range = Some(v.trim().to_string());
+                }
+                if lower.starts_with("authorization:") {
+                    auth = line.trim().to_string();
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let file = path.strip_prefix("/org/tiny/resolve/main/").map(|f| dir.join(f));
+            log.lock().map(|mut l| l.push(format!("{path} {auth}"))).ok();
+            let mut out = stream;
+            let body = file.and_then(|f| std::fs::read(f).ok());
+            let Some(body) = body else {
+                let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                continue;
+            };
+            let (start, end) = match range.as_deref().and_then(|r| r.split_once('-')) {
+                Some((a, b)) => (a.parse().unwrap_or(0), if b.is_empty() { body.len() - 1 } else { b.parse().unwrap_or(0) }),
+                None => (0, body.len() - 1),
+            };
+            let part = &body[start..=end.min(body.len() - 1)];
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\netag: \"e{}\"\r\nx-repo-commit: 0123456789abcdef\r\ncontent-range: bytes {start}-{end}/{}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len(),
+                body.len(),
+                part.len()
+            );
+            let _ = out.write_all(head.as_bytes());
+            let _ = out.write_all(part);
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+#[test]
+fn downloads_an_hf_repository_through_hf_endpoint_then_works_offline() -> anyhow::Result<()> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let endpoint = serve(fixture_dir(), log.clone())?;
+    let cache = tempfile::tempdir()?;
+    // SAFETY: nextest runs each test in its own process; nothing else reads these variables concurrently.
+    unsafe {
+        std::env::set_var("HF_ENDPOINT", &endpoint);
+        std::env::set_var("HF_HUB_CACHE", cache.path());
+        std::env::set_var("HF_TOKEN", "hf_secret");
+        std::env::remove_var("HF_HUB_OFFLINE");
+    }
+    let weights = Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![] };
+    let got = emollama::model::hub::resolve("tiny", Path::new("plugins/llms/tiny.toml"), &weights)?;
+    let Some(LocalWeights::HfDir(dir)) = got else { anyhow::bail!("expected an HF directory, got {got:?}") };
+    assert!(dir.starts_with(cache.path()), "{} is not in HF_HUB_CACHE", dir.display());
+    let requests = log.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00004.safetensors", "model-00004-of-00004.safetensors"] {
+        assert!(requests.iter().any(|r| r.contains(f) && r.contains("Bearer hf_secret")), "{f} not fetched with the token: {requests:?}");
+    }
+
+    // The downloaded model is the fixture model: same logits as transformers.
+    let (cfg, store) = emollama::model::weights::open_hf_model(&dir)?;
+    let vm = candle_nn::VarMap::new();
+    let vb = emollama::model::weights::PretrainedBackend::builder(Arc::new(store), "", &vm, 0, DType::F32, &Device::Cpu);
+    let model = emollama::model::llama::Llama::load(&cfg, None, None, vb)?;
+    let r = candle_core::safetensors::load(fixture_dir().join("reference.safetensors"), &Device::Cpu)?;
+    let ids = r["input_ids"].i(0)?.to_dtype(DType::U32)?.unsqueeze(0)?;
+    let logits = model.forward_embeds(&model.embed(&ids)?, &Tensor::ones((1, 12), DType::U8, &Device::Cpu)?)?;
+    let d = (logits.i(0)? - r["logits"].i(0)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(d < 1e-4, "logits differ by {d}");
+
+    // Offline: the same resolution from the cache alone, the server unused.
+    let before = log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len();
+    unsafe {
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
+    }
+    let again = emollama::model::hub::resolve("tiny", Path::new("plugins/llms/tiny.toml"), &weights)?;
+    assert_eq!(again, Some(LocalWeights::HfDir(dir)));
+    assert_eq!(log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len(), before, "offline mode must not touch the network");
+    Ok(())
+}
