@@ -114,3 +114,31 @@ fn downloads_an_hf_repository_through_hf_endpoint_then_works_offline() -> anyhow
     assert_eq!(log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len(), before, "offline mode must not touch the network");
     Ok(())
 }
+
+/// `source = "url"`: downloaded once into the models cache, checked against the manifest's sha256; a
+/// mismatch is an error that keeps nothing.
+#[test]
+fn url_weights_are_checked_and_cached() -> anyhow::Result<()> {
+    use sha2::Digest;
+    let served = tempfile::tempdir()?;
+    let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(served.path().join("w.gguf"), &bytes)?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let endpoint = serve(served.path().to_path_buf(), log.clone())?;
+    let cache = tempfile::tempdir()?;
+    // SAFETY: nextest runs each test in its own process.
+    unsafe { std::env::set_var("EMOLLAMA_CACHE", cache.path()) };
+    let url = format!("{endpoint}/org/tiny/resolve/main/w.gguf");
+    let bad = Weights::Url { url: url.clone(), sha256: "00".repeat(32) };
+    let e = emollama::model::hub::resolve("w", Path::new("x.toml"), &bad).expect_err("sha mismatch").to_string();
+    assert!(e.contains(&url) && e.contains("does not match"), "{e}");
+    assert!(!cache.path().join("models/w/w.gguf").exists(), "a file with the wrong checksum must not be kept");
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let good = Weights::Url { url, sha256: sha };
+    let got = emollama::model::hub::resolve("w", Path::new("x.toml"), &good)?;
+    assert_eq!(got, Some(LocalWeights::Gguf(cache.path().join("models/w/w.gguf"))));
+    let n = log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len();
+    emollama::model::hub::resolve("w", Path::new("x.toml"), &good)?;
+    assert_eq!(log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len(), n, "the second resolution uses the cache");
+    Ok(())
+}

@@ -214,3 +214,24 @@ fn merged_export_reproduces_the_adapter_model() -> R {
     }
     Ok(())
 }
+
+/// An HF directory's `tokenizer.json` (byte-level BPE) encodes as transformers does; LLaMA adds BOS.
+#[test]
+fn hf_tokenizer_json_matches_transformers() -> R {
+    let registry = emollama::registry::Registry::load(Path::new(env!("CARGO_MANIFEST_DIR")))?;
+    let dir = fixture("tiny-llama-hf");
+    let spec = emollama::model::llm_load::LlmSpec::resolve(&registry, &dir.display().to_string())?;
+    let tok = spec.tokenizer()?.ok_or_else(|| anyhow::anyhow!("no tokenizer"))?;
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_reference.json"))?)?;
+    let ids: Vec<u32> = want["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|u| u as u32)).collect();
+    assert_eq!(tok.encode(want["text"].as_str().unwrap_or_default())?, ids);
+    assert_eq!((tok.bos, tok.eos), (Some(1), 2));
+    // The same directory through the chat path: LLaMA-2 template, BOS first, deterministic greedy output.
+    let chat = emollama::model::chat::ChatModel::load(&registry, &dir.display().to_string(), None, false)?;
+    let prompt = chat.prompt_ids("the person smiles", false)?;
+    assert_eq!(prompt[0], 1);
+    assert_eq!(chat.tokenizer.decode(&prompt[1..])?, "[INST] the person smiles [/INST]");
+    let opts = GenerateOptions::greedy(6);
+    assert_eq!(chat.generate(std::slice::from_ref(&prompt), &opts, 0)?, chat.generate(&[prompt], &opts, 9)?);
+    Ok(())
+}
