@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     let new_tokens: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(64);
     let registry = Registry::load(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     let threads = candle_core::utils::get_num_threads();
-    for (mode, quantized) in [("q4_1", true), ("f32", false)] {
+    for (mode, quantized) in [("q4_1 → q8_0 matmuls", true), ("f32", false)] {
         let chat = ChatModel::load(&registry, "smollm2-135m-instruct", None, quantized)?;
         let ids = chat.prompt_ids(PROMPT, false)?;
         run(&chat, &ids, 4)?; // warm-up
