@@ -80,3 +80,20 @@ fn missing_weights_and_unknown_names_are_explained() -> anyhow::Result<()> {
     assert!(e.contains("unknown LLM plugin `under-tset`") && e.contains("did you mean `under-test`"), "{e}");
     Ok(())
 }
+
+/// A SentencePiece (LLaMA-2 type) tokenizer stored in GGUF metadata encodes and decodes as SentencePiece.
+#[test]
+fn sentencepiece_tokenizer_from_gguf_matches_sentencepiece() -> anyhow::Result<()> {
+    let dir = fixture("sp-gguf");
+    let tok = GgufFile::open(&dir.join("tokenizer-only.gguf"))?.tokenizer()?;
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    for c in cases.as_array().into_iter().flatten() {
+        let text = c["text"].as_str().unwrap_or_default();
+        let want: Vec<u32> = c["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|u| u as u32)).collect();
+        let ids = tok.encode(text)?;
+        assert_eq!(ids, want, "ids of {text:?}");
+        assert_eq!(tok.decode(&ids)?, c["decoded"].as_str().unwrap_or_default(), "decoding {text:?}");
+    }
+    assert_eq!((tok.bos, tok.eos), (Some(1), 2));
+    Ok(())
+}

@@ -166,14 +166,10 @@ impl GgufFile {
         Ok((TensorStore::Memory { origin: self.path.clone(), tensors: dense }, quant))
     }
 
-    /// The tokenizer stored in the metadata (`tokenizer.ggml.model = gpt2`, byte-level BPE).
+    /// The tokenizer stored in the metadata: `tokenizer.ggml.model = gpt2` (byte-level BPE with merges:
+    /// SmolLM2, Qwen2) or `llama` (SentencePiece BPE with byte fallback, scores and no merges: LLaMA-2).
     pub fn tokenizer(&self) -> Result<TextTokenizer, GgufError> {
         let model = self.meta_str("tokenizer.ggml.model").unwrap_or_default();
-        if model != "gpt2" {
-            return Err(self.e(format!(
-                "tokenizer model `{model}` in the GGUF metadata is not supported (byte-level BPE `gpt2` is); give the model's tokenizer.json in the manifest's [tokenizer]"
-            )));
-        }
         let strings = |key: &str| -> Result<Vec<String>, GgufError> {
             match self.meta(key)? {
                 Value::Array(v) => v.iter().map(|x| x.to_string().cloned().map_err(|e| self.e(format!("`{key}`: {e}")))).collect(),
@@ -181,7 +177,6 @@ impl GgufFile {
             }
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<i32> = match self.content.metadata.get("tokenizer.ggml.token_type") {
             Some(Value::Array(v)) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
@@ -196,32 +191,84 @@ impl GgufFile {
                     "rstrip": false, "normalized": false, "special": ty == 3}));
             }
         }
-        let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or_default();
-        let byte_level = |use_regex: bool| serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-        let pre_tokenizer = match pre.as_str() {
-            "smollm" => serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-            "qwen2" => serde_json::json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
+        let id = |key: &str| self.meta_u32(key).ok();
+        let json = match model.as_str() {
+            "gpt2" => {
+                let merges = strings("tokenizer.ggml.merges")?;
+                let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or_default();
+                let byte_level = |use_regex: bool| serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+                let pre_tokenizer = match pre.as_str() {
+                    "smollm" => serde_json::json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+                    "qwen2" => serde_json::json!({"type": "Sequence", "pretokenizers": [
+                        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false}, byte_level(false)]}),
+                    other => {
+                        tracing::warn!(pre = other, "GGUF pre-tokenizer not known; using GPT-2 byte-level splitting");
+                        byte_level(true)
+                    }
+                };
+                serde_json::json!({
+                    "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                    "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                        "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                        "vocab": vocab, "merges": merges}
+                })
+            }
+            "llama" => {
+                let scores: Vec<f32> = match self.meta("tokenizer.ggml.scores")? {
+                    Value::Array(v) => v.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect(),
+                    _ => return Err(self.e("metadata `tokenizer.ggml.scores` is not an array")),
+                };
+                let unk = id("tokenizer.ggml.unknown_token_id").and_then(|i| tokens.get(i as usize)).cloned();
+                serde_json::json!({
+                    "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                    "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
+                    "pre_tokenizer": null, "post_processor": null,
+                    "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                        {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                        "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                        "vocab": vocab, "merges": sentencepiece_merges(&tokens, &scores, &types)}
+                })
+            }
             other => {
-                tracing::warn!(pre = other, "GGUF pre-tokenizer not known; using GPT-2 byte-level splitting");
-                byte_level(true)
+                return Err(self.e(format!(
+                    "tokenizer model `{other}` in the GGUF metadata is not supported (`gpt2` byte-level BPE and `llama` SentencePiece are); give the model's tokenizer.json in the manifest's [tokenizer]"
+                )));
             }
         };
-        let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                "vocab": vocab, "merges": merges}
-        });
         let inner = tokenizers::Tokenizer::from_str(&json.to_string()).map_err(|e| self.e(format!("rebuilding the tokenizer: {e}")))?;
-        let id = |key: &str| self.meta_u32(key).ok();
         let eos = id("tokenizer.ggml.eos_token_id").ok_or_else(|| self.e("metadata `tokenizer.ggml.eos_token_id` is missing"))?;
-        let add_bos = self.content.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        let add_bos = self.content.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(model == "llama");
         let bos = id("tokenizer.ggml.bos_token_id").filter(|_| add_bos);
         Ok(TextTokenizer::with_specials(inner, bos, eos, id("tokenizer.ggml.padding_token_id").unwrap_or(eos), id("tokenizer.ggml.unknown_token_id").unwrap_or(eos)))
     }
+}
+
+/// BPE merges for a SentencePiece vocabulary, which stores scores instead (as transformers derives them):
+/// every split of a normal piece into two pieces of the vocabulary is a merge, ranked by the merged
+/// piece's score, highest first (ties: vocabulary order).
+fn sentencepiece_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec<(String, String)> {
+    let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types.get(i).is_some_and(|&t| t != 1) {
+            continue;
+        }
+        let mut local: Vec<(usize, usize)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| Some((*index.get(&piece[..at])?, *index.get(&piece[at..])?)))
+            .collect();
+        local.sort_unstable();
+        let score = scores.get(i).copied().unwrap_or(0.0);
+        for (l, r) in local {
+            merges.push((score, merges.len(), l, r));
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    merges.into_iter().map(|(_, _, l, r)| (tokens[l].clone(), tokens[r].clone())).collect()
 }
 
 /// Quantized types whose CPU dot product candle implements with SIMD (candle 0.11 `quantized/avx.rs`).
