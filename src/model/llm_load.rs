@@ -56,6 +56,17 @@ enum Source {
     Gguf(Box<GgufFile>),
 }
 
+/// What a manifest declares besides the weights (a bare path declares nothing).
+struct Declared {
+    config: Option<LlamaConfig>,
+    tokenizer: TokenizerSpec,
+    template: Option<Template>,
+    system_prompt: Option<String>,
+    stop_tokens: Vec<String>,
+    default_lora: Option<LoraConfig>,
+    base_dir: PathBuf,
+}
+
 impl LlmSpec {
     /// `name_or_path`: a registered LLM name, or a path to an HF model directory or `.gguf` file.
     pub fn resolve(registry: &Registry, name_or_path: &str) -> Result<Self, LlmError> {
@@ -64,47 +75,52 @@ impl LlmSpec {
         }
         let p = PathBuf::from(name_or_path);
         let local = if p.is_dir() { LocalWeights::HfDir(p.clone()) } else { LocalWeights::Gguf(p.clone()) };
-        let base = p.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::from_local(name_or_path, local, None, TokenizerSpec::Pretrained, None, None, Vec::new(), None, base)
+        let declared = Declared {
+            config: None,
+            tokenizer: TokenizerSpec::Pretrained,
+            template: None,
+            system_prompt: None,
+            stop_tokens: Vec::new(),
+            default_lora: None,
+            base_dir: p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        Self::from_local(name_or_path, local, declared)
     }
 
     pub fn from_registry(registry: &Registry, name: &str) -> Result<Self, LlmError> {
         let (path, m) = registry.llm(name)?;
         let invalid = |detail: String| LlmError::Invalid { name: name.to_string(), detail: format!("{detail} (manifest `{}`)", path.display()) };
         let template = Template::from_name(&m.template).ok_or_else(|| invalid(format!("unknown template `{}`; known: {}", m.template, Template::NAMES.join(", "))))?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let declared = Declared {
+            config: m.config.clone(),
+            tokenizer: m.tokenizer.clone(),
+            template: Some(template),
+            system_prompt: m.system_prompt.clone(),
+            stop_tokens: m.stop_tokens.clone(),
+            default_lora: m.lora.clone(),
+            base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
         match hub::resolve(name, path, &m.weights).map_err(Box::new)? {
+            Some(local) => Self::from_local(name, local, declared),
             None => {
-                let config = m.config.clone().ok_or_else(|| invalid("random weights need a [config] table".into()))?;
+                let config = declared.config.ok_or_else(|| invalid("random weights need a [config] table".into()))?;
                 config.validate().map_err(invalid)?;
                 Ok(Self {
                     name: name.into(),
                     config,
                     template,
-                    system_prompt: m.system_prompt.clone(),
-                    stop_tokens: m.stop_tokens.clone(),
-                    default_lora: m.lora.clone(),
-                    tokenizer: m.tokenizer.clone(),
-                    base_dir: base,
+                    system_prompt: declared.system_prompt,
+                    stop_tokens: declared.stop_tokens,
+                    default_lora: declared.default_lora,
+                    tokenizer: declared.tokenizer,
+                    base_dir: declared.base_dir,
                     source: Source::Random,
                 })
             }
-            Some(local) => Self::from_local(name, local, m.config.clone(), m.tokenizer.clone(), Some(template), m.system_prompt.clone(), m.stop_tokens.clone(), m.lora.clone(), base),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn from_local(
-        name: &str,
-        local: LocalWeights,
-        manifest_config: Option<LlamaConfig>,
-        tokenizer: TokenizerSpec,
-        template: Option<Template>,
-        system_prompt: Option<String>,
-        stop_tokens: Vec<String>,
-        default_lora: Option<LoraConfig>,
-        base_dir: PathBuf,
-    ) -> Result<Self, LlmError> {
+    fn from_local(name: &str, local: LocalWeights, d: Declared) -> Result<Self, LlmError> {
         let (config, source, gguf_system) = match local {
             LocalWeights::HfDir(dir) => {
                 let cfg = LlamaConfig::from_hf_file(&dir.join("config.json")).map_err(WeightsError::from)?;
@@ -116,13 +132,23 @@ impl LlmSpec {
                 (g.config()?, Source::Gguf(Box::new(g)), sys)
             }
         };
-        if let Some(m) = manifest_config.filter(|m| m != &config) {
+        if let Some(m) = d.config.filter(|m| m != &config) {
             tracing::warn!(llm = name, manifest = ?m, weights = ?config, "the manifest's [config] differs from the weights' config; using the weights'");
         }
         // ChatML models carry their default system prompt in the chat template; LLaMA-2 has none.
         let chatml = config.model_type == "qwen2" || gguf_system.is_some();
-        let template = template.unwrap_or(if chatml { Template::Chatml } else { Template::Llama2 });
-        Ok(Self { name: name.into(), config, template, system_prompt: system_prompt.or(gguf_system), stop_tokens, default_lora, tokenizer, base_dir, source })
+        let template = d.template.unwrap_or(if chatml { Template::Chatml } else { Template::Llama2 });
+        Ok(Self {
+            name: name.into(),
+            config,
+            template,
+            system_prompt: d.system_prompt.or(gguf_system),
+            stop_tokens: d.stop_tokens,
+            default_lora: d.default_lora,
+            tokenizer: d.tokenizer,
+            base_dir: d.base_dir,
+            source,
+        })
     }
 
     pub fn is_pretrained(&self) -> bool {
