@@ -83,7 +83,10 @@ pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Resul
     let uses = |m: &str| stage.modalities.is_empty() || stage.modalities.iter().any(|x| x == m);
     let (use_video, use_audio) = (uses("video"), uses("audio"));
     let mut opt = GroupedAdamW::new(&vars, stage.lr, stage.weight_decay, &stage.lr_scale).map_err(candle(0))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(ctx.recipe.seed ^ ((index as u64 + 1) * 0x9E37_79B9_7F4A_7C15));
+    let stage_seed = ctx.recipe.seed ^ ((index as u64 + 1) * 0x9E37_79B9_7F4A_7C15);
+    let mut rng = ChaCha8Rng::seed_from_u64(stage_seed);
+    // LoRA dropout masks follow the run's seed, per stage, like the data order.
+    ctx.model.llm.reseed_dropout(stage_seed.rotate_left(17));
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.shuffle(&mut rng);
     let mut cursor = 0;
