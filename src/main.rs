@@ -209,9 +209,10 @@ fn dispatch(cli: Cli) -> Result<()> {
                 stop_tokens: Vec::new(),
             };
             let t0 = std::time::Instant::now();
-            let answers = chat.generate(&ids, &opts, seed)?;
+            let generated = chat.generate_ids(&ids, &opts, seed)?;
             let secs = t0.elapsed().as_secs_f64();
-            let tokens: usize = answers.iter().map(|a| chat.tokenizer.encode(a).map(|v| v.len()).unwrap_or(0)).sum();
+            let tokens: usize = generated.iter().map(Vec::len).sum();
+            let answers = generated.iter().map(|g| chat.tokenizer.decode(g)).collect::<std::result::Result<Vec<_>, _>>()?;
             for (i, a) in answers.iter().enumerate() {
                 if answers.len() > 1 {
                     println!("[{i}] {a}");

@@ -177,7 +177,7 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
         "auto" => llm.template,
         name => Template::from_name(name).ok_or_else(|| RunError::Other(format!("unknown template `{name}`")))?,
     };
-    let template = ChatTemplate { kind, system: llm.system_prompt.clone().filter(|_| kind == Template::Chatml) };
+    let template = llm.chat_template(kind);
     tracing::info!(llm = %llm.name, weights = %llm.describe(), template = ?kind, "LLM");
     let tokenizer = match llm.tokenizer().map_err(|e| BuildError::from(Box::new(e)))? {
         Some(t) => t,

@@ -28,6 +28,13 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64().map(|u| u as u32)).collect()).unwrap_or_default()
 }
 
+/// The reference generations and their prompt ids.
+fn generations(r: &serde_json::Value) -> (Vec<&serde_json::Value>, Vec<Vec<u32>>) {
+    let gens: Vec<&serde_json::Value> = r["generations"].as_array().into_iter().flatten().collect();
+    let prompts = gens.iter().map(|g| ids(&g["prompt_ids"])).collect();
+    (gens, prompts)
+}
+
 fn ref_logits(i: usize) -> anyhow::Result<Tensor> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llm/smollm2/first_step_logits.safetensors");
     let t = candle_core::safetensors::load(p, &Device::Cpu)?;
@@ -59,8 +66,7 @@ fn tokenizer_from_gguf_matches_transformers() -> R {
 fn dequantized_gguf_matches_transformers() -> R {
     let m = load(false)?;
     let r = reference()?;
-    let gens: Vec<&serde_json::Value> = r["generations"].as_array().into_iter().flatten().collect();
-    let prompts: Vec<Vec<u32>> = gens.iter().map(|g| ids(&g["prompt_ids"])).collect();
+    let (gens, prompts) = generations(&r);
     let logits = m.first_step_logits(&prompts)?;
     for i in 0..prompts.len() {
         let d = (logits.i(i)? - ref_logits(i)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -80,8 +86,7 @@ fn dequantized_gguf_matches_transformers() -> R {
 fn quantized_inference_is_close_to_f32_and_deterministic() -> R {
     let m = load(true)?;
     let r = reference()?;
-    let gens: Vec<&serde_json::Value> = r["generations"].as_array().into_iter().flatten().collect();
-    let prompts: Vec<Vec<u32>> = gens.iter().map(|g| ids(&g["prompt_ids"])).collect();
+    let (_, prompts) = generations(&r);
     let logits = m.first_step_logits(&prompts)?;
     for i in 0..prompts.len() {
         let (ours, want) = (logits.i(i)?.to_dtype(DType::F32)?, ref_logits(i)?);

@@ -4,7 +4,6 @@ use candle_core::Device;
 use candle_nn::VarMap;
 
 
-use super::llama::LlamaConfig;
 use super::llm_load::LlmSpec;
 use super::cnn::{CnnConfig, TinyCnn};
 use super::multimodal::{EmotionModel, FrameEncoder};
@@ -29,7 +28,6 @@ pub enum BuildError {
 /// The built model plus the per-encoder pixel normalisation it expects.
 pub struct Built {
     pub model: EmotionModel,
-    pub llm_config: LlamaConfig,
     /// The LoRA adapter in use: the recipe's, or the LLM manifest's default for a pretrained LLM.
     pub lora: Option<super::lora::LoraConfig>,
     pub pixel_mean: [f32; 3],
@@ -43,11 +41,9 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
     if llm.config.vocab_size == 0 {
         return Err(BuildError::Plugin { plugin: llm.name.clone(), path: String::new(), message: "vocab_size 0: set it from the tokenizer before building".into() });
     }
-    let llm_config = llm.config.clone();
     llm.check_tokenizer(tokenizer).map_err(Box::new)?;
     let lora = recipe.model.lora.as_ref().or(llm.default_lora.as_ref().filter(|_| llm.is_pretrained()));
     let (llm_model, vb) = llm.build(lora, varmap, seed, "llm.", false, device).map_err(Box::new)?;
-    let llm_model_ref = llm_model;
 
     let mut pixel = ([0.5f32; 3], [0.5f32; 3]);
     let video = match recipe.model.video_encoder.as_str() {
@@ -72,8 +68,8 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
             Some(TinyWave::new(&cfg, vb.pp("encoder.audio"))?)
         }
     };
-    let model = EmotionModel::new(llm_model_ref, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
-    Ok(Built { model, llm_config, lora: lora.cloned(), pixel_mean: pixel.0, pixel_std: pixel.1 })
+    let model = EmotionModel::new(llm_model, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
+    Ok(Built { model, lora: lora.cloned(), pixel_mean: pixel.0, pixel_std: pixel.1 })
 }
 
 fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {

@@ -30,7 +30,7 @@ impl ChatModel {
             detail: "its tokenizer is built from a training corpus: run a recipe with it instead".into(),
         })?;
         let llm = spec.build_with_adapter(adapter, quantized, &Device::Cpu)?;
-        let template = ChatTemplate { kind: spec.template, system: spec.system_prompt.clone() };
+        let template = spec.chat_template(spec.template);
         let stop = spec.stop_ids(&tokenizer);
         Ok(Self { spec, llm, tokenizer, template, stop })
     }
@@ -44,12 +44,16 @@ impl ChatModel {
         Ok(ids)
     }
 
-    /// Generates one answer per prompt (batched, left-padded).
-    pub fn generate(&self, prompts: &[Vec<u32>], opts: &GenerateOptions, seed: u64) -> Result<Vec<String>, LlmError> {
+    /// Generates one answer per prompt (batched, left-padded), as token ids.
+    pub fn generate_ids(&self, prompts: &[Vec<u32>], opts: &GenerateOptions, seed: u64) -> Result<Vec<Vec<u32>>, LlmError> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let berr = |source| LlmError::Build { name: self.spec.name.clone(), source };
-        let ids = generate_ids_batch(&self.llm, prompts, self.tokenizer.pad, &self.stop, opts, &mut rng).map_err(berr)?;
-        ids.iter().map(|i| Ok(self.tokenizer.decode(i)?)).collect()
+        generate_ids_batch(&self.llm, prompts, self.tokenizer.pad, &self.stop, opts, &mut rng).map_err(berr)
+    }
+
+    /// As [`Self::generate_ids`], decoded.
+    pub fn generate(&self, prompts: &[Vec<u32>], opts: &GenerateOptions, seed: u64) -> Result<Vec<String>, LlmError> {
+        self.generate_ids(prompts, opts, seed)?.iter().map(|i| Ok(self.tokenizer.decode(i)?)).collect()
     }
 
     /// Logits (prompts, vocab) of the first generated token of each prompt, f32.

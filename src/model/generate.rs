@@ -36,25 +36,9 @@ pub fn generate_one(
     rng: &mut impl Rng,
 ) -> Result<Vec<u32>> {
     let inputs = model.build_inputs(std::slice::from_ref(prompt), mm, false)?;
-    let mut step_input = inputs.embeds;
-    let mut cache = KvCache::new();
-    let mut out = Vec::new();
-    for _ in 0..opts.max_new_tokens {
-        let t = step_input.dim(1)?;
-        if cache.len + t > model.llm.config().max_position_embeddings {
-            break;
-        }
-        let valid = Tensor::ones((1, cache.len + t), candle_core::DType::U8, step_input.device())?;
-        let mut logits = model.llm.forward_cached(&step_input, &valid, &mut cache)?.i((0, t - 1))?.to_vec1::<f32>()?;
-        apply_repetition_penalty(&mut logits, &out, opts.repetition_penalty);
-        let next = pick(&logits, opts, rng);
-        if next == model.eos || opts.stop_tokens.contains(&next) {
-            break;
-        }
-        out.push(next);
-        step_input = model.llm.embed(&Tensor::new(&[next], step_input.device())?)?.unsqueeze(0)?;
-    }
-    Ok(out)
+    let t = inputs.embeds.dim(1)?;
+    let mut out = decode(&model.llm, inputs.embeds, vec![vec![1; t]], model.eos, &[model.eos], opts, rng)?;
+    Ok(out.pop().unwrap_or_default())
 }
 
 /// Generates continuations of token-id prompts, batched with left padding (each row's positions count
@@ -66,7 +50,6 @@ pub fn generate_ids_batch(llm: &Llama, prompts: &[Vec<u32>], pad: u32, eos: &[u3
     if b == 0 || prompts.iter().any(Vec::is_empty) {
         candle_core::bail!("every prompt needs at least one token");
     }
-    let dev = llm.device().clone();
     let mut ids = Vec::with_capacity(b * longest);
     let mut valid: Vec<Vec<u8>> = Vec::with_capacity(b);
     for p in prompts {
@@ -74,7 +57,17 @@ pub fn generate_ids_batch(llm: &Llama, prompts: &[Vec<u32>], pad: u32, eos: &[u3
         ids.extend(std::iter::repeat_n(pad, padding).chain(p.iter().copied()));
         valid.push(std::iter::repeat_n(0u8, padding).chain(std::iter::repeat_n(1u8, p.len())).collect());
     }
-    let mut step = llm.embed(&Tensor::from_vec(ids, (b, longest), &dev)?)?;
+    let embeds = llm.embed(&Tensor::from_vec(ids, (b, longest), llm.device())?)?;
+    decode(llm, embeds, valid, pad, eos, opts, rng)
+}
+
+/// The decoding loop behind both entry points: `embeds` (batch, t, hidden) is the prompt, `valid` marks
+/// its real (non-padding) positions per row. Each step feeds one token per row through the KV cache; a
+/// finished row is fed `pad` until every row is done.
+fn decode(llm: &Llama, embeds: Tensor, mut valid: Vec<Vec<u8>>, pad: u32, eos: &[u32], opts: &GenerateOptions, rng: &mut impl Rng) -> Result<Vec<Vec<u32>>> {
+    let b = valid.len();
+    let dev = llm.device().clone();
+    let mut step = embeds;
     let mut cache = KvCache::new();
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];

@@ -13,9 +13,9 @@ use super::init::SeededVarMap;
 use super::llama::{Llama, QuantStore};
 use super::llm_config::LlamaConfig;
 use super::lora::LoraConfig;
-use super::prompt::Template;
+use super::prompt::{ChatTemplate, Template};
 use super::tokenizer::{TextTokenizer, TokenizerError};
-use super::weights::{PretrainedBackend, WeightsError, open_hf_model};
+use super::weights::{PretrainedBackend, TensorStore, WeightsError};
 use crate::registry::{Registry, RegistryError, TokenizerSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +178,9 @@ impl LlmSpec {
     }
 
     fn hf_tokenizer(&self, path: &Path, dir: Option<&Path>, eos: Option<u32>) -> Result<TextTokenizer, LlmError> {
-        let eos = eos.ok_or_else(|| LlmError::Invalid { name: self.name.clone(), detail: "config has no eos_token_id".into() })?;
+        // A config without special ids (a manifest's own [config]): a corpus tokenizer saved by a run,
+        // whose special tokens are found by name.
+        let Some(eos) = eos else { return Ok(TextTokenizer::from_file(path)?) };
         // tokenizer_config.json says whether BOS is added; LLaMA adds it by default, Qwen2 does not.
         let add_bos = dir
             .and_then(|d| std::fs::read_to_string(d.join("tokenizer_config.json")).ok())
@@ -223,7 +225,7 @@ impl LlmSpec {
         let (vb, quant): (VarBuilder<'static>, QuantStore) = match &self.source {
             Source::Random => (SeededVarMap::builder(varmap, seed, DType::F32, dev), QuantStore::new()),
             Source::HfDir(dir) => {
-                let (_, store) = open_hf_model(dir)?;
+                let store = TensorStore::open_hf_dir(dir)?;
                 (PretrainedBackend::builder(Arc::new(store), prefix, varmap, seed, DType::F32, dev), QuantStore::new())
             }
             Source::Gguf(g) => {
@@ -255,6 +257,12 @@ impl LlmSpec {
             super::weights::apply_adapter(&varmap, &tensors, dir)?;
         }
         Ok(llm)
+    }
+
+    /// The chat template of `kind` with this model's system prompt (ChatML only: Emotion-LLaMA's LLaMA-2
+    /// prompt has none).
+    pub fn chat_template(&self, kind: Template) -> ChatTemplate {
+        ChatTemplate { kind, system: self.system_prompt.clone().filter(|_| kind == Template::Chatml) }
     }
 
     /// The `tokenizer.json` file behind the tokenizer, when there is one.
