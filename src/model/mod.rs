@@ -3,6 +3,7 @@
 pub mod build;
 pub mod chat;
 pub mod cnn;
+pub mod encoders;
 pub mod generate;
 pub mod hub;
 pub mod gguf;
