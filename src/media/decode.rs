@@ -582,7 +582,7 @@ pub(crate) fn run(
                 ),
             ));
         }
-        let targets = req.sampling.target_times(dur);
+        let targets = req.sampling.target_times_at(dur, stream_fps(&st));
         if targets.is_empty() {
             return Err(MediaError::invalid(path, format!("sampling {:?} selects no frames", req.sampling)));
         }

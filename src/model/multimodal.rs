@@ -126,6 +126,8 @@ pub struct EmotionModel {
     proj_frames: Option<Projector>,
     proj_video: Option<Projector>,
     proj_audio: Option<Projector>,
+    /// Emotion-LLaMA's four frozen encoders and its token layout (instead of the encoders above).
+    emotion_llama: Option<super::emotion_llama::EmotionLlamaEncoders>,
     pub bos: Option<u32>,
     pub eos: u32,
 }
@@ -155,7 +157,28 @@ impl EmotionModel {
             Some(a) => Some(Projector::new(projector, a.hidden_size(), h, p.pp("audio"))?),
             None => None,
         };
-        Ok(Self { llm, video_encoder, audio_encoder, proj_patches, proj_frames, proj_video, proj_audio, bos, eos })
+        Ok(Self { llm, video_encoder, audio_encoder, proj_patches, proj_frames, proj_video, proj_audio, emotion_llama: None, bos, eos })
+    }
+
+    /// The model with Emotion-LLaMA's encoders and token layout (256 EVA tokens at `<VideoHere>`;
+    /// local, temporal, audio and CLS tokens at `<FeatureHere>`). Media frames must be scaled to [0, 1].
+    pub fn with_emotion_llama(llm: Llama, encoders: super::emotion_llama::EmotionLlamaEncoders, bos: Option<u32>, eos: u32) -> Self {
+        Self {
+            llm,
+            video_encoder: None,
+            audio_encoder: None,
+            proj_patches: None,
+            proj_frames: None,
+            proj_video: None,
+            proj_audio: None,
+            emotion_llama: Some(encoders),
+            bos,
+            eos,
+        }
+    }
+
+    pub fn emotion_llama(&self) -> Option<&super::emotion_llama::EmotionLlamaEncoders> {
+        self.emotion_llama.as_ref()
     }
 
     /// Encodes and projects the media of a batch. `None` when the model has no encoders.
@@ -165,8 +188,10 @@ impl EmotionModel {
 
     /// As [`Self::encode`], with each modality switchable (a disabled one contributes no tokens).
     pub fn encode_modalities(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
-        let mut feature = Vec::new();
-        let mut video = None;
+        let (mut video, mut feature) = match &self.emotion_llama {
+            Some(el) => el.encode(&media.frames, &media.audio, use_video, use_audio)?,
+            None => (None, Vec::new()),
+        };
         if let (true, Some(enc), Some(pp), Some(pf), Some(pv)) =
             (use_video, &self.video_encoder, &self.proj_patches, &self.proj_frames, &self.proj_video)
         {

@@ -122,6 +122,16 @@ pub struct Model {
     pub video_encoder: String,
     /// Audio encoder plugin (`plugins/encoders/<name>.toml`); empty = no audio tokens.
     pub audio_encoder: String,
+    /// Emotion-LLaMA's layout: the global encoder (EVA ViT-g) plugin. When set, the model takes
+    /// Emotion-LLaMA's four frozen encoders (`global_encoder`, `local_encoder`, `temporal_encoder`,
+    /// `audio_encoder`) and token layout; `video_encoder` must then be empty.
+    pub global_encoder: String,
+    /// The local (face, per frame, averaged) encoder, e.g. ViT-MAE; empty = none.
+    pub local_encoder: String,
+    /// The temporal (clip) encoder, e.g. VideoMAE; empty = none.
+    pub temporal_encoder: String,
+    /// The frame the global encoder sees: `first` (Emotion-LLaMA's code) or `middle`.
+    pub global_frame: String,
     /// Projector architecture from the registry (`linear` or `mlp`).
     pub projector: String,
     /// Feed the projected audio and visual tokens to the LLM. `false` gives the text-only ablation:
@@ -140,6 +150,10 @@ impl Default for Model {
             llm: "tiny-llama".into(),
             video_encoder: "tiny-cnn-frames".into(),
             audio_encoder: "tiny-wave-audio".into(),
+            global_encoder: String::new(),
+            local_encoder: String::new(),
+            temporal_encoder: String::new(),
+            global_frame: "first".into(),
             projector: "linear".into(),
             use_av: true,
             lora: None,

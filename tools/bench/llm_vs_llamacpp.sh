@@ -12,7 +12,7 @@ GGUF="${EMOLLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/emollama}/models/smollm2
 "$VENV/bin/python" -c "import llama_cpp, numpy" 2>/dev/null || "$VENV/bin/pip" install --quiet llama-cpp-python==0.3.16 numpy
 ours=$(RAYON_NUM_THREADS="$THREADS" cargo run --quiet --release --example bench_llm -- "$NEW")
 theirs=$("$VENV/bin/python" tools/bench/llama_cpp_bench.py "$GGUF" "$THREADS" "$NEW")
-python3 - "$ours" "$theirs" <<'PY'
+python3 - "$ours" "$theirs" <<'PY' | python3 tools/bench/write_section.py BENCHMARKS.md
 import json, sys, datetime, platform
 rows = [json.loads(l) for a in sys.argv[1:] for l in a.splitlines() if l.strip()]
 ref = next(r for r in rows if r["engine"] == "llama.cpp")
@@ -26,5 +26,5 @@ for r in rows:
                  f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f}x |")
 table = "\n".join(lines) + "\n"
 print(table)
-open("BENCHMARKS.md", "w").write("# Benchmarks\n\nMeasured on the development machine; rerun with `just bench`.\n\n" + table)
 PY
+

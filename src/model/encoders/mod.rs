@@ -1,8 +1,290 @@
 //! The Emotion-LLaMA encoders at full fidelity, in the HF / LAVIS tensor layouts so real checkpoints load
 //! as they are: HuBERT (audio), ViT-MAE (local face view), VideoMAE (temporal view), EVA ViT-g (global).
 //! They are frozen feature extractors, so they use candle's fused ops.
+//!
+//! [`FrozenEncoder`] binds one of them to a manifest (`plugins/encoders/*.toml`): configuration, weights,
+//! preprocessing and the feature (layers + pooling) the recipe or `emollama extract` wants.
 
+pub mod checkpoint;
 pub mod eva_vit;
+pub mod features;
 pub mod hubert;
 pub mod videomae;
 pub mod vit_mae;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use self::checkpoint::Checkpoint;
+use self::features::{FeatureSpec, Pooled, Pooling};
+use crate::registry::{EncoderManifest, Preprocess};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncoderError {
+    #[error("encoder weights `{path}`: {detail}")]
+    Load { path: String, detail: String },
+    #[error("encoder `{encoder}` (`{manifest}`): {detail}")]
+    Manifest { encoder: String, manifest: String, detail: String },
+    #[error("input `{input}`: {detail}")]
+    Input { input: String, detail: String },
+    #[error(transparent)]
+    Hub(#[from] Box<crate::model::hub::HubError>),
+    #[error("encoder `{encoder}`: {source}")]
+    Candle { encoder: String, source: candle_core::Error },
+}
+
+/// What an encoder consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// (batch, samples) mono waveform.
+    Audio,
+    /// (batch, 3, H, W) one image per item (per-frame encoders run on every sampled frame).
+    Image,
+    /// (batch, T, 3, H, W) a clip.
+    Video,
+}
+
+/// One of the four architectures with its weights.
+pub enum Model {
+    Hubert(hubert::HubertModel),
+    VitMae(vit_mae::ViTMAEModel),
+    VideoMae(videomae::VideoMAEModel),
+    /// EVA ViT-g followed by MiniGPT-v2's `ln_vision`.
+    Eva { vit: eva_vit::EvaVit, ln_vision: eva_vit::LnVision },
+}
+
+/// A frozen encoder bound to its manifest.
+pub struct FrozenEncoder {
+    pub name: String,
+    pub architecture: String,
+    pub model: Model,
+    pub preprocess: Preprocess,
+    pub features: FeatureSpec,
+    /// Output width of one token.
+    pub hidden_size: usize,
+    /// Visual input side (square), frames per clip (VideoMAE).
+    pub image_size: Option<usize>,
+    pub num_frames: Option<usize>,
+}
+
+/// The tensor every checkpoint of an architecture holds, to find where its names start.
+fn probe_tensor(architecture: &str) -> &'static str {
+    match architecture {
+        "hubert" => "feature_extractor.conv_layers.0.conv.weight",
+        "vit_mae" => "embeddings.cls_token",
+        "videomae" => "embeddings.patch_embeddings.projection.weight",
+        _ => "patch_embed.proj.weight",
+    }
+}
+
+impl FrozenEncoder {
+    /// Loads the manifest's weights (downloading them if the source says so; `random` initialises from
+    /// `seed`) on `device`.
+    pub fn load(manifest_path: &Path, m: &EncoderManifest, seed: u64, device: &Device) -> Result<Self, EncoderError> {
+        let local = crate::model::hub::resolve(&m.name, manifest_path, &m.weights).map_err(Box::new)?;
+        match local {
+            None => {
+                let varmap = VarMap::new();
+                let vb = crate::model::init::SeededVarMap::builder(&varmap, seed, DType::F32, device);
+                Self::build(manifest_path, m, None, vb)
+            }
+            Some(local) => {
+                let ckpt = Checkpoint::read(&local, device)?.rooted_at(probe_tensor(&m.architecture), &["ln_vision."])?;
+                let origin = ckpt.origin.display().to_string();
+                let config_json = ckpt.config_json.clone();
+                let vb = VarBuilder::from_tensors(ckpt.tensors, DType::F32, device);
+                Self::build(manifest_path, m, config_json.as_deref(), vb).map_err(|e| match e {
+                    EncoderError::Candle { source, .. } => EncoderError::Load { path: origin, detail: source.to_string() },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    /// Builds the architecture from `vb` (rooted at the architecture's own names). The configuration is
+    /// the weights' `config.json` when there is one, with the manifest's `[config]` keys on top.
+    pub fn build(manifest_path: &Path, m: &EncoderManifest, config_json: Option<&Path>, vb: VarBuilder) -> Result<Self, EncoderError> {
+        let merr = |detail: String| EncoderError::Manifest { encoder: m.name.clone(), manifest: manifest_path.display().to_string(), detail };
+        let mut table = match config_json {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| merr(format!("{}: {e}", p.display())))?;
+                let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| merr(format!("{}: not JSON: {e}", p.display())))?;
+                json_to_toml_table(&json)
+            }
+            None => toml::Table::new(),
+        };
+        for (k, v) in &m.config {
+            table.insert(k.clone(), v.clone());
+        }
+        fn parse<T: serde::de::DeserializeOwned>(table: toml::Table, merr: &dyn Fn(String) -> EncoderError) -> Result<T, EncoderError> {
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| merr(format!("[config]: {e}")))
+        }
+        let cerr = |source: candle_core::Error| EncoderError::Candle { encoder: m.name.clone(), source };
+        let (model, hidden_size, image_size, num_frames) = match m.architecture.as_str() {
+            "hubert" => {
+                let cfg: hubert::HubertConfig = parse(table, &merr)?;
+                let h = cfg.hidden_size;
+                (Model::Hubert(hubert::HubertModel::new(&cfg, vb).map_err(cerr)?), h, None, None)
+            }
+            "vit_mae" => {
+                let cfg: vit_mae::ViTMAEConfig = parse(table, &merr)?;
+                let (h, s) = (cfg.hidden_size, cfg.image_size);
+                (Model::VitMae(vit_mae::ViTMAEModel::new(&cfg, vb).map_err(cerr)?), h, Some(s), None)
+            }
+            "videomae" => {
+                let cfg: videomae::VideoMAEConfig = parse(table, &merr)?;
+                let (h, s, t) = (cfg.hidden_size, cfg.image_size, cfg.num_frames);
+                (Model::VideoMae(videomae::VideoMAEModel::new(&cfg, vb).map_err(cerr)?), h, Some(s), Some(t))
+            }
+            "eva_vit" => {
+                let cfg: eva_vit::EvaVitConfig = parse(table, &merr)?;
+                let (h, s) = (cfg.embed_dim, cfg.img_size);
+                // `ln_vision` is MiniGPT-v2's, beside the ViT; absent from a bare LAVIS ViT checkpoint, where
+                // it is the identity (its saved affine is that too: frozen parameters are never saved).
+                let ln_vision = if vb.contains_tensor("patch_embed.proj.weight") {
+                    eva_vit::LnVision::load_or_identity(h, vb.pp("ln_vision")).map_err(cerr)?
+                } else {
+                    // Random weights: a fresh LayerNorm (weight 1, bias 0), as MiniGPT-v2 creates it.
+                    eva_vit::LnVision::new(h, vb.pp("ln_vision")).map_err(cerr)?
+                };
+                let vit = eva_vit::EvaVit::new(&cfg, vb).map_err(cerr)?;
+                (Model::Eva { vit, ln_vision }, h, Some(s), None)
+            }
+            other => return Err(merr(format!("architecture `{other}` is not a pretrained encoder (known: {})", crate::registry::PRETRAINED_ENCODER_ARCHITECTURES.join(", ")))),
+        };
+        let enc = Self {
+            name: m.name.clone(),
+            architecture: m.architecture.clone(),
+            model,
+            preprocess: m.preprocess.clone(),
+            features: m.features.clone(),
+            hidden_size,
+            image_size,
+            num_frames,
+        };
+        if let Some(first) = m.features.layers.first() {
+            let count = enc.hidden_state_count();
+            features::resolve_layers(&m.features.layers, count).map_err(|e| merr(format!("[features] layers {:?} (first {first}): {e}", m.features.layers)))?;
+        }
+        Ok(enc)
+    }
+
+    pub fn input_kind(&self) -> InputKind {
+        match self.model {
+            Model::Hubert(_) => InputKind::Audio,
+            Model::VideoMae(_) => InputKind::Video,
+            Model::VitMae(_) | Model::Eva { .. } => InputKind::Image,
+        }
+    }
+
+    /// Number of hidden states `hidden_states` returns.
+    pub fn hidden_state_count(&self) -> usize {
+        match &self.model {
+            Model::Hubert(m) => m.config().num_hidden_layers + 1,
+            Model::VitMae(m) => m.config().num_hidden_layers + 1,
+            Model::VideoMae(m) => m.config().num_hidden_layers + 1,
+            Model::Eva { vit, .. } => vit.config().depth + 1,
+        }
+    }
+
+    /// Every hidden state, as the reference returns them (embeddings output, then each layer's).
+    pub fn hidden_states(&self, input: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match &self.model {
+            Model::Hubert(m) => match self.chunk_samples() {
+                Some(c) => m.forward_chunked(input, c),
+                None => m.forward(input),
+            },
+            Model::VitMae(m) => m.forward(input),
+            Model::VideoMae(m) => m.forward(input),
+            Model::Eva { vit, .. } => vit.forward(input),
+        }
+    }
+
+    /// The model's final output: after its final norm (ViT-MAE; VideoMAE without mean pooling), EVA's
+    /// last block through `ln_vision`, HuBERT's last hidden state.
+    pub fn final_output(&self, input: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.model {
+            Model::Hubert(_) => self.hidden_states(input)?.pop().ok_or_else(|| candle_core::Error::Msg("no hidden states".into())),
+            Model::VitMae(m) => m.forward_last(input),
+            Model::VideoMae(m) => m.forward_last(input),
+            Model::Eva { vit, ln_vision } => ln_vision.forward(&vit.forward_last(input)?),
+        }
+    }
+
+    fn chunk_samples(&self) -> Option<usize> {
+        self.features.chunk_seconds.map(|s| (s * f64::from(self.preprocess.sample_rate)).round() as usize).filter(|&c| c > 0)
+    }
+
+    /// The feature of `spec` for a batch of inputs (already prepared: normalised pixels or waveform).
+    /// `Pooling::None` gives every hidden state.
+    pub fn features(&self, input: &Tensor, spec: &FeatureSpec) -> candle_core::Result<FeatureOutput> {
+        if spec.pooling == Pooling::None {
+            return Ok(FeatureOutput::HiddenStates(self.hidden_states(input)?));
+        }
+        let tokens = if spec.layers.is_empty() {
+            self.final_output(input)?
+        } else {
+            let hidden = self.hidden_states(input)?;
+            let layers = features::resolve_layers(&spec.layers, hidden.len()).map_err(candle_core::Error::Msg)?;
+            let mut t = features::select_layers(&hidden, &layers)?;
+            if let Model::Eva { ln_vision, .. } = &self.model {
+                t = ln_vision.forward(&t)?;
+            }
+            t
+        };
+        Ok(FeatureOutput::Pooled(features::pool(&tokens, spec.pooling)?))
+    }
+
+    /// Normalises prepared pixels in [0, 1] (batch.., 3, H, W) with the manifest's mean and std.
+    pub fn normalize_pixels(&self, unit: &Tensor) -> candle_core::Result<Tensor> {
+        let dev = unit.device();
+        let rank = unit.rank();
+        let mut shape = vec![1usize; rank];
+        shape[rank - 3] = 3;
+        let mean = Tensor::new(&self.preprocess.mean, dev)?.reshape(shape.clone())?;
+        let std = Tensor::new(&self.preprocess.std, dev)?.reshape(shape)?;
+        unit.broadcast_sub(&mean)?.broadcast_div(&std)
+    }
+
+    /// Prepares a (batch, samples) waveform: the manifest's per-utterance normalisation.
+    pub fn prepare_audio(&self, wave: &Tensor) -> candle_core::Result<Tensor> {
+        if self.preprocess.normalize { hubert::normalize_waveform(wave) } else { Ok(wave.clone()) }
+    }
+}
+
+/// The result of [`FrozenEncoder::features`].
+#[derive(Debug, Clone)]
+pub enum FeatureOutput {
+    HiddenStates(Vec<Tensor>),
+    Pooled(Pooled),
+}
+
+/// HF `config.json` values as a TOML table (nulls dropped: the config's serde defaults apply).
+fn json_to_toml_table(v: &serde_json::Value) -> toml::Table {
+    let mut t = toml::Table::new();
+    if let Some(obj) = v.as_object() {
+        for (k, v) in obj {
+            if let Some(tv) = json_to_toml(v) {
+                t.insert(k.clone(), tv);
+            }
+        }
+    }
+    t
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(a) => toml::Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        J::Object(_) => toml::Value::Table(json_to_toml_table(v)),
+    })
+}

@@ -1,0 +1,142 @@
+//! Emotion-LLaMA's multimodal tokens from its four frozen encoders (`MiniGPTv2.encode_img`):
+//!
+//! - global: EVA ViT-g on one frame, through `ln_vision`, patch tokens merged by four → `llama_proj`
+//!   (256 tokens at `<VideoHere>`), and its CLS token → `cls_tk_llama_proj`;
+//! - local: the MAE feature of every sampled (face) frame, averaged over frames → `feats_llama_proj1`;
+//! - temporal: the VideoMAE feature of the clip → `feats_llama_proj2`;
+//! - audio: the HuBERT feature of the waveform → `feats_llama_proj3`.
+//!
+//! `<FeatureHere>` receives `[local, temporal, audio, CLS]`, the reference's order. The projector names
+//! are the reference's, under `projector.`. Encoder outputs are detached: the encoders are frozen, and
+//! their fused kernels have no backward.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::encoders::FrozenEncoder;
+use super::encoders::features::{FeatureSpec, Pooled, Pooling};
+use super::projector::Projector;
+
+/// Which frame the global encoder sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalFrame {
+    /// The first sampled frame (Emotion-LLaMA's code).
+    First,
+    /// The middle sampled frame.
+    Middle,
+}
+
+/// The four encoders (each optional but the global one) and their projectors.
+pub struct EmotionLlamaEncoders {
+    global: FrozenEncoder,
+    local: Option<FrozenEncoder>,
+    temporal: Option<FrozenEncoder>,
+    audio: Option<FrozenEncoder>,
+    llama_proj: Projector,
+    cls_proj: Projector,
+    local_proj: Option<Projector>,
+    temporal_proj: Option<Projector>,
+    audio_proj: Option<Projector>,
+    pub global_frame: GlobalFrame,
+}
+
+impl EmotionLlamaEncoders {
+    /// `vb` is the model root (projectors go under `projector.`); `hidden` the LLM width.
+    pub fn new(
+        global: FrozenEncoder,
+        local: Option<FrozenEncoder>,
+        temporal: Option<FrozenEncoder>,
+        audio: Option<FrozenEncoder>,
+        projector: &str,
+        hidden: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let p = vb.pp("projector");
+        let g = global.hidden_size;
+        let proj = |enc: &Option<FrozenEncoder>, name: &str| -> Result<Option<Projector>> {
+            enc.as_ref().map(|e| Projector::new(projector, e.hidden_size, hidden, p.pp(name))).transpose()
+        };
+        Ok(Self {
+            llama_proj: Projector::new(projector, 4 * g, hidden, p.pp("llama_proj"))?,
+            cls_proj: Projector::new(projector, g, hidden, p.pp("cls_tk_llama_proj"))?,
+            local_proj: proj(&local, "feats_llama_proj1")?,
+            temporal_proj: proj(&temporal, "feats_llama_proj2")?,
+            audio_proj: proj(&audio, "feats_llama_proj3")?,
+            global,
+            local,
+            temporal,
+            audio,
+            global_frame: GlobalFrame::First,
+        })
+    }
+
+    /// The visual encoders' input side, which the recipe's frames must have.
+    pub fn image_sizes(&self) -> Vec<(&str, usize)> {
+        [Some(&self.global), self.local.as_ref(), self.temporal.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.image_size.map(|s| (e.name.as_str(), s)))
+            .collect()
+    }
+
+    /// Frames per clip the temporal encoder takes.
+    pub fn temporal_frames(&self) -> Option<usize> {
+        self.temporal.as_ref().and_then(|t| t.num_frames)
+    }
+
+    /// `frames`: (batch, n, 3, H, W) with values in [0, 1] (each encoder normalises with its own
+    /// mean and std); `audio`: (batch, samples). Returns the `<VideoHere>` tokens (batch, 256, hidden)
+    /// and the `<FeatureHere>` tokens (batch, k, hidden); a disabled modality contributes none.
+    pub fn encode(&self, frames: &Tensor, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        let (b, n, c, h, w) = frames.dims5()?;
+        let mut feature = Vec::new();
+        let mut video = None;
+        let mut cls_token = None;
+        if use_video {
+            let idx = match self.global_frame {
+                GlobalFrame::First => 0,
+                GlobalFrame::Middle => n / 2,
+            };
+            let frame = self.global.normalize_pixels(&frames.narrow(1, idx, 1)?.squeeze(1)?)?;
+            let spec = FeatureSpec { pooling: Pooling::Merge4, ..self.global.features.clone() };
+            let Some(Pooled::Merged { patches, cls }) = pooled(&self.global, &frame, &spec)? else {
+                candle_core::bail!("encoder `{}` did not give merged patch tokens", self.global.name);
+            };
+            video = Some(self.llama_proj.forward(&patches.detach())?);
+            cls_token = Some(self.cls_proj.forward(&cls.detach().unsqueeze(1)?)?);
+            if let (Some(enc), Some(p)) = (&self.local, &self.local_proj) {
+                let all = enc.normalize_pixels(&frames.reshape((b * n, c, h, w))?)?;
+                let Some(Pooled::One(per_frame)) = pooled(enc, &all, &enc.features)? else {
+                    candle_core::bail!("encoder `{}`: the local view needs a pooled feature per frame", enc.name);
+                };
+                let utterance = per_frame.detach().reshape((b, n, ()))?.mean_keepdim(1)?;
+                feature.push(p.forward(&utterance)?);
+            }
+            if let (Some(enc), Some(p)) = (&self.temporal, &self.temporal_proj) {
+                let clip = enc.normalize_pixels(frames)?;
+                let Some(Pooled::One(f)) = pooled(enc, &clip, &enc.features)? else {
+                    candle_core::bail!("encoder `{}`: the temporal view needs a pooled feature per clip", enc.name);
+                };
+                feature.push(p.forward(&f.detach().unsqueeze(1)?)?);
+            }
+        }
+        if use_audio && let (Some(enc), Some(p)) = (&self.audio, &self.audio_proj) {
+            let x = enc.prepare_audio(audio)?;
+            let Some(Pooled::One(f)) = pooled(enc, &x, &enc.features)? else {
+                candle_core::bail!("encoder `{}`: the audio view needs a pooled feature per clip", enc.name);
+            };
+            feature.push(p.forward(&f.detach().unsqueeze(1)?)?);
+        }
+        if let Some(cls) = cls_token {
+            feature.push(cls);
+        }
+        Ok((video, feature))
+    }
+}
+
+fn pooled(enc: &FrozenEncoder, x: &Tensor, spec: &FeatureSpec) -> Result<Option<Pooled>> {
+    Ok(match enc.features(x, spec)? {
+        super::encoders::FeatureOutput::Pooled(p) => Some(p),
+        super::encoders::FeatureOutput::HiddenStates(_) => None,
+    })
+}

@@ -1,0 +1,78 @@
+"""Times each Emotion-LLaMA encoder's forward pass in PyTorch at its real size (random weights), f32, with
+the given thread count: the reference side of `just bench` (the candle side is examples/encoder_bench.rs).
+
+Prints one JSON object: {"<encoder>": {"median_s": ..., "runs": [...], "input": "..."}}.
+Uses the pinned venv of tools/fixtures (torch 2.5.1, transformers 4.46.3, timm 1.0.12).
+    python tools/bench/encoders_torch.py --threads 2 --repeats 3
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def hubert_large():
+    from transformers import HubertConfig, HubertModel
+
+    # chinese-hubert-large / hubert-large-ll60k: layer-norm extractor, stable layer norm, 24 x 1024.
+    cfg = HubertConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, feat_proj_layer_norm=True,
+    )
+    return HubertModel(cfg).eval(), (torch.randn(1, 160000),), "10 s of 16 kHz audio"
+
+
+def vit_mae_large():
+    from transformers import ViTMAEConfig, ViTMAEModel
+
+    cfg = ViTMAEConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, mask_ratio=0.0)
+    return ViTMAEModel(cfg).eval(), (torch.randn(8, 3, 224, 224),), "8 face frames at 224x224"
+
+
+def videomae_large():
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    cfg = VideoMAEConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+    return VideoMAEModel(cfg).eval(), (torch.randn(1, 16, 3, 224, 224),), "one 16-frame clip at 224x224"
+
+
+def eva_vit_g():
+    from timm.models.eva import Eva
+
+    # LAVIS create_eva_vit_g: 448 px, patch 14, 39 blocks of 1408, 16 heads, MLP 6144, q/v bias.
+    m = Eva(img_size=448, patch_size=14, embed_dim=1408, depth=39, num_heads=16, mlp_ratio=4.3637,
+            qkv_bias=True, qkv_fused=True, num_classes=0, global_pool="", use_abs_pos_emb=True)
+    return m.eval(), (torch.randn(1, 3, 448, 448),), "one frame at 448x448"
+
+
+MODELS = {"hubert-large": hubert_large, "vit-mae-large": vit_mae_large, "videomae-large": videomae_large, "eva-vit-g": eva_vit_g}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", nargs="*", default=list(MODELS))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    out = {}
+    for name in a.only:
+        model, inputs, what = MODELS[name]()
+        with torch.inference_mode():
+            model(*inputs)  # warm-up
+            runs = []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                model(*inputs)
+                runs.append(time.perf_counter() - t0)
+        out[name] = {"median_s": statistics.median(runs), "runs": runs, "input": what, "torch": torch.__version__}
+        del model
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
