@@ -144,3 +144,59 @@ fn two_stage_run_writes_every_artefact_and_the_ablation_runs() {
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ablation.join("metrics.json")).expect("metrics")).expect("json");
     assert_eq!(m["use_av"], false);
 }
+
+/// Emotion-LLaMA's four encoders (tiny random-weight EVA / MAE / VideoMAE / HuBERT) and token layout
+/// train end to end from the raw video: the projectors and LLM learn, the encoders stay frozen.
+#[test]
+fn emotion_llama_tiny_layout_trains_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = repo().join("recipes/quickstart_emotion_llama_tiny.toml");
+    let body = format!(
+        r#"extends = [{base:?}]
+name = "el-mini"
+
+[runtime]
+runs_dir = {runs:?}
+cache_dir = {cache:?}
+
+[data.synth]
+seed = 7
+train = 64
+val = 4
+test = 8
+
+[[stage]]
+name = "coarse"
+tasks = ["emotion"]
+steps = 25
+batch_size = 8
+lr = 2e-3
+warmup_steps = 3
+log_every = 5
+trainable = ["llm.*", "projector.*"]
+
+[eval]
+max_new_tokens = 8
+"#,
+        base = base.display().to_string(),
+        runs = dir.path().join("runs").display().to_string(),
+        cache = dir.path().join("cache").display().to_string(),
+    );
+    let recipe = dir.path().join("el.toml");
+    std::fs::write(&recipe, body).expect("write recipe");
+    let out = Command::new(env!("CARGO_BIN_EXE_emollama")).args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).output().expect("spawn");
+    assert!(out.status.success(), "run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let run = run_dirs(dir.path()).pop().expect("a run");
+    let log: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("log.jsonl")).expect("log").lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let losses: Vec<f64> = log.iter().filter_map(|l| l["loss"].as_f64()).collect();
+    assert!(losses.len() >= 4 && losses[losses.len() - 1] < losses[0], "loss did not fall: {losses:?}");
+    let ckpt = candle_core::safetensors::load(run.join("checkpoints/01-coarse.safetensors"), &candle_core::Device::Cpu).expect("checkpoint");
+    for p in ["llama_proj", "cls_tk_llama_proj", "feats_llama_proj1", "feats_llama_proj2", "feats_llama_proj3"] {
+        assert!(ckpt.keys().any(|k| k.starts_with(&format!("projector.{p}."))), "projector.{p} not trained: {:?}", ckpt.keys().collect::<Vec<_>>());
+    }
+    // EVA patch tokens merged by four: 4 * 32 -> the LLM width.
+    let w = ckpt.iter().find(|(k, _)| k.starts_with("projector.llama_proj.") && k.ends_with("weight")).map(|(_, t)| t.dims().to_vec());
+    assert_eq!(w, Some(vec![128, 128]));
+    assert!(!ckpt.keys().any(|k| k.starts_with("encoder.")), "frozen encoders must not be in the trained set");
+}

@@ -140,5 +140,13 @@ fn url_weights_are_checked_and_cached() -> anyhow::Result<()> {
     let n = log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len();
     emollama::model::hub::resolve("w", Path::new("x.toml"), &good)?;
     assert_eq!(log.lock().map_err(|_| anyhow::anyhow!("lock"))?.len(), n, "the second resolution uses the cache");
+
+    // An encoder checkpoint (.pth) without a pinned hash: downloaded once, its hash recorded beside it.
+    std::fs::write(served.path().join("enc.pth"), &bytes[..1000])?;
+    let unpinned = Weights::Url { url: format!("{endpoint}/org/tiny/resolve/main/enc.pth"), sha256: None };
+    let got = emollama::model::hub::resolve("enc", Path::new("x.toml"), &unpinned)?;
+    assert_eq!(got, Some(LocalWeights::File(cache.path().join("models/enc/enc.pth"))));
+    let stamp = std::fs::read_to_string(cache.path().join("models/enc/enc.pth.sha256"))?;
+    assert_eq!(stamp, hex::encode(sha2::Sha256::digest(&bytes[..1000])));
     Ok(())
 }

@@ -235,7 +235,7 @@ fn read_frames(enc: &FrozenEncoder, path: &Path, sampling: &FrameSampling) -> Re
         .ok_or_else(|| input_err(&enc.name, format!("unknown resize filter `{}` (bicubic or bilinear)", enc.preprocess.resize)))?;
     let mut data = Vec::with_capacity(video.frames.len() * 3 * s * s);
     for f in &video.frames {
-        let resized = crate::media::resize::resize_rgb(f, w as usize, h as usize, s, s, filter);
+        let resized = crate::media::resize::resize_rgb(f, w as usize, h as usize, s, s, filter).map_err(|e| input_err(path.display(), e))?;
         for c in 0..3 {
             data.extend((0..s * s).map(|p| f32::from(resized[p * 3 + c]) / 255.0));
         }

@@ -1,0 +1,144 @@
+//! `emollama extract` on preprocessed tensors reproduces the reference implementations' hidden states
+//! through the whole loading path: an HF model directory (`--encoder DIR`), a checkpoint saved by a
+//! wrapper model (`vit.` prefix plus decoder tensors, re-rooted at load), and a LAVIS-style PyTorch `.pth`
+//! behind a manifest. Fixtures: tests/fixtures/encoders/ (tools/fixtures/make_*_fixtures.py).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders").join(p)
+}
+
+fn load(p: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(p, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn extract(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_emollama")).arg("extract").args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run emollama");
+    assert!(out.status.success(), "emollama extract {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0)).and_then(|d| d.to_scalar::<f32>()).expect("diff")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+#[test]
+fn hubert_hf_directory_matches_transformers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = load(&fixture("hubert-layer/reference.safetensors"));
+    let input = dir.path().join("in.safetensors");
+    reference["input_values"].save_safetensors("input_values", &input).expect("save");
+    let out = dir.path().join("out.safetensors");
+    extract(&["--encoder", s(&fixture("hubert-layer")), "--input", s(&input), "--out", s(&out), "--pooling", "none"]);
+    let got = load(&out);
+    for i in 0..3 {
+        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_state.{i}")]);
+        assert!(d <= 1e-4, "hidden state {i}: {d}");
+    }
+    // The pooled feature: the last layer averaged over time.
+    let pooled = dir.path().join("pooled.safetensors");
+    extract(&["--encoder", s(&fixture("hubert-layer")), "--input", s(&input), "--out", s(&pooled), "--pooling", "mean", "--layers=-1"]);
+    let want = reference["hidden_state.2"].mean(1).expect("mean");
+    let d = max_diff(&load(&pooled)["features"], &want);
+    assert!(d <= 1e-4, "pooled: {d}");
+}
+
+#[test]
+fn vit_mae_checkpoint_of_a_wrapper_model_is_rerooted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // ViTMAEForPreTraining saves the encoder under `vit.` next to its decoder.
+    let mut tensors: HashMap<String, Tensor> = load(&fixture("vit_mae/model.safetensors")).into_iter().map(|(k, v)| (format!("vit.{k}"), v)).collect();
+    tensors.insert("decoder.decoder_pred.weight".into(), Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).expect("zeros"));
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).expect("mkdir");
+    candle_core::safetensors::save(&tensors, model.join("model.safetensors")).expect("save");
+    std::fs::copy(fixture("vit_mae/config.json"), model.join("config.json")).expect("config");
+    let reference = load(&fixture("vit_mae/reference.safetensors"));
+    let input = dir.path().join("in.safetensors");
+    reference["pixel_values"].save_safetensors("pixel_values", &input).expect("save");
+    let out = dir.path().join("out.safetensors");
+    extract(&["--encoder", s(&model), "--input", s(&input), "--out", s(&out), "--pooling", "none"]);
+    let got = load(&out);
+    for i in 0..3 {
+        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_states.{i}")]);
+        assert!(d <= 1e-4, "hidden state {i}: {d}");
+    }
+    // CLS pooling of the final output (after the final layernorm).
+    let cls = dir.path().join("cls.safetensors");
+    extract(&["--encoder", s(&model), "--input", s(&input), "--out", s(&cls), "--pooling", "cls"]);
+    let want = reference["last_hidden_state"].narrow(1, 0, 1).and_then(|t| t.squeeze(1)).expect("cls");
+    assert!(max_diff(&load(&cls)["features"], &want) <= 1e-4);
+}
+
+fn eva_manifest(dir: &Path, name: &str, weights: &Path) -> PathBuf {
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("eva_vit/config.json")).expect("config")).expect("json");
+    let mut config = String::new();
+    for k in ["img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_hidden", "checkpoint_grid"] {
+        config.push_str(&format!("{k} = {}\n", cfg[k]));
+    }
+    let manifest = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "name = \"{name}\"\narchitecture = \"eva_vit\"\nmodality = \"video\"\n\n[config]\n{config}layer_norm_eps = 1e-6\n\n[weights]\nsource = \"path\"\npath = {:?}\n\n[features]\npooling = \"merge4\"\n",
+        s(weights)
+    );
+    std::fs::write(&manifest, text).expect("manifest");
+    manifest
+}
+
+/// A bare LAVIS ViT `.pth` (no `ln_vision`, which is then the identity): every hidden state, and the merge
+/// of the last one.
+#[test]
+fn eva_lavis_pth_matches_the_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = eva_manifest(dir.path(), "eva-pth", &fixture("eva_vit/model.pth"));
+    let reference = load(&fixture("eva_vit/reference.safetensors"));
+    let input = dir.path().join("in.safetensors");
+    reference["pixel_values"].save_safetensors("pixel_values", &input).expect("save");
+    let all = dir.path().join("all.safetensors");
+    extract(&["--encoder", s(&manifest), "--input", s(&input), "--out", s(&all), "--pooling", "none"]);
+    let got = load(&all);
+    for i in 0..3 {
+        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_states.{i}")]);
+        assert!(d <= 1e-4, "hidden state {i}: {d}");
+    }
+    let out = dir.path().join("merged.safetensors");
+    extract(&["--encoder", s(&manifest), "--input", s(&input), "--out", s(&out)]);
+    let last = &reference["hidden_states.2"];
+    let (b, t, d) = last.dims3().expect("dims");
+    let want = last.narrow(1, 1, t - 1).and_then(|x| x.reshape((b, (t - 1) / 4, 4 * d))).expect("merge");
+    assert!(max_diff(&load(&out)["patch_tokens"], &want) <= 1e-4);
+}
+
+/// A MiniGPT-v2-style checkpoint: the ViT under `visual_encoder.`, `ln_vision` beside it, other modules
+/// dropped; the merged tokens and CLS token go through `ln_vision` as the reference's.
+#[test]
+fn eva_minigpt_checkpoint_applies_ln_vision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (k, v) in load(&fixture("eva_vit/model.safetensors")) {
+        let k = if k.starts_with("ln_vision.") { k } else { format!("visual_encoder.{k}") };
+        tensors.insert(k, v);
+    }
+    tensors.insert("llama_proj.weight".into(), Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).expect("zeros"));
+    let ckpt = dir.path().join("minigpt.safetensors");
+    candle_core::safetensors::save(&tensors, &ckpt).expect("save");
+    let manifest = eva_manifest(dir.path(), "eva-minigpt", &ckpt);
+    let reference = load(&fixture("eva_vit/reference.safetensors"));
+    let input = dir.path().join("in.safetensors");
+    reference["pixel_values"].save_safetensors("pixel_values", &input).expect("save");
+    let out = dir.path().join("out.safetensors");
+    extract(&["--encoder", s(&manifest), "--input", s(&input), "--out", s(&out)]);
+    let got = load(&out);
+    let dp = max_diff(&got["patch_tokens"], &reference["patch_tokens"]);
+    let dc = max_diff(&got["cls"], &reference["cls"]);
+    assert!(dp <= 1e-4 && dc <= 1e-4, "patch tokens {dp}, cls {dc}");
+}
