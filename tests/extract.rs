@@ -182,3 +182,30 @@ fn bad_inputs_are_clear_errors() {
     let e = fails(&["extract", "--encoder", s(&manifest), "--input", s(&media("carphone_pristine.mp4")), "--out", s(&out)]);
     assert!(e.contains("mae.safetensors") && e.contains("embeddings.patch_embeddings.projection.bias"), "{e}");
 }
+
+#[test]
+fn a_recipes_dataset_is_extracted_sample_by_sample() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/base/tiny.toml");
+    let recipe = dir.path().join("mini.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "extends = [{:?}]\nname = \"mini\"\n\n[runtime]\ncache_dir = {:?}\n\n[data.synth]\nseed = 3\ntrain = 6\nval = 1\ntest = 2\n",
+            base.display().to_string(),
+            dir.path().join("cache").display().to_string()
+        ),
+    )
+    .expect("recipe");
+    let out = dir.path().join("npy");
+    let stdout = ok(&["extract", "--encoder", "hubert-tiny", "--input", s(&recipe), "--out", s(&out), "--format", "npy"]);
+    assert!(stdout.contains("9 samples extracted"), "{stdout}");
+    let files: Vec<_> = std::fs::read_dir(&out).expect("out dir").filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "npy")).collect();
+    assert_eq!(files.len(), 9);
+    // Interrupted runs resume: remove two samples' files, and only those are recomputed.
+    for f in files.iter().take(2) {
+        std::fs::remove_file(f.path()).expect("rm");
+    }
+    let again = ok(&["extract", "--encoder", "hubert-tiny", "--input", s(&recipe), "--out", s(&out), "--format", "npy"]);
+    assert!(again.contains("2 samples extracted, 7 already done"), "{again}");
+}
