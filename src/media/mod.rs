@@ -11,6 +11,7 @@
 pub mod decode;
 pub mod encode;
 pub mod probe;
+pub mod resize;
 pub mod sample;
 
 pub use decode::{Audio, DecodedClip, VideoFrames, decode_audio, decode_clip, decode_video};

@@ -1,1 +1,478 @@
-//! (being written)
+//! ViT-MAE's encoder as HF `ViTMAEModel` runs it at inference (the local face view in Emotion-LLaMA), plus
+//! the pre-norm ViT block shared with VideoMAE.
+//!
+//! HF's `random_masking` keeps `(1 - mask_ratio)` of the patches in a random order even at mask_ratio 0;
+//! a feature extractor wants every patch in raster order, so `mask_ratio` is read but ignored here.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Activation, LayerNorm, Linear, Module, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// The fields of HF `ViTMAEConfig` (`config.json`) the encoder reads; decoder and training keys are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViTMAEConfig {
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    #[serde(default = "default_num_channels")]
+    pub num_channels: usize,
+    #[serde(default = "default_hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "default_num_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "default_num_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "default_intermediate_size")]
+    pub intermediate_size: usize,
+    /// HF `gelu` is the exact (erf) GELU.
+    #[serde(default)]
+    pub hidden_act: Activation,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    /// Pre-training only: the encoder here always keeps every patch.
+    #[serde(default = "default_mask_ratio")]
+    pub mask_ratio: f64,
+}
+
+pub(crate) fn default_image_size() -> usize {
+    224
+}
+pub(crate) fn default_patch_size() -> usize {
+    16
+}
+pub(crate) fn default_num_channels() -> usize {
+    3
+}
+pub(crate) fn default_hidden_size() -> usize {
+    768
+}
+pub(crate) fn default_num_layers() -> usize {
+    12
+}
+pub(crate) fn default_num_heads() -> usize {
+    12
+}
+pub(crate) fn default_intermediate_size() -> usize {
+    3072
+}
+pub(crate) fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+pub(crate) fn yes() -> bool {
+    true
+}
+fn default_mask_ratio() -> f64 {
+    0.75
+}
+
+impl ViTMAEConfig {
+    /// Patches per side of the (square) image.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Patch tokens per image (the CLS token not included).
+    pub fn num_patches(&self) -> usize {
+        self.grid_size() * self.grid_size()
+    }
+
+    fn block(&self) -> VitBlockSpec {
+        VitBlockSpec {
+            hidden_size: self.hidden_size,
+            num_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            eps: self.layer_norm_eps,
+            act: self.hidden_act,
+            bias: if self.qkv_bias { QkvBias::PerProjection } else { QkvBias::None },
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        check_patching(self.image_size, self.patch_size, "ViT-MAE")?;
+        self.block().validate("ViT-MAE")?;
+        if self.hidden_size % 4 != 0 {
+            candle_core::bail!(
+                "ViT-MAE hidden_size {} must be a multiple of 4 (the 2-D sin-cos position table splits it into \
+                 sin and cos halves of the row and column codes)",
+                self.hidden_size
+            );
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_patching(image_size: usize, patch_size: usize, model: &str) -> Result<()> {
+    if patch_size == 0 || image_size % patch_size != 0 {
+        candle_core::bail!("{model} image_size {image_size} is not a multiple of patch_size {patch_size}");
+    }
+    Ok(())
+}
+
+/// Checks that a (…, C, H, W) input has the configured channels and square size.
+pub(crate) fn check_image(c: usize, h: usize, w: usize, channels: usize, size: usize, model: &str) -> Result<()> {
+    if c != channels {
+        candle_core::bail!("{model} input has {c} channels, the config expects num_channels {channels}");
+    }
+    if h != size || w != size {
+        candle_core::bail!("{model} input frames are {h}x{w} pixels, the config expects image_size {size}x{size}");
+    }
+    Ok(())
+}
+
+/// HF's fixed 2-D sin-cos table with a zero row for the CLS token, (1 + grid², dim). The first half of
+/// each row encodes the patch's column and the second half its row (HF's meshgrid puts w first), each
+/// as `[sin(pos·ω_k), cos(pos·ω_k)]` with ω_k = 10000^(-k / (dim/4)). Computed in f64 as HF's numpy does.
+pub fn sincos_2d_position_table(dim: usize, grid: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let quarter = dim / 4;
+    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64)).collect();
+    let mut table = vec![0f64; dim]; // CLS row
+    for row in 0..grid {
+        for col in 0..grid {
+            for pos in [col, row] {
+                table.extend(omega.iter().map(|w| (pos as f64 * w).sin()));
+                table.extend(omega.iter().map(|w| (pos as f64 * w).cos()));
+            }
+        }
+    }
+    Tensor::from_vec(table, (1 + grid * grid, dim), dev)?.to_dtype(dtype)
+}
+
+/// How a checkpoint stores the attention input biases.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum QkvBias {
+    None,
+    /// `query.bias`, `key.bias`, `value.bias` (HF ViT, ViT-MAE).
+    PerProjection,
+    /// `q_bias` and `v_bias` beside the projections; the key has none (VideoMAE, BEiT).
+    QueryValue,
+}
+
+/// The shape of one pre-norm ViT block.
+#[derive(Debug, Clone)]
+pub(crate) struct VitBlockSpec {
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub eps: f64,
+    pub act: Activation,
+    pub bias: QkvBias,
+}
+
+impl VitBlockSpec {
+    pub fn validate(&self, model: &str) -> Result<()> {
+        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+            candle_core::bail!(
+                "{model} hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_heads
+            );
+        }
+        Ok(())
+    }
+}
+
+/// HF `ViTLayer` (ViT-MAE, VideoMAE): `x + attn(ln_before(x))`, then `h + mlp(ln_after(h))`. The three
+/// input projections are fused into one matmul at load time.
+#[derive(Debug, Clone)]
+struct VitLayer {
+    qkv: Linear,
+    out: Linear,
+    ln_before: LayerNorm,
+    ln_after: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+    heads: usize,
+}
+
+impl VitLayer {
+    fn new(spec: &VitBlockSpec, vb: VarBuilder) -> Result<Self> {
+        let h = spec.hidden_size;
+        let att = vb.pp("attention").pp("attention");
+        let weights = ["query", "key", "value"]
+            .iter()
+            .map(|n| att.pp(*n).get((h, h), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        let bias = match spec.bias {
+            QkvBias::None => None,
+            QkvBias::PerProjection => {
+                let b = ["query", "key", "value"].iter().map(|n| att.pp(*n).get(h, "bias")).collect::<Result<Vec<_>>>()?;
+                Some(Tensor::cat(&b, 0)?)
+            }
+            QkvBias::QueryValue => {
+                let q = att.get(h, "q_bias")?;
+                let v = att.get(h, "v_bias")?;
+                Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
+            }
+        };
+        Ok(Self {
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, bias),
+            out: candle_nn::linear(h, h, vb.pp("attention").pp("output").pp("dense"))?,
+            ln_before: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_before"))?,
+            ln_after: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_after"))?,
+            fc1: candle_nn::linear(h, spec.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            fc2: candle_nn::linear(spec.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            act: spec.act,
+            heads: spec.num_heads,
+        })
+    }
+
+    fn attention(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let d = c / self.heads;
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let q = (qkv.get(0)? * (1.0 / (d as f64).sqrt()))?;
+        let k = qkv.get(1)?;
+        let v = qkv.get(2)?;
+        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        self.out.forward(&ctx)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = (self.attention(&self.ln_before.forward(x)?)? + x)?;
+        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.ln_after.forward(&h)?)?)?)?;
+        m + h
+    }
+}
+
+/// HF `ViTEncoder`: the stack of blocks under `encoder.layer.N`.
+#[derive(Debug, Clone)]
+pub(crate) struct VitEncoder {
+    layers: Vec<VitLayer>,
+}
+
+impl VitEncoder {
+    /// `vb` at `encoder`.
+    pub fn new(spec: &VitBlockSpec, num_layers: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("layer");
+        let layers = (0..num_layers).map(|i| VitLayer::new(spec, vb.pp(i))).collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// The embeddings followed by every layer's output (HF `output_hidden_states`).
+    pub fn forward(&self, embeddings: Tensor) -> Result<Vec<Tensor>> {
+        let mut states = Vec::with_capacity(self.layers.len() + 1);
+        states.push(embeddings);
+        for layer in &self.layers {
+            let next = match states.last() {
+                Some(x) => layer.forward(x)?,
+                None => candle_core::bail!("internal: empty hidden-state list"),
+            };
+            states.push(next);
+        }
+        Ok(states)
+    }
+}
+
+/// A convolution whose stride equals its kernel is a matmul over flattened patches: the checkpoint's
+/// (out, in, k…) weight flattened to (out, in·k…), applied to patches flattened in the same order.
+pub(crate) fn patch_projection(kernel: &[usize], hidden: usize, vb: VarBuilder) -> Result<Linear> {
+    let mut shape = vec![hidden];
+    shape.extend_from_slice(kernel);
+    let weight = vb.get(shape, "weight")?;
+    let bias = vb.get(hidden, "bias")?;
+    Ok(Linear::new(weight.flatten_from(1)?, Some(bias)))
+}
+
+/// The final hidden state, or the error for an (impossible) empty list.
+pub(crate) fn last_state(mut states: Vec<Tensor>) -> Result<Tensor> {
+    match states.pop() {
+        Some(t) => Ok(t),
+        None => candle_core::bail!("internal: empty hidden-state list"),
+    }
+}
+
+/// HF `ViTMAEModel` (encoder only, every patch kept in raster order).
+#[derive(Debug, Clone)]
+pub struct ViTMAEModel {
+    cfg: ViTMAEConfig,
+    cls_token: Tensor,
+    /// (1, 1 + patches, hidden); row 0 is the CLS token's.
+    position_embeddings: Tensor,
+    patch: Linear,
+    encoder: VitEncoder,
+    layernorm: LayerNorm,
+}
+
+impl ViTMAEModel {
+    /// `vb` at the model root (`embeddings.cls_token`, `encoder.layer.0…`, `layernorm.weight`). The fixed
+    /// position table is read from `embeddings.position_embeddings` when the checkpoint has it, otherwise
+    /// computed as HF initialises it.
+    pub fn new(cfg: &ViTMAEConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let h = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        let rows = cfg.num_patches() + 1;
+        let position_embeddings = if emb.contains_tensor("position_embeddings") {
+            emb.get((1, rows, h), "position_embeddings")?
+        } else {
+            sincos_2d_position_table(h, cfg.grid_size(), vb.dtype(), vb.device())?.unsqueeze(0)?
+        };
+        let p = cfg.patch_size;
+        Ok(Self {
+            cfg: cfg.clone(),
+            cls_token: emb.get((1, 1, h), "cls_token")?,
+            position_embeddings,
+            patch: patch_projection(&[cfg.num_channels, p, p], h, emb.pp("patch_embeddings").pp("projection"))?,
+            encoder: VitEncoder::new(&cfg.block(), cfg.num_hidden_layers, vb.pp("encoder"))?,
+            layernorm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layernorm"))?,
+        })
+    }
+
+    pub fn config(&self) -> &ViTMAEConfig {
+        &self.cfg
+    }
+
+    /// (B, C, H, W) → (B, 1 + patches, hidden): CLS + patch embeddings with their positions.
+    fn embed(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = match pixel_values.dims() {
+            &[b, c, h, w] => (b, c, h, w),
+            d => candle_core::bail!("ViT-MAE expects pixel_values of shape (batch, channels, height, width), got {d:?}"),
+        };
+        check_image(c, h, w, self.cfg.num_channels, self.cfg.image_size, "ViT-MAE")?;
+        let (p, g) = (self.cfg.patch_size, self.cfg.grid_size());
+        let patches = pixel_values
+            .to_dtype(self.cls_token.dtype())?
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, g * g, c * p * p))?;
+        let x = self.patch.forward(&patches)?;
+        let rows = self.position_embeddings.dim(1)?;
+        let x = x.broadcast_add(&self.position_embeddings.narrow(1, 1, rows - 1)?)?;
+        let cls = (&self.cls_token + self.position_embeddings.narrow(1, 0, 1)?)?;
+        Tensor::cat(&[&cls.broadcast_as((b, 1, self.cfg.hidden_size))?, &x], 1)
+    }
+
+    /// Every hidden state as HF `output_hidden_states`: the embeddings, then each layer's output
+    /// (`num_hidden_layers + 1` tensors of (B, 1 + patches, hidden)); the final layernorm is not applied.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
+        self.encoder.forward(self.embed(pixel_values)?)
+    }
+
+    /// HF `last_hidden_state`: the last layer's output after the final `layernorm`.
+    pub fn forward_last(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.final_layernorm(&last_state(self.forward(pixel_values)?)?)
+    }
+
+    /// The final `layernorm`, for callers that already have the hidden states from `forward`.
+    pub fn final_layernorm(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.layernorm.forward(hidden)
+    }
+}
+
+/// Shared by the unit tests of this module and `videomae`.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    /// Every tensor a model creates when built from a random VarMap.
+    pub fn random_weights(build: impl Fn(VarBuilder) -> candle_core::Result<()>) -> HashMap<String, Tensor> {
+        let map = VarMap::new();
+        if let Err(e) = build(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)) {
+            panic!("random init failed: {e}");
+        }
+        match map.data().lock() {
+            Ok(d) => d.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect(),
+            Err(e) => panic!("poisoned VarMap: {e}"),
+        }
+    }
+
+    pub fn vb(weights: HashMap<String, Tensor>) -> VarBuilder<'static> {
+        VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::{random_weights, vb};
+    use super::*;
+
+    fn tiny() -> ViTMAEConfig {
+        let json = r#"{"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 64, "decoder_hidden_size": 16}"#;
+        match serde_json::from_str(json) {
+            Ok(c) => c,
+            Err(e) => panic!("config: {e}"),
+        }
+    }
+
+    fn model() -> ViTMAEModel {
+        let cfg = tiny();
+        let w = random_weights(|vb| ViTMAEModel::new(&cfg, vb).map(|_| ()));
+        match ViTMAEModel::new(&cfg, vb(w)) {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn config_defaults_follow_hf() {
+        let cfg = tiny();
+        assert_eq!(cfg.hidden_act, Activation::Gelu);
+        assert!(cfg.qkv_bias);
+        assert_eq!(cfg.num_channels, 3);
+        assert_eq!(cfg.num_patches(), 16);
+    }
+
+    #[test]
+    fn shapes() -> Result<()> {
+        let m = model();
+        let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?;
+        let states = m.forward(&x)?;
+        assert_eq!(states.len(), 3);
+        assert_eq!(states[2].dims(), &[2, 17, 32]);
+        assert_eq!(m.forward_last(&x)?.dims(), &[2, 17, 32]);
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_image_size_is_an_error() -> Result<()> {
+        let m = model();
+        let x = Tensor::zeros((1, 3, 32, 48), DType::F32, &Device::Cpu)?;
+        let e = m.forward(&x).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("32x48") && e.contains("image_size 32x32"), "{e}");
+        let x = Tensor::zeros((1, 1, 32, 32), DType::F32, &Device::Cpu)?;
+        let e = m.forward(&x).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("1 channels") && e.contains("num_channels 3"), "{e}");
+        let x = Tensor::zeros((3, 32, 32), DType::F32, &Device::Cpu)?;
+        assert!(m.forward(&x).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let cfg = tiny();
+        let mut w = random_weights(|vb| ViTMAEModel::new(&cfg, vb).map(|_| ()));
+        let key = "encoder.layer.1.attention.attention.key.bias";
+        assert!(w.remove(key).is_some());
+        let e = ViTMAEModel::new(&cfg, vb(w)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(key), "{e}");
+    }
+
+    #[test]
+    fn bad_config_is_an_error() {
+        let mut cfg = tiny();
+        cfg.patch_size = 7;
+        let e = ViTMAEModel::new(&cfg, vb(Default::default())).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("image_size 32") && e.contains("patch_size 7"), "{e}");
+    }
+
+    #[test]
+    fn sincos_table_layout() -> Result<()> {
+        // dim 8, grid 2: quarter 2, ω = [1, 0.01]. Patch (row 1, col 0) is table row 1 + 2 = 3.
+        let t = sincos_2d_position_table(8, 2, DType::F64, &Device::Cpu)?.to_vec2::<f64>()?;
+        assert!(t[0].iter().all(|v| *v == 0.0));
+        let want = [0.0, 0.0, 1.0, 1.0, 1f64.sin(), 0.01f64.sin(), 1f64.cos(), 0.01f64.cos()];
+        for (a, b) in t[3].iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{:?}", t[3]);
+        }
+        Ok(())
+    }
+}
