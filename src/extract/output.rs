@@ -81,7 +81,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExtractError> {
 }
 
 /// The ids recorded in an output file's metadata, and its `features` and `encoder` entries.
-fn ids_of(path: &Path) -> Result<(BTreeSet<String>, Option<String>, Option<String>), ExtractError> {
+type Header = (BTreeSet<String>, Option<String>, Option<String>);
+
+fn ids_of(path: &Path) -> Result<Header, ExtractError> {
     let bytes = std::fs::read(path).map_err(|e| out_err(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| out_err(path, format!("not a safetensors file: {e}")))?;
     let m = meta.metadata().as_ref();

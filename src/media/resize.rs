@@ -10,8 +10,9 @@ use candle_core::{Device, Result, Tensor};
 
 /// CLIP normalisation mean (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// CLIP normalisation std (RGB).
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// CLIP normalisation std (RGB). The reference's digits, kept as written.
+#[allow(clippy::excessive_precision)]
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Fixed-point fraction bits of Pillow's 8-bit resampler (32 - 8 - 2).
 const PRECISION_BITS: u32 = 22;

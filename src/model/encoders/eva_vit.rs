@@ -70,14 +70,14 @@ impl EvaVitConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.patch_size == 0 || self.img_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0 || self.img_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             candle_core::bail!(
                 "EVA ViT config: img_size {} must be a positive multiple of patch_size {}",
                 self.img_size,
                 self.patch_size
             );
         }
-        if self.num_heads == 0 || self.embed_dim == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || self.embed_dim == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             candle_core::bail!(
                 "EVA ViT config: embed_dim {} must be a positive multiple of num_heads {}",
                 self.embed_dim,

@@ -78,7 +78,7 @@ impl VideoMAEConfig {
 
     fn validate(&self) -> Result<()> {
         check_patching(self.image_size, self.patch_size, "VideoMAE")?;
-        if self.tubelet_size == 0 || self.num_frames % self.tubelet_size != 0 {
+        if self.tubelet_size == 0 || !self.num_frames.is_multiple_of(self.tubelet_size) {
             candle_core::bail!(
                 "VideoMAE num_frames {} is not a multiple of tubelet_size {}",
                 self.num_frames,

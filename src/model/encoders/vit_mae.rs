@@ -93,7 +93,7 @@ impl ViTMAEConfig {
     fn validate(&self) -> Result<()> {
         check_patching(self.image_size, self.patch_size, "ViT-MAE")?;
         self.block().validate("ViT-MAE")?;
-        if self.hidden_size % 4 != 0 {
+        if !self.hidden_size.is_multiple_of(4) {
             candle_core::bail!(
                 "ViT-MAE hidden_size {} must be a multiple of 4 (the 2-D sin-cos position table splits it into \
                  sin and cos halves of the row and column codes)",
@@ -105,7 +105,7 @@ impl ViTMAEConfig {
 }
 
 pub(crate) fn check_patching(image_size: usize, patch_size: usize, model: &str) -> Result<()> {
-    if patch_size == 0 || image_size % patch_size != 0 {
+    if patch_size == 0 || !image_size.is_multiple_of(patch_size) {
         candle_core::bail!("{model} image_size {image_size} is not a multiple of patch_size {patch_size}");
     }
     Ok(())
@@ -163,7 +163,7 @@ pub(crate) struct VitBlockSpec {
 
 impl VitBlockSpec {
     pub fn validate(&self, model: &str) -> Result<()> {
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             candle_core::bail!(
                 "{model} hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,
