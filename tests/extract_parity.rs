@@ -142,3 +142,24 @@ fn eva_minigpt_checkpoint_applies_ln_vision() {
     let dc = max_diff(&got["cls"], &reference["cls"]);
     assert!(dp <= 1e-4 && dc <= 1e-4, "patch tokens {dp}, cls {dc}");
 }
+
+/// An HF-style directory whose weights are `pytorch_model.bin` (a PyTorch zip pickle, as
+/// TencentGameMate/chinese-hubert-large ships): the manifest points at the directory, the directory's
+/// config.json supplies the configuration.
+#[test]
+fn pytorch_model_bin_directory_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("eva-bin");
+    std::fs::create_dir(&model).expect("mkdir");
+    std::fs::copy(fixture("eva_vit/model.pth"), model.join("pytorch_model.bin")).expect("bin");
+    std::fs::copy(fixture("eva_vit/config.json"), model.join("config.json")).expect("config");
+    let manifest = dir.path().join("eva-bin.toml");
+    std::fs::write(&manifest, format!("name = \"eva-bin\"\narchitecture = \"eva_vit\"\nmodality = \"video\"\n\n[config]\n\n[weights]\nsource = \"path\"\npath = {:?}\n\n[features]\npooling = \"none\"\n", s(&model))).expect("manifest");
+    let reference = load(&fixture("eva_vit/reference.safetensors"));
+    let input = dir.path().join("in.safetensors");
+    reference["pixel_values"].save_safetensors("pixel_values", &input).expect("save");
+    let out = dir.path().join("out.safetensors");
+    extract(&["--encoder", s(&manifest), "--input", s(&input), "--out", s(&out)]);
+    let d = max_diff(&load(&out)["hidden_states.2"], &reference["hidden_states.2"]);
+    assert!(d <= 1e-4, "{d}");
+}
