@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The four Emotion-LLaMA encoders at their real sizes (random weights, f32): emollama (candle) against
 # PyTorch 2.5.1 (transformers / timm) on the same input shapes and thread count. Writes the table into
-# BENCHMARKS.md. Needs the fixtures venv (tools/fixtures/make_encoder_fixtures docs) and ~12 GB of RAM (EVA-g).
+# BENCHMARKS.md. Needs the fixtures venv (~/.cache/emollama-py with torch 2.5.1, transformers 4.46.3, timm 1.0.12)
+# and ~12 GB of RAM (EVA-g in both frameworks, one after the other).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${THREADS:-2}"; REPEATS="${REPEATS:-3}"
