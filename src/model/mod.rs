@@ -17,6 +17,7 @@ pub mod multimodal;
 pub mod nn;
 pub mod projector;
 pub mod prompt;
+pub mod shapes;
 pub mod tokenizer;
 pub mod vit;
 pub mod wave;
