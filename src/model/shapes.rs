@@ -9,12 +9,15 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
-/// Recorded (name, shape) pairs, in request order.
+/// A parameter's name and shape.
+pub type ParamShape = (String, Vec<usize>);
+
+/// Recorded parameters, in request order.
 #[derive(Debug, Clone, Default)]
-pub struct Recorded(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+pub struct Recorded(Arc<Mutex<Vec<ParamShape>>>);
 
 impl Recorded {
-    pub fn take(&self) -> Vec<(String, Vec<usize>)> {
+    pub fn take(&self) -> Vec<ParamShape> {
         self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
     }
 }
