@@ -72,14 +72,6 @@ pub fn write_safetensors_atomic(path: &Path, named: Named, meta: &HashMap<String
     std::fs::rename(&tmp, path).map_err(|e| out_err(path, e))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExtractError> {
-    use std::io::Write;
-    let tmp = path.with_extension("npy.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| out_err(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| out_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| out_err(path, e))
-}
-
 /// The ids recorded in an output file's metadata, and its `features` and `encoder` entries.
 type Header = (BTreeSet<String>, Option<String>, Option<String>);
 
@@ -161,7 +153,7 @@ impl Sink {
                     let t = t.to_dtype(DType::F32).and_then(|t| t.flatten_all().map(|f| (t.dims().to_vec(), f))).and_then(|(dims, f)| Ok((dims, f.to_vec1::<f32>()?)));
                     let (dims, data) = t.map_err(|e| out_err(dir, e))?;
                     let path = dir.join(format!("{}.npy", key(&file_safe(id), &suffix)));
-                    write_atomic(&path, &super::npy::npy_bytes(&data, &dims))?;
+                    crate::run::write_atomic(&path, &super::npy::npy_bytes(&data, &dims)).map_err(|e| out_err(&path, e))?;
                 }
                 Ok(())
             }

@@ -70,20 +70,6 @@ impl EmotionLlamaEncoders {
         })
     }
 
-    /// The visual encoders' input side, which the recipe's frames must have.
-    pub fn image_sizes(&self) -> Vec<(&str, usize)> {
-        [Some(&self.global), self.local.as_ref(), self.temporal.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.image_size.map(|s| (e.name.as_str(), s)))
-            .collect()
-    }
-
-    /// Frames per clip the temporal encoder takes.
-    pub fn temporal_frames(&self) -> Option<usize> {
-        self.temporal.as_ref().and_then(|t| t.num_frames)
-    }
-
     /// `frames`: (batch, n, 3, H, W) with values in [0, 1] (each encoder normalises with its own
     /// mean and std); `audio`: (batch, samples). Returns the `<VideoHere>` tokens (batch, 256, hidden)
     /// and the `<FeatureHere>` tokens (batch, k, hidden); a disabled modality contributes none.

@@ -42,21 +42,10 @@ pub enum TensorStore {
 impl TensorStore {
     /// Opens the safetensors of an HF model directory.
     pub fn open_hf_dir(dir: &Path) -> Result<Self, WeightsError> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| file_err(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&index_path, format!("not JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| file_err(&index_path, "no `weight_map` object"))?;
-            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
-            names.sort();
-            names.dedup();
-            names.iter().map(|n| dir.join(n)).collect()
-        } else if dir.join("model.safetensors").is_file() {
-            vec![dir.join("model.safetensors")]
-        } else {
-            return Err(file_err(dir, "no `model.safetensors` and no `model.safetensors.index.json` (expected an HF model directory)"));
-        };
-        Self::open_files(&files)
+        match hf_safetensors_files(dir)? {
+            Some(files) => Self::open_files(&files),
+            None => Err(file_err(dir, "no `model.safetensors` and no `model.safetensors.index.json` (expected an HF model directory)")),
+        }
     }
 
     pub fn open_files(files: &[PathBuf]) -> Result<Self, WeightsError> {
@@ -109,6 +98,25 @@ impl TensorStore {
             Self::Safetensors { shards, index } => index.get(name).map(|&i| shards[i].1.load(name, dev)),
             Self::Memory { tensors, .. } => tensors.get(name).map(|t| t.to_device(dev)),
         }
+    }
+}
+
+/// The safetensors files of an HF model directory: the shards named by `model.safetensors.index.json`, else
+/// `model.safetensors`; `None` when the directory has neither.
+pub fn hf_safetensors_files(dir: &Path) -> Result<Option<Vec<PathBuf>>, WeightsError> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.is_file() {
+        let text = std::fs::read_to_string(&index_path).map_err(|e| file_err(&index_path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&index_path, format!("not JSON: {e}")))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| file_err(&index_path, "no `weight_map` object"))?;
+        let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        names.sort();
+        names.dedup();
+        Ok(Some(names.iter().map(|n| dir.join(n)).collect()))
+    } else if dir.join("model.safetensors").is_file() {
+        Ok(Some(vec![dir.join("model.safetensors")]))
+    } else {
+        Ok(None)
     }
 }
 

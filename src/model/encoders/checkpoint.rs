@@ -30,26 +30,10 @@ impl Checkpoint {
             LocalWeights::HfDir(dir) => {
                 let config = dir.join("config.json");
                 let config_json = config.is_file().then_some(config);
-                let index = dir.join("model.safetensors.index.json");
-                let files: Vec<PathBuf> = if index.is_file() {
-                    let text = std::fs::read_to_string(&index).map_err(|e| load_err(&index, e))?;
-                    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| load_err(&index, format!("not JSON: {e}")))?;
-                    let mut names: Vec<String> = v
-                        .get("weight_map")
-                        .and_then(|m| m.as_object())
-                        .ok_or_else(|| load_err(&index, "no `weight_map` object"))?
-                        .values()
-                        .filter_map(|f| f.as_str().map(String::from))
-                        .collect();
-                    names.sort();
-                    names.dedup();
-                    names.iter().map(|n| dir.join(n)).collect()
-                } else if dir.join("model.safetensors").is_file() {
-                    vec![dir.join("model.safetensors")]
-                } else if dir.join("pytorch_model.bin").is_file() {
-                    vec![dir.join("pytorch_model.bin")]
-                } else {
-                    return Err(load_err(dir, "no `model.safetensors`, `model.safetensors.index.json` or `pytorch_model.bin` in this model directory"));
+                let files = match crate::model::weights::hf_safetensors_files(dir).map_err(|e| load_err(dir, e))? {
+                    Some(files) => files,
+                    None if dir.join("pytorch_model.bin").is_file() => vec![dir.join("pytorch_model.bin")],
+                    None => return Err(load_err(dir, "no `model.safetensors`, `model.safetensors.index.json` or `pytorch_model.bin` in this model directory")),
                 };
                 let mut tensors = HashMap::new();
                 for f in &files {
