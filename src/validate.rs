@@ -80,6 +80,58 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
         if r.stages[..i].iter().any(|p| p.name == s.name) {
             err(&format!("stage[{i}].name"), format!("stage name `{}` is used twice", s.name));
         }
+        if s.grad_accum == 0 {
+            err(&format!("stage[{i}].grad_accum"), "must be at least 1".into());
+        }
+        if !(s.epochs >= 0.0 && s.epochs.is_finite()) {
+            err(&format!("stage[{i}].epochs"), format!("must be 0 (use `steps`) or a positive number, got {}", s.epochs));
+        }
+        if s.epochs == 0.0 && s.steps == 0 {
+            err(&format!("stage[{i}].steps"), "a stage needs `steps` >= 1 or `epochs` > 0".into());
+        }
+        if !crate::recipe::STAGE_INITS.contains(&s.init.as_str()) && !std::path::Path::new(&s.init).exists() {
+            err(&format!("stage[{i}].init"), format!("`{}` is neither `previous`, `none` nor an existing checkpoint file or directory", s.init));
+        }
+        for (j, d) in s.data.iter().enumerate() {
+            let key = format!("stage[{i}].data[{j}]");
+            let name = if d.dataset.is_empty() { &r.data.dataset } else { &d.dataset };
+            match reg.dataset(name) {
+                Ok((_, card)) if !card.splits.contains(&d.split) => {
+                    err(&format!("{key}.split"), format!("dataset `{name}` has no split `{}` (splits: {})", d.split, card.splits.join(", ")))
+                }
+                Ok(_) => {}
+                Err(e) => err(&format!("{key}.dataset"), e.to_string()),
+            }
+            if !(d.weight > 0.0 && d.weight.is_finite()) {
+                err(&format!("{key}.weight"), format!("must be a positive number, got {}", d.weight));
+            }
+            for t in d.tasks.iter().chain(d.instructions.keys()) {
+                if let Err(e) = registry::check_builtin("task", t, &registry::TASKS) {
+                    err(&format!("{key}.tasks"), e.to_string());
+                }
+            }
+        }
+    }
+    if r.checkpoint.keep_last == 0 {
+        err("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume continues from)".into());
+    }
+    if !["f32", "bf16", "f16"].contains(&r.runtime.dtype.as_str()) {
+        err("runtime.dtype", format!("`{}`: expected `f32`, `bf16` or `f16`", r.runtime.dtype));
+    }
+    if r.validation.enabled {
+        if let Err(e) = registry::check_builtin("validation metric", &r.validation.metric, &crate::recipe::VALIDATION_METRICS) {
+            err("validation.metric", e.to_string());
+        }
+        if let Ok((_, card)) = reg.dataset(&r.data.dataset)
+            && !card.splits.contains(&r.validation.split)
+        {
+            err("validation.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.validation.split, card.splits.join(", ")));
+        }
+        if !r.validation.task.is_empty()
+            && let Err(e) = registry::check_builtin("task", &r.validation.task, &registry::TASKS)
+        {
+            err("validation.task", e.to_string());
+        }
     }
     if r.eval.enabled {
         if let Err(e) = registry::check_builtin("task", &r.eval.task, &registry::TASKS) {

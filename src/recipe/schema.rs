@@ -24,6 +24,10 @@ pub struct Recipe {
     pub prompt: Prompt,
     #[serde(rename = "stage")]
     pub stages: Vec<Stage>,
+    /// When and what to checkpoint during training.
+    pub checkpoint: Checkpointing,
+    /// Validation during training and best-checkpoint selection.
+    pub validation: Validation,
     pub eval: Eval,
 }
 
@@ -38,6 +42,8 @@ impl Default for Recipe {
             model: Model::default(),
             prompt: Prompt::default(),
             stages: Vec::new(),
+            checkpoint: Checkpointing::default(),
+            validation: Validation::default(),
             eval: Eval::default(),
         }
     }
@@ -57,6 +63,17 @@ pub struct Runtime {
     pub cache_dir: String,
     /// Show progress bars (they are hidden automatically when stderr is not a terminal).
     pub progress: bool,
+    /// Weights and activations: `f32` (CPU default), `bf16` or `f16` (GPU; `f16` trains with dynamic
+    /// loss scaling). The trainable parameters and optimiser state stay f32.
+    pub dtype: String,
+    /// Batches prepared ahead of the training step by the loader thread (0 = prepare in the step).
+    pub prefetch: usize,
+    /// `emollama run RECIPE` continues the newest interrupted run directory of the same recipe (same
+    /// resolved recipe) instead of starting a new one.
+    pub auto_resume: bool,
+    /// Cache the outputs of frozen encoders (keyed by encoder, preprocessing and media content) under
+    /// `<cache_dir>/features`, so each clip is decoded and encoded once across epochs, stages and runs.
+    pub feature_cache: bool,
 }
 
 impl Default for Runtime {
@@ -67,6 +84,10 @@ impl Default for Runtime {
             runs_dir: "runs".into(),
             cache_dir: String::new(),
             progress: true,
+            dtype: "f32".into(),
+            prefetch: 2,
+            auto_resume: true,
+            feature_cache: true,
         }
     }
 }
@@ -255,16 +276,54 @@ pub enum LossReduction {
     SampleMean,
 }
 
+/// One dataset in a stage's mixture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageData {
+    /// Dataset card name; empty = the recipe's `data.dataset`.
+    pub dataset: String,
+    pub split: String,
+    /// Relative sampling weight: each draw picks this dataset with probability weight / sum of weights.
+    pub weight: f64,
+    /// Task pool for this dataset; empty = the stage's `tasks`.
+    pub tasks: Vec<String>,
+    /// Instruction pools by task for this dataset; tasks not named use `prompt.instructions`.
+    pub instructions: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for StageData {
+    fn default() -> Self {
+        Self { dataset: String::new(), split: "train".into(), weight: 1.0, tasks: Vec::new(), instructions: Default::default() }
+    }
+}
+
+/// Where a stage's trainable parameters start.
+pub const STAGE_INITS: [&str; 2] = ["previous", "none"];
+
 /// One training stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Stage {
     pub name: String,
+    /// `previous` (the weights as the previous stage left them; the built model for the first stage),
+    /// `none` (this stage's trainable parameters reset to their initial values), or a checkpoint: a
+    /// `.safetensors` file of parameters or a checkpoint directory of an earlier run
+    /// (`runs/x/checkpoints/best`).
+    pub init: String,
+    /// Dataset mixture (`[[stage.data]]`); empty = the recipe's dataset, `train` split, the stage's tasks.
+    pub data: Vec<StageData>,
     /// Tasks drawn per sample: `emotion` (label word), `description` (coarse cues), `reason` (fine reasoning ending in the label).
     pub tasks: Vec<String>,
-    /// Optimiser steps.
+    /// Optimiser steps (ignored when `epochs` > 0).
     pub steps: usize,
+    /// Passes over the mixture's (sample, task) pairs; > 0 sets the steps from the data size.
+    pub epochs: f64,
+    /// Samples per forward pass.
     pub batch_size: usize,
+    /// Forward/backward passes summed per optimiser step (effective batch = batch_size × grad_accum).
+    pub grad_accum: usize,
+    /// Validate every N optimiser steps (0 = `validation.every`); always at the stage end.
+    pub eval_every: usize,
     /// Peak learning rate (AdamW).
     pub lr: f64,
     /// Final learning rate of the cosine / linear decay.
@@ -296,9 +355,14 @@ impl Default for Stage {
     fn default() -> Self {
         Self {
             name: "stage".into(),
+            init: "previous".into(),
+            data: Vec::new(),
             tasks: vec!["emotion".into()],
             steps: 100,
+            epochs: 0.0,
             batch_size: 16,
+            grad_accum: 1,
+            eval_every: 0,
             lr: 1e-3,
             min_lr: 1e-5,
             warmup_steps: 10,
@@ -311,6 +375,61 @@ impl Default for Stage {
             lr_scale: Default::default(),
             loss: LossReduction::TokenMean,
             log_every: 10,
+        }
+    }
+}
+
+/// Checkpoints during training: `checkpoints/step-NNNNNN/` (trainable parameters, optimiser moments,
+/// schedule, data-order position and RNG state), written atomically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Checkpointing {
+    /// Write a checkpoint every N optimiser steps (0 = only at each stage end).
+    pub every: usize,
+    /// Keep the newest K step checkpoints (the best one is kept apart); at least 1.
+    pub keep_last: usize,
+}
+
+impl Default for Checkpointing {
+    fn default() -> Self {
+        Self { every: 100, keep_last: 2 }
+    }
+}
+
+/// Validation during training: generation on a split, scored by one metric; the best evaluation point's
+/// parameters are kept as `checkpoints/best/` and named in `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Validation {
+    pub enabled: bool,
+    pub split: String,
+    /// Task asked; empty = `eval.task`.
+    pub task: String,
+    /// `weighted_f1`, `accuracy` or `macro_f1` (higher is better).
+    pub metric: String,
+    /// Validate every N optimiser steps of every stage (0 = at stage ends only); `stage.eval_every` overrides.
+    pub every: usize,
+    /// Validate on at most this many samples (0 = all).
+    pub limit: usize,
+    /// Early stopping: end a stage after this many validations without improvement (0 = never).
+    pub patience: usize,
+    /// Evaluate the final test split with the best checkpoint (not the last weights).
+    pub select_best: bool,
+}
+
+pub const VALIDATION_METRICS: [&str; 3] = ["weighted_f1", "accuracy", "macro_f1"];
+
+impl Default for Validation {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            split: "val".into(),
+            task: String::new(),
+            metric: "weighted_f1".into(),
+            every: 0,
+            limit: 0,
+            patience: 0,
+            select_best: true,
         }
     }
 }
