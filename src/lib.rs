@@ -16,3 +16,17 @@ pub mod train;
 pub mod validate;
 
 pub use recipe::RecipeError;
+
+/// The candle version this build uses (recorded in each run's `run_info.json`; a test keeps it equal
+/// to Cargo.lock's).
+pub const CANDLE_VERSION: &str = "0.11.1";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn candle_version_matches_the_lock_file() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+        let entry = lock.split("[[package]]").find(|p| p.contains("name = \"candle-core\"")).unwrap();
+        assert!(entry.contains(&format!("version = \"{}\"", super::CANDLE_VERSION)), "{entry}");
+    }
+}

@@ -21,13 +21,21 @@ struct Cli {
 enum Command {
     /// Run a recipe: data, training stages, evaluation; writes runs/<name>-<timestamp>/.
     Run {
-        recipe: PathBuf,
+        /// The recipe (optional with `--resume RUN_DIR`, which uses the run's saved recipe).
+        recipe: Option<PathBuf>,
         /// Override a recipe key, e.g. `--set model.use_av=false` (repeatable; highest priority).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Hide progress bars.
         #[arg(long)]
         no_progress: bool,
+        /// Continue an interrupted run from its newest checkpoint: the newest one of this recipe, or
+        /// the given run directory.
+        #[arg(long, value_name = "RUN_DIR", num_args = 0..=1, default_missing_value = "", conflicts_with = "fresh")]
+        resume: Option<PathBuf>,
+        /// Start a new run directory even if an interrupted run of this recipe exists.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Check or show recipes.
     Recipe {
@@ -197,14 +205,25 @@ fn load_checked(path: &Path, sets: &[String]) -> Result<(LoadedRecipe, Registry)
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { recipe, sets, no_progress } => {
+        Command::Run { recipe, sets, no_progress, resume, fresh } => {
+            let mode = match &resume {
+                Some(d) if d.as_os_str().is_empty() => emollama::run::Resume::Latest,
+                Some(d) => emollama::run::Resume::Dir(d.clone()),
+                None if fresh => emollama::run::Resume::Fresh,
+                None => emollama::run::Resume::Auto,
+            };
+            let recipe = match (recipe, &mode) {
+                (Some(r), _) => r,
+                (None, emollama::run::Resume::Dir(d)) => d.join("recipe.resolved.toml"),
+                (None, _) => bail!("name a recipe: `emollama run RECIPE` (or `emollama run --resume RUN_DIR`)"),
+            };
             let (loaded, registry) = load_checked(&recipe, &sets)?;
             if loaded.recipe.runtime.threads > 0 {
                 // SAFETY: set before any worker thread exists (tensor thread pools start lazily).
                 unsafe { std::env::set_var("RAYON_NUM_THREADS", loaded.recipe.runtime.threads.to_string()) };
             }
             let show = loaded.recipe.runtime.progress && !no_progress && std::io::stderr().is_terminal();
-            let summary = emollama::run::run(&loaded, &registry, show).with_context(|| format!("running `{}`", recipe.display()))?;
+            let summary = emollama::run::run_with(&loaded, &registry, show, &mode).with_context(|| format!("running `{}`", recipe.display()))?;
             println!("{}", emollama::run::summary_table(&summary));
             Ok(())
         }

@@ -1,7 +1,12 @@
 //! A whole run: data → model → stages → evaluation, into `runs/<name>-<timestamp>/`.
 //!
-//! The run directory holds `recipe.resolved.toml`, `tokenizer.json`, `log.jsonl` (step, stage, loss, lr),
-//! `metrics.json`, `predictions.jsonl` and `checkpoints/` (safetensors of each stage's trained parameters).
+//! The run directory holds `recipe.resolved.toml`, `run_info.json` (device, dtype, versions, git commit),
+//! `tokenizer.json`, `log.jsonl` (per step: stage, loss, lr, gradient norms; validation points),
+//! `metrics.json` (stages, best checkpoint, final evaluation), `predictions.jsonl`, `report.html` and
+//! `checkpoints/` (`step-*` to resume from, `best-*`, and each stage's trained parameters).
+//!
+//! A run that stops before `metrics.json` is interrupted: running the same recipe again continues it
+//! from its newest checkpoint (`runtime.auto_resume`, or `--resume`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +18,7 @@ use serde::Serialize;
 
 use crate::data::loader::{self, DecodeSpec, DecodedMedia, Skipped};
 use crate::data::{Sample, source};
-use crate::eval::runner::{EvalContext, EvalOutcome, evaluate};
+use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate};
 use crate::model::build::{BuildError, build_model};
 use crate::model::llm_load::LlmSpec;
 use crate::model::prompt::{ChatTemplate, Template};
@@ -21,7 +26,8 @@ use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::LoadedRecipe;
 use crate::registry::Registry;
 use crate::train::batch::{self, MediaLayout};
-use crate::train::trainer::{StageReport, TrainContext, train_stage};
+use crate::train::inputs::{FeatureStore, MediaStore};
+use crate::train::trainer::{StageReport, TrainContext, Validation, train};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -70,6 +76,10 @@ pub struct RunSummary {
     pub audio_missing: usize,
     pub stages: Vec<StageReport>,
     pub eval: Option<EvalOutcome>,
+    /// The best validation point, whose parameters the evaluation used when `validation.select_best`.
+    pub best: Option<crate::train::checkpoint::BestCheckpoint>,
+    /// Hits and misses of the frozen-encoder feature cache (absent when it is not used).
+    pub feature_cache: Option<crate::data::feature_cache::CacheStats>,
     pub skipped: Vec<Skipped>,
     pub timings: Timings,
 }
@@ -113,14 +123,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
 }
 
 /// Texts the word-level tokenizer must cover: every prompt shape, instruction, label and training answer.
-fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[(Sample, DecodedMedia)], labels: &[String], template: &ChatTemplate) -> Vec<String> {
+fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[&Sample], labels: &[String], template: &ChatTemplate) -> Vec<String> {
     let r = &loaded.recipe;
-    let mut tasks: BTreeSet<&str> = r.stages.iter().flat_map(|s| s.tasks.iter().map(String::as_str)).collect();
+    let mut tasks: BTreeSet<&str> = r.stages.iter().flat_map(|s| s.tasks.iter().chain(s.data.iter().flat_map(|d| d.tasks.iter())).map(String::as_str)).collect();
     tasks.insert(r.eval.task.as_str());
+    if !r.validation.task.is_empty() {
+        tasks.insert(r.validation.task.as_str());
+    }
     let mut corpus: Vec<String> = labels.to_vec();
-    for (sample, _) in train {
+    let extra: Vec<&String> = r.stages.iter().flat_map(|s| s.data.iter().flat_map(|d| d.instructions.values().flatten())).collect();
+    for sample in train {
         for task in &tasks {
-            for instruction in r.prompt.instructions_for(task) {
+            for instruction in r.prompt.instructions_for(task).iter().chain(extra.iter().copied()) {
                 for transcript in [true, false] {
                     corpus.push(batch::prompt_text(sample, task, instruction, template, transcript));
                 }
@@ -133,24 +147,220 @@ fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[(Sample, DecodedMedia)], lab
     corpus
 }
 
-/// Runs the recipe end to end. `show_progress` controls progress bars.
+/// How `run` picks its run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Continue the newest interrupted run of the same recipe when `runtime.auto_resume` is on.
+    Auto,
+    /// Always start a new run directory.
+    Fresh,
+    /// Continue the newest interrupted run of the same recipe; an error if there is none.
+    Latest,
+    /// Continue this run directory.
+    Dir(PathBuf),
+}
+
+/// The canonical text of a recipe: what `recipe.resolved.toml` holds and what a resume compares.
+fn canonical(recipe: &crate::recipe::Recipe) -> Result<String, RunError> {
+    toml::to_string_pretty(recipe).map_err(|e| RunError::Other(format!("serialising the recipe: {e}")))
+}
+
+/// A run directory that was started but did not finish (no `metrics.json`) with this exact recipe.
+fn interrupted_runs(runs_dir: &Path, name: &str, recipe: &crate::recipe::Recipe) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(runs_dir) else { return Vec::new() };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-"))))
+        .filter(|p| !p.join("metrics.json").exists() && same_recipe(p, recipe))
+        .collect();
+    found.sort();
+    found
+}
+
+fn same_recipe(dir: &Path, recipe: &crate::recipe::Recipe) -> bool {
+    std::fs::read_to_string(dir.join("recipe.resolved.toml"))
+        .ok()
+        .and_then(|t| toml::from_str::<crate::recipe::Recipe>(&t).ok())
+        .is_some_and(|saved| &saved == recipe)
+}
+
+fn choose_run_dir(r: &crate::recipe::Recipe, resume: &Resume) -> Result<(PathBuf, bool), RunError> {
+    let runs_dir = Path::new(&r.runtime.runs_dir);
+    match resume {
+        Resume::Dir(d) => {
+            if !d.join("recipe.resolved.toml").exists() {
+                return Err(RunError::Other(format!("`{}` is not a run directory (no recipe.resolved.toml)", d.display())));
+            }
+            if !same_recipe(d, r) {
+                return Err(RunError::Other(format!(
+                    "`{}` was made by a different recipe; resume it with its own: `emollama run --resume {}` (no recipe argument), or start a new run without --resume",
+                    d.display(),
+                    d.display()
+                )));
+            }
+            Ok((d.clone(), true))
+        }
+        Resume::Latest => match interrupted_runs(runs_dir, &r.name, r).pop() {
+            Some(d) => Ok((d, true)),
+            None => Err(RunError::Other(format!(
+                "no interrupted run of recipe `{}` with these settings under `{}`; run without --resume to start one",
+                r.name,
+                runs_dir.display()
+            ))),
+        },
+        Resume::Auto if r.runtime.auto_resume => match interrupted_runs(runs_dir, &r.name, r).pop() {
+            Some(d) => {
+                tracing::warn!(dir = %d.display(), "continuing an interrupted run of this recipe (start anew with --fresh or runtime.auto_resume=false)");
+                Ok((d, true))
+            }
+            None => Ok((create_run_dir(runs_dir, &r.name)?, false)),
+        },
+        _ => Ok((create_run_dir(runs_dir, &r.name)?, false)),
+    }
+}
+
+/// Keeps the log lines up to `global_step` (a resumed run writes the later ones again).
+fn truncate_log(path: &Path, global_step: usize) -> Result<(), RunError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("global_step").and_then(|g| g.as_u64())).is_some_and(|g| g as usize <= global_step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+/// The device, dtype, versions and source commit of a run (`run_info.json`).
+fn run_info(r: &crate::recipe::Recipe, threads: usize, recipe_sha256: &str, resumed_from: Option<&Path>) -> serde_json::Value {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    serde_json::json!({
+        "device": r.runtime.device,
+        "dtype": r.runtime.dtype,
+        "threads": threads,
+        "emollama_version": env!("CARGO_PKG_VERSION"),
+        "candle_version": crate::CANDLE_VERSION,
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_dirty": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "recipe_sha256": recipe_sha256,
+        "started": chrono::Local::now().to_rfc3339(),
+        "resumed_from": resumed_from.map(|p| p.display().to_string()),
+    })
+}
+
+/// The device a recipe asks for, if this build has it.
+fn device_for(r: &crate::recipe::Recipe) -> Result<Device, RunError> {
+    let dev = r.runtime.device.as_str();
+    if dev == "cpu" {
+        if r.runtime.dtype != "f32" {
+            return Err(RunError::Other(format!(
+                "runtime.dtype = `{}` needs a GPU: training on the CPU is f32 (set runtime.dtype = \"f32\" or runtime.device = \"cuda\")",
+                r.runtime.dtype
+            )));
+        }
+        return Ok(Device::Cpu);
+    }
+    if let Some(rest) = dev.strip_prefix("cuda") {
+        let ordinal: usize = rest.strip_prefix(':').map(|n| n.parse().unwrap_or(usize::MAX)).unwrap_or(0);
+        if ordinal == usize::MAX {
+            return Err(RunError::Other(format!("runtime.device = `{dev}`: expected `cuda` or `cuda:N`")));
+        }
+        #[cfg(feature = "cuda")]
+        return Device::new_cuda(ordinal).map_err(|e| RunError::Other(format!("runtime.device = `{dev}`: {e}")));
+        #[cfg(not(feature = "cuda"))]
+        return Err(RunError::Other(format!(
+            "runtime.device = `{dev}` (GPU {ordinal}): this binary was built without CUDA; rebuild with `cargo build --release --features cuda`"
+        )));
+    }
+    Err(RunError::Other(format!("runtime.device = `{dev}`: expected `cpu`, `cuda` or `cuda:N`")))
+}
+
+/// Loads the parameters stored in a checkpoint directory or file into the model.
+fn load_params(varmap: &VarMap, dir: &Path, device: &Device) -> Result<(), RunError> {
+    let tensors = crate::train::checkpoint::load_tensors(dir, false, device).map_err(|e| RunError::Other(e.to_string()))?;
+    let vars: Vec<(String, candle_core::Var)> =
+        crate::train::optim::select(varmap, &["*".to_string()]).into_iter().filter(|(n, _)| tensors.contains_key(n)).collect();
+    if vars.len() != tensors.len() {
+        return Err(RunError::Other(format!("checkpoint `{}` holds parameters this model does not have", dir.display())));
+    }
+    crate::train::trainer::assign(&vars, &tensors, &dir.display().to_string()).map_err(RunError::Other)
+}
+
+/// Runs the recipe end to end. `show_progress` controls progress bars; `resume` how the run
+/// directory is chosen (a resumed run continues from its newest checkpoint that verifies).
 pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> Result<RunSummary, RunError> {
+    run_with(loaded, registry, show_progress, &Resume::Auto)
+}
+
+pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resume: &Resume) -> Result<RunSummary, RunError> {
+    use sha2::Digest;
     let t0 = Instant::now();
     let r = &loaded.recipe;
-    let run_dir = create_run_dir(Path::new(&r.runtime.runs_dir), &r.name)?;
-    tracing::info!(dir = %run_dir.display(), "run directory");
-    write_atomic(&run_dir.join("recipe.resolved.toml"), loaded.to_toml()?.as_bytes())?;
-    let checkpoints = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&checkpoints).map_err(io(&checkpoints))?;
+    let device = device_for(r)?;
+    let text = canonical(r)?;
+    let recipe_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    let (run_dir, resuming) = choose_run_dir(r, resume)?;
+    tracing::info!(dir = %run_dir.display(), resuming, "run directory");
+    let ckpt_root = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_root).map_err(io(&ckpt_root))?;
+    let found = if resuming { crate::train::checkpoint::latest(&ckpt_root) } else { None };
+    let mut state = match &found {
+        Some(f) if f.state.recipe_sha256 != recipe_sha256 => {
+            return Err(RunError::Other(format!("checkpoint `{}` was written by another recipe; start a new run with --fresh", f.dir.display())));
+        }
+        Some(f) => {
+            tracing::info!(checkpoint = %f.dir.display(), stage = f.state.stage_index, global_step = f.state.global_step, "resuming");
+            f.state.clone()
+        }
+        None => crate::train::checkpoint::TrainState::new(recipe_sha256.clone()),
+    };
+    let best_keep = state.best.as_ref().and_then(|b| Path::new(&b.checkpoint).file_name().map(|n| n.to_string_lossy().to_string()));
+    crate::train::checkpoint::drop_newer(&ckpt_root, state.global_step).map_err(|e| RunError::Other(e.to_string()))?;
+    crate::train::checkpoint::prune(&ckpt_root, usize::MAX, best_keep.as_deref()).map_err(|e| RunError::Other(e.to_string()))?;
+    write_atomic(&run_dir.join("recipe.resolved.toml"), text.as_bytes())?;
     let log_path = run_dir.join("log.jsonl");
-    let mut log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+    if resuming {
+        truncate_log(&log_path, state.global_step)?;
+    } else {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+    let threads = if r.runtime.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { r.runtime.threads };
+    let info = run_info(r, threads, &recipe_sha256, found.as_ref().map(|f| f.dir.as_path()));
+    write_atomic(&run_dir.join("run_info.json"), &serde_json::to_vec_pretty(&info).map_err(|e| RunError::Other(e.to_string()))?)?;
 
-    // Data.
+    // Data: every dataset the recipe names, with the splits it uses.
     let (_, card) = registry.dataset(&r.data.dataset)?;
     let cache = cache_root(&r.runtime.cache_dir);
-    let samples = source::load_samples(card, &r.data.synth, &cache, show_progress)?;
-    let wanted = |s: &Sample| (!r.stages.is_empty() && s.split == "train") || (r.eval.enabled && s.split == r.eval.split);
-    let threads = if r.runtime.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { r.runtime.threads };
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    for stage in &r.stages {
+        if stage.data.is_empty() {
+            wanted.insert((r.data.dataset.clone(), "train".into()));
+        }
+        for d in &stage.data {
+            wanted.insert((if d.dataset.is_empty() { r.data.dataset.clone() } else { d.dataset.clone() }, d.split.clone()));
+        }
+    }
+    if r.validation.enabled && !r.stages.is_empty() {
+        wanted.insert((r.data.dataset.clone(), r.validation.split.clone()));
+    }
+    if r.eval.enabled {
+        wanted.insert((r.data.dataset.clone(), r.eval.split.clone()));
+    }
+    let mut pool: Vec<Sample> = Vec::new();
+    let mut pool_dataset: Vec<String> = Vec::new();
+    for name in wanted.iter().map(|(d, _)| d.clone()).collect::<BTreeSet<_>>() {
+        let (_, c) = registry.dataset(&name)?;
+        for s in source::load_samples(c, &r.data.synth, &cache, show_progress)? {
+            if wanted.contains(&(name.clone(), s.split.clone())) {
+                pool.push(s);
+                pool_dataset.push(name.clone());
+            }
+        }
+    }
     let spec = DecodeSpec {
         sampling: r.data.frames.clone(),
         width: r.data.width,
@@ -160,15 +370,29 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
         threads,
         show_progress,
     };
-    let (decoded, skipped) = loader::decode_all(samples.into_iter().filter(wanted).collect(), &spec)?;
+    let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
+    let (decoded, mut skipped) = if r.model.use_av && !cached {
+        let (ok, skipped) = loader::decode_all(pool.clone(), &spec)?;
+        // decode_all keeps the order and drops the skipped: walk both lists to index by pool position.
+        let mut media: Vec<Option<DecodedMedia>> = Vec::with_capacity(pool.len());
+        let mut it = ok.into_iter().peekable();
+        for s in &pool {
+            match it.peek() {
+                Some((d, _)) if d.id == s.id && d.media == s.media => media.push(it.next().map(|(_, m)| m)),
+                _ => media.push(None),
+            }
+        }
+        (Some(media), skipped)
+    } else {
+        (None, Vec::new())
+    };
     if !skipped.is_empty() {
         tracing::warn!(count = skipped.len(), "samples skipped (see metrics.json)");
     }
-    let audio_missing = decoded.iter().filter(|(_, m)| m.audio_missing).count();
+    let audio_missing = decoded.as_ref().map(|m| m.iter().flatten().filter(|m| m.audio_missing).count()).unwrap_or(0);
     if audio_missing > 0 {
         tracing::warn!(count = audio_missing, "samples without an audio stream are decoded as silence");
     }
-    let (train, eval_set): (Vec<_>, Vec<_>) = decoded.into_iter().partition(|(s, _)| s.split == "train");
     let data_s = t0.elapsed().as_secs_f64();
 
     // Model.
@@ -179,45 +403,78 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
     };
     let template = llm.chat_template(kind);
     tracing::info!(llm = %llm.name, weights = %llm.describe(), template = ?kind, "LLM");
+    let saved_tokenizer = run_dir.join("tokenizer.json");
     let tokenizer = match llm.tokenizer().map_err(|e| BuildError::from(Box::new(e)))? {
         Some(t) => t,
+        None if resuming && saved_tokenizer.exists() => TextTokenizer::from_file(&saved_tokenizer)?,
         None => {
+            let train: Vec<&Sample> = pool.iter().enumerate().filter(|(i, s)| s.split == "train" && decoded.as_ref().is_none_or(|d| d[*i].is_some())).map(|(_, s)| s).collect();
             let corpus = tokenizer_corpus(loaded, &train, &card.labels, &template);
             TextTokenizer::from_corpus(corpus.iter().map(String::as_str))?
         }
     };
-    tokenizer.save(&run_dir.join("tokenizer.json"))?;
+    tokenizer.save(&saved_tokenizer)?;
     if llm.config.vocab_size == 0 {
         llm.config.vocab_size = tokenizer.vocab_size();
     }
-    let device = Device::Cpu;
     let varmap = VarMap::new();
     let built = build_model(r, registry, &llm, &tokenizer, &varmap, r.seed, &device)?;
     let layout = MediaLayout { width: r.data.width as usize, height: r.data.height as usize, mean: built.pixel_mean, std: built.pixel_std };
-    tracing::info!(vocab = tokenizer.vocab_size(), train = train.len(), eval = eval_set.len(), "model built");
+    tracing::info!(vocab = tokenizer.vocab_size(), samples = pool.len(), "model built");
+    // Initial values of what an `init = "none"` stage resets (deep copies: optimiser steps write in place).
+    let reset_globs: Vec<String> = r.stages.iter().filter(|s| s.init == "none").flat_map(|s| s.trainable.iter().cloned()).collect();
+    let mut initial = std::collections::HashMap::new();
+    for (n, v) in crate::train::optim::select(&varmap, &reset_globs) {
+        initial.insert(n, v.as_tensor().copy().map_err(|e| RunError::Other(e.to_string()))?);
+    }
+    if let Some(f) = &found {
+        load_params(&varmap, &f.dir, &device)?;
+    }
+
+    let store = if !r.model.use_av {
+        MediaStore::Off
+    } else if let Some(media) = decoded {
+        MediaStore::Decoded { media, layout: layout.clone() }
+    } else {
+        let settings = feature_settings(r, registry)?;
+        let cache = crate::data::feature_cache::FeatureCache::new(&cache, &settings);
+        tracing::info!(dir = %cache.dir().display(), "frozen-encoder feature cache");
+        MediaStore::Cached(Box::new(FeatureStore { cache, model: &built.model, spec: spec.clone(), layout: layout.clone(), skipped: Default::default() }))
+    };
+    let usable = |i: usize| match &store {
+        MediaStore::Decoded { media, .. } => media[i].is_some(),
+        _ => true,
+    };
+    let split_of = |split: &str| -> Vec<usize> { (0..pool.len()).filter(|&i| pool_dataset[i] == r.data.dataset && pool[i].split == split && usable(i)).collect() };
 
     // Stages.
     let t_train = Instant::now();
-    let mut stages = Vec::new();
-    for (i, stage) in r.stages.iter().enumerate() {
+    let validation = (r.validation.enabled && !r.stages.is_empty()).then(|| Validation { samples: split_of(&r.validation.split), labels: &card.labels });
+    if state.stage_index < r.stages.len() {
         let mut ctx = TrainContext {
             model: &built.model,
             varmap: &varmap,
             tokenizer: &tokenizer,
-            train: &train,
+            pool: &pool,
+            pool_dataset: &pool_dataset,
+            store: &store,
             recipe: r,
             template: template.clone(),
-            layout: layout.clone(),
             device: &device,
+            run_dir: &run_dir,
             log: &mut log,
-            checkpoints: &checkpoints,
             show_progress,
+            validation,
+            initial,
+            resume_from: found.as_ref().map(|f| f.dir.clone()),
         };
-        let report = train_stage(&mut ctx, stage, i)?;
-        tracing::info!(stage = %report.name, loss = report.final_loss, seconds = report.seconds, "stage done");
-        stages.push(report);
+        state = train(&mut ctx, state, &usable)?;
     }
     let train_s = t_train.elapsed().as_secs_f64();
+    if let (true, Some(best)) = (r.validation.select_best, &state.best) {
+        tracing::info!(checkpoint = %best.checkpoint, metric = %best.metric, value = best.value, "evaluating with the best validation checkpoint");
+        load_params(&varmap, &run_dir.join(&best.checkpoint), &device)?;
+    }
     if let Some(lora) = &built.lora {
         let params: Vec<(String, candle_core::Tensor)> =
             crate::train::optim::select(&varmap, &["llm.*.lora_*".to_string()]).into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
@@ -234,29 +491,58 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool) -> R
             tokenizer: &tokenizer,
             recipe: r,
             template,
-            layout,
             device: &device,
             labels: &card.labels,
             show_progress,
+            pool: &pool,
+            store: &store,
         };
-        Some(evaluate(&ctx, &eval_set, &run_dir)?)
+        let req = EvalRequest { split: &r.eval.split, task: &r.eval.task, limit: r.eval.limit, predictions: &run_dir.join("predictions.jsonl") };
+        Some(evaluate(&ctx, &split_of(&r.eval.split), &req)?)
     } else {
         None
     };
+    skipped.extend(store.skipped());
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         recipe: loaded.path.display().to_string(),
         use_av: r.model.use_av,
-        train_samples: train.len(),
+        train_samples: pool.iter().enumerate().filter(|(i, s)| s.split == "train" && usable(*i)).count(),
         audio_missing,
-        stages,
+        stages: state.reports.clone(),
         eval,
+        best: state.best.clone(),
+        feature_cache: store.cache_stats(),
         skipped,
         timings: Timings { data_s, train_s, eval_s: t_eval.elapsed().as_secs_f64(), total_s: t0.elapsed().as_secs_f64() },
     };
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| RunError::Other(e.to_string()))?;
     write_atomic(&run_dir.join("metrics.json"), &json)?;
+    // REPORT-HOOK-RUN
     Ok(summary)
+}
+
+/// Everything besides the media that the frozen encoders' outputs depend on (the feature cache key):
+/// each encoder's manifest text (architecture, config, weights reference), the seed of random weights,
+/// the preprocessing and the global view's frame.
+fn feature_settings(r: &crate::recipe::Recipe, registry: &Registry) -> Result<String, RunError> {
+    let mut out = String::new();
+    for (view, name) in [("global", &r.model.global_encoder), ("local", &r.model.local_encoder), ("temporal", &r.model.temporal_encoder), ("audio", &r.model.audio_encoder)] {
+        if name.is_empty() {
+            continue;
+        }
+        let (path, manifest) = registry.encoder(name)?;
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        out.push_str(&format!("[{view}:{name}]\n{text}\n"));
+        if matches!(manifest.weights, crate::registry::Weights::Random) {
+            out.push_str(&format!("random-seed={}\n", r.seed));
+        }
+    }
+    out.push_str(&format!(
+        "frames={:?}\nwidth={}\nheight={}\naudio_seconds={}\nglobal_frame={}\n",
+        r.data.frames, r.data.width, r.data.height, r.data.audio_seconds, r.model.global_frame
+    ));
+    Ok(out)
 }
 
 /// The end-of-run table.

@@ -84,7 +84,7 @@ pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<Decoded, Me
     Ok((ok, skipped))
 }
 
-fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, MediaError> {
+pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, MediaError> {
     let clip = media::decode_clip(&sample.media, &spec.sampling, spec.width, spec.height)?;
     let num_frames = clip.video.frames.len();
     let mut frames = Vec::with_capacity(num_frames * (spec.width * spec.height * 3) as usize);

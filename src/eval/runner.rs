@@ -11,13 +11,13 @@ use serde::Serialize;
 use super::extract::extract_label;
 use super::metrics::{Report, classification_report};
 use crate::data::Sample;
-use crate::data::loader::DecodedMedia;
 use crate::model::generate::{GenerateOptions, generate_one};
 use crate::model::multimodal::EmotionModel;
 use crate::model::prompt::ChatTemplate;
 use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::Recipe;
-use crate::train::batch::{self, MediaLayout};
+use crate::train::batch;
+use crate::train::inputs::{InputError, MediaStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -29,6 +29,8 @@ pub enum EvalError {
     Io { path: String, source: std::io::Error },
     #[error("evaluation: split `{split}` has no labelled samples")]
     Empty { split: String },
+    #[error("evaluation: {0}")]
+    Input(#[from] InputError),
 }
 
 /// One line of `predictions.jsonl`.
@@ -55,42 +57,52 @@ pub struct EvalContext<'a> {
     pub tokenizer: &'a TextTokenizer,
     pub recipe: &'a Recipe,
     pub template: ChatTemplate,
-    pub layout: MediaLayout,
     pub device: &'a Device,
     pub labels: &'a [String],
     pub show_progress: bool,
+    /// The run's samples (indices refer to them) and where their media come from.
+    pub pool: &'a [Sample],
+    pub store: &'a MediaStore<'a>,
 }
 
-/// Generates an answer for each sample, writes `predictions.jsonl` into `out_dir`, returns the scores.
-/// A sample whose text names no label is predicted as the string `unparsed` (always wrong) and flagged.
-pub fn evaluate(ctx: &EvalContext, samples: &[(Sample, DecodedMedia)], out_dir: &Path) -> Result<EvalOutcome, EvalError> {
+/// What to evaluate: the split's name (for the report), the task asked, a sample limit (0 = all) and
+/// where the predictions go.
+pub struct EvalRequest<'a> {
+    pub split: &'a str,
+    pub task: &'a str,
+    pub limit: usize,
+    pub predictions: &'a Path,
+}
+
+/// Generates an answer for each of the pool samples `items`, writes the predictions (JSON lines),
+/// returns the scores. A sample whose text names no label is predicted as the string `unparsed` (always
+/// wrong) and flagged.
+pub fn evaluate(ctx: &EvalContext, items: &[usize], req: &EvalRequest) -> Result<EvalOutcome, EvalError> {
     let e = &ctx.recipe.eval;
-    let labelled: Vec<&(Sample, DecodedMedia)> = samples.iter().filter(|(s, _)| s.label.is_some()).collect();
-    let take = if e.limit > 0 { e.limit.min(labelled.len()) } else { labelled.len() };
+    let labelled: Vec<usize> = items.iter().copied().filter(|&i| ctx.pool[i].label.is_some()).collect();
+    let take = if req.limit > 0 { req.limit.min(labelled.len()) } else { labelled.len() };
     if take == 0 {
-        return Err(EvalError::Empty { split: e.split.clone() });
+        return Err(EvalError::Empty { split: req.split.to_string() });
     }
-    let pool = ctx.recipe.prompt.instructions_for(&e.task);
+    let pool = ctx.recipe.prompt.instructions_for(req.task);
     let instruction = pool.first().map(String::as_str).unwrap_or("");
     let labels: Vec<&str> = ctx.labels.iter().map(String::as_str).collect();
-    let path = out_dir.join("predictions.jsonl");
+    let path = req.predictions.to_path_buf();
     let io = |source| EvalError::Io { path: path.display().to_string(), source };
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
     let bar = crate::progress::bar(take as u64, "evaluate", ctx.show_progress);
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.recipe.seed);
     let opts = GenerateOptions::greedy(e.max_new_tokens);
     let (mut truth, mut pred, mut unparsed) = (Vec::new(), Vec::new(), 0);
-    for (sample, media) in labelled.into_iter().take(take) {
-        let text = batch::prompt_text(sample, &e.task, instruction, &ctx.template, ctx.recipe.prompt.transcript);
+    for i in labelled.into_iter().take(take) {
+        let sample = &ctx.pool[i];
+        let text = batch::prompt_text(sample, req.task, instruction, &ctx.template, ctx.recipe.prompt.transcript);
         let prompt = match ctx.recipe.prompt.eval_layout.as_str() {
             "reference" => batch::tokenize_reference_eval(ctx.tokenizer, &text)?,
             _ => batch::tokenize(ctx.tokenizer, &text, None)?,
         };
-        let mm = if ctx.recipe.model.use_av {
-            ctx.model.encode(&batch::media_batch(&[media], &ctx.layout, ctx.device)?)?
-        } else {
-            None
-        };
+        let (media, _) = ctx.store.batch(ctx.pool, &[i], ctx.device)?;
+        let mm = media.tokens(ctx.model, true, true)?;
         let ids = generate_one(ctx.model, &prompt, mm.as_ref(), &opts, &mut rng)?;
         let generated = ctx.tokenizer.decode(&ids)?;
         let label = extract_label(&generated, &labels, e.label_extraction);
@@ -111,5 +123,5 @@ pub fn evaluate(ctx: &EvalContext, samples: &[(Sample, DecodedMedia)], out_dir: 
     }
     out.flush().map_err(io)?;
     bar.finish_and_clear();
-    Ok(EvalOutcome { split: e.split.clone(), task: e.task.clone(), unparsed, report: classification_report(&truth, &pred, &labels) })
+    Ok(EvalOutcome { split: req.split.to_string(), task: req.task.to_string(), unparsed, report: classification_report(&truth, &pred, &labels) })
 }

@@ -26,6 +26,51 @@ pub enum GlobalFrame {
     Middle,
 }
 
+/// The frozen encoders' outputs for a batch (each absent when its encoder or modality is).
+#[derive(Debug, Clone, Default)]
+pub struct EncodedFeatures {
+    /// EVA patch tokens after `ln_vision`, merged by four: (batch, 256, 4 × width).
+    pub patches: Option<Tensor>,
+    /// EVA CLS token: (batch, width).
+    pub cls: Option<Tensor>,
+    /// Frame-averaged local (MAE) feature: (batch, width).
+    pub local: Option<Tensor>,
+    /// Clip (VideoMAE) feature: (batch, width).
+    pub temporal: Option<Tensor>,
+    /// Utterance (HuBERT) feature: (batch, width).
+    pub audio: Option<Tensor>,
+}
+
+impl EncodedFeatures {
+    fn fields(&self) -> [(&'static str, &Option<Tensor>); 5] {
+        [("patches", &self.patches), ("cls", &self.cls), ("local", &self.local), ("temporal", &self.temporal), ("audio", &self.audio)]
+    }
+
+    /// Sample `i`'s tensors by name, without the batch dimension.
+    pub fn sample(&self, i: usize) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut out = std::collections::HashMap::new();
+        for (name, t) in self.fields() {
+            if let Some(t) = t {
+                out.insert(name.to_string(), t.narrow(0, i, 1)?.squeeze(0)?.contiguous()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A batch from per-sample tensors (as [`Self::sample`] gives them); a field is present when every
+    /// sample has it.
+    pub fn stack(items: &[std::collections::HashMap<String, Tensor>]) -> Result<Self> {
+        let field = |name: &str| -> Result<Option<Tensor>> {
+            let ts: Option<Vec<&Tensor>> = items.iter().map(|m| m.get(name)).collect();
+            match ts {
+                Some(ts) if !ts.is_empty() => Ok(Some(Tensor::stack(&ts, 0)?)),
+                _ => Ok(None),
+            }
+        };
+        Ok(Self { patches: field("patches")?, cls: field("cls")?, local: field("local")?, temporal: field("temporal")?, audio: field("audio")? })
+    }
+}
+
 /// The four encoders (each optional but the global one) and their projectors.
 pub struct EmotionLlamaEncoders {
     global: FrozenEncoder,
@@ -74,10 +119,13 @@ impl EmotionLlamaEncoders {
     /// mean and std); `audio`: (batch, samples). Returns the `<VideoHere>` tokens (batch, 256, hidden)
     /// and the `<FeatureHere>` tokens (batch, k, hidden); a disabled modality contributes none.
     pub fn encode(&self, frames: &Tensor, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        self.project(&self.features(frames, audio, use_video, use_audio)?, use_video, use_audio)
+    }
+
+    /// The frozen encoders' outputs, before the projectors (detached): what the feature cache keeps.
+    pub fn features(&self, frames: &Tensor, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<EncodedFeatures> {
         let (b, n, c, h, w) = frames.dims5()?;
-        let mut feature = Vec::new();
-        let mut video = None;
-        let mut cls_token = None;
+        let mut out = EncodedFeatures::default();
         if use_video {
             let idx = match self.global_frame {
                 GlobalFrame::First => 0,
@@ -88,30 +136,55 @@ impl EmotionLlamaEncoders {
             let Some(Pooled::Merged { patches, cls }) = pooled(&self.global, &frame, &spec)? else {
                 candle_core::bail!("encoder `{}` did not give merged patch tokens", self.global.name);
             };
-            video = Some(self.llama_proj.forward(&patches.detach())?);
-            cls_token = Some(self.cls_proj.forward(&cls.detach().unsqueeze(1)?)?);
-            if let (Some(enc), Some(p)) = (&self.local, &self.local_proj) {
+            out.patches = Some(patches.detach());
+            out.cls = Some(cls.detach());
+            if let Some(enc) = &self.local {
                 let all = enc.normalize_pixels(&frames.reshape((b * n, c, h, w))?)?;
                 let Some(Pooled::One(per_frame)) = pooled(enc, &all, &enc.features)? else {
                     candle_core::bail!("encoder `{}`: the local view needs a pooled feature per frame", enc.name);
                 };
-                let utterance = per_frame.detach().reshape((b, n, ()))?.mean_keepdim(1)?;
-                feature.push(p.forward(&utterance)?);
+                out.local = Some(per_frame.detach().reshape((b, n, ()))?.mean(1)?);
             }
-            if let (Some(enc), Some(p)) = (&self.temporal, &self.temporal_proj) {
+            if let Some(enc) = &self.temporal {
                 let clip = enc.normalize_pixels(frames)?;
                 let Some(Pooled::One(f)) = pooled(enc, &clip, &enc.features)? else {
                     candle_core::bail!("encoder `{}`: the temporal view needs a pooled feature per clip", enc.name);
                 };
-                feature.push(p.forward(&f.detach().unsqueeze(1)?)?);
+                out.temporal = Some(f.detach());
             }
         }
-        if use_audio && let (Some(enc), Some(p)) = (&self.audio, &self.audio_proj) {
+        if use_audio && let Some(enc) = &self.audio {
             let x = enc.prepare_audio(audio)?;
             let Some(Pooled::One(f)) = pooled(enc, &x, &enc.features)? else {
                 candle_core::bail!("encoder `{}`: the audio view needs a pooled feature per clip", enc.name);
             };
-            feature.push(p.forward(&f.detach().unsqueeze(1)?)?);
+            out.audio = Some(f.detach());
+        }
+        Ok(out)
+    }
+
+    /// Projects encoder outputs into LLM tokens: `<VideoHere>` (batch, 256, hidden) and `<FeatureHere>`
+    /// `[local, temporal, audio, CLS]`; a disabled or absent modality contributes none.
+    pub fn project(&self, f: &EncodedFeatures, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        let mut feature = Vec::new();
+        let mut video = None;
+        let mut cls_token = None;
+        if use_video {
+            if let Some(p) = &f.patches {
+                video = Some(self.llama_proj.forward(p)?);
+            }
+            if let Some(c) = &f.cls {
+                cls_token = Some(self.cls_proj.forward(&c.unsqueeze(1)?)?);
+            }
+            if let (Some(x), Some(p)) = (&f.local, &self.local_proj) {
+                feature.push(p.forward(&x.unsqueeze(1)?)?);
+            }
+            if let (Some(x), Some(p)) = (&f.temporal, &self.temporal_proj) {
+                feature.push(p.forward(&x.unsqueeze(1)?)?);
+            }
+        }
+        if use_audio && let (Some(x), Some(p)) = (&f.audio, &self.audio_proj) {
+            feature.push(p.forward(&x.unsqueeze(1)?)?);
         }
         if let Some(cls) = cls_token {
             feature.push(cls);

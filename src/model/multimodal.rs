@@ -207,12 +207,36 @@ impl EmotionModel {
             let steps = enc.forward(&media.audio)?;
             feature.push(pa.forward(&steps.mean_keepdim(1)?)?);
         }
+        self.tokens(video, feature, media.frames.dim(0)?)
+    }
+
+    /// Whether the model's encoders are frozen by construction (Emotion-LLaMA's layout), so their
+    /// outputs can be cached.
+    pub fn has_frozen_encoders(&self) -> bool {
+        self.emotion_llama.is_some()
+    }
+
+    /// The frozen encoders' outputs for every modality (`None` without Emotion-LLaMA's encoders).
+    pub fn frozen_features(&self, media: &MediaBatch) -> Result<Option<super::emotion_llama::EncodedFeatures>> {
+        match &self.emotion_llama {
+            Some(el) => Ok(Some(el.features(&media.frames, &media.audio, true, true)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Projects cached encoder outputs of `batch` samples into multimodal tokens.
+    pub fn project_features(&self, f: &super::emotion_llama::EncodedFeatures, batch: usize, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
+        let Some(el) = &self.emotion_llama else { return Ok(None) };
+        let (video, feature) = el.project(f, use_video, use_audio)?;
+        self.tokens(video, feature, batch)
+    }
+
+    fn tokens(&self, video: Option<Tensor>, feature: Vec<Tensor>, b: usize) -> Result<Option<MmTokens>> {
         if video.is_none() && feature.is_empty() {
             return Ok(None);
         }
-        let b = media.frames.dim(0)?;
         let h = self.llm.config().hidden_size;
-        let dev = media.frames.device();
+        let dev = self.llm_device();
         let video = match video {
             Some(v) => v,
             None => Tensor::zeros((b, 0, h), DType::F32, dev)?,

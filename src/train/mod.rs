@@ -1,6 +1,9 @@
 //! Training: stages, batches, optimiser with parameter groups, schedules, checkpoints.
 
 pub mod batch;
+pub mod checkpoint;
+pub mod inputs;
 pub mod optim;
+pub mod sampler;
 pub mod schedule;
 pub mod trainer;

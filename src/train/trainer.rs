@@ -1,21 +1,26 @@
-//! The stage loop: seeded batches of (sample, task), forward, loss on answer tokens, clipped AdamW step.
+//! The stage loop: a mixture stream of (sample, task) batches prepared ahead on a loader thread,
+//! forward, loss on answer tokens, gradient accumulation, clipped AdamW step, validation, checkpoints.
+//! Every random choice (data order, instructions, dropout) derives from the recipe seed and a state
+//! that checkpoints hold, so a run killed and resumed ends with the same parameters as one that was not.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
-use super::batch::{self, MediaLayout};
+use super::batch;
+use super::checkpoint::{self, BestCheckpoint, TrainState};
+use super::inputs::{BatchMedia, InputError, MediaStore};
 use super::optim::{self, GroupedAdamW};
+use super::sampler::{Component, DataState, MixtureSampler, mix};
 use super::schedule::lr_at;
 use crate::data::Sample;
-use crate::data::loader::DecodedMedia;
+use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate};
 use crate::model::multimodal::{EmotionModel, TokenizedPrompt};
 use crate::model::prompt::ChatTemplate;
 use crate::model::tokenizer::TextTokenizer;
@@ -27,12 +32,18 @@ pub enum TrainError {
     Stage { stage: String, message: String },
     #[error("stage `{stage}` step {step}: {source}")]
     Candle { stage: String, step: usize, source: candle_core::Error },
+    #[error("stage `{stage}`: {source}")]
+    Input { stage: String, source: InputError },
     #[error("writing `{path}`: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("validation: {0}")]
+    Validation(#[from] crate::eval::runner::EvalError),
 }
 
 /// What a stage did, for the summary and `metrics.json`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageReport {
     pub name: String,
     pub steps: usize,
@@ -41,131 +52,427 @@ pub struct StageReport {
     pub final_loss: f64,
     pub seconds: f64,
     pub checkpoint: String,
+    /// Ended by early stopping before its last step.
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
-/// Everything a stage needs besides its own settings.
+/// The samples and settings validation uses.
+pub struct Validation<'a> {
+    pub samples: Vec<usize>,
+    pub labels: &'a [String],
+}
+
+/// Everything the stages need besides their own settings.
 pub struct TrainContext<'a> {
     pub model: &'a EmotionModel,
     pub varmap: &'a VarMap,
     pub tokenizer: &'a TextTokenizer,
-    pub train: &'a [(Sample, DecodedMedia)],
+    /// Every loaded sample (all datasets and splits); indices refer to it.
+    pub pool: &'a [Sample],
+    /// The dataset card name of each pool sample.
+    pub pool_dataset: &'a [String],
+    pub store: &'a MediaStore<'a>,
     pub recipe: &'a Recipe,
     pub template: ChatTemplate,
-    pub layout: MediaLayout,
     pub device: &'a Device,
+    pub run_dir: &'a Path,
     pub log: &'a mut std::fs::File,
-    pub checkpoints: &'a Path,
     pub show_progress: bool,
+    pub validation: Option<Validation<'a>>,
+    /// Initial values of parameters that a stage with `init = "none"` resets.
+    pub initial: HashMap<String, Tensor>,
+    /// The checkpoint a resume continues from (its optimiser state is loaded for the stage in progress).
+    pub resume_from: Option<PathBuf>,
 }
 
-pub fn train_stage(ctx: &mut TrainContext, stage: &Stage, index: usize) -> Result<StageReport, TrainError> {
-    let name = stage.name.clone();
-    let fail = |message: String| TrainError::Stage { stage: name.clone(), message };
-    let candle = |step: usize| {
-        let name = name.clone();
-        move |source: candle_core::Error| TrainError::Candle { stage: name.clone(), step, source }
-    };
-    let vars = optim::select(ctx.varmap, &stage.trainable);
-    if vars.is_empty() {
-        return Err(fail(format!("`trainable` {:?} matches no parameter", stage.trainable)));
+/// One prepared micro-batch and the data state after it.
+struct Prepared {
+    prompts: Vec<TokenizedPrompt>,
+    media: BatchMedia,
+    state: DataState,
+    epoch: f64,
+}
+
+/// The learning-rate steps of `stage` over `components`.
+pub fn stage_steps(stage: &Stage, components: &[Component]) -> usize {
+    if stage.epochs > 0.0 {
+        let pairs: usize = components.iter().map(|c| c.pairs.len()).sum();
+        let per_step = (stage.batch_size * stage.grad_accum.max(1)).max(1);
+        ((stage.epochs * pairs as f64) / per_step as f64).ceil().max(1.0) as usize
+    } else {
+        stage.steps
     }
-    let trainable_params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    // Usable (sample, task) pairs: a sample joins a task only if it has that task's answer.
-    let pairs: Vec<(usize, String)> = ctx
-        .train
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (s, _))| stage.tasks.iter().filter(|t| batch::answer_for(s, t).is_some()).map(move |t| (i, t.clone())))
-        .collect();
-    if pairs.is_empty() {
-        return Err(fail(format!("no training sample has an answer for tasks {:?}", stage.tasks)));
+}
+
+/// The stage's mixture over the pool: per dataset entry, its (sample, task) pairs and instruction pools.
+pub fn components(ctx: &TrainContext, stage: &Stage, usable: &dyn Fn(usize) -> bool) -> Result<Vec<Component>, TrainError> {
+    let r = ctx.recipe;
+    let entries = if stage.data.is_empty() { vec![crate::recipe::StageData::default()] } else { stage.data.clone() };
+    let mut out = Vec::with_capacity(entries.len());
+    for d in entries {
+        let dataset = if d.dataset.is_empty() { r.data.dataset.clone() } else { d.dataset.clone() };
+        let tasks = if d.tasks.is_empty() { stage.tasks.clone() } else { d.tasks.clone() };
+        let pairs: Vec<(usize, String)> = (0..ctx.pool.len())
+            .filter(|&i| ctx.pool_dataset[i] == dataset && ctx.pool[i].split == d.split && usable(i))
+            .flat_map(|i| tasks.iter().filter(move |t| batch::answer_for(&ctx.pool[i], t).is_some()).map(move |t| (i, t.clone())))
+            .collect();
+        if pairs.is_empty() {
+            return Err(TrainError::Stage {
+                stage: stage.name.clone(),
+                message: format!("dataset `{dataset}` split `{}` has no sample with an answer for tasks {tasks:?}", d.split),
+            });
+        }
+        let instructions = tasks
+            .iter()
+            .map(|t| {
+                let pool = d.instructions.get(t).filter(|p| !p.is_empty()).cloned().unwrap_or_else(|| r.prompt.instructions_for(t).to_vec());
+                (t.clone(), pool)
+            })
+            .collect();
+        out.push(Component { name: dataset, pairs, weight: d.weight, instructions });
     }
+    Ok(out)
+}
+
+/// The parameters a checkpoint holds at stage `k`: everything any stage up to `k` trains.
+fn checkpointed_vars(varmap: &VarMap, stages: &[Stage], k: usize) -> Vec<(String, Var)> {
+    let globs: Vec<String> = stages[..=k.min(stages.len().saturating_sub(1))].iter().flat_map(|s| s.trainable.iter().cloned()).collect();
+    optim::select(varmap, &globs)
+}
+
+fn tensors_of(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
+    vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+}
+
+/// Sets `vars` from `tensors` (every var must be present, with its shape).
+pub fn assign(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>, origin: &str) -> Result<(), String> {
+    for (name, var) in vars {
+        let t = tensors.get(name).ok_or_else(|| format!("`{origin}` has no parameter `{name}`"))?;
+        if t.dims() != var.dims() {
+            return Err(format!("`{origin}`: parameter `{name}` has shape {:?}, the model {:?}", t.dims(), var.dims()));
+        }
+        var.set(&t.to_dtype(var.dtype()).and_then(|t| t.to_device(var.device())).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Loads a stage's `init` checkpoint (a `.safetensors` file or a checkpoint directory) into the
+/// parameters it names, which must all exist in the model with their shapes.
+fn load_init(varmap: &VarMap, path: &Path, device: &Device) -> Result<usize, String> {
+    let file = if path.is_dir() { path.join("params.safetensors") } else { path.to_path_buf() };
+    let tensors = candle_core::safetensors::load(&file, device).map_err(|e| format!("`{}`: {e}", file.display()))?;
+    let all = optim::select(varmap, &["*".to_string()]);
+    let names: BTreeSet<&String> = all.iter().map(|(n, _)| n).collect();
+    if let Some(unknown) = tensors.keys().find(|k| !names.contains(k)) {
+        return Err(format!("`{}` holds `{unknown}`, which this model does not have (a checkpoint of another configuration?)", file.display()));
+    }
+    let vars: Vec<(String, Var)> = all.into_iter().filter(|(n, _)| tensors.contains_key(n)).collect();
+    assign(&vars, &tensors, &file.display().to_string())?;
+    Ok(vars.len())
+}
+
+/// Sums gradients of micro-batches.
+fn accumulate(total: &mut Option<GradStore>, grads: GradStore, vars: &[(String, Var)]) -> candle_core::Result<()> {
+    match total {
+        None => *total = Some(grads),
+        Some(t) => {
+            for (_, v) in vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    let sum = match t.get(v.as_tensor()) {
+                        Some(prev) => (prev + g)?,
+                        None => g.clone(),
+                    };
+                    t.insert(v.as_tensor(), sum);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the stages from `state` (a fresh state, or one loaded from a checkpoint) to the end.
+pub fn train(ctx: &mut TrainContext, mut state: TrainState, usable: &dyn Fn(usize) -> bool) -> Result<TrainState, TrainError> {
+    let stages = ctx.recipe.stages.clone();
+    let ckpt_root = ctx.run_dir.join("checkpoints");
+    while state.stage_index < stages.len() {
+        let k = state.stage_index;
+        let stage = &stages[k];
+        let fail = |message: String| TrainError::Stage { stage: stage.name.clone(), message };
+        let vars = optim::select(ctx.varmap, &stage.trainable);
+        if vars.is_empty() {
+            return Err(fail(format!("`trainable` {:?} matches no parameter", stage.trainable)));
+        }
+        let saved = checkpointed_vars(ctx.varmap, &stages, k);
+        let comps = components(ctx, stage, usable)?;
+        let steps = stage_steps(stage, &comps);
+        let stage_seed = mix(&[ctx.recipe.seed, k as u64 + 1]);
+        let mut sampler = MixtureSampler::new(comps, stage_seed);
+        let mut opt = GroupedAdamW::new(&vars, stage.lr, stage.weight_decay, &stage.lr_scale).map_err(|e| fail(e.to_string()))?;
+        if state.step == 0 {
+            match stage.init.as_str() {
+                "previous" => {}
+                "none" => {
+                    let reset: Vec<(String, Var)> = vars.iter().filter(|(n, _)| ctx.initial.contains_key(n)).cloned().collect();
+                    assign(&reset, &ctx.initial, "the initial parameters").map_err(fail)?;
+                    tracing::info!(stage = %stage.name, params = reset.len(), "init: trainable parameters reset to their initial values");
+                }
+                path => {
+                    let n = load_init(ctx.varmap, Path::new(path), ctx.device).map_err(fail)?;
+                    tracing::info!(stage = %stage.name, params = n, from = path, "init from checkpoint");
+                }
+            }
+            state.loss = Default::default();
+        } else {
+            let data = state.data.as_ref().ok_or_else(|| fail("the checkpoint has no data-stream state".into()))?;
+            sampler.restore(data).map_err(fail)?;
+            let dir = ctx.resume_from.clone().ok_or_else(|| fail("resuming mid-stage needs the checkpoint directory".into()))?;
+            let moments = checkpoint::load_tensors(&dir, true, ctx.device)?;
+            opt.load_state(&moments, state.optimizer_t).map_err(fail)?;
+            tracing::info!(stage = %stage.name, step = state.step, "resumed mid-stage");
+        }
+        let stopped_early = run_steps(ctx, stage, k, steps, &mut sampler, &mut opt, &vars, &saved, &mut state)?;
+        // Stage end: export, report, boundary checkpoint (parameters only; the next stage starts fresh).
+        let export = ctx.run_dir.join("checkpoints").join(format!("{:02}-{}.safetensors", k + 1, stage.name));
+        save_params(&vars, &export)?;
+        state.reports.push(StageReport {
+            name: stage.name.clone(),
+            steps: state.step,
+            trainable_params: vars.iter().map(|(_, v)| v.elem_count()).sum(),
+            first_loss: state.loss.first.unwrap_or(f64::NAN),
+            final_loss: state.loss.last.unwrap_or(f64::NAN),
+            seconds: state.loss.seconds,
+            checkpoint: export.display().to_string(),
+            stopped_early,
+        });
+        state.stage_index += 1;
+        state.step = 0;
+        state.optimizer_t = 0;
+        state.data = None;
+        state.evals_since_best = 0;
+        let name = checkpoint::step_name(state.global_step);
+        checkpoint::write(&ckpt_root, &name, &tensors_of(&saved), None, &state)?;
+        checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(&state).as_deref())?;
+        // REPORT-HOOK
+        tracing::info!(stage = %stage.name, loss = state.loss.last, seconds = state.loss.seconds, "stage done");
+    }
+    Ok(state)
+}
+
+fn best_name(state: &TrainState) -> Option<String> {
+    state.best.as_ref().and_then(|b| Path::new(&b.checkpoint).file_name().map(|n| n.to_string_lossy().to_string()))
+}
+
+/// The optimiser steps of one stage from `state.step`; returns whether early stopping ended it.
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    ctx: &mut TrainContext,
+    stage: &Stage,
+    k: usize,
+    steps: usize,
+    sampler: &mut MixtureSampler,
+    opt: &mut GroupedAdamW,
+    vars: &[(String, Var)],
+    saved: &[(String, Var)],
+    state: &mut TrainState,
+) -> Result<bool, TrainError> {
+    let stage_seed = mix(&[ctx.recipe.seed, k as u64 + 1]);
+    let accum = stage.grad_accum.max(1);
     let uses = |m: &str| stage.modalities.is_empty() || stage.modalities.iter().any(|x| x == m);
     let (use_video, use_audio) = (uses("video"), uses("audio"));
-    let mut opt = GroupedAdamW::new(&vars, stage.lr, stage.weight_decay, &stage.lr_scale).map_err(candle(0))?;
-    let stage_seed = ctx.recipe.seed ^ ((index as u64 + 1) * 0x9E37_79B9_7F4A_7C15);
-    let mut rng = ChaCha8Rng::seed_from_u64(stage_seed);
-    // LoRA dropout masks follow the run's seed, per stage, like the data order.
-    ctx.model.llm.reseed_dropout(stage_seed.rotate_left(17));
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    order.shuffle(&mut rng);
-    let mut cursor = 0;
-    let bar = crate::progress::bar(stage.steps as u64, &format!("train:{}", stage.name), ctx.show_progress);
+    let transcript = stage.transcript.unwrap_or(ctx.recipe.prompt.transcript);
+    let every = if stage.eval_every > 0 { stage.eval_every } else { ctx.recipe.validation.every };
+    let ckpt_root = ctx.run_dir.join("checkpoints");
+    let bar = crate::progress::bar(steps as u64, &format!("train:{}", stage.name), ctx.show_progress);
+    bar.set_position(state.step as u64);
     let start = Instant::now();
-    let (mut first_loss, mut last_loss, mut smoothed) = (f64::NAN, f64::NAN, f64::NAN);
-    for step in 0..stage.steps {
-        let lr = lr_at(stage, step);
-        opt.set_lr(lr);
-        let mut prompts: Vec<TokenizedPrompt> = Vec::with_capacity(stage.batch_size);
-        let mut media: Vec<&DecodedMedia> = Vec::with_capacity(stage.batch_size);
-        for _ in 0..stage.batch_size {
-            if cursor == order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
+    let seconds_before = state.loss.seconds;
+    let first = state.step;
+    let (pool, store, tokenizer, device) = (ctx.pool, ctx.store, ctx.tokenizer, ctx.device);
+    let template = ctx.template.clone();
+    let stage_name = stage.name.clone();
+    let batch_size = stage.batch_size;
+    let depth = ctx.recipe.runtime.prefetch;
+    let mut stopped_early = false;
+    std::thread::scope(|scope| -> Result<(), TrainError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, TrainError>>(depth);
+        let producer_sampler = &mut *sampler;
+        scope.spawn(move || {
+            for _ in 0..(steps - first) * accum {
+                let r = prepare(producer_sampler, batch_size, pool, store, tokenizer, &template, transcript, device, &stage_name);
+                let stop = r.is_err();
+                if tx.send(r).is_err() || stop {
+                    break;
+                }
             }
-            let (si, task) = &pairs[order[cursor]];
-            cursor += 1;
-            let (sample, decoded) = &ctx.train[*si];
-            let pool = ctx.recipe.prompt.instructions_for(task);
-            let instruction = if pool.is_empty() { "" } else { pool[rng.random_range(0..pool.len())].as_str() };
-            let text = batch::prompt_text(sample, task, instruction, &ctx.template, stage.transcript.unwrap_or(ctx.recipe.prompt.transcript));
-            let answer = batch::answer_for(sample, task);
-            prompts.push(batch::tokenize(ctx.tokenizer, &text, answer.as_deref()).map_err(|e| fail(e.to_string()))?);
-            media.push(decoded);
-        }
-        let loss = (|| -> candle_core::Result<(f64, optim::GradNorms)> {
-            let mm = if ctx.recipe.model.use_av {
-                ctx.model.encode_modalities(&batch::media_batch(&media, &ctx.layout, ctx.device)?, use_video, use_audio)?
-            } else {
-                None
+        });
+        for step in first..steps {
+            let lr = lr_at(stage, step);
+            opt.set_lr(lr);
+            let mut grads: Option<GradStore> = None;
+            let mut loss_sum = 0.0;
+            let mut last_state = None;
+            let mut epoch = 0.0;
+            for micro in 0..accum {
+                let prepared = rx.recv().map_err(|_| TrainError::Stage { stage: stage.name.clone(), message: "the data loader stopped".into() })??;
+                ctx.model.llm.reseed_dropout(mix(&[stage_seed, step as u64, micro as u64]));
+                let candle = |source| TrainError::Candle { stage: stage.name.clone(), step, source };
+                let mm = prepared.media.tokens(ctx.model, use_video, use_audio).map_err(candle)?;
+                let inputs = ctx.model.build_inputs(&prepared.prompts, mm.as_ref(), true).map_err(candle)?;
+                let loss = ctx.model.loss(&inputs, stage.loss).map_err(candle)?;
+                loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
+                let scaled = if accum > 1 { (loss / accum as f64).map_err(candle)? } else { loss };
+                accumulate(&mut grads, scaled.backward().map_err(candle)?, vars).map_err(candle)?;
+                last_state = Some(prepared.state);
+                epoch = prepared.epoch;
+            }
+            let value = loss_sum / accum as f64;
+            if !value.is_finite() {
+                return Err(TrainError::Stage { stage: stage.name.clone(), message: format!("loss became {value} at step {step}; lower `lr` or enable `grad_clip`") });
+            }
+            let Some(grads) = grads else {
+                return Err(TrainError::Stage { stage: stage.name.clone(), message: "no gradients (empty batch)".into() });
             };
-            let inputs = ctx.model.build_inputs(&prompts, mm.as_ref(), true)?;
-            let loss = ctx.model.loss(&inputs, stage.loss)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            let mut grads = loss.backward()?;
-            let norm = opt.step(&mut grads, stage.grad_clip)?;
-            Ok((value, norm))
-        })()
-        .map_err(candle(step))?;
-        let (value, (grad_norm, group_norms)) = loss;
-        if !value.is_finite() {
-            return Err(fail(format!("loss became {value} at step {step}; lower `lr` or enable `grad_clip`")));
+            let (grad_norm, group_norms) = opt.step(&grads, stage.grad_clip).map_err(|source| TrainError::Candle { stage: stage.name.clone(), step, source })?;
+            state.loss.first.get_or_insert(value);
+            let smoothed = state.loss.smoothed.map_or(value, |s| 0.9 * s + 0.1 * value);
+            state.loss.smoothed = Some(smoothed);
+            state.loss.last = Some(value);
+            state.loss.seconds = seconds_before + start.elapsed().as_secs_f64();
+            state.step = step + 1;
+            state.global_step += 1;
+            state.optimizer_t = opt.steps_taken();
+            state.data = last_state;
+            bar.set_message(format!("loss {smoothed:.4} lr {lr:.2e}"));
+            bar.inc(1);
+            if step % stage.log_every.max(1) == 0 || step + 1 == steps {
+                let line = serde_json::json!({
+                    "kind": "train", "stage": stage.name, "stage_index": k, "step": step + 1, "global_step": state.global_step,
+                    "epoch": epoch, "loss": value, "lr": lr, "grad_norm": grad_norm, "grad_norms": group_norms,
+                    "elapsed_s": state.loss.seconds,
+                });
+                writeln!(ctx.log, "{line}").map_err(|source| TrainError::Io { path: "log.jsonl".into(), source })?;
+                tracing::debug!(stage = %stage.name, step = step + 1, loss = value, lr, "train");
+            }
+            let last = step + 1 == steps;
+            if ctx.validation.is_some() && (last || (every > 0 && (step + 1) % every == 0)) {
+                validate(ctx, stage, k, saved, state)?;
+                let patience = ctx.recipe.validation.patience;
+                if patience > 0 && state.evals_since_best >= patience && !last {
+                    tracing::info!(stage = %stage.name, step = step + 1, patience, "early stopping: no validation improvement");
+                    stopped_early = true;
+                    break;
+                }
+            }
+            let every_ckpt = ctx.recipe.checkpoint.every;
+            if !last && every_ckpt > 0 && state.global_step % every_ckpt == 0 {
+                let name = checkpoint::step_name(state.global_step);
+                checkpoint::write(&ckpt_root, &name, &tensors_of(saved), Some(&opt.state_tensors()), state)?;
+                checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(state).as_deref())?;
+            }
         }
-        if step == 0 {
-            first_loss = value;
-            smoothed = value;
-        }
-        smoothed = 0.9 * smoothed + 0.1 * value;
-        last_loss = value;
-        bar.set_message(format!("loss {smoothed:.4} lr {lr:.2e}"));
-        bar.inc(1);
-        if step % stage.log_every.max(1) == 0 || step + 1 == stage.steps {
-            let line = serde_json::json!({
-                "stage": stage.name, "step": step + 1, "loss": value, "lr": lr, "grad_norm": grad_norm, "grad_norms": group_norms,
-                "elapsed_s": start.elapsed().as_secs_f64(),
-            });
-            writeln!(ctx.log, "{line}").map_err(|source| TrainError::Io { path: "log.jsonl".into(), source })?;
-            tracing::debug!(stage = %stage.name, step = step + 1, loss = value, lr, "train");
-        }
-    }
+        drop(rx);
+        Ok(())
+    })?;
     bar.finish_and_clear();
-    let checkpoint = ctx.checkpoints.join(format!("{:02}-{}.safetensors", index + 1, stage.name));
-    save_params(&vars, &checkpoint)?;
-    Ok(StageReport {
-        name: stage.name.clone(),
-        steps: stage.steps,
-        trainable_params,
-        first_loss,
-        final_loss: last_loss,
-        seconds: start.elapsed().as_secs_f64(),
-        checkpoint: checkpoint.display().to_string(),
-    })
+    Ok(stopped_early)
+}
+
+/// Draws one micro-batch and prepares its prompts and media (on the loader thread).
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    sampler: &mut MixtureSampler,
+    batch_size: usize,
+    pool: &[Sample],
+    store: &MediaStore,
+    tokenizer: &TextTokenizer,
+    template: &ChatTemplate,
+    transcript: bool,
+    device: &Device,
+    stage: &str,
+) -> Result<Prepared, TrainError> {
+    let fail = |message: String| TrainError::Stage { stage: stage.to_string(), message };
+    let draws: Vec<_> = (0..batch_size).map(|_| sampler.next_draw()).collect();
+    let idx: Vec<usize> = draws.iter().map(|d| d.sample).collect();
+    let (media, kept) = store.batch(pool, &idx, device).map_err(|source| TrainError::Input { stage: stage.to_string(), source })?;
+    let mut prompts = Vec::with_capacity(kept.len());
+    for &j in &kept {
+        let d = &draws[j];
+        let sample = &pool[d.sample];
+        let text = batch::prompt_text(sample, &d.task, &d.instruction, template, transcript);
+        let answer = batch::answer_for(sample, &d.task);
+        prompts.push(batch::tokenize(tokenizer, &text, answer.as_deref()).map_err(|e| fail(e.to_string()))?);
+    }
+    Ok(Prepared { prompts, media, state: sampler.state(), epoch: sampler.epoch_progress() })
+}
+
+/// Scores the validation split, logs it, and keeps the parameters as `best-*` when they improve.
+fn validate(ctx: &mut TrainContext, stage: &Stage, k: usize, saved: &[(String, Var)], state: &mut TrainState) -> Result<(), TrainError> {
+    let Some(v) = &ctx.validation else { return Ok(()) };
+    let r = ctx.recipe;
+    let task = if r.validation.task.is_empty() { r.eval.task.clone() } else { r.validation.task.clone() };
+    let outcome = run_validation(ctx, v, &task)?;
+    let value = metric_value(&outcome, &r.validation.metric);
+    let improved = state.best.as_ref().is_none_or(|b| value > b.value);
+    let ckpt_root = ctx.run_dir.join("checkpoints");
+    if improved {
+        let name = format!("best-{:06}", state.global_step);
+        let best = BestCheckpoint {
+            stage: stage.name.clone(),
+            stage_index: k,
+            step: state.step,
+            global_step: state.global_step,
+            metric: r.validation.metric.clone(),
+            value,
+            checkpoint: format!("checkpoints/{name}"),
+        };
+        state.best = Some(best);
+        state.evals_since_best = 0;
+        checkpoint::write(&ckpt_root, &name, &tensors_of(saved), None, state)?;
+        checkpoint::prune(&ckpt_root, usize::MAX, Some(&name))?;
+    } else {
+        state.evals_since_best += 1;
+    }
+    let line = serde_json::json!({
+        "kind": "validation", "stage": stage.name, "stage_index": k, "step": state.step, "global_step": state.global_step,
+        "metric": r.validation.metric, "value": value, "accuracy": outcome.report.accuracy, "weighted_f1": outcome.report.weighted_f1,
+        "n": outcome.report.n, "improved": improved, "checkpoint": state.best.as_ref().map(|b| b.checkpoint.clone()),
+    });
+    writeln!(ctx.log, "{line}").map_err(|source| TrainError::Io { path: "log.jsonl".into(), source })?;
+    tracing::info!(stage = %stage.name, step = state.step, metric = %r.validation.metric, value, improved, "validation");
+    Ok(())
+}
+
+fn run_validation(ctx: &TrainContext, v: &Validation, task: &str) -> Result<EvalOutcome, TrainError> {
+    let r = ctx.recipe;
+    let ectx = EvalContext {
+        model: ctx.model,
+        tokenizer: ctx.tokenizer,
+        recipe: r,
+        template: ctx.template.clone(),
+        device: ctx.device,
+        labels: v.labels,
+        show_progress: false,
+        pool: ctx.pool,
+        store: ctx.store,
+    };
+    let req = EvalRequest { split: &r.validation.split, task, limit: r.validation.limit, predictions: &ctx.run_dir.join("validation_predictions.jsonl") };
+    Ok(evaluate(&ectx, &v.samples, &req)?)
+}
+
+/// The named metric of an evaluation (higher is better).
+pub fn metric_value(e: &EvalOutcome, metric: &str) -> f64 {
+    match metric {
+        "accuracy" => e.report.accuracy,
+        "macro_f1" => e.report.macro_f1,
+        _ => e.report.weighted_f1,
+    }
 }
 
 /// Writes the given parameters as safetensors, atomically (temp file, fsync, rename).
-pub fn save_params(vars: &[(String, candle_core::Var)], path: &Path) -> Result<(), TrainError> {
+pub fn save_params(vars: &[(String, Var)], path: &Path) -> Result<(), TrainError> {
     let io = |source| TrainError::Io { path: path.display().to_string(), source };
-    let tensors: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let tensors = tensors_of(vars);
     let tmp = path.with_extension("safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp)
         .map_err(|e| TrainError::Io { path: tmp.display().to_string(), source: std::io::Error::other(e.to_string()) })?;

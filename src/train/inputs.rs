@@ -1,0 +1,194 @@
+//! Where a batch's media come from: nothing (the text-only ablation), clips decoded up front and kept in
+//! memory (trainable encoders), or the feature cache of frozen encoders, which decodes and encodes a
+//! clip only on a miss.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{Device, Tensor};
+
+use super::batch::{self, MediaLayout};
+use crate::data::Sample;
+use crate::data::feature_cache::FeatureCache;
+use crate::data::loader::{self, DecodeSpec, DecodedMedia, Skipped};
+use crate::model::emotion_llama::EncodedFeatures;
+use crate::model::multimodal::{EmotionModel, MmTokens};
+use crate::recipe::OnError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("sample `{id}` has no decoded media (it was skipped while decoding)")]
+    NotDecoded { id: String },
+    #[error("sample `{id}` ({media}): {message}")]
+    Media { id: String, media: String, message: String },
+    #[error(transparent)]
+    Cache(#[from] crate::data::feature_cache::FeatureCacheError),
+    #[error("encoding a batch: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("every sample of a batch was unreadable: {0}")]
+    EmptyBatch(String),
+}
+
+/// A batch's media, ready for the model.
+pub enum BatchMedia {
+    None,
+    Media(crate::model::multimodal::MediaBatch),
+    /// Cached frozen-encoder outputs and the batch size.
+    Features(EncodedFeatures, usize),
+}
+
+impl BatchMedia {
+    /// The multimodal tokens (projectors applied; trainable encoders run here).
+    pub fn tokens(&self, model: &EmotionModel, use_video: bool, use_audio: bool) -> candle_core::Result<Option<MmTokens>> {
+        match self {
+            Self::None => Ok(None),
+            Self::Media(m) => model.encode_modalities(m, use_video, use_audio),
+            Self::Features(f, b) => model.project_features(f, *b, use_video, use_audio),
+        }
+    }
+}
+
+pub struct FeatureStore<'a> {
+    pub cache: FeatureCache,
+    pub model: &'a EmotionModel,
+    pub spec: DecodeSpec,
+    pub layout: MediaLayout,
+    /// Samples dropped because their media could not be decoded (under `on_error = "skip"`).
+    pub skipped: Mutex<Vec<Skipped>>,
+}
+
+pub enum MediaStore<'a> {
+    Off,
+    /// Indexed like the run's sample pool; `None` for samples not needed or skipped.
+    Decoded { media: Vec<Option<DecodedMedia>>, layout: MediaLayout },
+    Cached(Box<FeatureStore<'a>>),
+}
+
+impl MediaStore<'_> {
+    /// The media of pool samples `idx`, and the positions in `idx` that made it into the batch (a
+    /// sample whose clip fails to decode on a cache miss is dropped under `on_error = "skip"`).
+    pub fn batch(&self, pool: &[Sample], idx: &[usize], device: &Device) -> Result<(BatchMedia, Vec<usize>), InputError> {
+        let all: Vec<usize> = (0..idx.len()).collect();
+        match self {
+            Self::Off => Ok((BatchMedia::None, all)),
+            Self::Decoded { media, layout } => {
+                let items = idx
+                    .iter()
+                    .map(|&i| media.get(i).and_then(Option::as_ref).ok_or_else(|| InputError::NotDecoded { id: pool[i].id.clone() }))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((BatchMedia::Media(batch::media_batch(&items, layout, device)?), all))
+            }
+            Self::Cached(store) => store.batch(pool, idx, device),
+        }
+    }
+
+    pub fn cache_stats(&self) -> Option<crate::data::feature_cache::CacheStats> {
+        match self {
+            Self::Cached(s) => Some(s.cache.stats()),
+            _ => None,
+        }
+    }
+
+    pub fn skipped(&self) -> Vec<Skipped> {
+        match self {
+            Self::Cached(s) => s.skipped.lock().map(|g| g.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl FeatureStore<'_> {
+    fn batch(&self, pool: &[Sample], idx: &[usize], device: &Device) -> Result<(BatchMedia, Vec<usize>), InputError> {
+        let mut found: Vec<Option<HashMap<String, Tensor>>> = Vec::with_capacity(idx.len());
+        let mut keys = Vec::with_capacity(idx.len());
+        let mut failed = Vec::new();
+        for (k, &i) in idx.iter().enumerate() {
+            match self.cache.key(&pool[i].media) {
+                Ok(key) => {
+                    found.push(self.cache.load(&key, device));
+                    keys.push(key);
+                }
+                Err(e) => {
+                    self.fail(&pool[i], e.to_string())?;
+                    failed.push(k);
+                    found.push(None);
+                    keys.push(String::new());
+                }
+            }
+        }
+        let misses: Vec<usize> = (0..idx.len()).filter(|&k| found[k].is_none() && !failed.contains(&k)).collect();
+        if !misses.is_empty() {
+            let decoded = self.decode(pool, &misses.iter().map(|&k| idx[k]).collect::<Vec<_>>());
+            let mut ok: Vec<(usize, DecodedMedia)> = Vec::new();
+            for (&k, r) in misses.iter().zip(decoded) {
+                match r {
+                    Ok(m) => ok.push((k, m)),
+                    Err(e) => {
+                        self.fail(&pool[idx[k]], e.to_string())?;
+                        failed.push(k);
+                    }
+                }
+            }
+            if !ok.is_empty() {
+                let refs: Vec<&DecodedMedia> = ok.iter().map(|(_, m)| m).collect();
+                let media = batch::media_batch(&refs, &self.layout, device)?;
+                let features = self.model.frozen_features(&media)?.ok_or_else(|| candle_core::Error::Msg("the model has no frozen encoders".into()))?;
+                for (j, (k, _)) in ok.iter().enumerate() {
+                    let one = features.sample(j)?;
+                    self.cache.store(&keys[*k], &one)?;
+                    found[*k] = Some(one);
+                }
+            }
+        }
+        let kept: Vec<usize> = (0..idx.len()).filter(|k| !failed.contains(k)).collect();
+        if kept.is_empty() {
+            return Err(InputError::EmptyBatch(idx.iter().map(|&i| pool[i].id.as_str()).collect::<Vec<_>>().join(", ")));
+        }
+        let items: Vec<HashMap<String, Tensor>> = kept.iter().filter_map(|&k| found[k].take()).collect();
+        Ok((BatchMedia::Features(EncodedFeatures::stack(&items)?, kept.len()), kept))
+    }
+
+    /// An unreadable clip: the error under `on_error = "fail"`, else recorded as skipped.
+    fn fail(&self, s: &Sample, message: String) -> Result<(), InputError> {
+        if self.spec.on_error == OnError::Fail {
+            return Err(InputError::Media { id: s.id.clone(), media: s.media.display().to_string(), message });
+        }
+        tracing::warn!(sample = %s.id, error = %message, "skipping sample");
+        if let Ok(mut g) = self.skipped.lock()
+            && !g.iter().any(|x| x.id == s.id)
+        {
+            g.push(Skipped { id: s.id.clone(), media: s.media.clone(), reason: message });
+        }
+        Ok(())
+    }
+
+    /// Decodes the given samples on up to `spec.threads` threads.
+    fn decode(&self, pool: &[Sample], which: &[usize]) -> Vec<Result<DecodedMedia, crate::media::MediaError>> {
+        let workers = self.spec.threads.clamp(1, 8).min(which.len().max(1));
+        let slots: Vec<Mutex<Option<Result<DecodedMedia, crate::media::MediaError>>>> = which.iter().map(|_| Mutex::new(None)).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = which.get(k) else { break };
+                        let r = loader::decode_one(&pool[i], &self.spec);
+                        if let Ok(mut g) = slots[k].lock() {
+                            *g = Some(r);
+                        }
+                    }
+                });
+            }
+        });
+        slots
+            .into_iter()
+            .zip(which)
+            .map(|(m, &i)| {
+                m.into_inner().ok().flatten().unwrap_or_else(|| {
+                    Err(crate::media::MediaError::Decode { path: pool[i].media.clone(), detail: "the decoder thread stopped".into() })
+                })
+            })
+            .collect()
+    }
+}
