@@ -40,9 +40,14 @@ emollama *args: build
     {{bin}} {{args}}
 
 # Benchmarks: the parts of a quick-start training step (forward + backward, median of 5), SmolLM2
-# inference against llama.cpp on the same GGUF, and the four encoders at real size against PyTorch,
-# 2 threads (writes BENCHMARKS.md).
-bench:
+# inference against llama.cpp on the same GGUF, the four encoders at real size against PyTorch, and
+# the frozen-encoder feature cache (epoch 1 vs epoch 2), 2 threads (writes BENCHMARKS.md).
+bench: build
     cargo run --release --example profile_step
     bash tools/bench/llm_vs_llamacpp.sh
     bash tools/bench/encoders_vs_torch.sh
+    bash tools/bench/feature_cache.sh
+
+# Only the feature-cache benchmark (a cold cache, two epochs; ~1 minute).
+bench-feature-cache: build
+    bash tools/bench/feature_cache.sh

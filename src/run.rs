@@ -553,6 +553,12 @@ pub fn summary_table(s: &RunSummary) -> String {
     for st in &s.stages {
         t.add_row(vec![format!("stage {}", st.name), format!("{} steps, loss {:.3} → {:.3}, {:.0} s", st.steps, st.first_loss, st.final_loss, st.seconds)]);
     }
+    if let Some(b) = &s.best {
+        t.add_row(vec!["best validation".to_string(), format!("{} {:.4} at stage {} step {} ({})", b.metric, b.value, b.stage, b.step, b.checkpoint)]);
+    }
+    if let Some(c) = &s.feature_cache {
+        t.add_row(vec!["feature cache".to_string(), format!("{} hits, {} misses", c.hits, c.misses)]);
+    }
     if let Some(e) = &s.eval {
         t.add_row(vec![format!("{} ({} task, n={})", e.split, e.task, e.report.n), String::new()]);
         t.add_row(vec!["weighted F1".to_string(), format!("{:.4}", e.report.weighted_f1)]);

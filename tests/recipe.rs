@@ -177,7 +177,7 @@ lr_shedule = "cosine"
         msg.starts_with(&format!("{file}:9: stage[1].lr_shedule: unknown key `lr_shedule`, did you mean `lr_schedule`?")),
         "{msg}"
     );
-    assert!(msg.contains("valid keys: name, tasks, steps"), "{msg}");
+    assert!(msg.contains("valid keys: name, init, data, tasks, steps"), "{msg}");
     assert!(text.starts_with("2 errors in recipe:"), "{text}");
 }
 

@@ -204,7 +204,7 @@ pub fn latest(root: &Path) -> Option<Found> {
         .filter_map(|e| e.ok())
         .filter_map(|e| step_of(&e.file_name().to_string_lossy()).map(|s| (s, e.path())))
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     for (_, dir) in dirs {
         match verify(&dir) {
             Ok(state) => return Some(Found { dir, state }),
@@ -234,7 +234,7 @@ pub fn prune(root: &Path, keep: usize, keep_best: Option<&str>) -> Result<(), Ch
             std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
         }
     }
-    steps.sort_by(|a, b| b.0.cmp(&a.0));
+    steps.sort_by_key(|s| std::cmp::Reverse(s.0));
     for (_, path) in steps.into_iter().skip(keep.max(1)) {
         std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
     }

@@ -176,6 +176,19 @@ impl GroupedAdamW {
     }
 }
 
+/// Divides the gradients of `vars` by `scale` in place; returns whether they are all finite.
+pub fn unscale(grads: &mut GradStore, vars: &[(String, Var)], scale: f64) -> Result<bool> {
+    let mut finite = true;
+    for (_, v) in vars {
+        if let Some(g) = grads.remove(v.as_tensor()) {
+            let g = (g / scale)?;
+            finite &= g.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?.is_finite();
+            grads.insert(v.as_tensor(), g);
+        }
+    }
+    Ok(finite)
+}
+
 /// Dynamic loss scaling for f16 training (PyTorch's `GradScaler` rule): the loss is multiplied by
 /// `scale` before backward; a step whose gradients overflow is skipped and halves the scale, and
 /// `growth_interval` clean steps in a row double it.

@@ -33,13 +33,19 @@ pub enum TrainError {
     #[error("stage `{stage}` step {step}: {source}")]
     Candle { stage: String, step: usize, source: candle_core::Error },
     #[error("stage `{stage}`: {source}")]
-    Input { stage: String, source: InputError },
+    Input { stage: String, source: Box<InputError> },
     #[error("writing `{path}`: {source}")]
     Io { path: String, source: std::io::Error },
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("validation: {0}")]
-    Validation(#[from] crate::eval::runner::EvalError),
+    Validation(Box<crate::eval::runner::EvalError>),
+}
+
+impl From<crate::eval::runner::EvalError> for TrainError {
+    fn from(e: crate::eval::runner::EvalError) -> Self {
+        Self::Validation(Box::new(e))
+    }
 }
 
 /// What a stage did, for the summary and `metrics.json`.
@@ -294,6 +300,8 @@ fn run_steps(
     let batch_size = stage.batch_size;
     let depth = ctx.recipe.runtime.prefetch;
     let mut stopped_early = false;
+    // f16 (GPU) trains with dynamic loss scaling; the scaler's state is checkpointed with the rest.
+    let mut scaler = (ctx.recipe.runtime.dtype == "f16").then(|| state.loss_scaler.clone().unwrap_or_default());
     std::thread::scope(|scope| -> Result<(), TrainError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, TrainError>>(depth);
         let producer_sampler = &mut *sampler;
@@ -321,7 +329,8 @@ fn run_steps(
                 let inputs = ctx.model.build_inputs(&prepared.prompts, mm.as_ref(), true).map_err(candle)?;
                 let loss = ctx.model.loss(&inputs, stage.loss).map_err(candle)?;
                 loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
-                let scaled = if accum > 1 { (loss / accum as f64).map_err(candle)? } else { loss };
+                let factor = scaler.as_ref().map_or(1.0, |s| s.scale) / accum as f64;
+                let scaled = if factor != 1.0 { (loss * factor).map_err(candle)? } else { loss };
                 accumulate(&mut grads, scaled.backward().map_err(candle)?, vars).map_err(candle)?;
                 last_state = Some(prepared.state);
                 epoch = prepared.epoch;
@@ -330,10 +339,23 @@ fn run_steps(
             if !value.is_finite() {
                 return Err(TrainError::Stage { stage: stage.name.clone(), message: format!("loss became {value} at step {step}; lower `lr` or enable `grad_clip`") });
             }
-            let Some(grads) = grads else {
+            let Some(mut grads) = grads else {
                 return Err(TrainError::Stage { stage: stage.name.clone(), message: "no gradients (empty batch)".into() });
             };
-            let (grad_norm, group_norms) = opt.step(&grads, stage.grad_clip).map_err(|source| TrainError::Candle { stage: stage.name.clone(), step, source })?;
+            let candle = |source| TrainError::Candle { stage: stage.name.clone(), step, source };
+            let apply = match &mut scaler {
+                Some(s) => {
+                    let finite = optim::unscale(&mut grads, vars, s.scale).map_err(candle)?;
+                    let ok = s.update(finite);
+                    if !ok {
+                        tracing::warn!(stage = %stage.name, step = step + 1, scale = s.scale, "f16 gradients overflowed: step skipped, loss scale halved");
+                    }
+                    state.loss_scaler = Some(s.clone());
+                    ok
+                }
+                None => true,
+            };
+            let (grad_norm, group_norms) = if apply { opt.step(&grads, stage.grad_clip).map_err(candle)? } else { (f64::NAN, Default::default()) };
             state.loss.first.get_or_insert(value);
             let smoothed = state.loss.smoothed.map_or(value, |s| 0.9 * s + 0.1 * value);
             state.loss.smoothed = Some(smoothed);
@@ -355,7 +377,7 @@ fn run_steps(
                 tracing::debug!(stage = %stage.name, step = step + 1, loss = value, lr, "train");
             }
             let last = step + 1 == steps;
-            if ctx.validation.is_some() && (last || (every > 0 && (step + 1) % every == 0)) {
+            if ctx.validation.is_some() && (last || (every > 0 && (step + 1).is_multiple_of(every))) {
                 validate(ctx, stage, k, saved, state)?;
                 let patience = ctx.recipe.validation.patience;
                 if patience > 0 && state.evals_since_best >= patience && !last {
@@ -365,7 +387,7 @@ fn run_steps(
                 }
             }
             let every_ckpt = ctx.recipe.checkpoint.every;
-            if !last && every_ckpt > 0 && state.global_step % every_ckpt == 0 {
+            if !last && every_ckpt > 0 && state.global_step.is_multiple_of(every_ckpt) {
                 let name = checkpoint::step_name(state.global_step);
                 checkpoint::write(&ckpt_root, &name, &tensors_of(saved), Some(&opt.state_tensors()), state)?;
                 checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(state).as_deref())?;
@@ -394,7 +416,7 @@ fn prepare(
     let fail = |message: String| TrainError::Stage { stage: stage.to_string(), message };
     let draws: Vec<_> = (0..batch_size).map(|_| sampler.next_draw()).collect();
     let idx: Vec<usize> = draws.iter().map(|d| d.sample).collect();
-    let (media, kept) = store.batch(pool, &idx, device).map_err(|source| TrainError::Input { stage: stage.to_string(), source })?;
+    let (media, kept) = store.batch(pool, &idx, device).map_err(|source| TrainError::Input { stage: stage.to_string(), source: Box::new(source) })?;
     let mut prompts = Vec::with_capacity(kept.len());
     for &j in &kept {
         let d = &draws[j];
