@@ -23,7 +23,7 @@ m = json.loads((run / "metrics.json").read_text())
 c = m.get("feature_cache") or {}
 body = (
     f"## Feature cache (frozen encoders)\n\n"
-    f"`tools/bench/feature_cache.sh`: Emotion-LLaMA layout, four tiny frozen encoders, tiny LLM, 256 clips x 16 frames, batch 16, 2 threads, cold cache.\n\n"
+    f"`tools/bench/feature_cache.sh`: Emotion-LLaMA layout, four tiny frozen encoders (64x64 input), LoRA + projectors trained, 256 synthetic clips of 640x360, 25 fps, 4 s (16 frames sampled), batch 16, 2 threads, cold cache.\n\n"
     f"| epoch | steps | seconds | per step |\n|---|---|---|---|\n"
     f"| 1 (decode + encode, cache misses) | {len(first)} | {t1:.1f} | {t1/len(first):.2f} |\n"
     f"| 2 (cached features) | {len(second)} | {t2:.1f} | {t2/len(second):.2f} |\n\n"
