@@ -1,0 +1,188 @@
+//! Stage options through the binary: a weighted dataset mixture with per-dataset tasks and
+//! instructions, `epochs`, `init` from an earlier run's checkpoint (and a clear error for one of another
+//! configuration), early stopping, and the run directory's records.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn write(dir: &Path, name: &str, stages: &str) -> PathBuf {
+    let base = repo().join("recipes/base/tiny.toml");
+    let body = format!(
+        r#"extends = [{base:?}]
+name = "{name}"
+
+[runtime]
+runs_dir = {runs:?}
+cache_dir = {cache:?}
+
+[data]
+frames = {{ mode = "uniform", n = 2 }}
+
+[data.synth]
+seed = 3
+train = 32
+val = 6
+test = 6
+
+[eval]
+max_new_tokens = 6
+limit = 6
+
+{stages}
+"#,
+        base = base.display().to_string(),
+        runs = dir.join("runs").display().to_string(),
+        cache = dir.join("cache").display().to_string(),
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, body).expect("write recipe");
+    p
+}
+
+fn run(recipe: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_emollama")).args(["run", recipe.to_str().expect("utf8"), "--no-progress", "--fresh"]).output().expect("spawn")
+}
+
+fn newest_run(dir: &Path, name: &str) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("runs"))
+        .expect("runs")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-"))))
+        .collect();
+    v.sort();
+    v.pop().expect("a run")
+}
+
+fn metrics(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).expect("metrics")).expect("json")
+}
+
+#[test]
+fn mixture_epochs_init_and_early_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // A mixture of two entries over the synthetic dataset (label words and reasoning, the latter with
+    // its own instruction), sized by epochs: 32 samples x 2 tasks x 1 epoch / (batch 8 x accum 2) = 4.
+    let mix = write(
+        dir.path(),
+        "mix",
+        r#"[[stage]]
+name = "mixed"
+epochs = 1.0
+batch_size = 8
+grad_accum = 2
+lr = 2e-3
+warmup_steps = 1
+log_every = 1
+
+[[stage.data]]
+dataset = "synth"
+weight = 3.0
+tasks = ["emotion"]
+
+[[stage.data]]
+dataset = "synth"
+weight = 1.0
+tasks = ["reason"]
+instructions = { reason = ["Explain the emotion in the clip."] }
+"#,
+    );
+    let out = run(&mix);
+    assert!(out.status.success(), "mixture run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let first = newest_run(dir.path(), "mix");
+    let m = metrics(&first);
+    assert_eq!(m["stages"][0]["steps"], 4, "{m}");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(first.join("run_info.json")).expect("run_info")).expect("json");
+    assert_eq!(info["device"], "cpu");
+    assert_eq!(info["dtype"], "f32");
+    assert!(info["emollama_version"].is_string() && info["candle_version"].is_string());
+    let tokenizer = std::fs::read_to_string(first.join("tokenizer.json")).expect("tokenizer");
+    assert!(tokenizer.to_lowercase().contains("\"explain\""), "the mixture's own instruction is in the corpus");
+
+    // init from that run's stage export: with a vanishing learning rate, one step leaves the weights as
+    // loaded. (The same mixture, so the corpus-built tiny vocabulary is the same.)
+    let export = first.join("checkpoints/01-mixed.safetensors");
+    let init = write(
+        dir.path(),
+        "init",
+        &format!(
+            r#"[[stage]]
+name = "again"
+init = {export:?}
+steps = 1
+batch_size = 4
+lr = 1e-20
+min_lr = 1e-20
+warmup_steps = 0
+lr_schedule = "constant"
+weight_decay = 0.0
+
+[[stage.data]]
+tasks = ["emotion"]
+
+[[stage.data]]
+tasks = ["reason"]
+instructions = {{ reason = ["Explain the emotion in the clip."] }}
+"#,
+            export = export.display().to_string()
+        ),
+    );
+    let out = run(&init);
+    assert!(out.status.success(), "init run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let loaded = candle_core::safetensors::load(&export, &Device::Cpu).expect("export");
+    let after = candle_core::safetensors::load(newest_run(dir.path(), "init").join("checkpoints/01-again.safetensors"), &Device::Cpu).expect("after");
+    let mut compared = 0;
+    for (k, v) in &loaded {
+        let w: &Tensor = after.get(k).expect("same parameters");
+        let d = (v - w).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>()).expect("diff");
+        assert!(d < 1e-6, "`{k}` was not loaded from the checkpoint (differs by {d})");
+        compared += 1;
+    }
+    assert!(compared > 10);
+
+    // A checkpoint of another configuration is refused with the parameter named.
+    let other = dir.path().join("other.safetensors");
+    candle_core::safetensors::save(&std::collections::HashMap::from([("llm.model.embed_tokens.weight".to_string(), Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu).expect("t"))]), &other).expect("save");
+    let bad = write(
+        dir.path(),
+        "bad",
+        &format!("[[stage]]\nname = \"s\"\ninit = {:?}\nsteps = 1\nbatch_size = 4\n", other.display().to_string()),
+    );
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("llm.model.embed_tokens.weight") && err.contains("shape"), "{err}");
+
+    // Early stopping: validation every step; with no learning nothing improves after the first.
+    let stop = write(
+        dir.path(),
+        "stop",
+        r#"[validation]
+enabled = true
+every = 1
+limit = 3
+patience = 2
+
+[[stage]]
+name = "flat"
+steps = 20
+batch_size = 4
+lr = 1e-20
+min_lr = 1e-20
+warmup_steps = 0
+lr_schedule = "constant"
+"#,
+    );
+    let out = run(&stop);
+    assert!(out.status.success(), "early-stopping run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let m = metrics(&newest_run(dir.path(), "stop"));
+    assert_eq!(m["stages"][0]["stopped_early"], true, "{m}");
+    assert_eq!(m["stages"][0]["steps"], 3, "stopped after the best (step 1) and two evaluations without improvement: {m}");
+    assert_eq!(m["best"]["step"], 1, "{m}");
+}
