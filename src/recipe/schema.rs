@@ -261,8 +261,13 @@ impl Default for Prompt {
 #[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
     Constant,
+    /// Cosine from `lr` to `min_lr` over the steps after the warm-up.
     Cosine,
     Linear,
+    /// Emotion-LLaMA's (LAVIS `linear_warmup_cosine_lr`, reference §2.2): warm-up from `warmup_start_lr`
+    /// to `lr` as `start + (lr - start) * step / warmup_steps`, then
+    /// `min_lr + (lr - min_lr) * 0.5 * (1 + cos(pi * step / steps))` with `step` counted from the stage start.
+    ReferenceCosine,
 }
 
 /// How answer-token losses are averaged.
@@ -329,6 +334,8 @@ pub struct Stage {
     /// Final learning rate of the cosine / linear decay.
     pub min_lr: f64,
     pub warmup_steps: usize,
+    /// First learning rate of a `reference_cosine` warm-up (Emotion-LLaMA: 1e-6).
+    pub warmup_start_lr: f64,
     pub lr_schedule: LrSchedule,
     /// AdamW weight decay, applied to matrices only (not biases or norms).
     pub weight_decay: f64,
@@ -366,6 +373,7 @@ impl Default for Stage {
             lr: 1e-3,
             min_lr: 1e-5,
             warmup_steps: 10,
+            warmup_start_lr: 0.0,
             lr_schedule: LrSchedule::Cosine,
             weight_decay: 0.05,
             grad_clip: 1.0,
