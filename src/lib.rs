@@ -11,6 +11,7 @@ pub mod model;
 pub mod progress;
 pub mod recipe;
 pub mod registry;
+pub mod report;
 pub mod run;
 pub mod train;
 pub mod validate;

@@ -133,6 +133,12 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Write a run directory's report: report/{loss,lr,validation}.png and report.html (runs write it
+    /// after each stage; this redraws it, e.g. for an interrupted run).
+    Report {
+        /// The run directory (holding log.jsonl, and metrics.json once the run has finished).
+        run_dir: PathBuf,
+    },
     /// Print a media file's streams, duration, frame count and the frames a sampling would pick.
     Probe {
         file: PathBuf,
@@ -297,6 +303,13 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Extract { encoder, input, out, pooling, layers, chunk_seconds, format, frames, resample, seed, no_progress } => {
             extract_command(ExtractArgs { encoder, input, out, pooling, layers, chunk_seconds, format, frames, resample, seed, show_progress: !no_progress && std::io::stderr().is_terminal() })
+        }
+        Command::Report { run_dir } => {
+            let files = emollama::report::write_report(&run_dir)?;
+            for path in files.paths() {
+                println!("{}", path.display());
+            }
+            Ok(())
         }
         Command::Probe { file, recipe, frames, json } => {
             let sampling = match (frames, recipe) {
