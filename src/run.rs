@@ -518,7 +518,10 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
     };
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| RunError::Other(e.to_string()))?;
     write_atomic(&run_dir.join("metrics.json"), &json)?;
-    // REPORT-HOOK-RUN
+    match crate::report::write_report(&run_dir) {
+        Ok(files) => tracing::info!(report = %files.html.display(), "run report"),
+        Err(e) => tracing::warn!(error = %e, "run report not written"),
+    }
     Ok(summary)
 }
 

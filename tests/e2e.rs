@@ -80,7 +80,7 @@ fn two_stage_run_writes_every_artefact_and_the_ablation_runs() {
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert!(run.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("mini-")));
-    for f in ["recipe.resolved.toml", "tokenizer.json", "log.jsonl", "metrics.json", "predictions.jsonl"] {
+    for f in ["recipe.resolved.toml", "run_info.json", "tokenizer.json", "log.jsonl", "metrics.json", "predictions.jsonl", "report.html", "report/loss.png", "report/lr.png"] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
     // The resolved recipe loads again and equals what ran.

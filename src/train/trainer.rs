@@ -259,7 +259,9 @@ pub fn train(ctx: &mut TrainContext, mut state: TrainState, usable: &dyn Fn(usiz
         let name = checkpoint::step_name(state.global_step);
         checkpoint::write(&ckpt_root, &name, &tensors_of(&saved), None, &state)?;
         checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(&state).as_deref())?;
-        // REPORT-HOOK
+        if let Err(e) = crate::report::write_report(ctx.run_dir) {
+            tracing::warn!(error = %e, "run report not written");
+        }
         tracing::info!(stage = %stage.name, loss = state.loss.last, seconds = state.loss.seconds, "stage done");
     }
     Ok(state)
