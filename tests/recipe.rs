@@ -210,7 +210,7 @@ fn enum_typos_suggest_variants() {
     );
     assert_eq!(
         errors[1].to_string(),
-        format!("{file}:5: stage[0].lr_schedule: unknown value `cosin`, did you mean `cosine`? (expected one of: constant, cosine, linear)")
+        format!("{file}:5: stage[0].lr_schedule: unknown value `cosin`, did you mean `cosine`? (expected one of: constant, cosine, linear, reference_cosine)")
     );
 }
 
