@@ -146,6 +146,33 @@ instructions = {{ reason = ["Explain the emotion in the clip."] }}
     }
     assert!(compared > 10);
 
+    // init = "none": the second stage starts again from the initial values (compared with a run whose
+    // only stage does not move them).
+    let frozen = r#"steps = 1
+batch_size = 4
+lr = 1e-20
+min_lr = 1e-20
+warmup_steps = 0
+lr_schedule = "constant"
+weight_decay = 0.0
+"#;
+    let reset = write(dir.path(), "reset", &format!("[[stage]]\nname = \"learn\"\nsteps = 3\nbatch_size = 4\nlr = 1e-2\n\n[[stage]]\nname = \"again\"\ninit = \"none\"\n{frozen}"));
+    let out = run(&reset);
+    assert!(out.status.success(), "reset run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let untouched = write(dir.path(), "untouched", &format!("[[stage]]\nname = \"again\"\n{frozen}"));
+    let out = run(&untouched);
+    assert!(out.status.success(), "untouched run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let a = candle_core::safetensors::load(newest_run(dir.path(), "reset").join("checkpoints/02-again.safetensors"), &Device::Cpu).expect("reset export");
+    let learned = candle_core::safetensors::load(newest_run(dir.path(), "reset").join("checkpoints/01-learn.safetensors"), &Device::Cpu).expect("learn export");
+    let b = candle_core::safetensors::load(newest_run(dir.path(), "untouched").join("checkpoints/01-again.safetensors"), &Device::Cpu).expect("untouched export");
+    let max_diff = |x: &Tensor, y: &Tensor| (x - y).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>()).expect("diff");
+    let mut moved = 0;
+    for (k, v) in &a {
+        assert!(max_diff(v, &b[k]) < 1e-6, "`{k}` was not reset to its initial value");
+        moved += (max_diff(v, &learned[k]) > 1e-4) as usize;
+    }
+    assert!(moved > 0, "the first stage should have moved some parameters");
+
     // A checkpoint of another configuration is refused with the parameter named.
     let other = dir.path().join("other.safetensors");
     candle_core::safetensors::save(&std::collections::HashMap::from([("llm.model.embed_tokens.weight".to_string(), Tensor::zeros((3, 3), candle_core::DType::F32, &Device::Cpu).expect("t"))]), &other).expect("save");
