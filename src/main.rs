@@ -32,7 +32,7 @@ enum Command {
         /// Continue an interrupted run from its newest checkpoint: the newest one of this recipe, or
         /// the given run directory.
         #[arg(long, value_name = "RUN_DIR", num_args = 0..=1, default_missing_value = "", conflicts_with = "fresh")]
-        resume: Option<PathBuf>,
+        resume: Option<String>,
         /// Start a new run directory even if an interrupted run of this recipe exists.
         #[arg(long)]
         fresh: bool,
@@ -213,8 +213,8 @@ fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { recipe, sets, no_progress, resume, fresh } => {
             let mode = match &resume {
-                Some(d) if d.as_os_str().is_empty() => emollama::run::Resume::Latest,
-                Some(d) => emollama::run::Resume::Dir(d.clone()),
+                Some(d) if d.is_empty() => emollama::run::Resume::Latest,
+                Some(d) => emollama::run::Resume::Dir(PathBuf::from(d)),
                 None if fresh => emollama::run::Resume::Fresh,
                 None => emollama::run::Resume::Auto,
             };

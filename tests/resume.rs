@@ -218,3 +218,27 @@ fn killed_and_resumed_runs_end_bitwise_identical() {
         assert!(!runs[0].join("checkpoints/.step-999999.tmp").exists(), "the leftover temp checkpoint was not cleaned");
     }
 }
+
+#[test]
+fn resume_errors_name_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let recipe = write_recipe(tmp.path(), &tmp.path().join("cache"));
+    let out = emollama(&["run", recipe.to_str().expect("utf8"), "--resume", "--no-progress"]).output().expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no interrupted run of recipe `qs-kill`") && err.contains("without --resume"), "{err}");
+
+    let out = emollama(&["run", "--resume", tmp.path().to_str().expect("utf8"), "--no-progress"]).output().expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recipe.resolved.toml"), "{err}");
+
+    // A run directory of another recipe is refused, not silently continued with different settings.
+    let run = tmp.path().join("runs/qs-kill-20260101-000000");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    std::fs::write(run.join("recipe.resolved.toml"), "name = \"qs-kill\"\nseed = 99\n").expect("write");
+    let out = emollama(&["run", recipe.to_str().expect("utf8"), "--resume", run.to_str().expect("utf8"), "--no-progress"]).output().expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("different recipe"), "{err}");
+}
