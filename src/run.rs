@@ -16,7 +16,7 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use serde::Serialize;
 
-use crate::data::loader::{self, DecodeSpec, DecodedMedia, Skipped};
+use crate::data::loader::{DecodeSpec, Skipped};
 use crate::data::{Sample, source};
 use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate};
 use crate::model::build::{BuildError, build_model};
@@ -26,7 +26,7 @@ use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::LoadedRecipe;
 use crate::registry::Registry;
 use crate::train::batch::{self, MediaLayout};
-use crate::train::inputs::{FeatureStore, MediaStore};
+use crate::train::inputs::{DecodedStore, Decoder, FeatureStore, MediaStore};
 use crate::train::trainer::{StageReport, TrainContext, Validation, train};
 
 #[derive(Debug, thiserror::Error)]
@@ -371,28 +371,6 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
         show_progress,
     };
     let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
-    let (decoded, mut skipped) = if r.model.use_av && !cached {
-        let (ok, skipped) = loader::decode_all(pool.clone(), &spec)?;
-        // decode_all keeps the order and drops the skipped: walk both lists to index by pool position.
-        let mut media: Vec<Option<DecodedMedia>> = Vec::with_capacity(pool.len());
-        let mut it = ok.into_iter().peekable();
-        for s in &pool {
-            match it.peek() {
-                Some((d, _)) if d.id == s.id && d.media == s.media => media.push(it.next().map(|(_, m)| m)),
-                _ => media.push(None),
-            }
-        }
-        (Some(media), skipped)
-    } else {
-        (None, Vec::new())
-    };
-    if !skipped.is_empty() {
-        tracing::warn!(count = skipped.len(), "samples skipped (see metrics.json)");
-    }
-    let audio_missing = decoded.as_ref().map(|m| m.iter().flatten().filter(|m| m.audio_missing).count()).unwrap_or(0);
-    if audio_missing > 0 {
-        tracing::warn!(count = audio_missing, "samples without an audio stream are decoded as silence");
-    }
     let data_s = t0.elapsed().as_secs_f64();
 
     // Model.
@@ -408,7 +386,7 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
         Some(t) => t,
         None if resuming && saved_tokenizer.exists() => TextTokenizer::from_file(&saved_tokenizer)?,
         None => {
-            let train: Vec<&Sample> = pool.iter().enumerate().filter(|(i, s)| s.split == "train" && decoded.as_ref().is_none_or(|d| d[*i].is_some())).map(|(_, s)| s).collect();
+            let train: Vec<&Sample> = pool.iter().filter(|s| s.split == "train").collect();
             let corpus = tokenizer_corpus(loaded, &train, &card.labels, &template);
             TextTokenizer::from_corpus(corpus.iter().map(String::as_str))?
         }
@@ -433,19 +411,16 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
 
     let store = if !r.model.use_av {
         MediaStore::Off
-    } else if let Some(media) = decoded {
-        MediaStore::Decoded { media, layout: layout.clone() }
-    } else {
+    } else if cached {
         let settings = feature_settings(r, registry)?;
         let cache = crate::data::feature_cache::FeatureCache::new(&cache, &settings);
         tracing::info!(dir = %cache.dir().display(), "frozen-encoder feature cache");
-        MediaStore::Cached(Box::new(FeatureStore { cache, model: &built.model, spec: spec.clone(), layout: layout.clone(), skipped: Default::default() }))
+        MediaStore::Cached(Box::new(FeatureStore { cache, model: &built.model, decoder: Decoder::new(spec.clone()), layout: layout.clone() }))
+    } else {
+        MediaStore::Decoded(Box::new(DecodedStore::new(Decoder::new(spec.clone()), layout.clone(), pool.len())))
     };
-    let usable = |i: usize| match &store {
-        MediaStore::Decoded { media, .. } => media[i].is_some(),
-        _ => true,
-    };
-    let split_of = |split: &str| -> Vec<usize> { (0..pool.len()).filter(|&i| pool_dataset[i] == r.data.dataset && pool[i].split == split && usable(i)).collect() };
+    // Unreadable clips are found (and skipped, by `data.on_error`) when first used.
+    let split_of = |split: &str| -> Vec<usize> { (0..pool.len()).filter(|&i| pool_dataset[i] == r.data.dataset && pool[i].split == split).collect() };
 
     // Stages.
     let t_train = Instant::now();
@@ -468,7 +443,7 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
             initial,
             resume_from: found.as_ref().map(|f| f.dir.clone()),
         };
-        state = train(&mut ctx, state, &usable)?;
+        state = train(&mut ctx, state)?;
     }
     let train_s = t_train.elapsed().as_secs_f64();
     if let (true, Some(best)) = (r.validation.select_best, &state.best) {
@@ -498,16 +473,26 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
             store: &store,
         };
         let req = EvalRequest { split: &r.eval.split, task: &r.eval.task, limit: r.eval.limit, predictions: &run_dir.join("predictions.jsonl") };
-        Some(evaluate(&ctx, &split_of(&r.eval.split), &req)?)
+        let items = split_of(&r.eval.split);
+        let limit = if r.eval.limit > 0 { r.eval.limit.min(items.len()) } else { items.len() };
+        store.warm(&pool, &items[..limit], &device, "decode:eval", show_progress).map_err(|e| RunError::Other(e.to_string()))?;
+        Some(evaluate(&ctx, &items, &req)?)
     } else {
         None
     };
-    skipped.extend(store.skipped());
+    let skipped = store.skipped();
+    let audio_missing = store.audio_missing();
+    if audio_missing > 0 {
+        tracing::warn!(count = audio_missing, "samples without an audio stream were decoded as silence");
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(count = skipped.len(), "samples skipped (see metrics.json)");
+    }
     let summary = RunSummary {
         run_dir: run_dir.clone(),
         recipe: loaded.path.display().to_string(),
         use_av: r.model.use_av,
-        train_samples: pool.iter().enumerate().filter(|(i, s)| s.split == "train" && usable(*i)).count(),
+        train_samples: pool.iter().filter(|s| s.split == "train").count(),
         audio_missing,
         stages: state.reports.clone(),
         eval,

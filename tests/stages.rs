@@ -213,3 +213,43 @@ lr_schedule = "constant"
     assert_eq!(m["stages"][0]["steps"], 3, "stopped after the best (step 1) and two evaluations without improvement: {m}");
     assert_eq!(m["best"]["step"], 1, "{m}");
 }
+
+/// A clip that cannot be decoded is found when first used: skipped and reported under
+/// `on_error = "skip"` (training and evaluation go on), named in the error under `"fail"`.
+#[test]
+fn unreadable_clips_are_skipped_or_stop_the_run_by_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = "[[stage]]\nname = \"s\"\nepochs = 1.0\nbatch_size = 8\nlr = 1e-3\nwarmup_steps = 1\n";
+    let recipe = write(dir.path(), "broken", stage);
+    let out = run(&recipe);
+    assert!(out.status.success(), "first run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    // Damage one training clip and one test clip of the generated dataset (its manifest names them).
+    let synth = std::fs::read_dir(dir.path().join("cache"))
+        .expect("cache")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("synth-")))
+        .expect("the generated dataset");
+    let manifest: Vec<serde_json::Value> =
+        std::fs::read_to_string(synth.join("manifest.jsonl")).expect("manifest").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let clip = |split: &str| synth.join(manifest.iter().find(|v| v["split"] == split).and_then(|v| v["file"].as_str()).expect("a clip"));
+    let (train, test) = (clip("train"), clip("test"));
+    for p in [&train, &test] {
+        std::fs::write(p, b"not an mp4").expect("damage");
+    }
+    let out = run(&recipe);
+    assert!(out.status.success(), "a skipped clip must not stop the run:\n{}", String::from_utf8_lossy(&out.stderr));
+    let m = metrics(&newest_run(dir.path(), "broken"));
+    let skipped: Vec<String> = m["skipped"].as_array().expect("skipped").iter().filter_map(|s| s["media"].as_str().map(String::from)).collect();
+    for p in [&train, &test] {
+        assert!(skipped.iter().any(|s| s == &p.display().to_string()), "{} not reported as skipped: {skipped:?}", p.display());
+    }
+    assert_eq!(m["eval"]["n"], 5, "the damaged test clip is not scored: {m}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_emollama"))
+        .args(["run", recipe.to_str().expect("utf8"), "--no-progress", "--fresh", "--set", "data.on_error=\"fail\""])
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&train.display().to_string()) || err.contains(&test.display().to_string()), "{err}");
+}

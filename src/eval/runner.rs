@@ -101,7 +101,15 @@ pub fn evaluate(ctx: &EvalContext, items: &[usize], req: &EvalRequest) -> Result
             "reference" => batch::tokenize_reference_eval(ctx.tokenizer, &text)?,
             _ => batch::tokenize(ctx.tokenizer, &text, None)?,
         };
-        let (media, _) = ctx.store.batch(ctx.pool, &[i], ctx.device)?;
+        let media = match ctx.store.batch(ctx.pool, &[i], ctx.device) {
+            Ok((media, _)) => media,
+            // Unreadable under `on_error = "skip"`: reported with the skipped samples, not scored.
+            Err(InputError::EmptyBatch(_)) => {
+                bar.inc(1);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mm = media.tokens(ctx.model, true, true)?;
         let ids = generate_one(ctx.model, &prompt, mm.as_ref(), &opts, &mut rng)?;
         let generated = ctx.tokenizer.decode(&ids)?;
@@ -123,5 +131,8 @@ pub fn evaluate(ctx: &EvalContext, items: &[usize], req: &EvalRequest) -> Result
     }
     out.flush().map_err(io)?;
     bar.finish_and_clear();
+    if truth.is_empty() {
+        return Err(EvalError::Empty { split: req.split.to_string() });
+    }
     Ok(EvalOutcome { split: req.split.to_string(), task: req.task.to_string(), unparsed, report: classification_report(&truth, &pred, &labels) })
 }

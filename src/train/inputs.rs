@@ -1,9 +1,9 @@
-//! Where a batch's media come from: nothing (the text-only ablation), clips decoded up front and kept in
-//! memory (trainable encoders), or the feature cache of frozen encoders, which decodes and encodes a
-//! clip only on a miss.
+//! Where a batch's media come from: nothing (the text-only ablation), clips decoded on first use and
+//! kept in memory (trainable encoders), or the feature cache of frozen encoders, which decodes and
+//! encodes a clip only on a miss. Both decode on the loader thread's workers, overlapping the step.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{Device, Tensor};
 
@@ -17,8 +17,6 @@ use crate::recipe::OnError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("sample `{id}` has no decoded media (it was skipped while decoding)")]
-    NotDecoded { id: String },
     #[error("sample `{id}` ({media}): {message}")]
     Media { id: String, media: String, message: String },
     #[error(transparent)]
@@ -48,104 +46,20 @@ impl BatchMedia {
     }
 }
 
-pub struct FeatureStore<'a> {
-    pub cache: FeatureCache,
-    pub model: &'a EmotionModel,
+/// Decodes clips on worker threads under the recipe's error policy, recording what it skipped.
+pub struct Decoder {
     pub spec: DecodeSpec,
-    pub layout: MediaLayout,
-    /// Samples dropped because their media could not be decoded (under `on_error = "skip"`).
-    pub skipped: Mutex<Vec<Skipped>>,
+    skipped: Mutex<Vec<Skipped>>,
 }
 
-pub enum MediaStore<'a> {
-    Off,
-    /// Indexed like the run's sample pool; `None` for samples not needed or skipped.
-    Decoded { media: Vec<Option<DecodedMedia>>, layout: MediaLayout },
-    Cached(Box<FeatureStore<'a>>),
-}
-
-impl MediaStore<'_> {
-    /// The media of pool samples `idx`, and the positions in `idx` that made it into the batch (a
-    /// sample whose clip fails to decode on a cache miss is dropped under `on_error = "skip"`).
-    pub fn batch(&self, pool: &[Sample], idx: &[usize], device: &Device) -> Result<(BatchMedia, Vec<usize>), InputError> {
-        let all: Vec<usize> = (0..idx.len()).collect();
-        match self {
-            Self::Off => Ok((BatchMedia::None, all)),
-            Self::Decoded { media, layout } => {
-                let items = idx
-                    .iter()
-                    .map(|&i| media.get(i).and_then(Option::as_ref).ok_or_else(|| InputError::NotDecoded { id: pool[i].id.clone() }))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((BatchMedia::Media(batch::media_batch(&items, layout, device)?), all))
-            }
-            Self::Cached(store) => store.batch(pool, idx, device),
-        }
+impl Decoder {
+    pub fn new(spec: DecodeSpec) -> Self {
+        Self { spec, skipped: Mutex::new(Vec::new()) }
     }
 
-    pub fn cache_stats(&self) -> Option<crate::data::feature_cache::CacheStats> {
-        match self {
-            Self::Cached(s) => Some(s.cache.stats()),
-            _ => None,
-        }
-    }
-
+    /// Samples dropped because their media could not be read (under `on_error = "skip"`).
     pub fn skipped(&self) -> Vec<Skipped> {
-        match self {
-            Self::Cached(s) => s.skipped.lock().map(|g| g.clone()).unwrap_or_default(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-impl FeatureStore<'_> {
-    fn batch(&self, pool: &[Sample], idx: &[usize], device: &Device) -> Result<(BatchMedia, Vec<usize>), InputError> {
-        let mut found: Vec<Option<HashMap<String, Tensor>>> = Vec::with_capacity(idx.len());
-        let mut keys = Vec::with_capacity(idx.len());
-        let mut failed = Vec::new();
-        for (k, &i) in idx.iter().enumerate() {
-            match self.cache.key(&pool[i].media) {
-                Ok(key) => {
-                    found.push(self.cache.load(&key, device));
-                    keys.push(key);
-                }
-                Err(e) => {
-                    self.fail(&pool[i], e.to_string())?;
-                    failed.push(k);
-                    found.push(None);
-                    keys.push(String::new());
-                }
-            }
-        }
-        let misses: Vec<usize> = (0..idx.len()).filter(|&k| found[k].is_none() && !failed.contains(&k)).collect();
-        if !misses.is_empty() {
-            let decoded = self.decode(pool, &misses.iter().map(|&k| idx[k]).collect::<Vec<_>>());
-            let mut ok: Vec<(usize, DecodedMedia)> = Vec::new();
-            for (&k, r) in misses.iter().zip(decoded) {
-                match r {
-                    Ok(m) => ok.push((k, m)),
-                    Err(e) => {
-                        self.fail(&pool[idx[k]], e.to_string())?;
-                        failed.push(k);
-                    }
-                }
-            }
-            if !ok.is_empty() {
-                let refs: Vec<&DecodedMedia> = ok.iter().map(|(_, m)| m).collect();
-                let media = batch::media_batch(&refs, &self.layout, device)?;
-                let features = self.model.frozen_features(&media)?.ok_or_else(|| candle_core::Error::Msg("the model has no frozen encoders".into()))?;
-                for (j, (k, _)) in ok.iter().enumerate() {
-                    let one = features.sample(j)?;
-                    self.cache.store(&keys[*k], &one)?;
-                    found[*k] = Some(one);
-                }
-            }
-        }
-        let kept: Vec<usize> = (0..idx.len()).filter(|k| !failed.contains(k)).collect();
-        if kept.is_empty() {
-            return Err(InputError::EmptyBatch(idx.iter().map(|&i| pool[i].id.as_str()).collect::<Vec<_>>().join(", ")));
-        }
-        let items: Vec<HashMap<String, Tensor>> = kept.iter().filter_map(|&k| found[k].take()).collect();
-        Ok((BatchMedia::Features(EncodedFeatures::stack(&items)?, kept.len()), kept))
+        self.skipped.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// An unreadable clip: the error under `on_error = "fail"`, else recorded as skipped.
@@ -162,7 +76,7 @@ impl FeatureStore<'_> {
         Ok(())
     }
 
-    /// Decodes the given samples on up to `spec.threads` threads.
+    /// Decodes the given pool samples on up to `spec.threads` threads.
     fn decode(&self, pool: &[Sample], which: &[usize]) -> Vec<Result<DecodedMedia, crate::media::MediaError>> {
         let workers = self.spec.threads.clamp(1, 8).min(which.len().max(1));
         let slots: Vec<Mutex<Option<Result<DecodedMedia, crate::media::MediaError>>>> = which.iter().map(|_| Mutex::new(None)).collect();
@@ -190,5 +104,180 @@ impl FeatureStore<'_> {
                 })
             })
             .collect()
+    }
+}
+
+/// Clips decoded on first use (on the loader thread, so decoding overlaps the training step) and kept
+/// in memory: for models whose encoders train, whose inputs are the pixels themselves.
+pub struct DecodedStore {
+    pub decoder: Decoder,
+    pub layout: MediaLayout,
+    /// Per pool sample: unknown yet, decoded, or unreadable (`None`).
+    memo: Vec<OnceLock<Option<Arc<DecodedMedia>>>>,
+}
+
+impl DecodedStore {
+    pub fn new(decoder: Decoder, layout: MediaLayout, pool_len: usize) -> Self {
+        Self { decoder, layout, memo: (0..pool_len).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// Decodes the samples of `idx` not seen yet (in parallel).
+    fn ensure(&self, pool: &[Sample], idx: &[usize]) -> Result<(), InputError> {
+        let mut missing: Vec<usize> = idx.iter().copied().filter(|&i| self.memo[i].get().is_none()).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (&i, r) in missing.iter().zip(self.decoder.decode(pool, &missing)) {
+            let value = match r {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    self.decoder.fail(&pool[i], e.to_string())?;
+                    None
+                }
+            };
+            let _ = self.memo[i].set(value);
+        }
+        Ok(())
+    }
+
+    fn batch(&self, pool: &[Sample], idx: &[usize], device: &Device) -> Result<(BatchMedia, Vec<usize>), InputError> {
+        self.ensure(pool, idx)?;
+        let kept: Vec<usize> = (0..idx.len()).filter(|&k| matches!(self.memo[idx[k]].get(), Some(Some(_)))).collect();
+        if kept.is_empty() {
+            return Err(InputError::EmptyBatch(idx.iter().map(|&i| pool[i].id.as_str()).collect::<Vec<_>>().join(", ")));
+        }
+        let items: Vec<&DecodedMedia> = kept.iter().filter_map(|&k| self.memo[idx[k]].get().and_then(|m| m.as_deref())).collect();
+        Ok((BatchMedia::Media(batch::media_batch(&items, &self.layout, device)?), kept))
+    }
+
+    /// Decoded samples whose file had no audio stream.
+    pub fn audio_missing(&self) -> usize {
+        self.memo.iter().filter(|m| matches!(m.get(), Some(Some(d)) if d.audio_missing)).count()
+    }
+}
+
+pub struct FeatureStore<'a> {
+    pub cache: FeatureCache,
+    pub model: &'a EmotionModel,
+    pub decoder: Decoder,
+    pub layout: MediaLayout,
+}
+
+pub enum MediaStore<'a> {
+    /// The text-only ablation: no media.
+    Off,
+    Decoded(Box<DecodedStore>),
+    Cached(Box<FeatureStore<'a>>),
+}
+
+impl MediaStore<'_> {
+    /// The media of pool samples `idx`, and the positions in `idx` that made it into the batch (a
+    /// sample whose clip cannot be decoded is dropped under `on_error = "skip"`).
+    pub fn batch(&self, pool: &[Sample], idx: &[usize], device: &Device) -> Result<(BatchMedia, Vec<usize>), InputError> {
+        match self {
+            Self::Off => Ok((BatchMedia::None, (0..idx.len()).collect())),
+            Self::Decoded(store) => store.batch(pool, idx, device),
+            Self::Cached(store) => store.batch(pool, idx, device),
+        }
+    }
+
+    /// Decodes (or, with the feature cache, encodes) `idx` ahead of use, in batches, with a progress bar:
+    /// evaluation then takes one sample at a time without waiting on a decoder each time.
+    pub fn warm(&self, pool: &[Sample], idx: &[usize], device: &Device, label: &str, show_progress: bool) -> Result<(), InputError> {
+        if matches!(self, Self::Off) {
+            return Ok(());
+        }
+        let bar = crate::progress::bar(idx.len() as u64, label, show_progress);
+        for chunk in idx.chunks(16) {
+            match self {
+                Self::Decoded(store) => store.ensure(pool, chunk)?,
+                _ => {
+                    // Misses are encoded and stored; an all-unreadable chunk is not an error here.
+                    match self.batch(pool, chunk, device) {
+                        Ok(_) | Err(InputError::EmptyBatch(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+
+    pub fn cache_stats(&self) -> Option<crate::data::feature_cache::CacheStats> {
+        match self {
+            Self::Cached(s) => Some(s.cache.stats()),
+            _ => None,
+        }
+    }
+
+    pub fn skipped(&self) -> Vec<Skipped> {
+        match self {
+            Self::Off => Vec::new(),
+            Self::Decoded(s) => s.decoder.skipped(),
+            Self::Cached(s) => s.decoder.skipped(),
+        }
+    }
+
+    pub fn audio_missing(&self) -> usize {
+        match self {
+            Self::Decoded(s) => s.audio_missing(),
+            _ => 0,
+        }
+    }
+}
+
+impl FeatureStore<'_> {
+    fn batch(&self, pool: &[Sample], idx: &[usize], device: &Device) -> Result<(BatchMedia, Vec<usize>), InputError> {
+        let mut found: Vec<Option<HashMap<String, Tensor>>> = Vec::with_capacity(idx.len());
+        let mut keys = Vec::with_capacity(idx.len());
+        let mut failed = Vec::new();
+        for (k, &i) in idx.iter().enumerate() {
+            match self.cache.key(&pool[i].media) {
+                Ok(key) => {
+                    found.push(self.cache.load(&key, device));
+                    keys.push(key);
+                }
+                Err(e) => {
+                    self.decoder.fail(&pool[i], e.to_string())?;
+                    failed.push(k);
+                    found.push(None);
+                    keys.push(String::new());
+                }
+            }
+        }
+        let misses: Vec<usize> = (0..idx.len()).filter(|&k| found[k].is_none() && !failed.contains(&k)).collect();
+        if !misses.is_empty() {
+            let decoded = self.decoder.decode(pool, &misses.iter().map(|&k| idx[k]).collect::<Vec<_>>());
+            let mut ok: Vec<(usize, DecodedMedia)> = Vec::new();
+            for (&k, r) in misses.iter().zip(decoded) {
+                match r {
+                    Ok(m) => ok.push((k, m)),
+                    Err(e) => {
+                        self.decoder.fail(&pool[idx[k]], e.to_string())?;
+                        failed.push(k);
+                    }
+                }
+            }
+            if !ok.is_empty() {
+                let refs: Vec<&DecodedMedia> = ok.iter().map(|(_, m)| m).collect();
+                let media = batch::media_batch(&refs, &self.layout, device)?;
+                let features = self.model.frozen_features(&media)?.ok_or_else(|| candle_core::Error::Msg("the model has no frozen encoders".into()))?;
+                for (j, (k, _)) in ok.iter().enumerate() {
+                    let one = features.sample(j)?;
+                    self.cache.store(&keys[*k], &one)?;
+                    found[*k] = Some(one);
+                }
+            }
+        }
+        let kept: Vec<usize> = (0..idx.len()).filter(|k| !failed.contains(k)).collect();
+        if kept.is_empty() {
+            return Err(InputError::EmptyBatch(idx.iter().map(|&i| pool[i].id.as_str()).collect::<Vec<_>>().join(", ")));
+        }
+        let items: Vec<HashMap<String, Tensor>> = kept.iter().filter_map(|&k| found[k].take()).collect();
+        Ok((BatchMedia::Features(EncodedFeatures::stack(&items)?, kept.len()), kept))
     }
 }

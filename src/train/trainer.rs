@@ -112,7 +112,7 @@ pub fn stage_steps(stage: &Stage, components: &[Component]) -> usize {
 }
 
 /// The stage's mixture over the pool: per dataset entry, its (sample, task) pairs and instruction pools.
-pub fn components(ctx: &TrainContext, stage: &Stage, usable: &dyn Fn(usize) -> bool) -> Result<Vec<Component>, TrainError> {
+pub fn components(ctx: &TrainContext, stage: &Stage) -> Result<Vec<Component>, TrainError> {
     let r = ctx.recipe;
     let entries = if stage.data.is_empty() { vec![crate::recipe::StageData::default()] } else { stage.data.clone() };
     let mut out = Vec::with_capacity(entries.len());
@@ -120,7 +120,7 @@ pub fn components(ctx: &TrainContext, stage: &Stage, usable: &dyn Fn(usize) -> b
         let dataset = if d.dataset.is_empty() { r.data.dataset.clone() } else { d.dataset.clone() };
         let tasks = if d.tasks.is_empty() { stage.tasks.clone() } else { d.tasks.clone() };
         let pairs: Vec<(usize, String)> = (0..ctx.pool.len())
-            .filter(|&i| ctx.pool_dataset[i] == dataset && ctx.pool[i].split == d.split && usable(i))
+            .filter(|&i| ctx.pool_dataset[i] == dataset && ctx.pool[i].split == d.split)
             .flat_map(|i| tasks.iter().filter(move |t| batch::answer_for(&ctx.pool[i], t).is_some()).map(move |t| (i, t.clone())))
             .collect();
         if pairs.is_empty() {
@@ -198,7 +198,7 @@ fn accumulate(total: &mut Option<GradStore>, grads: GradStore, vars: &[(String, 
 }
 
 /// Runs the stages from `state` (a fresh state, or one loaded from a checkpoint) to the end.
-pub fn train(ctx: &mut TrainContext, mut state: TrainState, usable: &dyn Fn(usize) -> bool) -> Result<TrainState, TrainError> {
+pub fn train(ctx: &mut TrainContext, mut state: TrainState) -> Result<TrainState, TrainError> {
     let stages = ctx.recipe.stages.clone();
     let ckpt_root = ctx.run_dir.join("checkpoints");
     while state.stage_index < stages.len() {
@@ -210,7 +210,7 @@ pub fn train(ctx: &mut TrainContext, mut state: TrainState, usable: &dyn Fn(usiz
             return Err(fail(format!("`trainable` {:?} matches no parameter", stage.trainable)));
         }
         let saved = checkpointed_vars(ctx.varmap, &stages, k);
-        let comps = components(ctx, stage, usable)?;
+        let comps = components(ctx, stage)?;
         let steps = stage_steps(stage, &comps);
         let stage_seed = mix(&[ctx.recipe.seed, k as u64 + 1]);
         let mut sampler = MixtureSampler::new(comps, stage_seed);
@@ -481,6 +481,11 @@ fn run_validation(ctx: &TrainContext, v: &Validation, task: &str) -> Result<Eval
         store: ctx.store,
     };
     let req = EvalRequest { split: &r.validation.split, task, limit: r.validation.limit, predictions: &ctx.run_dir.join("validation_predictions.jsonl") };
+    if let MediaStore::Decoded(_) = ctx.store {
+        // Decode the validation clips in parallel once (they stay in memory), not one by one.
+        let n = if r.validation.limit > 0 { r.validation.limit.min(v.samples.len()) } else { v.samples.len() };
+        ctx.store.warm(ctx.pool, &v.samples[..n], ctx.device, "decode:val", false).map_err(|source| TrainError::Input { stage: "validation".into(), source: Box::new(source) })?;
+    }
     Ok(evaluate(&ectx, &v.samples, &req)?)
 }
 
