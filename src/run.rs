@@ -184,7 +184,34 @@ fn same_recipe(dir: &Path, recipe: &crate::recipe::Recipe) -> bool {
         .is_some_and(|saved| &saved == recipe)
 }
 
-fn choose_run_dir(r: &crate::recipe::Recipe, resume: &Resume) -> Result<(PathBuf, bool), RunError> {
+/// Takes the run directory's lock (held until the process ends, also when it is killed), so two
+/// processes never write one run directory. `None` when another process holds it.
+fn lock_run_dir(dir: &Path) -> Result<Option<std::fs::File>, RunError> {
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
+}
+
+/// The run directory, whether it is resumed, and its lock.
+fn choose_run_dir(r: &crate::recipe::Recipe, resume: &Resume) -> Result<(PathBuf, bool, std::fs::File), RunError> {
+    let (dir, resuming) = pick_run_dir(r, resume)?;
+    match lock_run_dir(&dir)? {
+        Some(lock) => Ok((dir, resuming, lock)),
+        None if matches!(resume, Resume::Auto) => {
+            tracing::warn!(dir = %dir.display(), "the interrupted run is in use by another process; starting a new run");
+            let dir = create_run_dir(Path::new(&r.runtime.runs_dir), &r.name)?;
+            let lock = lock_run_dir(&dir)?.ok_or_else(|| RunError::Other(format!("could not lock the new run directory `{}`", dir.display())))?;
+            Ok((dir, false, lock))
+        }
+        None => Err(RunError::Other(format!("run directory `{}` is in use by another emollama process", dir.display()))),
+    }
+}
+
+fn pick_run_dir(r: &crate::recipe::Recipe, resume: &Resume) -> Result<(PathBuf, bool), RunError> {
     let runs_dir = Path::new(&r.runtime.runs_dir);
     match resume {
         Resume::Dir(d) => {
@@ -302,7 +329,7 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
     let device = device_for(r)?;
     let text = canonical(r)?;
     let recipe_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
-    let (run_dir, resuming) = choose_run_dir(r, resume)?;
+    let (run_dir, resuming, _lock) = choose_run_dir(r, resume)?;
     tracing::info!(dir = %run_dir.display(), resuming, "run directory");
     let ckpt_root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_root).map_err(io(&ckpt_root))?;

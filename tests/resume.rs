@@ -242,3 +242,23 @@ fn resume_errors_name_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("different recipe"), "{err}");
 }
+
+/// A run still in progress is not an interrupted run: another process neither resumes it nor writes into it.
+#[test]
+fn a_running_run_is_not_resumed_by_another_process() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let recipe = write_recipe(tmp.path(), &tmp.path().join("cache"));
+    let mut first = emollama(&["run", recipe.to_str().expect("utf8"), "--no-progress"]).stderr(Stdio::null()).spawn().expect("spawn");
+    let start = Instant::now();
+    while logged_step(tmp.path()) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(600), "no step in 10 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = run_dirs(tmp.path()).pop().expect("the running run");
+    let out = emollama(&["run", "--resume", running.to_str().expect("utf8"), "--no-progress"]).output().expect("spawn");
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another emollama process"), "{err}");
+}
