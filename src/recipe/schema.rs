@@ -354,7 +354,7 @@ pub struct Stage {
     pub lr_scale: std::collections::BTreeMap<String, f64>,
     /// Averaging of the answer-token loss.
     pub loss: LossReduction,
-    /// Log every N steps.
+    /// Write a `log.jsonl` line every N optimiser steps (and at the last step of the stage).
     pub log_every: usize,
 }
 
@@ -382,7 +382,7 @@ impl Default for Stage {
             transcript: None,
             lr_scale: Default::default(),
             loss: LossReduction::TokenMean,
-            log_every: 10,
+            log_every: 1,
         }
     }
 }
