@@ -74,12 +74,14 @@ pub fn render(p: &Plan) -> String {
         }));
         t.add_row(row);
     }
-    let mut trainable = vec!["total".into(), "trainable in the stage".into(), thousands(p.total_params)];
-    trainable.extend(p.stages.iter().map(|st| thousands(st.trainable_params)));
-    t.add_row(trainable);
-    let mut frozen = vec![String::new(), "frozen in the stage".into(), String::new()];
-    frozen.extend(p.stages.iter().map(|st| thousands(st.frozen_params)));
-    t.add_row(frozen);
+    let mut total = vec!["total".to_string(), String::new(), thousands(p.total_params)];
+    total.extend(p.stages.iter().map(|_| String::new()));
+    t.add_row(total);
+    for (what, pick) in [("trainable in the stage", true), ("frozen in the stage", false)] {
+        let mut row = vec![String::new(), what.to_string(), String::new()];
+        row.extend(p.stages.iter().map(|st| thousands(if pick { st.trainable_params } else { st.frozen_params })));
+        t.add_row(row);
+    }
     right_align(&mut t, 2..3 + p.stages.len());
     let _ = writeln!(s, "{t}");
 
@@ -161,7 +163,7 @@ pub fn render(p: &Plan) -> String {
     for m in &p.memory {
         t.add_row(vec![
             m.stage.clone(),
-            m.dtype.clone(),
+            if m.dtype == p.runtime_dtype { format!("{} (recipe)", m.dtype) } else { m.dtype.clone() },
             human(m.frozen_weights),
             human(m.trainable_state),
             format!("{} ({} x {})", human(m.activations), m.batch_size, m.seq_len),

@@ -110,13 +110,16 @@ fn stage_run(recipe: &Recipe, registry: &Registry, stage: &Stage, global_start: 
     }
     let validations = steps.filter(|_| recipe.validation.enabled).map(|n| {
         let every = if stage.eval_every > 0 { stage.eval_every } else { recipe.validation.every };
-        if every == 0 { 1 } else { n / every + usize::from(!n.is_multiple_of(every)) }
+        n.checked_div(every).map_or(1, |q| q + usize::from(!n.is_multiple_of(every)))
     });
     // Step checkpoints fall on multiples of the run's global step (not the stage's), never on a stage's
     // last step, which gets its own boundary checkpoint.
     let checkpoints = global_start.zip(steps).map(|(g0, n)| {
         let every = recipe.checkpoint.every;
-        let within = if every == 0 || n == 0 { 0 } else { (g0 + n - 1) / every - g0 / every };
+        let within = match ((g0 + n).saturating_sub(1).checked_div(every), g0.checked_div(every)) {
+            (Some(last), Some(before)) if n > 0 => last - before,
+            _ => 0,
+        };
         within + 1
     });
     StageRun {
