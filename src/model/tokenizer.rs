@@ -39,7 +39,7 @@ impl std::fmt::Debug for TextTokenizer {
 }
 
 /// Splits like the tokenizer's pre-tokenizer (`\w+|[^\w\s]+`), lowercased, to collect a vocabulary.
-fn words(text: &str) -> Vec<String> {
+pub(crate) fn words(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut cur_word: Option<bool> = None;
