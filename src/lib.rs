@@ -14,6 +14,7 @@ pub mod recipe;
 pub mod registry;
 pub mod report;
 pub mod run;
+pub mod storage;
 pub mod train;
 pub mod validate;
 

@@ -10,6 +10,8 @@ use emollama::media::{self, FrameSampling};
 use emollama::recipe::{LoadedRecipe, load_recipe};
 use emollama::registry::Registry;
 
+mod cli_data;
+
 #[derive(Parser)]
 #[command(name = "emollama", version, about = "Multimodal emotion recognition and reasoning with LLMs, end to end from raw video")]
 struct Cli {
@@ -108,9 +110,10 @@ enum Command {
         #[arg(long)]
         encoder: String,
         /// A media file, a folder of them, a recipe .toml (its dataset), or a .safetensors file holding
-        /// `input_values` (batch, samples) or `pixel_values` (batch, [frames,] 3, H, W).
+        /// `input_values` (batch, samples) or `pixel_values` (batch, [frames,] 3, H, W). Files and folders
+        /// may be remote: s3://bucket/prefix, http(s)://.
         #[arg(long)]
-        input: PathBuf,
+        input: String,
         /// Output .safetensors file (or a folder with --format npy).
         #[arg(long)]
         out: PathBuf,
@@ -147,8 +150,14 @@ enum Command {
         run_dir: PathBuf,
     },
     /// Print a media file's streams, duration, frame count and the frames a sampling would pick.
+    /// Inspect and pre-fetch datasets (local, S3, HTTP) and export MER submission CSVs.
+    Data {
+        #[command(subcommand)]
+        command: cli_data::DataCommand,
+    },
     Probe {
-        file: PathBuf,
+        /// A media file: a path, file://, s3://bucket/key or http(s):// URL (fetched into the cache).
+        file: String,
         /// Take the sampling from this recipe's `data.frames`.
         #[arg(long)]
         recipe: Option<PathBuf>,
@@ -334,6 +343,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Data { command } => cli_data::dispatch(command),
         Command::Probe { file, recipe, frames, json } => {
             let sampling = match (frames, recipe) {
                 (Some(spec), _) => parse_sampling(&spec)?,
@@ -341,6 +351,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 (None, None) => FrameSampling::Uniform { n: 8 },
             };
             media::init();
+            let storage = emollama::storage::Storage::new(Default::default(), &emollama::run::cache_root(""))?;
+            let file = storage.local(&emollama::storage::Location::parse(&file)?)?;
             let info = media::probe(&file)?;
             let picked = media::probe::sampled_frame_times(&file, &sampling).ok();
             if json {
@@ -361,7 +373,7 @@ fn dispatch(cli: Cli) -> Result<()> {
 
 struct ExtractArgs {
     encoder: String,
-    input: PathBuf,
+    input: String,
     out: PathBuf,
     pooling: Option<String>,
     layers: Option<Vec<i64>>,
@@ -400,15 +412,17 @@ fn extract_command(a: ExtractArgs) -> Result<()> {
     let enc = FrozenEncoder::load(&manifest_path, &m, a.seed, &candle_core::Device::Cpu)?;
     tracing::info!(encoder = %enc.name, architecture = %enc.architecture, seconds = format!("{:.1}", t0.elapsed().as_secs_f64()), "encoder loaded");
     let opts = ExtractOptions { spec, format, out: a.out.clone(), frames, resample: a.resample, frame_batch: 8, show_progress: a.show_progress };
-    if a.input.extension().is_some_and(|e| e == "safetensors") {
+    let storage = emollama::storage::Storage::new(Default::default(), &emollama::run::cache_root(""))?;
+    if a.input.ends_with(".safetensors") {
         if format != Format::Safetensors {
             bail!("--format npy is for media inputs; a preprocessed tensor file gives one safetensors file");
         }
-        let n = extract::extract_tensor_file(&enc, &a.input, &opts)?;
-        println!("{n} tensors from `{}` -> {}", a.input.display(), a.out.display());
+        let input = storage.local(&emollama::storage::Location::parse(&a.input)?)?;
+        let n = extract::extract_tensor_file(&enc, &input, &opts)?;
+        println!("{n} tensors from `{}` -> {}", a.input, a.out.display());
         return Ok(());
     }
-    let items = extract::list_inputs(&a.input, a.show_progress)?;
+    let items = extract::list_inputs_at(&a.input, &storage, a.show_progress)?;
     let s = extract::extract_items(&enc, &items, &opts)?;
     println!("{} samples extracted, {} already done; {} tensors in {}", s.extracted, s.skipped_done, s.keys, s.out.display());
     Ok(())

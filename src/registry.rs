@@ -216,7 +216,7 @@ impl Registry {
             ("LLM architectures", s(&LLM_ARCHITECTURES)),
             ("LLM plugins", self.llms.keys().cloned().collect()),
             ("projectors", s(&crate::model::projector::KINDS)),
-            ("sources", s(&crate::data::source::SOURCES)),
+            ("sources", s(&crate::data::sources::SOURCES)),
             ("datasets", self.datasets.keys().cloned().collect()),
             ("tasks", s(&TASKS)),
             ("metrics", s(&crate::eval::metrics::NAMES)),

@@ -17,7 +17,7 @@ use candle_nn::VarMap;
 use serde::Serialize;
 
 use crate::data::loader::{DecodeSpec, Skipped};
-use crate::data::{Sample, source};
+use crate::data::{Sample, sources};
 use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate};
 use crate::model::build::{BuildError, build_model};
 use crate::model::llm_load::LlmSpec;
@@ -38,7 +38,7 @@ pub enum RunError {
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
-    Source(#[from] source::SourceError),
+    Source(#[from] sources::SourceError),
     #[error(transparent)]
     Media(#[from] crate::media::MediaError),
     #[error(transparent)]
@@ -377,11 +377,13 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
     if r.eval.enabled {
         wanted.insert((r.data.dataset.clone(), r.eval.split.clone()));
     }
+    let storage = crate::storage::Storage::new(r.storage.clone(), &cache).map_err(|e| RunError::Other(e.to_string()))?;
     let mut pool: Vec<Sample> = Vec::new();
     let mut pool_dataset: Vec<String> = Vec::new();
     for name in wanted.iter().map(|(d, _)| d.clone()).collect::<BTreeSet<_>>() {
-        let (_, c) = registry.dataset(&name)?;
-        for s in source::load_samples(c, &r.data.synth, &cache, show_progress)? {
+        let (card_path, c) = registry.dataset(&name)?;
+        let root = crate::data::dataset::dataset_root(c, card_path, &r.data.roots)?;
+        for s in crate::data::dataset::load_dataset(c, root.as_ref(), &storage, &r.data.synth, &cache, show_progress)? {
             if wanted.contains(&(name.clone(), s.split.clone())) {
                 pool.push(s);
                 pool_dataset.push(name.clone());
@@ -396,6 +398,7 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
         on_error: r.data.on_error,
         threads,
         show_progress,
+        storage: storage.clone(),
     };
     let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
     let data_s = t0.elapsed().as_secs_f64();
@@ -513,7 +516,9 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
         tracing::warn!(count = audio_missing, "samples without an audio stream were decoded as silence");
     }
     if !skipped.is_empty() {
-        tracing::warn!(count = skipped.len(), "samples skipped (see metrics.json)");
+        let lines: String = skipped.iter().filter_map(|x| serde_json::to_string(x).ok()).map(|l| l + "\n").collect();
+        write_atomic(&run_dir.join("skipped.jsonl"), lines.as_bytes())?;
+        tracing::warn!(count = skipped.len(), list = %run_dir.join("skipped.jsonl").display(), "samples skipped");
     }
     let summary = RunSummary {
         run_dir: run_dir.clone(),

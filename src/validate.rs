@@ -27,7 +27,7 @@ impl Deferred {
     /// The message `run` and `recipe check` give.
     pub fn message(&self) -> String {
         match self {
-            Self::SourceFormat { dataset, source, .. } => match registry::check_builtin("source", source, &crate::data::source::SOURCES) {
+            Self::SourceFormat { dataset, source, .. } => match registry::check_builtin("source", source, &crate::data::sources::SOURCES) {
                 Err(e) => format!("dataset card `{dataset}`: {e}"),
                 Ok(()) => format!("dataset card `{dataset}`: source `{source}`"),
             },
@@ -191,7 +191,7 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
 
 /// A card whose source format this build does not have.
 fn source_unavailable(key: String, card: &crate::data::DatasetCard) -> Option<Deferred> {
-    (!crate::data::source::SOURCES.contains(&card.source.as_str())).then(|| Deferred::SourceFormat { key, dataset: card.name.clone(), source: card.source.clone() })
+    (!crate::data::sources::SOURCES.contains(&card.source.as_str())).then(|| Deferred::SourceFormat { key, dataset: card.name.clone(), source: card.source.clone() })
 }
 
 /// Emotion-LLaMA's layout: a global encoder, no `video_encoder`, each view of its architecture, and the

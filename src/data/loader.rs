@@ -1,7 +1,6 @@
 //! Decoding samples into in-memory media, in parallel, with a progress bar and the recipe's error policy.
 
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::media::{self, FrameSampling, MediaError};
 use crate::recipe::OnError;
@@ -30,13 +29,15 @@ pub struct DecodeSpec {
     pub on_error: OnError,
     pub threads: usize,
     pub show_progress: bool,
+    /// Where remote media are fetched from (through the read-through cache).
+    pub storage: Arc<crate::storage::Storage>,
 }
 
 /// A sample whose media could not be used.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Skipped {
     pub id: String,
-    pub media: PathBuf,
+    pub media: crate::storage::Location,
     pub reason: String,
 }
 
@@ -85,7 +86,8 @@ pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<Decoded, Me
 }
 
 pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, MediaError> {
-    let clip = media::decode_clip(&sample.media, &spec.sampling, spec.width, spec.height)?;
+    let path = spec.storage.local(&sample.media).map_err(|e| MediaError::Fetch { path: sample.media.to_string().into(), detail: e.to_string() })?;
+    let clip = media::decode_clip(&path, &spec.sampling, spec.width, spec.height)?;
     let num_frames = clip.video.frames.len();
     let mut frames = Vec::with_capacity(num_frames * (spec.width * spec.height * 3) as usize);
     for f in &clip.video.frames {

@@ -1,10 +1,12 @@
 //! Data: dataset cards, sources yielding [`Sample`]s, and decoding them into memory.
 
 pub mod card;
+pub mod dataset;
 pub mod feature_cache;
+pub mod inspect;
 pub mod loader;
 pub mod sample;
-pub mod source;
+pub mod sources;
 pub mod synth;
 
 pub use card::DatasetCard;

@@ -1,19 +1,26 @@
 //! One sample of a dataset, whatever its source.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
+
+use crate::storage::Location;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub id: String,
     pub split: String,
-    /// Local path of the media file (remote URIs are fetched into the cache first).
-    pub media: PathBuf,
+    /// The media file (local, or remote and fetched through the read-through cache when used).
+    pub media: Location,
     pub transcript: Option<String>,
+    /// Discrete label, one of the card's labels.
     pub label: Option<String>,
-    /// Coarse description of the cues (stage-1 `description` task).
+    /// Coarse description of the cues (stage-1 `description` task; MERR coarse `caption`, AffectGPT `reason`).
     pub description: Option<String>,
-    /// Fine reasoning ending in the label (stage-2 `reason` task).
+    /// Fine reasoning ending in the label (stage-2 `reason` task; MERR fine `smp_reason_caption`).
     pub reasoning: Option<String>,
+    /// Continuous valence (MER2023: [-5, 5]) where the source has it.
+    #[serde(default)]
+    pub valence: Option<f32>,
+    /// Open-vocabulary labels (MER-OV / MER-Caption `openset`), lower-case.
+    #[serde(default)]
+    pub openset: Vec<String>,
 }

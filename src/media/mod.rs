@@ -32,6 +32,9 @@ pub const AUDIO_SAMPLE_RATE: u32 = 16_000;
 /// "`/x/y.mp4`: no video stream (streams: audio)".
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
+    /// A remote media file could not be fetched (the storage error names the URI).
+    #[error("{detail}")]
+    Fetch { path: PathBuf, detail: String },
     #[error("`{}`: file not found", path.display())]
     NotFound { path: PathBuf },
     /// Not a media file, unknown format, empty file, directory, ...
@@ -61,7 +64,8 @@ impl MediaError {
             | MediaError::Decode { path, .. }
             | MediaError::Encode { path, .. }
             | MediaError::Io { path, .. }
-            | MediaError::InvalidRequest { path, .. } => path,
+            | MediaError::InvalidRequest { path, .. }
+            | MediaError::Fetch { path, .. } => path,
         }
     }
 

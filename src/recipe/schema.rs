@@ -29,6 +29,8 @@ pub struct Recipe {
     /// Validation during training and best-checkpoint selection.
     pub validation: Validation,
     pub eval: Eval,
+    /// S3 / HTTP access, retries and the local read-through cache of remote media.
+    pub storage: crate::storage::StorageConfig,
 }
 
 impl Default for Recipe {
@@ -45,6 +47,7 @@ impl Default for Recipe {
             checkpoint: Checkpointing::default(),
             validation: Validation::default(),
             eval: Eval::default(),
+            storage: Default::default(),
         }
     }
 }
@@ -117,6 +120,10 @@ pub struct Data {
     pub audio_seconds: f32,
     /// Missing or unreadable media: skip the sample (and report it) or stop the run.
     pub on_error: OnError,
+    /// Dataset roots overriding the cards' `root`, by dataset name: a path, `file://`, `s3://bucket/prefix`
+    /// or `http(s)://` (e.g. `--set data.roots.synth=s3://team/synth`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub roots: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Data {
@@ -129,6 +136,7 @@ impl Default for Data {
             height: 64,
             audio_seconds: 2.0,
             on_error: OnError::Skip,
+            roots: Default::default(),
         }
     }
 }

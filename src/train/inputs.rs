@@ -65,7 +65,7 @@ impl Decoder {
     /// An unreadable clip: the error under `on_error = "fail"`, else recorded as skipped.
     fn fail(&self, s: &Sample, message: String) -> Result<(), InputError> {
         if self.spec.on_error == OnError::Fail {
-            return Err(InputError::Media { id: s.id.clone(), media: s.media.display().to_string(), message });
+            return Err(InputError::Media { id: s.id.clone(), media: s.media.to_string(), message });
         }
         tracing::warn!(sample = %s.id, error = %message, "skipping sample");
         if let Ok(mut g) = self.skipped.lock()
@@ -100,7 +100,7 @@ impl Decoder {
             .zip(which)
             .map(|(m, &i)| {
                 m.into_inner().ok().flatten().unwrap_or_else(|| {
-                    Err(crate::media::MediaError::Decode { path: pool[i].media.clone(), detail: "the decoder thread stopped".into() })
+                    Err(crate::media::MediaError::Fetch { path: pool[i].media.to_string().into(), detail: "the decoder thread stopped".into() })
                 })
             })
             .collect()
@@ -236,7 +236,8 @@ impl FeatureStore<'_> {
         let mut keys = Vec::with_capacity(idx.len());
         let mut failed = Vec::new();
         for (k, &i) in idx.iter().enumerate() {
-            match self.cache.key(&pool[i].media) {
+            let key = self.decoder.spec.storage.local(&pool[i].media).map_err(|e| e.to_string()).and_then(|p| self.cache.key(&p).map_err(|e| e.to_string()));
+            match key {
                 Ok(key) => {
                     found.push(self.cache.load(&key, device));
                     keys.push(key);
