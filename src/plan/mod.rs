@@ -202,7 +202,14 @@ fn deferred_warnings(deferred: &[Deferred]) -> Vec<String> {
             Deferred::SourceFormat { key, dataset, source } => {
                 if seen.insert(dataset.clone()) {
                     out.push(format!(
-                        "dataset `{dataset}` ({key}): source format `{source}` is not in this build; it arrives with issue 6 (\"Data sources and storage\"). The plan needs no samples; `emollama run` without --dry-run stops here"
+                        "dataset `{dataset}` ({key}): source format `{source}` is not in this build. The plan needs no samples; `emollama run` without --dry-run stops here"
+                    ));
+                }
+            }
+            Deferred::NoRoot { key, dataset } => {
+                if seen.insert(dataset.clone()) {
+                    out.push(format!(
+                        "dataset `{dataset}` ({key}): no root yet; set `data.roots.{dataset}` (or `root` in datasets/{dataset}.toml) to your licensed copy. The plan needs no samples; `emollama run` without --dry-run stops here"
                     ));
                 }
             }

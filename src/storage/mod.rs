@@ -90,6 +90,13 @@ pub enum StorageError {
     Location(#[from] LocationError),
 }
 
+impl StorageError {
+    /// The storage could not be reached (retries exhausted), as opposed to a missing or denied file.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
+}
+
 /// An object found by listing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
@@ -147,7 +154,11 @@ impl Storage {
         }
         let timeout = Duration::from_secs_f64(self.cfg.timeout_s.max(0.1));
         let mut options = ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout.min(Duration::from_secs(10)));
-        if self.cfg.allow_http || self.cfg.endpoint.starts_with("http://") || store_key.starts_with("http://") {
+        // Plain HTTP when asked, or when the endpoint (recipe or standard environment) says http://.
+        let env = |k: &str| std::env::var(k).unwrap_or_default();
+        let env_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"].iter().map(|k| env(k)).find(|v| !v.is_empty()).unwrap_or_default();
+        let http_endpoint = if self.cfg.endpoint.is_empty() { env_endpoint.starts_with("http://") } else { self.cfg.endpoint.starts_with("http://") };
+        if self.cfg.allow_http || http_endpoint || env("AWS_ALLOW_HTTP").eq_ignore_ascii_case("true") || store_key.starts_with("http://") {
             options = options.with_allow_http(true);
         }
         // Our own loop retries (and logs) every request; the client's would hide the attempts.

@@ -63,8 +63,10 @@ impl Decoder {
     }
 
     /// An unreadable clip: the error under `on_error = "fail"`, else recorded as skipped.
-    fn fail(&self, s: &Sample, message: String) -> Result<(), InputError> {
-        if self.spec.on_error == OnError::Fail {
+    fn fail(&self, s: &Sample, message: String, outage: bool) -> Result<(), InputError> {
+        // A storage outage (retries exhausted) stops the run whatever the policy: skipping would drop
+        // good samples; the run resumes from its last checkpoint once the storage is back.
+        if self.spec.on_error == OnError::Fail || outage {
             return Err(InputError::Media { id: s.id.clone(), media: s.media.to_string(), message });
         }
         tracing::warn!(sample = %s.id, error = %message, "skipping sample");
@@ -100,7 +102,7 @@ impl Decoder {
             .zip(which)
             .map(|(m, &i)| {
                 m.into_inner().ok().flatten().unwrap_or_else(|| {
-                    Err(crate::media::MediaError::Fetch { path: pool[i].media.to_string().into(), detail: "the decoder thread stopped".into() })
+                    Err(crate::media::MediaError::Fetch { path: pool[i].media.to_string().into(), detail: "the decoder thread stopped".into(), outage: false })
                 })
             })
             .collect()
@@ -133,7 +135,7 @@ impl DecodedStore {
             let value = match r {
                 Ok(m) => Some(Arc::new(m)),
                 Err(e) => {
-                    self.decoder.fail(&pool[i], e.to_string())?;
+                    self.decoder.fail(&pool[i], e.to_string(), e.is_outage())?;
                     None
                 }
             };
@@ -236,14 +238,17 @@ impl FeatureStore<'_> {
         let mut keys = Vec::with_capacity(idx.len());
         let mut failed = Vec::new();
         for (k, &i) in idx.iter().enumerate() {
-            let key = self.decoder.spec.storage.local(&pool[i].media).map_err(|e| e.to_string()).and_then(|p| self.cache.key(&p).map_err(|e| e.to_string()));
+            let key = match self.decoder.spec.storage.local(&pool[i].media) {
+                Ok(p) => self.cache.key(&p).map_err(|e| (e.to_string(), false)),
+                Err(e) => Err((e.to_string(), e.is_outage())),
+            };
             match key {
                 Ok(key) => {
                     found.push(self.cache.load(&key, device));
                     keys.push(key);
                 }
-                Err(e) => {
-                    self.decoder.fail(&pool[i], e.to_string())?;
+                Err((e, outage)) => {
+                    self.decoder.fail(&pool[i], e, outage)?;
                     failed.push(k);
                     found.push(None);
                     keys.push(String::new());
@@ -258,7 +263,7 @@ impl FeatureStore<'_> {
                 match r {
                     Ok(m) => ok.push((k, m)),
                     Err(e) => {
-                        self.decoder.fail(&pool[idx[k]], e.to_string())?;
+                        self.decoder.fail(&pool[idx[k]], e.to_string(), e.is_outage())?;
                         failed.push(k);
                     }
                 }

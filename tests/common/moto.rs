@@ -1,0 +1,102 @@
+//! A real S3-compatible server for tests: moto's `moto_server` (PyPI `moto[server]`, installed by
+//! `just setup`) on 127.0.0.1, started and stopped by PID.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+/// The server binary: `EMOLLAMA_MOTO_SERVER`, else the one `tools/install_moto.sh` installed, else
+/// `moto_server` on PATH.
+fn binary() -> String {
+    if let Ok(b) = std::env::var("EMOLLAMA_MOTO_SERVER") {
+        return b;
+    }
+    let cache = std::env::var("EMOLLAMA_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        let base = std::env::var("XDG_CACHE_HOME").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"));
+        base.join("emollama")
+    });
+    let venv = cache.join("moto-venv/bin/moto_server");
+    if venv.is_file() { venv.display().to_string() } else { "moto_server".into() }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free local port")
+}
+
+impl Moto {
+    /// Starts a server on a free port.
+    pub fn start() -> Moto {
+        Moto::start_on(free_port())
+    }
+
+    /// Starts a server on `port` and waits until it accepts connections.
+    pub fn start_on(port: u16) -> Moto {
+        let child = Command::new(binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{} -H 127.0.0.1 -p {port}` ({e}): run `just setup`, which installs moto[server] from PyPI", binary()));
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "moto_server did not listen on 127.0.0.1:{port} within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child: Some(child), port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (by PID) and waits until the port is closed.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The endpoint of the server `.ci/run` started (`EMOLLAMA_TEST_S3_ENDPOINT`), else a server of the
+/// test's own (kept alive by the returned guard).
+pub fn shared() -> (Option<Moto>, String) {
+    match std::env::var("EMOLLAMA_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => (None, e),
+        _ => {
+            let m = Moto::start();
+            let e = m.endpoint();
+            (Some(m), e)
+        }
+    }
+}
+
+/// Creates a bucket (moto accepts unsigned requests).
+pub fn create_bucket(endpoint: &str, bucket: &str) {
+    let url = format!("{endpoint}/{bucket}");
+    match ureq::put(&url).send_bytes(&[]) {
+        Ok(_) => {}
+        Err(ureq::Error::Status(409, _)) => {}
+        Err(e) => panic!("creating bucket {url}: {e}"),
+    }
+}
+
+/// A bucket name unique to this test process and `tag` (S3 names: 3-63 lower-case characters).
+pub fn bucket_name(tag: &str) -> String {
+    format!("emollama-{tag}-{}", std::process::id())
+}
