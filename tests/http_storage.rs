@@ -71,6 +71,16 @@ fn http_root_is_read_fetched_and_probed() {
     let v: serde_json::Value = serde_json::from_slice(&probe.stdout).expect("probe json");
     assert!(v["probe"]["duration_s"].as_f64().is_some_and(|d| d > 1.0), "{v}");
 
+    // Features of a remote clip (the id is its file stem).
+    let feats = tmp.path().join("feats.safetensors");
+    let ex = emollama(&cache, &["extract", "--encoder", "hubert-tiny", "--input", &format!("{root}/clips/{name}"), "--out", feats.to_str().expect("utf8"), "--no-progress"]);
+    assert!(ex.status.success(), "{}", String::from_utf8_lossy(&ex.stderr));
+    assert!(String::from_utf8_lossy(&ex.stdout).starts_with("1 samples extracted"), "{}", String::from_utf8_lossy(&ex.stdout));
+    // Listing a plain static server is not possible: a clear error, not an empty dataset.
+    let ex = emollama(&cache, &["extract", "--encoder", "hubert-tiny", "--input", &format!("{root}/clips/"), "--out", feats.to_str().expect("utf8"), "--no-progress"]);
+    let err = String::from_utf8_lossy(&ex.stderr);
+    assert!(!ex.status.success() && err.contains("listing needs a server that supports it"), "{err}");
+
     // A missing file is a clear not-found, without retries.
     let missing = emollama(&cache, &["probe", &format!("{root}/clips/nope.mp4")]);
     let err = String::from_utf8_lossy(&missing.stderr);

@@ -151,6 +151,14 @@ fn synth_dataset_from_s3_gives_the_same_samples_and_metrics_as_local() {
         assert_eq!(strip(a), strip(b));
     }
 
+    // Features of every clip of an S3 folder (listed, fetched in parallel, ids from the file names).
+    let feats = dir.path().join("feats.safetensors");
+    let out = ok(
+        emollama(&endpoint, &["extract", "--encoder", "hubert-tiny", "--input", &format!("{s3_root}/clips"), "--out", feats.to_str().expect("utf8"), "--no-progress"]).output().expect("spawn"),
+        "extract from S3",
+    );
+    assert!(out.starts_with("66 samples extracted"), "{out}");
+
     // Same run: the local copy, then S3 (media through a fresh read-through cache).
     ok(emollama(&endpoint, &["run", r, "--no-progress", "--fresh"]).output().expect("spawn"), "local run");
     let cache = dir.path().join("cache-s3");
