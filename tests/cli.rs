@@ -152,3 +152,30 @@ fn generate_answers_with_smollm2_and_writes_logits() {
     let t = candle_core::safetensors::load(&logits, &candle_core::Device::Cpu).expect("logits file");
     assert_eq!(t["logits"].dims(), &[1, 49152]);
 }
+
+#[test]
+fn dataset_roots_and_storage_options_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = recipe(dir.path(), "roots.toml", "\n[data.roots]\nsynth = \"gs://bucket/x\"\nnope = \"/data\"\n");
+    check_fails(&p, &["roots.toml:5", "data.roots.synth", "unsupported scheme `gs`", "roots.toml:6", "no dataset card `nope`"]);
+    let p = recipe(dir.path(), "storage.toml", "\n[storage]\nretrys = 3\n");
+    check_fails(&p, &["storage.toml:5", "retrys", "did you mean `retries`"]);
+    let p = recipe(dir.path(), "ok.toml", "\n[data.roots]\nsynth = \"s3://team/synth\"\n[storage]\nendpoint = \"http://127.0.0.1:9000\"\nretries = 2\n");
+    let o = run(&["recipe", "check", p.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn data_commands_name_what_is_wrong() {
+    let o = run(&["data", "ls", "no-such-dataset"]);
+    assert!(!o.status.success() && stderr(&o).contains("no-such-dataset") && stderr(&o).contains("synth"), "{}", stderr(&o));
+    // A card without a root says where to set one.
+    let o = run(&["data", "stat", "merr-fine"]);
+    assert!(!o.status.success() && stderr(&o).contains("no root") && stderr(&o).contains("data.roots.merr-fine"), "{}", stderr(&o));
+    let o = run(&["data", "ls", "synth", "--root", "ftp://x/y"]);
+    assert!(!o.status.success() && stderr(&o).contains("unsupported scheme `ftp`"), "{}", stderr(&o));
+    let o = run(&["data", "export", "--format", "csv", "--dataset", "synth"]);
+    assert!(!o.status.success() && stderr(&o).contains("expected mer-submission"), "{}", stderr(&o));
+    let o = run(&["probe", "s3:///key.mp4"]);
+    assert!(!o.status.success() && stderr(&o).contains("needs a bucket"), "{}", stderr(&o));
+}
