@@ -94,3 +94,30 @@ impl DatasetFiles for LocalFiles {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths_stay_below_the_root_even_through_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ds");
+        std::fs::create_dir_all(root.join("video")).unwrap();
+        std::fs::write(root.join("video/a.mp4"), b"x").unwrap();
+        std::fs::write(tmp.path().join("secret.mp4"), b"s").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret.mp4"), root.join("video/out.mp4")).unwrap();
+        std::os::unix::fs::symlink(root.join("video/a.mp4"), root.join("video/in.mp4")).unwrap();
+        let files = LocalFiles::new(&root);
+        assert_eq!(files.locate("video/a.mp4").unwrap(), Location::Local(root.join("video/a.mp4")));
+        assert!(files.locate("video/in.mp4").is_ok(), "a symlink inside the root is fine");
+        assert!(files.locate("video/missing.mp4").is_ok(), "a missing file is the run's on_error business");
+        for bad in ["video/out.mp4", "../secret.mp4", "/etc/passwd"] {
+            let e = files.locate(bad).unwrap_err().to_string();
+            assert!(e.contains("leaves the dataset root"), "{bad}: {e}");
+        }
+        assert!(files.locate("video/out.mp4").unwrap_err().to_string().contains("symlink"));
+        assert_eq!(files.list("video").unwrap(), vec!["video/a.mp4", "video/in.mp4", "video/out.mp4"]);
+        assert!(files.read("video/nope.txt").unwrap_err().to_string().contains("video/nope.txt"));
+    }
+}
