@@ -1,7 +1,14 @@
 //! Sources: a dataset card's `source` name → the parser that lists its samples from the files below the
 //! card's root (local, S3 or HTTP, through [`DatasetFiles`]).
 
+pub mod affectgpt;
+pub mod dfew;
 pub mod files;
+pub mod folder;
+pub mod jsonl;
+pub mod mer;
+pub mod merr;
+pub mod table;
 
 use std::path::Path;
 
@@ -10,7 +17,7 @@ use super::{DatasetCard, Sample};
 pub use files::{DatasetFiles, LocalFiles};
 
 /// Source formats this build reads.
-pub const SOURCES: [&str; 1] = ["synth"];
+pub const SOURCES: [&str; 8] = ["synth", "merr", "mer2023", "mer2024", "affectgpt", "dfew", "folder", "jsonl"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -55,6 +62,21 @@ pub fn load_samples(card: &DatasetCard, files: Option<&dyn DatasetFiles>, synth_
             let ds = synth::generate(synth_cfg, cache_root, show_progress)
                 .map_err(|inner| SourceError::Synth { dataset: card.name.clone(), inner })?;
             Ok(ds.items.iter().map(|it| synth_sample(it, ds.dir.join(&it.file).into())).collect())
+        }
+        "merr" | "mer2023" | "mer2024" | "affectgpt" | "dfew" | "folder" | "jsonl" => {
+            let files = files.ok_or_else(|| in_dataset(SourceError::Other("no root".into())))?;
+            let parse = match card.source.as_str() {
+                "merr" => merr::load,
+                "mer2023" => mer::load_mer2023,
+                "mer2024" => mer::load_mer2024,
+                "affectgpt" => affectgpt::load,
+                "dfew" => dfew::load,
+                "folder" => folder::load,
+                _ => jsonl::load,
+            };
+            let samples = parse(card, files).map_err(in_dataset)?;
+            tracing::info!(dataset = %card.name, samples = samples.len(), "samples listed");
+            Ok(samples)
         }
         other => {
             Err(in_dataset(SourceError::Unknown { dataset: card.name.clone(), source_name: other.to_string(), known: SOURCES.join(", ") }))
