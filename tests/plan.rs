@@ -104,10 +104,10 @@ fn mer2024_finetune_plan_matches_the_reference() {
     assert_eq!(m["trainable_state"].as_u64(), Some(16 * want_trainable));
 
     let warnings = plan["warnings"].to_string();
-    assert!(warnings.contains("source format `merr`") && warnings.contains("issue 6") && warnings.contains("stops here"), "{warnings}");
+    assert!(warnings.contains("no root yet") && warnings.contains("data.roots.merr-coarse") && warnings.contains("stops here"), "{warnings}");
     assert!(empty(cwd.path()), "a dry run writes nothing");
 
-    // The human-readable plan, and a real run still stopping at the missing source format.
+    // The human-readable plan, and a real run stopping at the missing dataset roots.
     let path = repo().join("recipes/mer2024_finetune.toml");
     let o = emollama(cwd.path(), &["run", "--dry-run", path.to_str().expect("utf8")]);
     let text = String::from_utf8_lossy(&o.stdout);
@@ -117,7 +117,7 @@ fn mer2024_finetune_plan_matches_the_reference() {
     }
     let o = emollama(cwd.path(), &["run", path.to_str().expect("utf8")]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("unknown source `merr`"), "{err}");
+    assert!(!o.status.success() && err.contains("dataset `merr-coarse` has no root") && err.contains("data.roots.merr-coarse"), "{err}");
     assert!(empty(cwd.path()), "a run that fails validation writes nothing");
 }
 

@@ -183,9 +183,15 @@ impl<'a> MediaPattern<'a> {
     }
 }
 
-/// `name → English transcript` from a transcripts CSV (`name` + `english` / `sentence_en` / `sentence`).
+/// `name → English transcript` from a transcripts CSV (`name` + `english` / `sentence_en` / `sentence`);
+/// empty when the file does not exist (with a warning).
 pub fn read_transcripts(files: &dyn DatasetFiles, rel: Option<&str>) -> Result<HashMap<String, String>, SourceError> {
     let Some(rel) = rel else { return Ok(HashMap::new()) };
+    // Transcripts are optional: without the file the samples simply have none.
+    if !files.exists(rel)? {
+        tracing::warn!(file = %files.describe(rel), "no transcripts file; samples have no transcript");
+        return Ok(HashMap::new());
+    }
     let t = read_csv(files, rel)?;
     let name = t.require(&["name"])?;
     let text = t.require(&["english", "sentence_en", "sentence"])?;
