@@ -150,6 +150,22 @@ enum Command {
         run_dir: PathBuf,
     },
     /// Print a media file's streams, duration, frame count and the frames a sampling would pick.
+    /// Score existing predictions against labels, without a model: MER CSVs (`name, discrete, valence` or
+    /// `name, openset`) or a run's predictions.jsonl.
+    Score {
+        /// Predictions: a MER submission CSV or predictions.jsonl.
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Labels: a MER CSV in the same format.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Metrics to report (default: every one the files allow), e.g. `weighted_f1,accuracy,uar`.
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+        /// One JSON object keyed by metric name.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and pre-fetch datasets (local, S3, HTTP) and export MER submission CSVs.
     Data {
         #[command(subcommand)]
@@ -344,6 +360,28 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Data { command } => cli_data::dispatch(command),
+        Command::Score { predictions, labels, metrics, json } => {
+            use emollama::eval::score;
+            let truth = score::read_rows(&labels)?;
+            let pred = score::read_rows(&predictions)?;
+            let scores = score::score(&truth, &pred, &metrics)?;
+            let text = if json {
+                serde_json::to_string_pretty(&scores)? + "\n"
+            } else {
+                let mut t = comfy_table::Table::new();
+                t.set_header(vec!["metric", "value"]);
+                for (k, v) in &scores {
+                    let shown = match v.as_f64() {
+                        Some(x) if !v.is_u64() => format!("{x:.4}"),
+                        _ => v.to_string(),
+                    };
+                    t.add_row(vec![k.clone(), shown]);
+                }
+                format!("{t}\n")
+            };
+            std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).context("writing scores")?;
+            Ok(())
+        }
         Command::Probe { file, recipe, frames, json } => {
             let sampling = match (frames, recipe) {
                 (Some(spec), _) => parse_sampling(&spec)?,

@@ -2,7 +2,8 @@
 
 use serde::Serialize;
 
-pub const NAMES: [&str; 6] = ["accuracy", "weighted_f1", "macro_f1", "weighted_precision", "weighted_recall", "confusion_matrix"];
+/// Metrics a recipe's evaluation reports (`eval.metrics`).
+pub const NAMES: [&str; 8] = ["accuracy", "weighted_f1", "macro_f1", "weighted_precision", "weighted_recall", "uar", "war", "confusion_matrix"];
 
 /// Per-class precision / recall / F1 and support.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -22,6 +23,11 @@ pub struct Report {
     pub macro_f1: f64,
     pub weighted_precision: f64,
     pub weighted_recall: f64,
+    /// Unweighted average recall (DFEW): mean recall over the classes present in the truth
+    /// (sklearn's `balanced_accuracy_score`).
+    pub uar: f64,
+    /// Weighted average recall (DFEW): the accuracy.
+    pub war: f64,
     /// Rows: true label, columns: predicted label, both in `labels` order.
     pub labels: Vec<String>,
     pub confusion_matrix: Vec<Vec<usize>>,
@@ -59,17 +65,35 @@ pub fn classification_report(truth: &[String], pred: &[String], labels: &[&str])
     let present: Vec<&ClassScore> =
         per_class.iter().enumerate().filter(|(i, c)| c.support > 0 || (0..k).any(|r| cm[r][*i] > 0)).map(|(_, c)| c).collect();
     let weighted = |f: fn(&ClassScore) -> f64| div(per_class.iter().map(|c| f(c) * c.support as f64).sum(), n as f64);
+    let in_truth: Vec<&ClassScore> = per_class.iter().filter(|c| c.support > 0).collect();
+    let accuracy = div(correct as f64, n as f64);
     Report {
         n,
-        accuracy: div(correct as f64, n as f64),
+        accuracy,
         weighted_f1: weighted(|c| c.f1),
         macro_f1: div(present.iter().map(|c| c.f1).sum(), present.len() as f64),
         weighted_precision: weighted(|c| c.precision),
         weighted_recall: weighted(|c| c.recall),
+        uar: div(in_truth.iter().map(|c| c.recall).sum(), in_truth.len() as f64),
+        war: accuracy,
         labels: order,
         confusion_matrix: cm,
         per_class,
     }
+}
+
+/// Mean squared error of the valence predictions.
+pub fn valence_mse(truth: &[f64], pred: &[f64]) -> f64 {
+    let n = truth.len().min(pred.len());
+    if n == 0 {
+        return 0.0;
+    }
+    truth.iter().zip(pred).map(|(t, p)| (t - p) * (t - p)).sum::<f64>() / n as f64
+}
+
+/// MER2023's combined score for MER-MULTI / MER-NOISE: `WAF − 0.25 · valence MSE` (`overall_metric`).
+pub fn mer2023_overall(weighted_f1: f64, valence_mse: f64) -> f64 {
+    weighted_f1 - 0.25 * valence_mse
 }
 
 #[cfg(test)]

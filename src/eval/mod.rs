@@ -2,4 +2,7 @@
 
 pub mod extract;
 pub mod metrics;
+pub mod openset;
+pub mod score;
+pub mod wheel;
 pub mod runner;
