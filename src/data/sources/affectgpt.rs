@@ -58,7 +58,7 @@ pub fn load(card: &DatasetCard, files: &dyn DatasetFiles) -> Result<Vec<Sample>,
         ids.extend(openset.iter().filter(|(n, _, _)| !known.contains(n.as_str())).map(|(n, line, _)| (n.clone(), files.describe(&open_rel), *line)));
         members.extend(ids.into_iter().map(|(id, file, line)| ("train".to_string(), id, file, line, None)));
     } else {
-        for (split, rel) in &l.splits {
+        for (split, rel) in &super::table::ordered_splits(card, &l.splits) {
             let t = read_csv(files, rel)?;
             let name = t.require(&["name"])?;
             let discrete = t.col(&["discrete"]);

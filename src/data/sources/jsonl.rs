@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use super::table::{Seen, card_label};
+use super::table::{Seen, card_label, read_text};
 use super::{DatasetFiles, SourceError};
 use crate::data::{DatasetCard, Sample};
 
@@ -31,14 +31,16 @@ pub fn load(card: &DatasetCard, files: &dyn DatasetFiles) -> Result<Vec<Sample>,
     let mut seen = Seen::default();
     let mut out = Vec::new();
     for (split_name, rel) in &super::table::ordered_splits(card, &splits) {
-        let file = files.describe(rel);
-        let text = String::from_utf8(files.read(rel)?).map_err(|e| SourceError::Read { file: file.clone(), message: format!("not UTF-8: {e}") })?;
+        let (file, text) = read_text(files, rel)?;
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             if raw.trim().is_empty() {
                 continue;
             }
             let l: Line = serde_json::from_str(raw).map_err(|e| SourceError::row(&file, line, e.to_string()))?;
+            if l.id.trim().is_empty() {
+                return Err(SourceError::row(&file, line, "empty `id`"));
+            }
             let split = if split_name == "all" { l.split.unwrap_or_else(|| "train".into()) } else { split_name.clone() };
             let label = l.label.as_deref().filter(|s| !s.trim().is_empty()).map(|x| card_label(card, x)).transpose().map_err(|m| SourceError::row(&file, line, m))?;
             seen.check(&split, &l.id, &file, line)?;
@@ -71,7 +73,7 @@ mod tests {
     fn one_sample_per_line() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write(d, "manifest.jsonl", "{\"id\":\"c1\",\"media\":\"clips/c1.mp4\",\"split\":\"test\",\"label\":\"Sad\",\"reason\":\"r\",\"valence\":-1.5,\"openset\":[\"Gloomy\"],\"extra\":1}\n\n{\"id\":\"c2\",\"file\":\"c2.wav\"}\n");
+        write(d, "manifest.jsonl", "\u{feff}{\"id\":\"c1\",\"media\":\"clips/c1.mp4\",\"split\":\"test\",\"label\":\"Sad\",\"reason\":\"r\",\"valence\":-1.5,\"openset\":[\"Gloomy\"],\"extra\":1}\n\n{\"id\":\"c2\",\"file\":\"c2.wav\"}\n");
         let s = load(&card("jsonl", &MER6, Layout::default()), &LocalFiles::new(d)).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].split.as_str(), s[0].label.as_deref(), s[0].reasoning.as_deref(), s[0].valence, s[0].openset.clone()), ("test", Some("sad"), Some("r"), Some(-1.5), vec!["gloomy".to_string()]));
@@ -89,6 +91,7 @@ mod tests {
             ("{\"id\":\"a\",\"media\":\"a.mp4\",\"label\":\"joy\"}\n", "line 1", "label `joy`"),
             ("{\"id\":\"a\",\"media\":\"a.mp4\"}\n{\"id\":\"a\",\"media\":\"b.mp4\"}\n", "line 2", "duplicate id `a`"),
             ("{\"id\":\"a\",\"media\":\"a.mp4\",\"valence\":\"high\"}\n", "line 1", "invalid type"),
+            ("\n{\"id\":\" \",\"media\":\"a.mp4\"}\n", "line 2", "empty `id`"),
         ] {
             let dir = tempfile::tempdir().unwrap();
             write(dir.path(), "manifest.jsonl", text);

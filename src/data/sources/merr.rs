@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::table::{MediaPattern, Seen, card_label, non_empty, read_transcripts};
+use super::table::{MediaPattern, Seen, card_label, non_empty, read_text, read_transcripts};
 use super::{DatasetFiles, SourceError};
 use crate::data::{DatasetCard, Sample};
 
@@ -84,8 +84,7 @@ pub fn parse_list_line(line: &str) -> Result<(String, u64, String, Option<f32>),
 
 /// Samples of one `.txt` list.
 pub fn read_list(card: &DatasetCard, files: &dyn DatasetFiles, rel: &str, split: &str, media: &MediaPattern, seen: &mut Seen) -> Result<Vec<Sample>, SourceError> {
-    let file = files.describe(rel);
-    let text = String::from_utf8(files.read(rel)?).map_err(|e| SourceError::Read { file: file.clone(), message: format!("not UTF-8: {e}") })?;
+    let (file, text) = read_text(files, rel)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -155,7 +154,7 @@ mod tests {
     fn reads_fine_lists_records_transcripts_and_eval_lists() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write(d, "MERR_fine_grained.txt", "sample_00000001 43 surprise\nsamplenew_00000002 120 doubt\n\n");
+        write(d, "MERR_fine_grained.txt", "\u{feff}sample_00000001 43 surprise\r\nsamplenew_00000002 120 doubt\r\n\r\n");
         write(d, "MERR_fine_grained.json", &format!("{{\"sample_00000001\": {}, \"samplenew_00000002\": {}}}", fine_record("surprise", "Eyes wide: surprise."), fine_record("doubt", "A frown of doubt.")));
         write(d, "transcription_en_all.csv", "name,sentence\nsample_00000001,\"Oh, my.\"\n");
         write(d, "relative_test3_NCEV.txt", "samplenew_00000003 125 sad -10\nsamplenew_00000004 80 happy 2.5\n");

@@ -81,22 +81,26 @@ impl Table {
     }
 }
 
-/// A MERTools list string (`"['excited', 'joyful']"`): the words between quotes, lower-cased. `[]` or an
-/// empty cell is an empty list; text that is not a bracketed list is an error.
+/// A MERTools list string (`"['excited', 'joyful']"`): the words between quotes, lower-cased and trimmed,
+/// as MERTools' `string_to_list` (split on `'` / `"`) reads it. `[]`, `['']` or an empty cell is an empty
+/// list. Unlike MERTools, text that is not a bracketed list, or an unquoted word between the quotes, is an
+/// error rather than a garbage label, and `"it's"` stays one word.
 pub fn parse_list_string(s: &str) -> Result<Vec<String>, String> {
     let t = s.trim();
     if t.is_empty() {
         return Ok(Vec::new());
     }
     let inner = t.strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or_else(|| format!("`{t}` is not a list string like ['happy', 'excited']"))?;
-    if inner.trim().is_empty() {
-        return Ok(Vec::new());
-    }
     let mut out = Vec::new();
     let mut rest = inner;
-    while let Some(start) = rest.find(['\'', '"']) {
-        let q = rest[start..].chars().next().unwrap_or('\'');
-        let after = &rest[start + 1..];
+    loop {
+        let next = rest.find(['\'', '"']).unwrap_or(rest.len());
+        let between = &rest[..next];
+        if !between.chars().all(|c| c.is_whitespace() || c == ',') {
+            return Err(format!("`{t}`: `{}` is not a quoted word (expected a list string like ['happy', 'excited'])", between.trim()));
+        }
+        let Some(q) = rest[next..].chars().next() else { break };
+        let after = &rest[next + 1..];
         let end = after.find(q).ok_or_else(|| format!("`{t}`: unclosed quote"))?;
         let word = after[..end].trim().to_lowercase();
         if !word.is_empty() {
@@ -104,10 +108,15 @@ pub fn parse_list_string(s: &str) -> Result<Vec<String>, String> {
         }
         rest = &after[end + 1..];
     }
-    if out.is_empty() {
-        return Err(format!("`{t}`: no quoted words"));
-    }
     Ok(out)
+}
+
+/// A text file (a `.txt` list, a JSONL manifest) as UTF-8, a leading BOM dropped; with its name for messages.
+pub fn read_text(files: &dyn DatasetFiles, rel: &str) -> Result<(String, String), SourceError> {
+    let file = files.describe(rel);
+    let text = String::from_utf8(files.read(rel)?).map_err(|e| SourceError::Read { file: file.clone(), message: format!("not UTF-8: {e}") })?;
+    let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
+    Ok((file, text))
 }
 
 /// The card label for a raw label: through `label_map`, lower-cased, and (when the card has labels) one
@@ -245,7 +254,11 @@ mod tests {
         assert_eq!(parse_list_string("['Excited', 'joyful', \"happy\"]").unwrap(), vec!["excited", "joyful", "happy"]);
         assert_eq!(parse_list_string("[]").unwrap(), Vec::<String>::new());
         assert_eq!(parse_list_string("").unwrap(), Vec::<String>::new());
+        assert_eq!(parse_list_string(" [''] ").unwrap(), Vec::<String>::new());
+        assert_eq!(parse_list_string("[\"it's\", ' calm ']").unwrap(), vec!["it's", "calm"]);
         assert!(parse_list_string("happy, sad").is_err());
+        assert!(parse_list_string("[happy, sad]").unwrap_err().contains("`happy, sad` is not a quoted word"));
+        assert!(parse_list_string("['happy' and 'sad']").is_err());
         assert!(parse_list_string("['happy").is_err());
     }
 
