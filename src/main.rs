@@ -166,6 +166,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Judge predicted emotion descriptions against true ones (EMER clue and label overlap, 1-10) with a
+    /// local LLM or an OpenAI-compatible endpoint.
+    Judge {
+        /// True descriptions: CSV (`name, reason`; EMER `names, reasons`) or predictions.jsonl.
+        #[arg(long)]
+        references: PathBuf,
+        /// Predicted descriptions, same formats (a run's predictions.jsonl: `id`, `text`).
+        #[arg(long)]
+        predictions: PathBuf,
+        /// `local:NAME` (an LLM from the registry, or a path) or an OpenAI-compatible base URL
+        /// (`http://127.0.0.1:8000/v1`; key from OPENAI_API_KEY). `openai` = OPENAI_BASE_URL.
+        #[arg(long, default_value = "local:smollm2-135m-instruct")]
+        judge: String,
+        /// Model name sent to an HTTP endpoint.
+        #[arg(long, default_value = "gpt-3.5-turbo")]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Judge at most this many pairs (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Per-pair replies and scores as JSON lines.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and pre-fetch datasets (local, S3, HTTP) and export MER submission CSVs.
     Data {
         #[command(subcommand)]
@@ -360,6 +387,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Data { command } => cli_data::dispatch(command),
+        Command::Judge { references, predictions, judge, model, max_tokens, limit, out, json } => judge_command(&references, &predictions, &judge, &model, max_tokens, limit, out.as_deref(), json),
         Command::Score { predictions, labels, metrics, json } => {
             use emollama::eval::score;
             let truth = score::read_rows(&labels)?;
@@ -407,6 +435,55 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge_command(references: &Path, predictions: &Path, judge: &str, model: &str, max_tokens: usize, limit: usize, out: Option<&Path>, json: bool) -> Result<()> {
+    use emollama::eval::judge::{self, HttpJudge, Judge, LocalJudge};
+    let truth: std::collections::HashMap<String, String> = judge::read_descriptions(references)?.into_iter().collect();
+    let mut pairs: Vec<(String, String, String)> = Vec::new();
+    let mut unmatched = 0usize;
+    for (name, pred) in judge::read_descriptions(predictions)? {
+        match truth.get(&name) {
+            Some(t) => pairs.push((name, t.clone(), pred)),
+            None => unmatched += 1,
+        }
+    }
+    if pairs.is_empty() {
+        bail!("no prediction in `{}` has a reference in `{}` (names must match)", predictions.display(), references.display());
+    }
+    if limit > 0 {
+        pairs.truncate(limit);
+    }
+    let j: Box<dyn Judge> = if let Some(name) = judge.strip_prefix("local:") {
+        let registry = Registry::discover(Path::new("."))?;
+        Box::new(LocalJudge::new(emollama::model::chat::ChatModel::load(&registry, name, None, true)?, max_tokens))
+    } else {
+        let base_url = if judge == "openai" { std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| "https://api.openai.com/v1".into()) } else { judge.to_string() };
+        if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
+            bail!("--judge `{judge}`: expected local:NAME, openai, or an http(s):// base URL");
+        }
+        Box::new(HttpJudge { base_url, api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()), model: model.to_string(), max_tokens, timeout_s: 300 })
+    };
+    let bar = emollama::progress::bar(pairs.len() as u64, "judge", std::io::stderr().is_terminal());
+    let report = judge::judge_pairs(j.as_ref(), &pairs, Some(&bar))?;
+    bar.finish_and_clear();
+    if let Some(path) = out {
+        let lines: String = report.items.iter().filter_map(|i| serde_json::to_string(i).ok()).map(|l| l + "\n").collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let summary = serde_json::json!({
+        "judge": report.judge, "n": report.n, "unmatched_predictions": unmatched,
+        "clue_overlap": report.clue_overlap, "label_overlap": report.label_overlap,
+        "clue_unparsed": report.clue_unparsed, "label_unparsed": report.label_unparsed,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let show = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        println!("judge {}: {} pairs; clue overlap {} ({} unparsed); label overlap {} ({} unparsed)", report.judge, report.n, show(report.clue_overlap), report.clue_unparsed, show(report.label_overlap), report.label_unparsed);
+    }
+    Ok(())
 }
 
 struct ExtractArgs {

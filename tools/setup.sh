@@ -5,7 +5,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
-              libswresample-dev ffmpeg fonts-dejavu-core python3-venv)
+              libswresample-dev ffmpeg fonts-dejavu-core python3-venv g++)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found. Install Rust first: https://rustup.rs (then open a new shell)" >&2
@@ -44,4 +44,6 @@ bash "$(dirname "$0")/fetch_models.sh"
 bash "$(dirname "$0")/fetch_media.sh"
 # S3-compatible server for the storage tests (moto[server] from PyPI, in its own virtualenv, once).
 bash "$(dirname "$0")/install_moto.sh"
+# llama.cpp's OpenAI-compatible server for the HTTP judge tests (llama-cpp-python[server], own virtualenv, once).
+bash "$(dirname "$0")/install_llama_cpp.sh"
 echo "setup complete: $(just --version), $(cargo nextest --version | head -1)"

@@ -8,8 +8,7 @@ THREADS="${THREADS:-2}"; NEW="${NEW_TOKENS:-64}"
 VENV="${EMOLLAMA_PY:-$HOME/.cache/emollama-py}"
 GGUF="${EMOLLAMA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/emollama}/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 [[ -f "$GGUF" ]] || bash tools/fetch_models.sh
-[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-"$VENV/bin/python" -c "import llama_cpp, numpy" 2>/dev/null || "$VENV/bin/pip" install --quiet llama-cpp-python==0.3.16 numpy
+bash tools/install_llama_cpp.sh
 ours=$(RAYON_NUM_THREADS="$THREADS" cargo run --quiet --release --example bench_llm -- "$NEW")
 theirs=$("$VENV/bin/python" tools/bench/llama_cpp_bench.py "$GGUF" "$THREADS" "$NEW")
 python3 - "$ours" "$theirs" <<'PY' | python3 tools/bench/write_section.py BENCHMARKS.md
