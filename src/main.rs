@@ -165,6 +165,13 @@ enum Command {
         /// One JSON object keyed by metric name.
         #[arg(long)]
         json: bool,
+        /// Group MER-OV synonyms with a judge (`local:NAME` or an OpenAI-compatible URL), as the reference
+        /// does with GPT-3.5; default: exact words.
+        #[arg(long)]
+        judge: Option<String>,
+        /// Model name sent to an HTTP judge.
+        #[arg(long, default_value = "gpt-3.5-turbo")]
+        judge_model: String,
     },
     /// Judge predicted emotion descriptions against true ones (EMER clue and label overlap, 1-10) with a
     /// local LLM or an OpenAI-compatible endpoint.
@@ -388,11 +395,24 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Data { command } => cli_data::dispatch(command),
         Command::Judge { references, predictions, judge, model, max_tokens, limit, out, json } => judge_command(&references, &predictions, &judge, &model, max_tokens, limit, out.as_deref(), json),
-        Command::Score { predictions, labels, metrics, json } => {
+        Command::Score { predictions, labels, metrics, json, judge, judge_model } => {
             use emollama::eval::score;
             let truth = score::read_rows(&labels)?;
             let pred = score::read_rows(&predictions)?;
-            let scores = score::score(&truth, &pred, &metrics)?;
+            let scores = match judge {
+                None => score::score(&truth, &pred, &metrics)?,
+                Some(spec) => {
+                    let j = make_judge(&spec, &judge_model, 256)?;
+                    let grouping = emollama::eval::judge::JudgeGrouping::new(j.as_ref());
+                    let mut s = score::score_with(&truth, &pred, &metrics, &grouping)?;
+                    if let Some(e) = grouping.failed.borrow().as_ref() {
+                        bail!("the judge failed while grouping synonyms: {e}");
+                    }
+                    s.insert("ov_grouping_unparsed".into(), serde_json::json!(grouping.unparsed.get()));
+                    s.insert("ov_grouping_judge".into(), serde_json::json!(j.name()));
+                    s
+                }
+            };
             let text = if json {
                 serde_json::to_string_pretty(&scores)? + "\n"
             } else {
@@ -437,9 +457,23 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// `local:NAME` (registry LLM or path), `openai` (OPENAI_BASE_URL) or an OpenAI-compatible base URL.
+fn make_judge(spec: &str, model: &str, max_tokens: usize) -> Result<Box<dyn emollama::eval::judge::Judge>> {
+    use emollama::eval::judge::{HttpJudge, LocalJudge};
+    if let Some(name) = spec.strip_prefix("local:") {
+        let registry = Registry::discover(Path::new("."))?;
+        return Ok(Box::new(LocalJudge::new(emollama::model::chat::ChatModel::load(&registry, name, None, true)?, max_tokens)));
+    }
+    let base_url = if spec == "openai" { std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| "https://api.openai.com/v1".into()) } else { spec.to_string() };
+    if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
+        bail!("--judge `{spec}`: expected local:NAME, openai, or an http(s):// base URL");
+    }
+    Ok(Box::new(HttpJudge { base_url, api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()), model: model.to_string(), max_tokens, timeout_s: 300 }))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn judge_command(references: &Path, predictions: &Path, judge: &str, model: &str, max_tokens: usize, limit: usize, out: Option<&Path>, json: bool) -> Result<()> {
-    use emollama::eval::judge::{self, HttpJudge, Judge, LocalJudge};
+    use emollama::eval::judge;
     let truth: std::collections::HashMap<String, String> = judge::read_descriptions(references)?.into_iter().collect();
     let mut pairs: Vec<(String, String, String)> = Vec::new();
     let mut unmatched = 0usize;
@@ -455,16 +489,7 @@ fn judge_command(references: &Path, predictions: &Path, judge: &str, model: &str
     if limit > 0 {
         pairs.truncate(limit);
     }
-    let j: Box<dyn Judge> = if let Some(name) = judge.strip_prefix("local:") {
-        let registry = Registry::discover(Path::new("."))?;
-        Box::new(LocalJudge::new(emollama::model::chat::ChatModel::load(&registry, name, None, true)?, max_tokens))
-    } else {
-        let base_url = if judge == "openai" { std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| "https://api.openai.com/v1".into()) } else { judge.to_string() };
-        if !base_url.starts_with("http://") && !base_url.starts_with("https://") {
-            bail!("--judge `{judge}`: expected local:NAME, openai, or an http(s):// base URL");
-        }
-        Box::new(HttpJudge { base_url, api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.is_empty()), model: model.to_string(), max_tokens, timeout_s: 300 })
-    };
+    let j = make_judge(judge, model, max_tokens)?;
     let bar = emollama::progress::bar(pairs.len() as u64, "judge", std::io::stderr().is_terminal());
     let report = judge::judge_pairs(j.as_ref(), &pairs, Some(&bar))?;
     bar.finish_and_clear();

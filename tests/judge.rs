@@ -102,6 +102,21 @@ fn http_judge_against_llama_cpp_server_on_the_same_gguf() {
     let (summary, items) = judge(&["--judge", &url, "--model", "smollm2"]);
     assert!(summary["judge"].as_str().is_some_and(|j| j.contains(&url)), "{summary}");
     check(&summary, &items);
+
+    // MER-OV with the judge grouping synonyms (the reference's GPT step): scored, and the judge named.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gt, pred) = (dir.path().join("gt.csv"), dir.path().join("pred.csv"));
+    std::fs::write(&gt, "name,openset\ns1,\"['happy', 'excited']\"\ns2,\"['sad']\"\n").expect("write");
+    std::fs::write(&pred, "name,openset\ns1,\"['joyful']\"\ns2,\"['sad', 'tired']\"\n").expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_emollama"))
+        .args(["score", "--labels", gt.to_str().expect("utf8"), "--predictions", pred.to_str().expect("utf8"), "--judge", &url, "--judge-model", "smollm2", "--json"])
+        .output()
+        .expect("spawn");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(v["ov_grouping_judge"].as_str().is_some_and(|j| j.contains(&url)) && v["ov_grouping_unparsed"].as_u64().is_some_and(|n| n <= 2), "{v}");
+    // s2's exact `sad` always matches, whatever the grouping: at least half of s2's prediction is right.
+    assert!(v["ov_accuracy"].as_f64().is_some_and(|a| (0.25..=1.0).contains(&a)), "{v}");
     drop(server);
     // The server gone: a clear error naming the endpoint, not a hang or a panic.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -225,6 +225,69 @@ pub fn read_descriptions(path: &std::path::Path) -> Result<Vec<(String, String)>
     Ok(out)
 }
 
+/// The MER-OV synonym grouping (MER2024 `main-ov.py`, English in the original): a judge groups the union of
+/// a sample's true and predicted words; each word then stands for the first word of its group. A reply
+/// that is not a list of lists counts as unparsed and the words are compared exactly.
+pub struct JudgeGrouping<'a> {
+    pub judge: &'a dyn Judge,
+    pub unparsed: std::cell::Cell<usize>,
+    pub failed: std::cell::RefCell<Option<String>>,
+}
+
+impl<'a> JudgeGrouping<'a> {
+    pub fn new(judge: &'a dyn Judge) -> Self {
+        JudgeGrouping { judge, unparsed: std::cell::Cell::new(0), failed: std::cell::RefCell::new(None) }
+    }
+}
+
+/// The reference's grouping prompt with its one-shot example.
+pub fn grouping_prompt(words: &[String]) -> String {
+    let list = format!("[{}]", words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(", "));
+    format!(
+        "Please assume the role of an expert in the field of emotions. We provide a set of emotions. Please group the emotions, with each group containing emotions with the same meaning. Directly output the results. The output format should be a list containing multiple lists. Input: ['Agree', 'agreement', 'Relaxed', 'acceptance', 'pleasant', 'relaxed', 'Accept', 'positive', 'Happy'] Output: [['Agree', 'agreement', 'Accept', 'acceptance'], ['Relaxed', 'relaxed'],['pleasant', 'positive', 'Happy']] Input: {list} Output:"
+    )
+}
+
+/// The inner lists of a reply like `[['a', 'b'], ['c']]`.
+pub fn parse_groups(reply: &str) -> Option<Vec<Vec<String>>> {
+    let start = reply.find('[')?;
+    let end = reply.rfind(']')?;
+    let body = reply.get(start + 1..end)?;
+    let mut groups = Vec::new();
+    let mut rest = body;
+    while let Some(open) = rest.find('[') {
+        let close = rest[open..].find(']')? + open;
+        let words = crate::data::sources::table::parse_list_string(&rest[open..=close]).ok()?;
+        if !words.is_empty() {
+            groups.push(words);
+        }
+        rest = &rest[close + 1..];
+    }
+    (!groups.is_empty()).then_some(groups)
+}
+
+impl super::openset::Grouping for JudgeGrouping<'_> {
+    fn group(&self, words: &[String]) -> std::collections::HashMap<String, String> {
+        let exact = || words.iter().map(|w| (w.clone(), w.clone())).collect();
+        if words.len() < 2 {
+            return exact();
+        }
+        match self.judge.complete(&grouping_prompt(words)) {
+            Ok(reply) => match parse_groups(&reply) {
+                Some(groups) => super::openset::Synonyms(groups).group(words),
+                None => {
+                    self.unparsed.set(self.unparsed.get() + 1);
+                    exact()
+                }
+            },
+            Err(e) => {
+                self.failed.borrow_mut().get_or_insert(e.to_string());
+                exact()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +324,21 @@ mod tests {
         assert_eq!((r.n, r.clue_unparsed, r.label_unparsed), (2, 1, 0));
         assert_eq!((r.clue_overlap, r.label_overlap), (Some(8.0), Some(6.0)));
         assert_eq!((r.items[1].truth_emotions.as_str(), r.items[1].predicted_emotions.as_str()), ("happy", "angry"));
+    }
+
+    #[test]
+    fn judge_grouping_merges_synonyms_for_mer_ov() {
+        use crate::eval::openset::{Exact, ov_scores};
+        assert_eq!(parse_groups("Output: [['Happy', 'joyful'], ['sad']]"), Some(vec![vec!["happy".to_string(), "joyful".into()], vec!["sad".into()]]));
+        assert_eq!(parse_groups("I think they are all different."), None);
+        let gt = vec![vec!["happy".to_string()], vec!["sad".to_string()]];
+        let pred = vec![vec!["joyful".to_string()], vec!["angry".to_string()]];
+        let j = Scripted(std::cell::RefCell::new(vec!["[['happy', 'joyful']]".into(), "no groups".into()]));
+        let g = JudgeGrouping::new(&j);
+        let s = ov_scores(&gt, &pred, &g);
+        assert_eq!((s.ov_accuracy, s.ov_recall), (0.5, 0.5));
+        assert_eq!(g.unparsed.get(), 1);
+        assert_eq!(ov_scores(&gt, &pred, &Exact).ov_accuracy, 0.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use super::metrics::{self, classification_report};
-use super::openset::{Exact, ov_scores};
+use super::openset::{Exact, Grouping, ov_scores};
 use crate::data::sources::table::parse_list_string;
 
 /// The prediction a label row gets when the predictions file has none.
@@ -103,6 +103,11 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, ScoreError> {
 /// Scores `pred` against `labels`; `wanted` empty = every metric the files allow. Returns one JSON object
 /// keyed by metric name, plus `n`, `missing`, `extra` and, for the confusion matrix, `labels`.
 pub fn score(labels: &[Row], pred: &[Row], wanted: &[String]) -> Result<BTreeMap<String, Value>, ScoreError> {
+    score_with(labels, pred, wanted, &Exact)
+}
+
+/// [`score`] with a synonym grouping for the MER-OV scores (e.g. a judge's, see `judge::JudgeGrouping`).
+pub fn score_with(labels: &[Row], pred: &[Row], wanted: &[String], grouping: &dyn Grouping) -> Result<BTreeMap<String, Value>, ScoreError> {
     for w in wanted {
         if !METRICS.contains(&w.as_str()) {
             return Err(ScoreError::Metric(w.clone()));
@@ -162,7 +167,7 @@ pub fn score(labels: &[Row], pred: &[Row], wanted: &[String]) -> Result<BTreeMap
     if !ov.is_empty() && (want("ov_accuracy") || want("ov_recall") || want("ov_average")) {
         let gt: Vec<Vec<String>> = ov.iter().filter_map(|r| r.openset.clone()).collect();
         let p: Vec<Vec<String>> = ov.iter().map(|r| by_name.get(r.name.as_str()).and_then(|p| p.openset.clone()).unwrap_or_default()).collect();
-        let s = ov_scores(&gt, &p, &Exact);
+        let s = ov_scores(&gt, &p, grouping);
         for (k, v) in [("ov_accuracy", s.ov_accuracy), ("ov_recall", s.ov_recall), ("ov_average", s.ov_average)] {
             if want(k) {
                 out.insert(k.into(), json!(v));
