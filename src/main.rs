@@ -173,6 +173,25 @@ enum Command {
         #[arg(long, default_value = "gpt-3.5-turbo")]
         judge_model: String,
     },
+    /// Evaluate a model over a split without training: the recipe's model with the parameters of a run
+    /// directory (its best checkpoint), a checkpoint directory or a .safetensors file; writes a run
+    /// directory with metrics.json, predictions.jsonl and report.html.
+    Eval {
+        recipe: PathBuf,
+        /// Parameters to evaluate (default: the recipe's `eval.checkpoint`).
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// Split to evaluate (default: the recipe's `eval.split`).
+        #[arg(long)]
+        split: Option<String>,
+        /// At most this many samples.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(long)]
+        no_progress: bool,
+    },
     /// Judge predicted emotion descriptions against true ones (EMER clue and label overlap, 1-10) with a
     /// local LLM or an OpenAI-compatible endpoint.
     Judge {
@@ -394,6 +413,36 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Data { command } => cli_data::dispatch(command),
+        Command::Eval { recipe, checkpoint, split, limit, sets, no_progress } => {
+            let mut loaded = load_recipe(&recipe, &sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r = &mut loaded.recipe;
+            r.stages.clear();
+            r.eval.enabled = true;
+            r.name = format!("{}-eval", r.name);
+            if let Some(c) = checkpoint {
+                r.eval.checkpoint = c;
+            }
+            if r.eval.checkpoint.is_empty() {
+                bail!("name the parameters to evaluate: --checkpoint RUN_DIR | CHECKPOINT_DIR | FILE.safetensors (or eval.checkpoint in the recipe)");
+            }
+            if let Some(s) = split {
+                r.eval.split = s;
+            }
+            if let Some(l) = limit {
+                r.eval.limit = l;
+            }
+            let start = recipe.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let registry = Registry::discover(start)?;
+            let errors = emollama::validate::validate(&loaded, &registry);
+            if !errors.is_empty() {
+                let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                bail!("recipe `{}` is invalid:\n{}", recipe.display(), text.join("\n"));
+            }
+            let show = loaded.recipe.runtime.progress && !no_progress && std::io::stderr().is_terminal();
+            let summary = emollama::run::run_with(&loaded, &registry, show, &emollama::run::Resume::Fresh).with_context(|| format!("evaluating with `{}`", recipe.display()))?;
+            println!("{}", emollama::run::summary_table(&summary));
+            Ok(())
+        }
         Command::Judge { references, predictions, judge, model, max_tokens, limit, out, json } => judge_command(&references, &predictions, &judge, &model, max_tokens, limit, out.as_deref(), json),
         Command::Score { predictions, labels, metrics, json, judge, judge_model } => {
             use emollama::eval::score;

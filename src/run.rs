@@ -305,6 +305,32 @@ fn device_for(r: &crate::recipe::Recipe) -> Result<Device, RunError> {
     Err(RunError::Other(format!("runtime.device = `{dev}`: expected `cpu`, `cuda` or `cuda:N`")))
 }
 
+/// Where `eval.checkpoint` points: the parameters file, and the run directory's tokenizer when there is one.
+pub fn eval_checkpoint(path: &Path) -> Result<(PathBuf, Option<PathBuf>), RunError> {
+    let bad = |why: &str| RunError::Other(format!("eval.checkpoint `{}`: {why}", path.display()));
+    let params = if path.is_file() {
+        path.to_path_buf()
+    } else if path.join(crate::train::checkpoint::PARAMS).is_file() {
+        path.join(crate::train::checkpoint::PARAMS)
+    } else if path.join("checkpoints").is_dir() {
+        // A run directory: its best checkpoint, else its newest step checkpoint.
+        let best = std::fs::read(path.join("metrics.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["best"]["checkpoint"].as_str().map(PathBuf::from))
+            .map(|c| if c.is_absolute() { c } else { path.join("checkpoints").join(c.file_name().unwrap_or_default()) })
+            .filter(|c| c.join(crate::train::checkpoint::PARAMS).is_file());
+        let dir = best
+            .or_else(|| crate::train::checkpoint::latest(&path.join("checkpoints")).map(|f| f.dir))
+            .ok_or_else(|| bad("a run directory without a complete checkpoint"))?;
+        dir.join(crate::train::checkpoint::PARAMS)
+    } else {
+        return Err(bad("not a run directory, checkpoint directory or .safetensors file"));
+    };
+    let tokenizer = params.ancestors().skip(1).take(4).map(|d| d.join("tokenizer.json")).find(|t| t.is_file());
+    Ok((params, tokenizer))
+}
+
 /// Loads the parameters stored in a checkpoint directory or file into the model.
 fn load_params(varmap: &VarMap, dir: &Path, device: &Device) -> Result<(), RunError> {
     let tensors = crate::train::checkpoint::load_tensors(dir, false, device).map_err(|e| RunError::Other(e.to_string()))?;
@@ -412,9 +438,13 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
     let template = llm.chat_template(kind);
     tracing::info!(llm = %llm.name, weights = %llm.describe(), template = ?kind, "LLM");
     let saved_tokenizer = run_dir.join("tokenizer.json");
+    let eval_from = if r.eval.checkpoint.is_empty() { None } else { Some(eval_checkpoint(Path::new(&r.eval.checkpoint))?) };
     let tokenizer = match llm.tokenizer().map_err(|e| BuildError::from(Box::new(e)))? {
         Some(t) => t,
         None if resuming && saved_tokenizer.exists() => TextTokenizer::from_file(&saved_tokenizer)?,
+        None if eval_from.as_ref().is_some_and(|(_, t)| t.is_some()) => {
+            TextTokenizer::from_file(eval_from.as_ref().and_then(|(_, t)| t.as_deref()).unwrap_or(&saved_tokenizer))?
+        }
         None => {
             let train: Vec<&Sample> = pool.iter().filter(|s| s.split == "train").collect();
             let corpus = tokenizer_corpus(loaded, &train, &card.labels, &template);
@@ -437,6 +467,16 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
     }
     if let Some(f) = &found {
         load_params(&varmap, &f.dir, &device)?;
+    }
+    if let Some((params, _)) = &eval_from {
+        let tensors = candle_core::safetensors::load(params, &device).map_err(|e| RunError::Other(format!("eval.checkpoint `{}`: {e}", params.display())))?;
+        let vars: Vec<(String, candle_core::Var)> =
+            crate::train::optim::select(&varmap, &["*".to_string()]).into_iter().filter(|(n, _)| tensors.contains_key(n)).collect();
+        if vars.len() != tensors.len() {
+            return Err(RunError::Other(format!("eval.checkpoint `{}` holds parameters this model does not have (another recipe's checkpoint?)", params.display())));
+        }
+        crate::train::trainer::assign(&vars, &tensors, &params.display().to_string()).map_err(RunError::Other)?;
+        tracing::info!(params = %params.display(), tensors = tensors.len(), "evaluating checkpoint");
     }
 
     let store = if !r.model.use_av {

@@ -196,6 +196,9 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
             }
         }
     }
+    if !r.eval.checkpoint.is_empty() && !r.stages.is_empty() {
+        err("eval.checkpoint", "evaluates given parameters, so the recipe must not train: remove the [[stage]] tables, or run `emollama eval RECIPE --checkpoint PATH`, which skips them".into());
+    }
     if let crate::media::FrameSampling::Uniform { n: 0 } = r.data.frames {
         err("data.frames", "uniform sampling needs n >= 1".into());
     }

@@ -475,6 +475,11 @@ pub struct Eval {
     pub metrics: Vec<String>,
     /// Evaluate at most this many samples (0 = all).
     pub limit: usize,
+    /// Parameters to evaluate instead of training's: a run directory (its best checkpoint, else its newest
+    /// step checkpoint), a checkpoint directory, or a `.safetensors` file. A vocabulary built from the corpus
+    /// is read from the run directory's `tokenizer.json`. Empty = the run's own parameters.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub checkpoint: String,
 }
 
 impl Default for Eval {
@@ -487,6 +492,7 @@ impl Default for Eval {
             label_extraction: LabelExtraction::NearestEnd,
             metrics: vec!["weighted_f1".into(), "accuracy".into(), "macro_f1".into(), "confusion_matrix".into()],
             limit: 0,
+            checkpoint: String::new(),
         }
     }
 }

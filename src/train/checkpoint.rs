@@ -34,7 +34,7 @@ fn invalid(path: &Path, message: impl Into<String>) -> CheckpointError {
 
 /// Format version of `state.json`.
 pub const FORMAT: u32 = 1;
-const PARAMS: &str = "params.safetensors";
+pub const PARAMS: &str = "params.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 
