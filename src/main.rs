@@ -172,6 +172,9 @@ enum Command {
         /// Model name sent to an HTTP judge.
         #[arg(long, default_value = "gpt-3.5-turbo")]
         judge_model: String,
+        /// Also write a report here: metrics.json, confusion.png, per_class.csv, index.html.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Evaluate a model over a split without training: the recipe's model with the parameters of a run
     /// directory (its best checkpoint), a checkpoint directory or a .safetensors file; writes a run
@@ -444,7 +447,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Judge { references, predictions, judge, model, max_tokens, limit, out, json } => judge_command(&references, &predictions, &judge, &model, max_tokens, limit, out.as_deref(), json),
-        Command::Score { predictions, labels, metrics, json, judge, judge_model } => {
+        Command::Score { predictions, labels, metrics, json, judge, judge_model, report } => {
             use emollama::eval::score;
             let truth = score::read_rows(&labels)?;
             let pred = score::read_rows(&predictions)?;
@@ -467,7 +470,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             } else {
                 let mut t = comfy_table::Table::new();
                 t.set_header(vec!["metric", "value"]);
-                for (k, v) in &scores {
+                for (k, v) in scores.iter().filter(|(_, v)| !v.is_array() && !v.is_object()) {
                     let shown = match v.as_f64() {
                         Some(x) if !v.is_u64() => format!("{x:.4}"),
                         _ => v.to_string(),
@@ -476,6 +479,11 @@ fn dispatch(cli: Cli) -> Result<()> {
                 }
                 format!("{t}\n")
             };
+            if let Some(dir) = &report {
+                let title = format!("{} scored against {}", predictions.display(), labels.display());
+                let files = emollama::report::evaluation::write_evaluation_report(dir, &title, &scores)?;
+                tracing::info!(report = %dir.join("index.html").display(), files = files.len(), "evaluation report");
+            }
             std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).context("writing scores")?;
             Ok(())
         }

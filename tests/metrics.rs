@@ -147,3 +147,28 @@ fn score_command_on_open_vocabulary_csvs() {
     close("score", "ew_f1", v["ew_f1"].as_f64().unwrap_or(f64::NAN), &w["ew_f1"]);
     assert!(v["ov_accuracy"].is_f64() && v["ov_recall"].is_f64() && v["ov_average"].is_f64() && v.get("weighted_f1").is_none(), "{v}");
 }
+
+#[test]
+fn score_report_writes_metrics_confusion_png_per_class_and_html() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("report");
+    let o = Command::new(env!("CARGO_BIN_EXE_emollama"))
+        .args(["score", "--predictions", fixtures().join("predictions.csv").to_str().expect("utf8"), "--labels", fixtures().join("labels.csv").to_str().expect("utf8"), "--report", dir.to_str().expect("utf8")])
+        .output()
+        .expect("spawn");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("weighted_f1") && !text.contains("[["), "scalars only in the table:\n{text}");
+    let m: Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).expect("metrics.json")).expect("json");
+    close("report", "weighted_f1", m["weighted_f1"].as_f64().unwrap_or(f64::NAN), &cases()["discrete"][0]["expected"]["weighted_f1"]);
+    let per_class = std::fs::read_to_string(dir.join("per_class.csv")).expect("per_class.csv");
+    assert_eq!(per_class.lines().next(), Some("label,precision,recall,f1,support"));
+    assert!(per_class.lines().nth(1).is_some_and(|l| l.starts_with("neutral,")), "{per_class}");
+    // The PNG decodes, at the size of a 7 x 7 matrix (6 classes + the `confused` answers).
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join("confusion.png")).expect("png")));
+    let reader = decoder.read_info().expect("png header");
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (140 + 72 * 7 + 30, 60 + 72 * 7 + 110));
+    let html = std::fs::read_to_string(dir.join("index.html")).expect("html");
+    assert!(html.contains("confusion.png") && html.contains("<td>worried</td>") && html.contains("weighted_f1"));
+}

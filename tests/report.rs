@@ -71,11 +71,15 @@ fn run_dir(with_metrics: bool) -> tempfile::TempDir {
 
 /// Decodes a PNG, checks its size, and returns how many distinct colours it has.
 fn distinct_colours(path: &Path) -> usize {
+    distinct_colours_at(path, (plot::WIDTH, plot::HEIGHT))
+}
+
+fn distinct_colours_at(path: &Path, size: (u32, u32)) -> usize {
     let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
     let mut reader = png::Decoder::new(file).read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!((info.width, info.height), (plot::WIDTH, plot::HEIGHT), "{}", path.display());
+    assert_eq!((info.width, info.height), size, "{}", path.display());
     assert_eq!(info.color_type, png::ColorType::Rgb);
     buf[..info.buffer_size()].chunks_exact(3).map(|p| (p[0], p[1], p[2])).collect::<HashSet<_>>().len()
 }
@@ -89,6 +93,8 @@ fn report_writes_plots_and_page() {
     assert_eq!(files.lr.as_deref(), Some(report.join("lr.png").as_path()));
     assert_eq!(files.validation.as_deref(), Some(report.join("validation.png").as_path()));
     assert_eq!(files.html, dir.path().join("report.html"));
+    // The 3 x 3 confusion heat map: 72-pixel cells, shaded, with counts and labels.
+    assert!(distinct_colours_at(&report.join("confusion.png"), (140 + 72 * 3 + 30, 60 + 72 * 3 + 110)) > 20);
     for name in ["loss.png", "lr.png", "validation.png"] {
         // Axes, text, lines in two stage colours and the legend: far more than a flat fill.
         let colours = distinct_colours(&report.join(name));
@@ -99,7 +105,7 @@ fn report_writes_plots_and_page() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let html = std::fs::read_to_string(&files.html).unwrap();
-    for link in ["report/loss.png", "report/lr.png", "report/validation.png"] {
+    for link in ["report/loss.png", "report/lr.png", "report/validation.png", "report/confusion.png"] {
         assert!(html.contains(&format!("src=\"{link}\"")), "{link} not linked");
     }
     assert!(html.contains("checkpoints/best-000040"), "best checkpoint missing");

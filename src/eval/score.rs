@@ -144,6 +144,7 @@ pub fn score_with(labels: &[Row], pred: &[Row], wanted: &[String], grouping: &dy
         if want("confusion_matrix") {
             out.insert("confusion_matrix".into(), json!(rep.confusion_matrix));
             out.insert("labels".into(), json!(rep.labels));
+            out.insert("per_class".into(), json!(rep.per_class));
         }
         // Valence: every labelled valence needs a predicted one, else it is not scored (and said so).
         let pairs: Vec<(f64, Option<f64>)> = discrete.iter().filter_map(|r| r.valence.map(|v| (v, by_name.get(r.name.as_str()).and_then(|p| p.valence)))).collect();

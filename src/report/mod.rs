@@ -4,6 +4,8 @@
 //! Meant to be called after every stage, so it reads whatever is there: a log still growing or torn by a
 //! kill, steps logged twice after a resume, no `metrics.json`, or one without an evaluation.
 
+pub mod confusion;
+pub mod evaluation;
 pub mod html;
 pub mod log;
 pub mod metrics;
@@ -67,8 +69,19 @@ pub fn write_report(run_dir: &Path) -> Result<ReportFiles, ReportError> {
     let lr = write_chart(&out_dir.join("lr.png"), &plot::lr_chart(&log))?;
     let validation = write_chart(&out_dir.join("validation.png"), &plot::validation_chart(&log, best.as_ref()))?;
 
+    // The final evaluation's confusion matrix as a heat map, once metrics.json has it.
+    let confusion = match metrics.as_ref().and_then(|m| m.eval.as_ref()).filter(|e| !e.labels.is_empty() && e.confusion_matrix.len() == e.labels.len()) {
+        Some(e) => {
+            let matrix: Vec<Vec<usize>> = e.confusion_matrix.iter().map(|r| r.iter().map(|&x| x as usize).collect()).collect();
+            let png = confusion::confusion_png(&e.labels, &matrix, "test confusion matrix (rows: true, columns: predicted)")?;
+            let path = out_dir.join("confusion.png");
+            write_file(&path, &png)?;
+            Some(path)
+        }
+        None => None,
+    };
     let mut images = Vec::new();
-    for (caption, path) in [("Training loss", &loss), ("Learning rate", &lr), ("Validation", &validation)] {
+    for (caption, path) in [("Training loss", &loss), ("Learning rate", &lr), ("Validation", &validation), ("Confusion matrix", &confusion)] {
         if let Some(name) = path.as_deref().and_then(Path::file_name) {
             images.push((caption, format!("report/{}", name.to_string_lossy())));
         }
