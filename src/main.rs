@@ -284,16 +284,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads, then validates against the registries found from the recipe's location.
-fn load_checked(path: &Path, sets: &[String]) -> Result<(LoadedRecipe, Registry)> {
-    let loaded = load_recipe(path, sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+/// The registries found from the recipe's location, after validating the (possibly adjusted) recipe.
+fn checked_registry(loaded: &LoadedRecipe, path: &Path) -> Result<Registry> {
     let start = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let registry = Registry::discover(start)?;
-    let errors = emollama::validate::validate(&loaded, &registry);
+    let errors = emollama::validate::validate(loaded, &registry);
     if !errors.is_empty() {
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         bail!("recipe `{}` is invalid:\n{}", path.display(), text.join("\n"));
     }
+    Ok(registry)
+}
+
+/// Loads, then validates against the registries found from the recipe's location.
+fn load_checked(path: &Path, sets: &[String]) -> Result<(LoadedRecipe, Registry)> {
+    let loaded = load_recipe(path, sets).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = checked_registry(&loaded, path)?;
     Ok((loaded, registry))
 }
 
@@ -434,13 +440,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             if let Some(l) = limit {
                 r.eval.limit = l;
             }
-            let start = recipe.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let registry = Registry::discover(start)?;
-            let errors = emollama::validate::validate(&loaded, &registry);
-            if !errors.is_empty() {
-                let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-                bail!("recipe `{}` is invalid:\n{}", recipe.display(), text.join("\n"));
-            }
+            let registry = checked_registry(&loaded, &recipe)?;
             let show = loaded.recipe.runtime.progress && !no_progress && std::io::stderr().is_terminal();
             let summary = emollama::run::run_with(&loaded, &registry, show, &emollama::run::Resume::Fresh).with_context(|| format!("evaluating with `{}`", recipe.display()))?;
             println!("{}", emollama::run::summary_table(&summary));

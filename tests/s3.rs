@@ -53,6 +53,7 @@ prefetch = 0
 retries = {retries}
 retry_backoff_s = {backoff}
 retry_max_backoff_s = 2.0
+timeout_s = 2.0
 prefetch = 4
 
 [data.synth]
@@ -205,69 +206,86 @@ fn wait_for_steps(child: &mut std::process::Child, root: &Path, n: usize) {
     }
 }
 
+/// An own moto server with the shortened recipe's dataset pushed, for the outage tests.
+struct Outage {
+    server: Moto,
+    dir: tempfile::TempDir,
+    recipe: PathBuf,
+    bucket: String,
+}
+
+impl Outage {
+    fn new(tag: &str, retries: usize, backoff: f64) -> Outage {
+        let server = Moto::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recipe = write_recipe(dir.path(), retries, backoff);
+        let bucket = moto::bucket_name(tag);
+        push(&server.endpoint(), &recipe, &bucket);
+        Outage { server, dir, recipe, bucket }
+    }
+
+    /// `emollama run` of the recipe reading the dataset from the bucket, with its own media cache.
+    fn run(&self) -> Command {
+        let roots = format!("data.roots.synth=s3://{}/synth", self.bucket);
+        let cache_set = format!("runtime.cache_dir={}", self.dir.path().join("cache").display());
+        emollama(&self.server.endpoint(), &["run", self.recipe.to_str().expect("utf8"), "--no-progress", "--set", &roots, "--set", &cache_set])
+    }
+
+    /// Kills the server once the run has logged its first step (most clips not fetched yet).
+    fn stop_after_first_step(&mut self, child: &mut std::process::Child) {
+        wait_for_steps(child, self.dir.path(), 1);
+        self.server.stop();
+    }
+
+    /// Restarts the server on its port; moto keeps no state, so the dataset is uploaded again.
+    fn restart(&mut self) {
+        self.server = Moto::start_on(self.server.port);
+        push(&self.server.endpoint(), &self.recipe, &self.bucket);
+    }
+}
+
 #[test]
 fn server_stopped_mid_run_gives_retries_then_a_clear_error_and_the_run_continues_after_a_restart() {
-    let mut server = Moto::start();
-    let endpoint = server.endpoint();
-    let dir = tempfile::tempdir().expect("tempdir");
     // 3 retries from 0.2 s: the outage is reported after ~1.4 s.
-    let recipe = write_recipe(dir.path(), 3, 0.2);
-    let r = recipe.to_str().expect("utf8");
-    let bucket = moto::bucket_name("outage");
-    push(&endpoint, &recipe, &bucket);
-    let roots = format!("data.roots.synth=s3://{bucket}/synth");
-    let cache_set = format!("runtime.cache_dir={}", dir.path().join("cache").display());
-
-    // Stopped after the first step (most clips not fetched yet): retries, then an error naming the URI.
-    let mut child = emollama(&endpoint, &["run", r, "--no-progress", "--set", &roots, "--set", &cache_set]).spawn().expect("spawn");
-    wait_for_steps(&mut child, dir.path(), 1);
-    server.stop();
+    let mut o = Outage::new("outage", 3, 0.2);
+    let mut child = o.run().spawn().expect("spawn");
+    o.stop_after_first_step(&mut child);
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the run should fail while the server is down");
     assert!(stderr.contains("failed; retrying"), "no retry logged:\n{stderr}");
-    assert!(stderr.contains(&format!("s3://{bucket}/synth/clips/")) && stderr.contains("failed after 4 attempts"), "unclear error:\n{stderr}");
+    assert!(stderr.contains(&format!("s3://{}/synth/clips/", o.bucket)) && stderr.contains("failed after 4 attempts"), "unclear error:\n{stderr}");
     assert!(stderr.contains("check that the server is reachable"), "{stderr}");
-    let done_before = logged_steps(dir.path());
+    let done_before = logged_steps(o.dir.path());
     assert!(done_before < 10, "the run should not have finished: {done_before} steps");
 
-    // Restarted (moto keeps no state: upload again): the same command resumes the run and finishes it.
-    let server = Moto::start_on(server.port);
-    push(&endpoint, &recipe, &bucket);
-    let out = emollama(&endpoint, &["run", r, "--no-progress", "--set", &roots, "--set", &cache_set]).output().expect("spawn");
+    // Restarted: the same command resumes the run and finishes it.
+    o.restart();
+    let out = o.run().output().expect("spawn");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "resumed run failed:\n{stderr}");
     assert!(stderr.contains("resuming"), "the run was not resumed:\n{stderr}");
-    let runs = run_dirs(dir.path());
+    let runs = run_dirs(o.dir.path());
     assert_eq!(runs.len(), 1, "resumed in place: {runs:?}");
     assert!(metrics(&runs[0])["eval"]["weighted_f1"].is_f64());
-    drop(server);
 }
 
 #[test]
 fn server_back_within_the_retry_window_lets_the_same_run_continue() {
-    let mut server = Moto::start();
-    let endpoint = server.endpoint();
-    let dir = tempfile::tempdir().expect("tempdir");
-    // 8 retries, backoff 0.5 s doubling to 2 s: ~12 s of patience.
-    let recipe = write_recipe(dir.path(), 8, 0.5);
-    let r = recipe.to_str().expect("utf8");
-    let bucket = moto::bucket_name("blip");
-    push(&endpoint, &recipe, &bucket);
-    let roots = format!("data.roots.synth=s3://{bucket}/synth");
-    let cache_set = format!("runtime.cache_dir={}", dir.path().join("cache").display());
-    let mut child = emollama(&endpoint, &["run", r, "--no-progress", "--set", &roots, "--set", &cache_set]).spawn().expect("spawn");
-    wait_for_steps(&mut child, dir.path(), 1);
-    server.stop();
-    std::thread::sleep(Duration::from_secs(1));
-    let server = Moto::start_on(server.port);
-    push(&endpoint, &recipe, &bucket);
+    // 8 retries, backoff 0.5 s doubling to 2 s, 2 s request timeout: ~25 s of patience.
+    let o = Outage::new("blip", 8, 0.5);
+    let mut child = o.run().spawn().expect("spawn");
+    // The server process is stopped (SIGSTOP: requests hang and time out) for 4 s, then continued with
+    // its objects intact, as a storage server that comes back.
+    wait_for_steps(&mut child, o.dir.path(), 1);
+    o.server.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    o.server.signal("-CONT");
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the run did not survive the outage:\n{stderr}");
     assert!(stderr.contains("failed; retrying") && stderr.contains("succeeded after retrying"), "no retry seen:\n{stderr}");
-    assert!(metrics(&run_dirs(dir.path())[0])["eval"]["weighted_f1"].is_f64());
-    drop(server);
+    assert!(metrics(&run_dirs(o.dir.path())[0])["eval"]["weighted_f1"].is_f64());
 }
 
 #[test]

@@ -54,6 +54,14 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server process: requests hang meanwhile, and it keeps
+    /// its objects (moto keeps them only in memory, so a killed server comes back empty).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().map(|c| c.id()).expect("server running");
+        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// Kills the server (by PID) and waits until the port is closed.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
