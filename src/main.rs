@@ -181,7 +181,8 @@ enum Command {
     /// directory with metrics.json, predictions.jsonl and report.html.
     Eval {
         recipe: PathBuf,
-        /// Parameters to evaluate (default: the recipe's `eval.checkpoint`).
+        /// Parameters to evaluate (default: the recipe's `eval.checkpoint`; none = zero-shot, the model as
+        /// the recipe builds it).
         #[arg(long)]
         checkpoint: Option<String>,
         /// Split to evaluate (default: the recipe's `eval.split`).
@@ -432,7 +433,8 @@ fn dispatch(cli: Cli) -> Result<()> {
                 r.eval.checkpoint = c;
             }
             if r.eval.checkpoint.is_empty() {
-                bail!("name the parameters to evaluate: --checkpoint RUN_DIR | CHECKPOINT_DIR | FILE.safetensors (or eval.checkpoint in the recipe)");
+                // Zero-shot: pretrained weights as the recipe names them, trainable parts freshly initialised.
+                tracing::warn!("no --checkpoint: evaluating the model as the recipe builds it (pretrained weights, untrained projectors and adapters)");
             }
             if let Some(s) = split {
                 r.eval.split = s;
