@@ -331,15 +331,21 @@ pub fn eval_checkpoint(path: &Path) -> Result<(PathBuf, Option<PathBuf>), RunErr
     Ok((params, tokenizer))
 }
 
-/// Loads the parameters stored in a checkpoint directory or file into the model.
+/// Loads the parameters stored in a checkpoint directory into the model.
 fn load_params(varmap: &VarMap, dir: &Path, device: &Device) -> Result<(), RunError> {
     let tensors = crate::train::checkpoint::load_tensors(dir, false, device).map_err(|e| RunError::Other(e.to_string()))?;
+    assign_params(varmap, &tensors, dir, &format!("checkpoint `{}`", dir.display()))
+}
+
+/// Writes `tensors` into the model's parameters of the same names; a tensor the model does not have is
+/// an error about `what`.
+fn assign_params(varmap: &VarMap, tensors: &std::collections::HashMap<String, candle_core::Tensor>, source: &Path, what: &str) -> Result<(), RunError> {
     let vars: Vec<(String, candle_core::Var)> =
         crate::train::optim::select(varmap, &["*".to_string()]).into_iter().filter(|(n, _)| tensors.contains_key(n)).collect();
     if vars.len() != tensors.len() {
-        return Err(RunError::Other(format!("checkpoint `{}` holds parameters this model does not have", dir.display())));
+        return Err(RunError::Other(format!("{what} holds parameters this model does not have")));
     }
-    crate::train::trainer::assign(&vars, &tensors, &dir.display().to_string()).map_err(RunError::Other)
+    crate::train::trainer::assign(&vars, tensors, &source.display().to_string()).map_err(RunError::Other)
 }
 
 /// Runs the recipe end to end. `show_progress` controls progress bars; `resume` how the run
@@ -470,12 +476,7 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
     }
     if let Some((params, _)) = &eval_from {
         let tensors = candle_core::safetensors::load(params, &device).map_err(|e| RunError::Other(format!("eval.checkpoint `{}`: {e}", params.display())))?;
-        let vars: Vec<(String, candle_core::Var)> =
-            crate::train::optim::select(&varmap, &["*".to_string()]).into_iter().filter(|(n, _)| tensors.contains_key(n)).collect();
-        if vars.len() != tensors.len() {
-            return Err(RunError::Other(format!("eval.checkpoint `{}` holds parameters this model does not have (another recipe's checkpoint?)", params.display())));
-        }
-        crate::train::trainer::assign(&vars, &tensors, &params.display().to_string()).map_err(RunError::Other)?;
+        assign_params(&varmap, &tensors, params, &format!("eval.checkpoint `{}` (another recipe's checkpoint?)", params.display()))?;
         tracing::info!(params = %params.display(), tensors = tensors.len(), "evaluating checkpoint");
     }
 

@@ -197,8 +197,8 @@ impl Judge for HttpJudge {
 pub fn read_descriptions(path: &std::path::Path) -> Result<Vec<(String, String)>, JudgeError> {
     let file = path.display().to_string();
     let fail = |message: String| JudgeError::Failed { judge: file.clone(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
     if path.extension().is_some_and(|e| e == "jsonl") {
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         return text
             .lines()
             .enumerate()
@@ -212,17 +212,10 @@ pub fn read_descriptions(path: &std::path::Path) -> Result<Vec<(String, String)>
             })
             .collect();
     }
-    let mut r = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.trim_start_matches('\u{feff}').as_bytes());
-    let headers: Vec<String> = r.headers().map_err(|e| fail(e.to_string()))?.iter().map(str::to_lowercase).collect();
-    let col = |names: &[&str]| names.iter().find_map(|n| headers.iter().position(|h| h == n));
-    let name = col(&["name", "names"]).ok_or_else(|| fail(format!("line 1: no `name` column (columns: {})", headers.join(", "))))?;
-    let desc = col(&["reason", "reasons", "description", "english"]).ok_or_else(|| fail(format!("line 1: no `reason` column (columns: {})", headers.join(", "))))?;
-    let mut out = Vec::new();
-    for rec in r.records() {
-        let rec = rec.map_err(|e| fail(e.to_string()))?;
-        out.push((rec.get(name).unwrap_or_default().to_string(), rec.get(desc).unwrap_or_default().to_string()));
-    }
-    Ok(out)
+    let t = crate::data::sources::table::read_csv_file(path).map_err(|e| fail(e.to_string()))?;
+    let name = t.require(&["name", "names"]).map_err(|e| fail(e.to_string()))?;
+    let desc = t.require(&["reason", "reasons", "description", "english"]).map_err(|e| fail(e.to_string()))?;
+    Ok(t.rows.iter().map(|(_, r)| (r[name].clone(), r[desc].clone())).collect())
 }
 
 /// The MER-OV synonym grouping (MER2024 `main-ov.py`, English in the original): a judge groups the union of

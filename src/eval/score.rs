@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use super::metrics::{self, classification_report};
 use super::openset::{Exact, Grouping, ov_scores};
-use crate::data::sources::table::parse_list_string;
+use crate::data::sources::SourceError;
+use crate::data::sources::table::{parse_list_string, read_csv_file};
 
 /// The prediction a label row gets when the predictions file has none.
 pub const MISSING: &str = "<missing>";
@@ -43,6 +44,9 @@ pub enum ScoreError {
     File { file: String, message: String },
     #[error("{file} line {line}: {message}")]
     Row { file: String, line: usize, message: String },
+    /// A CSV row or header that cannot be read (names the file and line).
+    #[error(transparent)]
+    Table(#[from] SourceError),
     #[error("unknown metric `{0}` (known: {known})", known = METRICS.join(", "))]
     Metric(String),
 }
@@ -59,9 +63,10 @@ pub struct Row {
 /// Reads a MER CSV or a `predictions.jsonl` (by extension).
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, ScoreError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ScoreError::File { file: file.clone(), message: format!("{e}; expected a MER CSV (name, discrete, valence) or predictions.jsonl") })?;
+    let unreadable = |message: String| ScoreError::File { file: file.clone(), message: format!("{message}; expected a MER CSV (name, discrete, valence) or predictions.jsonl") };
     let row_err = |line: usize, message: String| ScoreError::Row { file: file.clone(), line, message };
     if path.extension().is_some_and(|e| e == "jsonl") {
+        let text = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
         let mut out = Vec::new();
         for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let v: Value = serde_json::from_str(l).map_err(|e| row_err(i + 1, e.to_string()))?;
@@ -72,30 +77,27 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, ScoreError> {
         }
         return Ok(out);
     }
-    let bytes = text.as_bytes();
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(bytes);
-    let mut r = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
-    let headers: Vec<String> = r.headers().map_err(|e| row_err(1, e.to_string()))?.iter().map(str::to_lowercase).collect();
-    let col = |n: &str| headers.iter().position(|h| h == n);
-    let name = col("name").or_else(|| col("names")).ok_or_else(|| row_err(1, format!("no `name` column (columns: {})", headers.join(", "))))?;
-    let (discrete, valence, openset) = (col("discrete"), col("valence"), col("openset"));
+    let t = read_csv_file(path).map_err(|e| match e {
+        SourceError::Read { message, .. } => unreadable(message),
+        other => other.into(),
+    })?;
+    let name = t.require(&["name", "names"])?;
+    let (discrete, valence, openset) = (t.col(&["discrete"]), t.col(&["valence"]), t.col(&["openset"]));
     if discrete.is_none() && openset.is_none() {
-        return Err(row_err(1, format!("no `discrete` or `openset` column (columns: {})", headers.join(", "))));
+        return Err(t.err(1, format!("no `discrete` or `openset` column (columns: {})", t.headers.join(", "))).into());
     }
     let mut out = Vec::new();
-    for (i, rec) in r.records().enumerate() {
-        let rec = rec.map_err(|e| row_err(e.position().map(|p| p.line() as usize).unwrap_or(i + 2), e.to_string()))?;
-        let line = rec.position().map(|p| p.line() as usize).unwrap_or(i + 2);
-        let cell = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(str::trim).filter(|s| !s.is_empty());
+    for (line, rec) in &t.rows {
+        let cell = |c: Option<usize>| c.map(|c| rec[c].as_str()).filter(|s| !s.is_empty());
         let valence = match cell(valence) {
-            Some(v) => Some(v.parse::<f64>().map_err(|_| row_err(line, format!("valence `{v}` is not a number")))?),
+            Some(v) => Some(v.parse::<f64>().map_err(|_| t.err(*line, format!("valence `{v}` is not a number")))?),
             None => None,
         };
         let openset = match cell(openset) {
-            Some(s) => Some(parse_list_string(s).map_err(|m| row_err(line, m))?),
+            Some(s) => Some(parse_list_string(s).map_err(|m| t.err(*line, m))?),
             None => openset.map(|_| Vec::new()),
         };
-        out.push(Row { name: cell(Some(name)).unwrap_or_default().to_string(), discrete: cell(discrete).map(|s| s.to_lowercase()), valence, openset });
+        out.push(Row { name: rec[name].clone(), discrete: cell(discrete).map(|s| s.to_lowercase()), valence, openset });
     }
     Ok(out)
 }

@@ -25,10 +25,13 @@ pub const MEDIA_EXTENSIONS: [&str; 15] = ["mp4", "avi", "mkv", "mov", "webm", "f
 pub fn list_inputs_at(input: &str, storage: &Arc<Storage>, show_progress: bool) -> Result<Vec<InputItem>, ExtractError> {
     let loc = Location::parse(input).map_err(|e| input_err(input, e))?;
     let Location::Local(path) = &loc else { return list_remote(&loc, storage, show_progress) };
+    if !path.exists() {
+        return Err(input_err(path.display(), "does not exist"));
+    }
     if path.extension().is_some_and(|e| e == "toml") {
         return list_recipe(path, storage, show_progress);
     }
-    list_inputs(path, show_progress)
+    list_local(path)
 }
 
 fn is_media(name: &str) -> bool {
@@ -70,17 +73,10 @@ fn fetch_all(locs: Vec<Location>, storage: &Arc<Storage>, show_progress: bool) -
         .collect()
 }
 
-/// Lists the samples of a local `input` (see [`list_inputs_at`]).
-pub fn list_inputs(input: &Path, show_progress: bool) -> Result<Vec<InputItem>, ExtractError> {
-    if !input.exists() {
-        return Err(input_err(input.display(), "does not exist"));
-    }
+/// A local media file, or the media files of a local folder.
+fn list_local(input: &Path) -> Result<Vec<InputItem>, ExtractError> {
     if input.is_dir() {
         return list_dir(input);
-    }
-    if input.extension().is_some_and(|e| e == "toml") {
-        let storage = Storage::new(Default::default(), &crate::run::cache_root("")).map_err(|e| input_err(input.display(), e))?;
-        return list_recipe(input, &storage, show_progress);
     }
     Ok(vec![InputItem { id: stem(input), path: input.to_path_buf() }])
 }

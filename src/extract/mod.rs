@@ -18,7 +18,7 @@ use crate::media::{self, FrameSampling, MediaError};
 use crate::model::encoders::features::{FeatureSpec, Pooled, Pooling};
 use crate::model::encoders::{EncoderError, FeatureOutput, FrozenEncoder, InputKind};
 
-pub use inputs::{InputItem, list_inputs, list_inputs_at};
+pub use inputs::{InputItem, list_inputs_at};
 pub use output::Format;
 
 #[derive(Debug, thiserror::Error)]

@@ -27,7 +27,8 @@ pub fn dataset_files(storage: &Arc<Storage>, root: &Location) -> Box<dyn Dataset
 }
 
 fn source_err(e: StorageError) -> SourceError {
-    SourceError::Read { file: String::new(), message: e.to_string() }.flatten()
+    // A storage error already names its URI.
+    SourceError::Other(e.to_string())
 }
 
 impl DatasetFiles for StoreFiles {

@@ -140,13 +140,7 @@ impl Storage {
         let (store_key, path) = match loc {
             Location::Local(_) => return Err(config_err("a local path has no object store".into())),
             Location::S3 { bucket, key } => (format!("s3://{bucket}"), key.clone()),
-            Location::Http(url) => {
-                let parsed = url::Url::parse(url).map_err(|e| config_err(e.to_string()))?;
-                let base = format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or_default())
-                    + &parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
-                let path = percent_decode(parsed.path().trim_start_matches('/'));
-                (base, path)
-            }
+            Location::Http(url) => http_origin(url).map_err(config_err)?,
         };
         let mut stores = self.stores.lock().map_err(|_| config_err("storage lock poisoned".into()))?;
         if let Some(s) = stores.get(&store_key) {
@@ -340,10 +334,7 @@ impl Storage {
         };
         let root = match loc {
             Location::S3 { bucket, .. } => Location::S3 { bucket: bucket.clone(), key: String::new() },
-            Location::Http(url) => {
-                let p = url::Url::parse(url).map_err(|e| StorageError::Config { uri: url.clone(), message: e.to_string() })?;
-                Location::Http(format!("{}://{}{}", p.scheme(), p.host_str().unwrap_or_default(), p.port().map(|p| format!(":{p}")).unwrap_or_default()))
-            }
+            Location::Http(url) => Location::Http(http_origin(url).map_err(|message| StorageError::Config { uri: url.clone(), message })?.0),
             Location::Local(_) => unreachable!("handled above"),
         };
         let mut out: Vec<Entry> = metas.into_iter().filter_map(|m| root.join(m.location.as_ref()).ok().map(|location| Entry { location, size: m.size })).collect();
@@ -429,6 +420,13 @@ fn one_line(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `(scheme://host[:port], decoded path)` of an HTTP(S) URL: the store key and the object path.
+fn http_origin(url: &str) -> Result<(String, String), String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let origin = format!("{}://{}{}", parsed.scheme(), parsed.host_str().unwrap_or_default(), parsed.port().map(|p| format!(":{p}")).unwrap_or_default());
+    Ok((origin, percent_decode(parsed.path().trim_start_matches('/'))))
 }
 
 fn percent_decode(s: &str) -> String {

@@ -39,14 +39,6 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// A storage error already names its URI: drop the empty file prefix.
-    pub fn flatten(self) -> Self {
-        match self {
-            SourceError::Read { file, message } if file.is_empty() => SourceError::Other(message),
-            e => e,
-        }
-    }
-
     pub fn row(file: impl Into<String>, line: usize, message: impl Into<String>) -> Self {
         SourceError::Row { file: file.into(), line, message: message.into() }
     }

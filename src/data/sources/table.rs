@@ -62,6 +62,13 @@ pub fn read_csv(files: &dyn DatasetFiles, rel: &str) -> Result<Table, SourceErro
     Ok(Table { file, headers, rows })
 }
 
+/// [`read_csv`] of a file given by path (command-line inputs rather than a dataset root).
+pub fn read_csv_file(path: &Path) -> Result<Table, SourceError> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    read_csv(&super::LocalFiles::new(dir), &name)
+}
+
 impl Table {
     /// Index of the first present column among `names`.
     pub fn col(&self, names: &[&str]) -> Option<usize> {
