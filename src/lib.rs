@@ -6,6 +6,7 @@
 pub mod data;
 pub mod eval;
 pub mod extract;
+pub mod face;
 pub mod media;
 pub mod model;
 pub mod plan;

@@ -431,6 +431,15 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
         threads,
         show_progress,
         storage: storage.clone(),
+        face: match &r.front_end.face {
+            Some(opts) => {
+                let fe = crate::face::FaceFrontEnd::new(opts).map_err(|e| RunError::Other(e.to_string()))?;
+                tracing::info!(detector = %opts.detector, scorer = %opts.scorer, peak = ?opts.peak, missing = ?opts.missing, "face front end");
+                Some(std::sync::Arc::new(fe))
+            }
+            None => None,
+        },
+        global_frame: r.model.global_frame.clone(),
     };
     let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
     let data_s = t0.elapsed().as_secs_f64();
@@ -603,6 +612,10 @@ fn feature_settings(r: &crate::recipe::Recipe, registry: &Registry) -> Result<St
         "frames={:?}\nwidth={}\nheight={}\naudio_seconds={}\nglobal_frame={}\n",
         r.data.frames, r.data.width, r.data.height, r.data.audio_seconds, r.model.global_frame
     ));
+    // The face front end changes what every view sees (its weights are compiled in: the version is enough).
+    if let Some(face) = &r.front_end.face {
+        out.push_str(&format!("front_end.face={}\nemollama={}\n", serde_json::to_string(face).unwrap_or_default(), env!("CARGO_PKG_VERSION")));
+    }
     Ok(out)
 }
 

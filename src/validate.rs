@@ -94,6 +94,11 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
     if !r.model.global_encoder.is_empty() || !r.model.local_encoder.is_empty() || !r.model.temporal_encoder.is_empty() {
         validate_emotion_llama(r, reg, &mut err);
     }
+    if let Some(face) = &r.front_end.face {
+        for (key, msg) in face.problems() {
+            err(key, msg);
+        }
+    }
     if let Err(e) = registry::check_builtin("projector", &r.model.projector, &crate::model::projector::KINDS) {
         err("model.projector", e.to_string());
     }
@@ -225,8 +230,13 @@ fn validate_emotion_llama(r: &crate::recipe::Recipe, reg: &Registry, err: &mut i
     if !r.model.video_encoder.is_empty() {
         err("model.video_encoder", "must be empty with global_encoder set (Emotion-LLaMA's layout takes the global, local and temporal encoders instead)".into());
     }
-    if !["first", "middle"].contains(&r.model.global_frame.as_str()) {
-        err("model.global_frame", format!("`{}`: expected `first` or `middle`", r.model.global_frame));
+    match r.model.global_frame.as_str() {
+        "first" | "middle" => {}
+        "peak" if r.front_end.face.is_none() => {
+            err("model.global_frame", "`peak` needs the face front end, which finds the emotion peak frame: add `[front_end.face]` (e.g. `--set front_end.face.detector=blazeface`)".into())
+        }
+        "peak" => {}
+        other => err("model.global_frame", format!("`{other}`: expected `first`, `middle` or `peak`")),
     }
     let frames = match r.data.frames {
         crate::media::FrameSampling::Uniform { n } => Some(n),

@@ -17,6 +17,18 @@ pub struct DecodedMedia {
     pub audio: Vec<f32>,
     /// The file had no audio stream (the audio is silence).
     pub audio_missing: bool,
+    /// With the face front end: the global view's whole frame (`height × width × 3`), while
+    /// `frames` hold the face crops.
+    pub global: Option<Vec<u8>>,
+    /// With the face front end: sampled frames where the main face was found, and the peak frame.
+    pub faces: Option<FaceSummary>,
+}
+
+/// What the face front end found in a clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FaceSummary {
+    pub frames_with_face: usize,
+    pub peak: Option<usize>,
 }
 
 /// How to decode.
@@ -31,6 +43,10 @@ pub struct DecodeSpec {
     pub show_progress: bool,
     /// Where remote media are fetched from (through the read-through cache).
     pub storage: Arc<crate::storage::Storage>,
+    /// The face front end (`[front_end.face]`), shared by the decoder threads.
+    pub face: Option<Arc<crate::face::FaceFrontEnd>>,
+    /// `model.global_frame` (`first`, `middle`, `peak`): which whole frame the front end keeps.
+    pub global_frame: String,
 }
 
 /// A sample whose media could not be used.
@@ -87,6 +103,9 @@ pub fn decode_all(samples: Vec<Sample>, spec: &DecodeSpec) -> Result<Decoded, Me
 
 pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, MediaError> {
     let path = spec.storage.local(&sample.media).map_err(|e| MediaError::Fetch { path: sample.media.to_string().into(), detail: e.to_string(), outage: e.is_outage() })?;
+    if let Some(face) = &spec.face {
+        return decode_with_faces(&path, spec, face);
+    }
     let clip = media::decode_clip(&path, &spec.sampling, spec.width, spec.height)?;
     let num_frames = clip.video.frames.len();
     let mut frames = Vec::with_capacity(num_frames * (spec.width * spec.height * 3) as usize);
@@ -95,5 +114,39 @@ pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, Me
     }
     let mut audio = clip.audio.samples;
     audio.resize(spec.audio_len, 0.0);
-    Ok(DecodedMedia { frames, num_frames, audio, audio_missing: clip.audio.missing })
+    Ok(DecodedMedia { frames, num_frames, audio, audio_missing: clip.audio.missing, global: None, faces: None })
+}
+
+/// Decodes at the detection size, runs the face front end: `frames` become the eye-aligned face crops
+/// at the recipe's size, `global` the whole first / middle / peak frame at that size.
+fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::face::FaceFrontEnd) -> Result<DecodedMedia, MediaError> {
+    let info = media::probe(path)?;
+    let (w, h) = match info.video() {
+        Some(v) => (v.width.unwrap_or(0), v.height.unwrap_or(0)),
+        None => return Err(MediaError::NoVideoStream { path: path.to_path_buf(), streams: info.streams.iter().map(|s| s.kind.clone()).collect::<Vec<_>>().join(", ") }),
+    };
+    let (dw, dh) = face.detect_size(w, h);
+    let clip = media::decode_clip(path, &spec.sampling, dw, dh)?;
+    let (cw, ch) = (spec.width as usize, spec.height as usize);
+    let faces = face.process(&clip.video, cw, ch).map_err(|e| MediaError::NoFace { path: path.to_path_buf(), detail: e.to_string() })?;
+    let n = faces.crops.len();
+    let idx = match spec.global_frame.as_str() {
+        "middle" => n / 2,
+        "peak" => faces.peak.unwrap_or(n / 2),
+        _ => 0,
+    };
+    let global = match clip.video.frames.get(idx) {
+        Some(f) => Some(media::resize::resize_rgb(f, dw as usize, dh as usize, cw, ch, media::resize::Filter::Bilinear).map_err(|e| MediaError::decode(path, e.to_string()))?),
+        None => None,
+    };
+    let mut audio = clip.audio.samples;
+    audio.resize(spec.audio_len, 0.0);
+    Ok(DecodedMedia {
+        frames: faces.crops.concat(),
+        num_frames: n,
+        audio,
+        audio_missing: clip.audio.missing,
+        global,
+        faces: Some(FaceSummary { frames_with_face: faces.faces_found(), peak: faces.peak }),
+    })
 }

@@ -50,6 +50,9 @@ pub enum MediaError {
     Encode { path: PathBuf, detail: String },
     #[error("`{}`: I/O error: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    /// The face front end could not use the clip (no face under `missing = "drop"`, or a model error).
+    #[error("`{}`: {detail}", path.display())]
+    NoFace { path: PathBuf, detail: String },
     /// The request itself is invalid (e.g. `n = 0` frames, zero output size).
     #[error("`{}`: invalid request: {detail}", path.display())]
     InvalidRequest { path: PathBuf, detail: String },
@@ -71,6 +74,7 @@ impl MediaError {
             | MediaError::Encode { path, .. }
             | MediaError::Io { path, .. }
             | MediaError::InvalidRequest { path, .. }
+            | MediaError::NoFace { path, .. }
             | MediaError::Fetch { path, .. } => path,
         }
     }

@@ -108,6 +108,7 @@ fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, v
     let mut el = EmotionLlamaEncoders::new(global, local, temporal, audio, &model.projector, hidden, vb.clone())?;
     el.global_frame = match model.global_frame.as_str() {
         "middle" => GlobalFrame::Middle,
+        "peak" => GlobalFrame::Peak,
         _ => GlobalFrame::First,
     };
     Ok(el)

@@ -24,6 +24,8 @@ pub enum GlobalFrame {
     First,
     /// The middle sampled frame.
     Middle,
+    /// The emotion peak frame, chosen by the face front end (given to the encoders as its own image).
+    Peak,
 }
 
 /// The frozen encoders' outputs for a batch (each absent when its encoder or modality is).
@@ -118,20 +120,24 @@ impl EmotionLlamaEncoders {
     /// `frames`: (batch, n, 3, H, W) with values in [0, 1] (each encoder normalises with its own
     /// mean and std); `audio`: (batch, samples). Returns the `<VideoHere>` tokens (batch, 256, hidden)
     /// and the `<FeatureHere>` tokens (batch, k, hidden); a disabled modality contributes none.
-    pub fn encode(&self, frames: &Tensor, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
-        self.project(&self.features(frames, audio, use_video, use_audio)?, use_video, use_audio)
+    pub fn encode(&self, frames: &Tensor, global: Option<&Tensor>, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        self.project(&self.features(frames, global, audio, use_video, use_audio)?, use_video, use_audio)
     }
 
     /// The frozen encoders' outputs, before the projectors (detached): what the feature cache keeps.
-    pub fn features(&self, frames: &Tensor, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<EncodedFeatures> {
+    /// `global`: (batch, 3, H, W), the global view's frame when the front end chose it (the face front
+    /// end gives face crops in `frames` and the whole first / middle / peak frame here).
+    pub fn features(&self, frames: &Tensor, global: Option<&Tensor>, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<EncodedFeatures> {
         let (b, n, c, h, w) = frames.dims5()?;
         let mut out = EncodedFeatures::default();
         if use_video {
-            let idx = match self.global_frame {
-                GlobalFrame::First => 0,
-                GlobalFrame::Middle => n / 2,
+            let frame = match (global, self.global_frame) {
+                (Some(g), _) => g.clone(),
+                (None, GlobalFrame::First) => frames.narrow(1, 0, 1)?.squeeze(1)?,
+                (None, GlobalFrame::Middle) => frames.narrow(1, n / 2, 1)?.squeeze(1)?,
+                (None, GlobalFrame::Peak) => candle_core::bail!("global_frame = \"peak\" needs the face front end's peak frame ([front_end.face])"),
             };
-            let frame = self.global.normalize_pixels(&frames.narrow(1, idx, 1)?.squeeze(1)?)?;
+            let frame = self.global.normalize_pixels(&frame)?;
             let spec = FeatureSpec { pooling: Pooling::Merge4, ..self.global.features.clone() };
             let Some(Pooled::Merged { patches, cls }) = pooled(&self.global, &frame, &spec)? else {
                 candle_core::bail!("encoder `{}` did not give merged patch tokens", self.global.name);

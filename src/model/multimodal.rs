@@ -58,8 +58,10 @@ impl TokenizedPrompt {
 /// Decoded media for a batch, as tensors.
 #[derive(Debug, Clone)]
 pub struct MediaBatch {
-    /// (batch, frames, 3, size, size), normalised.
+    /// (batch, frames, 3, size, size), normalised (face crops with the face front end).
     pub frames: Tensor,
+    /// (batch, 3, size, size): the global view's whole frame, when the face front end chose it.
+    pub global: Option<Tensor>,
     /// (batch, samples) at 16 kHz.
     pub audio: Tensor,
 }
@@ -189,7 +191,7 @@ impl EmotionModel {
     /// As [`Self::encode`], with each modality switchable (a disabled one contributes no tokens).
     pub fn encode_modalities(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
         let (mut video, mut feature) = match &self.emotion_llama {
-            Some(el) => el.encode(&media.frames, &media.audio, use_video, use_audio)?,
+            Some(el) => el.encode(&media.frames, media.global.as_ref(), &media.audio, use_video, use_audio)?,
             None => (None, Vec::new()),
         };
         if let (true, Some(enc), Some(pp), Some(pf), Some(pv)) =
@@ -219,7 +221,7 @@ impl EmotionModel {
     /// The frozen encoders' outputs for every modality (`None` without Emotion-LLaMA's encoders).
     pub fn frozen_features(&self, media: &MediaBatch) -> Result<Option<super::emotion_llama::EncodedFeatures>> {
         match &self.emotion_llama {
-            Some(el) => Ok(Some(el.features(&media.frames, &media.audio, true, true)?)),
+            Some(el) => Ok(Some(el.features(&media.frames, media.global.as_ref(), &media.audio, true, true)?)),
             None => Ok(None),
         }
     }

@@ -31,6 +31,25 @@ pub struct Recipe {
     pub eval: Eval,
     /// S3 / HTTP access, retries and the local read-through cache of remote media.
     pub storage: crate::storage::StorageConfig,
+    /// Optional processing between decoding and the encoders (face crops, peak frame).
+    #[serde(skip_serializing_if = "FrontEnd::is_off")]
+    pub front_end: FrontEnd,
+}
+
+/// `[front_end]`: what happens to decoded frames before the encoders see them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrontEnd {
+    /// `[front_end.face]`: detect, follow and crop the main face (eye-aligned) for the frame
+    /// encoders' face views, score expressions, find the emotion peak frame. Off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub face: Option<crate::face::FaceOptions>,
+}
+
+impl FrontEnd {
+    pub fn is_off(&self) -> bool {
+        self.face.is_none()
+    }
 }
 
 impl Default for Recipe {
@@ -48,6 +67,7 @@ impl Default for Recipe {
             validation: Validation::default(),
             eval: Eval::default(),
             storage: Default::default(),
+            front_end: FrontEnd::default(),
         }
     }
 }
@@ -159,7 +179,8 @@ pub struct Model {
     pub local_encoder: String,
     /// The temporal (clip) encoder, e.g. VideoMAE; empty = none.
     pub temporal_encoder: String,
-    /// The frame the global encoder sees: `first` (Emotion-LLaMA's code) or `middle`.
+    /// The frame the global encoder sees: `first` (Emotion-LLaMA's code), `middle`, or `peak` (the
+    /// emotion peak frame the paper describes; needs `[front_end.face]`).
     pub global_frame: String,
     /// Projector architecture from the registry (`linear` or `mlp`).
     pub projector: String,

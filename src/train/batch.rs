@@ -58,15 +58,24 @@ pub fn media_batch(items: &[&DecodedMedia], layout: &MediaLayout, device: &Devic
         if m.num_frames != n {
             candle_core::bail!("samples in a batch have {} and {n} frames", m.num_frames);
         }
-        // HWC bytes → CHW floats, normalised per channel.
         for f in 0..n {
-            let base = f * h * w * 3;
-            for c in 0..3 {
-                let (mean, std) = (layout.mean[c], layout.std[c]);
-                frames.extend((0..h * w).map(|p| (m.frames[base + p * 3 + c] as f32 / 255.0 - mean) / std));
-            }
+            normalise_into(&mut frames, &m.frames[f * h * w * 3..(f + 1) * h * w * 3], h * w, layout);
         }
     }
+    // The front end's global frames, when every sample has one.
+    let global = match items.iter().map(|m| m.global.as_deref()).collect::<Option<Vec<&[u8]>>>() {
+        Some(gs) if !gs.is_empty() => {
+            let mut g = Vec::with_capacity(gs.len() * 3 * h * w);
+            for img in gs {
+                if img.len() != h * w * 3 {
+                    candle_core::bail!("a global frame has {} bytes, expected {h}x{w}x3", img.len());
+                }
+                normalise_into(&mut g, img, h * w, layout);
+            }
+            Some(Tensor::from_vec(g, (items.len(), 3, h, w), device)?)
+        }
+        _ => None,
+    };
     let audio_len = items.first().map(|m| m.audio.len()).unwrap_or(0);
     let mut audio = Vec::with_capacity(items.len() * audio_len);
     for m in items {
@@ -74,6 +83,15 @@ pub fn media_batch(items: &[&DecodedMedia], layout: &MediaLayout, device: &Devic
     }
     Ok(MediaBatch {
         frames: Tensor::from_vec(frames, (items.len(), n, 3, h, w), device)?,
+        global,
         audio: Tensor::from_vec(audio, (items.len(), audio_len), device)?,
     })
+}
+
+/// HWC bytes → CHW floats, normalised per channel, appended to `out`.
+fn normalise_into(out: &mut Vec<f32>, hwc: &[u8], pixels: usize, layout: &MediaLayout) {
+    for c in 0..3 {
+        let (mean, std) = (layout.mean[c], layout.std[c]);
+        out.extend((0..pixels).map(|p| (hwc[p * 3 + c] as f32 / 255.0 - mean) / std));
+    }
 }
