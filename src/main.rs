@@ -240,6 +240,11 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Run the face front end on the sampled frames (the recipe's `[front_end.face]` options, else
+        /// the defaults) and write a contact sheet PNG: to this path, or `<file stem>.faces.png`.
+        /// With `--json`, print per sampled frame the timestamp, boxes, keypoints, scores and crop.
+        #[arg(long, num_args = 0..=1, value_name = "PNG")]
+        faces: Option<Option<PathBuf>>,
     },
 }
 
@@ -489,15 +494,23 @@ fn dispatch(cli: Cli) -> Result<()> {
             std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).context("writing scores")?;
             Ok(())
         }
-        Command::Probe { file, recipe, frames, json } => {
-            let sampling = match (frames, recipe) {
+        Command::Probe { file, recipe, frames, json, faces } => {
+            let recipe = match recipe {
+                Some(r) => Some(load_recipe(&r, &[]).map_err(|e| anyhow::anyhow!("{e}"))?.recipe),
+                None => None,
+            };
+            let sampling = match (frames, &recipe) {
                 (Some(spec), _) => parse_sampling(&spec)?,
-                (None, Some(r)) => load_recipe(&r, &[]).map_err(|e| anyhow::anyhow!("{e}"))?.recipe.data.frames,
+                (None, Some(r)) => r.data.frames.clone(),
                 (None, None) => FrameSampling::Uniform { n: 8 },
             };
             media::init();
             let storage = emollama::storage::Storage::new(Default::default(), &emollama::run::cache_root(""))?;
-            let file = storage.local(&emollama::storage::Location::parse(&file)?)?;
+            let uri = file;
+            let file = storage.local(&emollama::storage::Location::parse(&uri)?)?;
+            if let Some(out) = faces {
+                return probe_faces(&file, &uri, &sampling, recipe.as_ref(), out, json);
+            }
             let info = media::probe(&file)?;
             let picked = media::probe::sampled_frame_times(&file, &sampling).ok();
             if json {
@@ -514,6 +527,61 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `probe --faces`: the face front end on the sampled frames; a contact sheet PNG, and JSON or a table.
+fn probe_faces(file: &Path, uri: &str, sampling: &FrameSampling, recipe: Option<&emollama::recipe::Recipe>, out: Option<PathBuf>, json: bool) -> Result<()> {
+    use emollama::face::{CropSource, FER_LABELS, FaceFrontEnd};
+    let opts = recipe.and_then(|r| r.front_end.face.clone()).unwrap_or_default();
+    let (crop_w, crop_h) = recipe.map(|r| (r.data.width as usize, r.data.height as usize)).unwrap_or((224, 224));
+    let fe = FaceFrontEnd::new(&opts)?;
+    let info = media::probe(file)?;
+    let v = info.video().ok_or_else(|| anyhow::anyhow!("`{uri}` has no video stream: the face front end needs frames"))?;
+    let (w, h) = fe.detect_size(v.width.unwrap_or(0), v.height.unwrap_or(0));
+    let video = media::decode_video(file, sampling, w, h)?;
+    let clip = fe.process(&video, crop_w, crop_h).with_context(|| format!("face front end on `{uri}`"))?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.faces.png", file.file_stem().and_then(|s| s.to_str()).unwrap_or("probe"))));
+    let png = emollama::face::sheet::contact_sheet(&video, &clip, &format!("{uri}: {} of {} sampled frames with a face", clip.faces_found(), clip.frames.len()))?;
+    std::fs::write(&out, png).with_context(|| format!("writing the contact sheet `{}`", out.display()))?;
+    if json {
+        let frames: Vec<serde_json::Value> = clip
+            .frames
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "timestamp_s": f.timestamp_s,
+                    "detections": f.detections,
+                    "main": f.main,
+                    "crop": f.crop,
+                    "window": f.window,
+                    "expression": f.expression.map(|p| FER_LABELS.iter().zip(p).map(|(l, v)| (l.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>()),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({"file": uri, "frame_size": [w, h], "crop_size": [crop_w, crop_h], "options": opts, "peak": clip.peak, "frames": frames, "contact_sheet": out});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{uri}: frames decoded at {w}x{h}, crops {crop_w}x{crop_h}");
+        for (i, f) in clip.frames.iter().enumerate() {
+            let main = f.main.and_then(|m| f.detections.get(m));
+            let face = match main {
+                Some(d) => format!("face {:.0},{:.0}-{:.0},{:.0} score {:.3}", d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3], d.score),
+                None => match f.crop {
+                    CropSource::Nearest(j) => format!("no face (window of #{j})"),
+                    CropSource::Dropped(j) => format!("no face (dropped, repeats #{j})"),
+                    _ => "no face (full frame)".to_string(),
+                },
+            };
+            let expr = f.expression.map(|p| {
+                let (k, v) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| (k, *v)).unwrap_or((0, 0.0));
+                format!("  {} {v:.2}", FER_LABELS[k])
+            });
+            let peak = if clip.peak == Some(i) { "  <- peak" } else { "" };
+            println!("  #{i:<2} t={:7.3}s  {} detection(s)  {face}{}{peak}", f.timestamp_s, f.detections.len(), expr.unwrap_or_default());
+        }
+        println!("contact sheet: {}", out.display());
+    }
+    Ok(())
 }
 
 /// `local:NAME` (registry LLM or path), `openai` (OPENAI_BASE_URL) or an OpenAI-compatible base URL.

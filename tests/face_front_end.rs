@@ -212,3 +212,55 @@ fn motion_energy_is_zero_for_a_still_face() {
     let e = peak::motion_energy(&[Some(&d), Some(&d)]);
     assert_eq!(e, vec![Some(0.0), Some(0.0)]);
 }
+
+fn sample(file: &str) -> emollama::data::Sample {
+    emollama::data::Sample {
+        id: file.into(),
+        split: "test".into(),
+        media: emollama::storage::Location::parse(media(file).to_str().expect("utf8")).expect("location"),
+        transcript: None,
+        label: None,
+        description: None,
+        reasoning: None,
+        valence: None,
+        openset: Vec::new(),
+    }
+}
+
+fn decode_spec(face: Option<FaceOptions>, global_frame: &str) -> emollama::data::loader::DecodeSpec {
+    let cache = tempfile::tempdir().expect("tempdir").keep();
+    emollama::data::loader::DecodeSpec {
+        sampling: FrameSampling::Uniform { n: 8 },
+        width: 96,
+        height: 96,
+        audio_len: 16000,
+        on_error: emollama::recipe::OnError::Fail,
+        threads: 1,
+        show_progress: false,
+        storage: emollama::storage::Storage::new(Default::default(), &cache).expect("storage"),
+        face: face.map(|o| std::sync::Arc::new(FaceFrontEnd::new(&o).expect("front end"))),
+        global_frame: global_frame.into(),
+    }
+}
+
+#[test]
+fn decoding_with_the_front_end_gives_face_crops_and_the_peak_frame() {
+    let s = sample("WolfgangLanger_Pexels.mp4");
+    let plain = emollama::data::loader::decode_one(&s, &decode_spec(None, "peak")).expect("decode");
+    assert!(plain.global.is_none() && plain.faces.is_none());
+    let m = emollama::data::loader::decode_one(&s, &decode_spec(Some(FaceOptions::default()), "peak")).expect("decode");
+    assert_eq!(m.num_frames, 8);
+    assert_eq!(m.frames.len(), 8 * 96 * 96 * 3);
+    let faces = m.faces.expect("face summary");
+    assert_eq!(faces.frames_with_face, 8);
+    // The global frame is the whole peak frame (decoded at 640x360, resized), not a crop.
+    let peak = faces.peak.expect("peak");
+    let video = decode_native(&media("WolfgangLanger_Pexels.mp4"), 8);
+    let expected = emollama::media::resize::resize_rgb(&video.frames[peak], 640, 360, 96, 96, emollama::media::resize::Filter::Bilinear).expect("resize");
+    assert_eq!(m.global.as_deref(), Some(expected.as_slice()));
+    assert_ne!(&m.frames[peak * 96 * 96 * 3..(peak + 1) * 96 * 96 * 3], expected.as_slice(), "face views hold crops");
+    // A clip without faces under `drop` is an error naming the file (skipped or fatal by data.on_error).
+    let drop: FaceOptions = toml::from_str("missing = \"drop\"").expect("options");
+    let err = emollama::data::loader::decode_one(&sample("no_face.mp4"), &decode_spec(Some(drop), "first")).expect_err("no face");
+    assert!(err.to_string().contains("no_face.mp4") && err.to_string().contains("no face"), "{err}");
+}
