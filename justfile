@@ -40,13 +40,19 @@ emollama *args: build
     {{bin}} {{args}}
 
 # Benchmarks: the parts of a quick-start training step (forward + backward, median of 5), SmolLM2
-# inference against llama.cpp on the same GGUF, the four encoders at real size against PyTorch, and
-# the frozen-encoder feature cache (epoch 1 vs epoch 2), 2 threads (writes BENCHMARKS.md).
+# inference against llama.cpp on the same GGUF, the four encoders at real size against PyTorch, the
+# frozen-encoder feature cache (epoch 1 vs epoch 2) and the face front end per frame, 2 threads
+# (writes BENCHMARKS.md).
 bench: build
     cargo run --release --example profile_step
     bash tools/bench/llm_vs_llamacpp.sh
     bash tools/bench/encoders_vs_torch.sh
     bash tools/bench/feature_cache.sh
+    cargo run --release --example face_bench | python3 tools/bench/write_section.py BENCHMARKS.md
+
+# Only the face front-end benchmark (per sampled frame on two real clips; ~1 minute).
+bench-faces:
+    cargo run --release --example face_bench | python3 tools/bench/write_section.py BENCHMARKS.md
 
 # Only the feature-cache benchmark (a cold cache, two epochs; ~1 minute).
 bench-feature-cache: build

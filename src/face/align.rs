@@ -43,23 +43,29 @@ pub fn crop(rgb: &[u8], w: usize, h: usize, window: &CropWindow, out_w: usize, o
     }
     let (cos, sin) = (window.angle.cos(), window.angle.sin());
     let scale = window.side / out_w as f32;
-    let pixel = |x: isize, y: isize, c: usize| -> f32 {
-        if x < 0 || y < 0 || x >= w as isize || y >= h as isize { 0.0 } else { f32::from(rgb[(y as usize * w + x as usize) * 3 + c]) }
-    };
-    for v in 0..out_h {
-        for u in 0..out_w {
+    let at = |x: isize, y: isize| -> Option<usize> { (x >= 0 && y >= 0 && x < w as isize && y < h as isize).then(|| (y as usize * w + x as usize) * 3) };
+    for (v, row) in out.chunks_exact_mut(out_w * 3).enumerate() {
+        let dv = (v as f32 + 0.5 - out_h as f32 / 2.0) * scale;
+        for (u, px) in row.chunks_exact_mut(3).enumerate() {
             // Offset from the window centre in frame pixels (unrotated), then rotated into the frame.
             let du = (u as f32 + 0.5 - out_w as f32 / 2.0) * scale;
-            let dv = (v as f32 + 0.5 - out_h as f32 / 2.0) * scale;
             let sx = window.center[0] + du * cos - dv * sin - 0.5;
             let sy = window.center[1] + du * sin + dv * cos - 0.5;
             let (x0, y0) = (sx.floor(), sy.floor());
             let (fx, fy) = (sx - x0, sy - y0);
             let (x0, y0) = (x0 as isize, y0 as isize);
+            // The four neighbours and their bilinear weights; outside the frame counts as black.
+            let taps = [(at(x0, y0), (1.0 - fx) * (1.0 - fy)), (at(x0 + 1, y0), fx * (1.0 - fy)), (at(x0, y0 + 1), (1.0 - fx) * fy), (at(x0 + 1, y0 + 1), fx * fy)];
+            let mut acc = [0f32; 3];
+            for (idx, wt) in taps {
+                if let Some(i) = idx {
+                    for c in 0..3 {
+                        acc[c] += f32::from(rgb[i + c]) * wt;
+                    }
+                }
+            }
             for c in 0..3 {
-                let top = pixel(x0, y0, c) * (1.0 - fx) + pixel(x0 + 1, y0, c) * fx;
-                let bottom = pixel(x0, y0 + 1, c) * (1.0 - fx) + pixel(x0 + 1, y0 + 1, c) * fx;
-                out[(v * out_w + u) * 3 + c] = (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
+                px[c] = (acc[c] + 0.5).clamp(0.0, 255.0) as u8;
             }
         }
     }

@@ -50,9 +50,10 @@ pub fn depthwise_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride
     if weight.dims4()? != (c, 1, k, k) {
         candle_core::bail!("depthwise weight {:?} does not fit {c} channels", weight.dims());
     }
-    let (pt, _) = same_padding(h, k, stride);
-    let (pl, _) = same_padding(w, k, stride);
+    let (pt, pb) = same_padding(h, k, stride);
+    let (pl, pr) = same_padding(w, k, stride);
     let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+    let (ph, pw) = (h + pt + pb, w + pl + pr);
     let xs = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let ws = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let bs = match bias {
@@ -60,62 +61,64 @@ pub fn depthwise_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride
         None => vec![0.0; c],
     };
     let mut out = vec![0f32; b * c * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+    out.par_chunks_mut(oh * ow).with_min_len(4).enumerate().for_each(|(plane, dst)| {
         let ch = plane % c;
         let src = &xs[plane * h * w..][..h * w];
         let kern = &ws[ch * k * k..][..k * k];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = bs[ch];
-                for ky in 0..k {
-                    let iy = (oy * stride + ky) as isize - pt as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let row = &src[iy as usize * w..][..w];
-                    for kx in 0..k {
-                        let ix = (ox * stride + kx) as isize - pl as isize;
-                        if ix >= 0 && ix < w as isize {
-                            acc += row[ix as usize] * kern[ky * k + kx];
+        // A zero-padded copy of the plane makes the inner loops branch-free (and vectorisable at stride 1).
+        let mut padded = vec![0f32; ph * pw];
+        for y in 0..h {
+            padded[(y + pt) * pw + pl..][..w].copy_from_slice(&src[y * w..][..w]);
+        }
+        dst.fill(bs[ch]);
+        for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+            for ky in 0..k {
+                let srow = &padded[(oy * stride + ky) * pw..][..pw];
+                for kx in 0..k {
+                    let wv = kern[ky * k + kx];
+                    if stride == 1 {
+                        for (d, s) in drow.iter_mut().zip(&srow[kx..kx + ow]) {
+                            *d += wv * s;
+                        }
+                    } else {
+                        for (ox, d) in drow.iter_mut().enumerate() {
+                            *d += wv * srow[ox * stride + kx];
                         }
                     }
                 }
-                dst[oy * ow + ox] = acc;
             }
         }
     });
     Tensor::from_vec(out, (b, c, oh, ow), x.device())
 }
 
-/// Max pooling `k x k`, stride `s`, `SAME` padding (padded cells never win), NCHW.
+/// Max pooling `k x k`, stride `s`, `SAME` padding (padded cells never win), NCHW, f32 on the CPU.
 pub fn max_pool_same(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let (t, b) = same_padding(h, k, s);
-    let (l, r) = same_padding(w, k, s);
-    if t + b + l + r == 0 {
-        return x.max_pool2d_with_stride(k, s);
-    }
-    // Pad with a value below every input so padding cells never win the max.
-    let floor = (x.min_all()?.to_scalar::<f32>()? - 1.0) as f64;
-    let pad = |x: Tensor, dim: usize, before: usize, after: usize| -> Result<Tensor> {
-        if before + after == 0 {
-            return Ok(x);
+    let (b, c, h, w) = x.dims4()?;
+    let (pt, _) = same_padding(h, k, s);
+    let (pl, _) = same_padding(w, k, s);
+    let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+    let xs = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; b * c * oh * ow];
+    out.par_chunks_mut(oh * ow).with_min_len(4).enumerate().for_each(|(plane, dst)| {
+        let src = &xs[plane * h * w..][..h * w];
+        for oy in 0..oh {
+            let y0 = (oy * s).saturating_sub(pt);
+            let y1 = (oy * s + k).saturating_sub(pt).min(h);
+            for ox in 0..ow {
+                let x0 = (ox * s).saturating_sub(pl);
+                let x1 = (ox * s + k).saturating_sub(pl).min(w);
+                let mut m = f32::NEG_INFINITY;
+                for row in src[y0 * w..y1 * w].chunks_exact(w) {
+                    for &v in &row[x0..x1] {
+                        m = m.max(v);
+                    }
+                }
+                dst[oy * ow + ox] = m;
+            }
         }
-        let mut shape = x.dims().to_vec();
-        let mut parts = Vec::new();
-        if before > 0 {
-            shape[dim] = before;
-            parts.push((Tensor::ones(shape.as_slice(), x.dtype(), x.device())? * floor)?);
-        }
-        parts.push(x.clone());
-        if after > 0 {
-            shape[dim] = after;
-            parts.push((Tensor::ones(shape.as_slice(), x.dtype(), x.device())? * floor)?);
-        }
-        Tensor::cat(&parts, dim)
-    };
-    let x = pad(pad(x.clone(), 2, t, b)?, 3, l, r)?;
-    x.max_pool2d_with_stride(k, s)
+    });
+    Tensor::from_vec(out, (b, c, oh, ow), x.device())
 }
 
 /// Inference batch norm folded into a per-channel scale and shift: `y = x * scale + shift`.
