@@ -231,7 +231,7 @@ impl FaceFrontEnd {
                 CropSource::Dropped(j) => j,
                 _ => i,
             };
-            crops.push(align::crop(&frames[src], w, h, &window, crop_w, crop_h));
+            crops.push(align::crop(frames[src], w, h, &window, crop_w, crop_h));
             report.push(FrameFaces { timestamp_s: video.timestamps.get(i).copied().unwrap_or(0.0), detections: detections[i].clone(), main: main[i], crop: source, window, expression: None });
         }
         if let Some(scorer) = &self.scorer {
@@ -240,7 +240,7 @@ impl FaceFrontEnd {
             let faces: Vec<(usize, Vec<u8>)> = (0..n)
                 .filter_map(|i| {
                     let d = main[i].and_then(|m| detections[i].get(m))?;
-                    Some((i, align::crop(&frames[i], w, h, &CropWindow::for_face(d, 0.0, self.opts.align), size, size)))
+                    Some((i, align::crop(frames[i], w, h, &CropWindow::for_face(d, 0.0, self.opts.align), size, size)))
                 })
                 .collect();
             let refs: Vec<&[u8]> = faces.iter().map(|(_, c)| c.as_slice()).collect();
