@@ -35,6 +35,11 @@ check recipe *args: build
 test:
     cargo nextest run --cargo-profile release --no-fail-fast
 
+# Without the oneDNN feature: the library's unit tests and the encoder / face parity tests on candle's own
+# matmul (the fallback every build keeps; CI runs this after `just test`).
+test-no-onednn:
+    cargo nextest run --cargo-profile release --no-default-features --no-fail-fast -E 'kind(lib) | binary(vision_parity) | binary(hubert_parity) | binary(eva_parity) | binary(extract_parity) | binary(face_front_end)'
+
 # The emollama CLI itself, e.g. `just emollama registry list`.
 emollama *args: build
     {{bin}} {{args}}

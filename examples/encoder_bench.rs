@@ -25,8 +25,8 @@ fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'s
             "vit-mae-large",
             "vit_mae",
             "hidden_size = 1024\nnum_hidden_layers = 24\nnum_attention_heads = 16\nintermediate_size = 4096\nmask_ratio = 0.0",
-            vec![8, 3, 224, 224],
-            "8 face frames at 224x224",
+            vec![16, 3, 224, 224],
+            "16 face crops at 224x224",
         ),
         (
             "videomae-large",
@@ -46,7 +46,23 @@ fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'s
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // `--precision candle|f32|bf16`: candle's own ops, or the oneDNN path at that precision.
+    let mode = match args.iter().position(|a| a == "--precision") {
+        Some(i) if i + 1 < args.len() => {
+            let m = args.remove(i + 1);
+            args.remove(i);
+            m
+        }
+        _ => "f32".to_string(),
+    };
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    match mode.as_str() {
+        "candle" => emollama::accel::set_enabled(false),
+        "f32" => emollama::accel::set_inference(emollama::accel::Precision::F32, threads),
+        "bf16" => emollama::accel::set_inference(emollama::accel::Precision::Bf16, threads),
+        other => anyhow::bail!("--precision {other}: expected candle, f32 or bf16"),
+    }
     let repeats: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
     let only: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let dev = Device::Cpu;
@@ -79,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         let mut sorted = runs.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
-        println!("{}", serde_json::json!({"name": name, "median_s": median, "runs": runs, "input": what}));
+        println!("{}", serde_json::json!({"name": name, "median_s": median, "runs": runs, "input": what, "precision": mode, "backend": emollama::accel::backend()}));
     }
     Ok(())
 }

@@ -275,6 +275,8 @@ fn run_info(r: &crate::recipe::Recipe, threads: usize, recipe_sha256: &str, resu
         "recipe_sha256": recipe_sha256,
         "started": chrono::Local::now().to_rfc3339(),
         "resumed_from": resumed_from.map(|p| p.display().to_string()),
+        "inference_precision": r.runtime.resolved_inference_precision().name(),
+        "inference_backend": crate::accel::backend(),
     })
 }
 
@@ -388,6 +390,7 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
     }
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
     let threads = if r.runtime.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { r.runtime.threads };
+    crate::accel::set_inference(r.runtime.resolved_inference_precision(), threads);
     let info = run_info(r, threads, &recipe_sha256, found.as_ref().map(|f| f.dir.as_path()));
     write_atomic(&run_dir.join("run_info.json"), &serde_json::to_vec_pretty(&info).map_err(|e| RunError::Other(e.to_string()))?)?;
 
@@ -612,6 +615,8 @@ fn feature_settings(r: &crate::recipe::Recipe, registry: &Registry) -> Result<St
         "frames={:?}\nwidth={}\nheight={}\naudio_seconds={}\nglobal_frame={}\n",
         r.data.frames, r.data.width, r.data.height, r.data.audio_seconds, r.model.global_frame
     ));
+    // bf16 matmuls give (slightly) different features.
+    out.push_str(&format!("inference_precision={}\n", r.runtime.resolved_inference_precision().name()));
     // The face front end changes what every view sees (its weights are compiled in: the version is enough).
     if let Some(face) = &r.front_end.face {
         out.push_str(&format!("front_end.face={}\nemollama={}\n", serde_json::to_string(face).unwrap_or_default(), env!("CARGO_PKG_VERSION")));

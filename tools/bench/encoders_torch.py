@@ -29,7 +29,7 @@ def vit_mae_large():
     from transformers import ViTMAEConfig, ViTMAEModel
 
     cfg = ViTMAEConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, mask_ratio=0.0)
-    return ViTMAEModel(cfg).eval(), (torch.randn(8, 3, 224, 224),), "8 face frames at 224x224"
+    return ViTMAEModel(cfg).eval(), (torch.randn(16, 3, 224, 224),), "16 face crops at 224x224"
 
 
 def videomae_large():
@@ -56,20 +56,27 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", nargs="*", default=list(MODELS))
+    # f32; bf16 (model and input in bfloat16); autocast (f32 model, CPU autocast to bf16 for matmuls,
+    # which is what emollama's bf16 mode does).
+    ap.add_argument("--dtype", choices=["f32", "bf16", "autocast"], default="f32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     out = {}
     for name in a.only:
         model, inputs, what = MODELS[name]()
-        with torch.inference_mode():
+        if a.dtype == "bf16":
+            model = model.to(torch.bfloat16)
+            inputs = tuple(x.to(torch.bfloat16) for x in inputs)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "autocast")
+        with torch.inference_mode(), autocast:
             model(*inputs)  # warm-up
             runs = []
             for _ in range(a.repeats):
                 t0 = time.perf_counter()
                 model(*inputs)
                 runs.append(time.perf_counter() - t0)
-        out[name] = {"median_s": statistics.median(runs), "runs": runs, "input": what, "torch": torch.__version__}
+        out[name] = {"median_s": statistics.median(runs), "runs": runs, "input": what, "torch": torch.__version__, "dtype": a.dtype}
         del model
     print(json.dumps(out))
 

@@ -1,32 +1,71 @@
 #!/usr/bin/env bash
-# The four Emotion-LLaMA encoders at their real sizes (random weights, f32): emollama (candle) against
-# PyTorch 2.5.1 (transformers / timm) on the same input shapes and thread count. Writes the table into
-# BENCHMARKS.md. Needs the fixtures venv (~/.cache/emollama-py with torch 2.5.1, transformers 4.46.3, timm 1.0.12)
-# and ~12 GB of RAM (EVA-g in both frameworks, one after the other).
+# The four Emotion-LLaMA encoders at their real sizes (random weights): emollama against PyTorch 2.5.1
+# (transformers / timm) on the same input shapes and thread count, in f32 and bf16, plus the matmul
+# micro-benchmark (machine peak and the large Linear layers) in the same session. Writes two sections of
+# BENCHMARKS.md. Needs a venv with torch 2.5.1, transformers 4.46.3, timm 1.0.12 (EMOLLAMA_TORCH_PY, default
+# ~/.cache/emollama-torch) and ~12 GB of RAM (EVA-g in both frameworks, one after the other).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${THREADS:-2}"; REPEATS="${REPEATS:-3}"
-VENV="${EMOLLAMA_PY:-$HOME/.cache/emollama-py}"
+VENV="${EMOLLAMA_TORCH_PY:-$HOME/.cache/emollama-torch}"
 if ! "$VENV/bin/python" -c "import torch, transformers, timm" 2>/dev/null; then
-  echo "error: $VENV lacks torch/transformers/timm; install: $VENV/bin/pip install torch==2.5.1 transformers==4.46.3 timm==1.0.12" >&2
+  echo "error: $VENV lacks torch/transformers/timm; install: python3 -m venv $VENV && $VENV/bin/pip install torch==2.5.1 transformers==4.46.3 timm==1.0.12" >&2
   exit 1
 fi
-ours=$(RAYON_NUM_THREADS="$THREADS" cargo run --quiet --release --example encoder_bench -- "$REPEATS")
-theirs=$("$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS")
-python3 - "$ours" "$theirs" "$THREADS" "$REPEATS" <<'PY' | python3 tools/bench/write_section.py BENCHMARKS.md
-import json, sys, datetime, platform
-ours = {r["name"]: r for r in (json.loads(l) for l in sys.argv[1].splitlines() if l.strip())}
-theirs = json.loads(sys.argv[2])
-threads, repeats = sys.argv[3], sys.argv[4]
-torch_v = next(iter(theirs.values()))["torch"]
-lines = ["## Encoders at real size: emollama (candle) vs PyTorch, CPU f32", "",
-         f"{datetime.date.today()}, {platform.machine()}, {threads} threads, random weights, forward pass only, median of "
-         f"{repeats} after a warm-up (`just bench`, tools/bench/encoders_vs_torch.sh; PyTorch {torch_v} with "
-         "transformers 4.46.3 / timm 1.0.12 on the same shapes).", "",
-         "| encoder | input | emollama s | PyTorch s | emollama / PyTorch |", "|---|---|---|---|---|"]
-for name, r in ours.items():
-    t = theirs[name]
-    lines.append(f"| {name} | {r['input']} | {r['median_s']:.2f} | {t['median_s']:.2f} | {r['median_s'] / t['median_s']:.2f}x |")
-print("\n".join(lines))
+export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
+cargo build --quiet --release --example encoder_bench --example accel_bench
+bin="${CARGO_TARGET_DIR:-target}/release/examples"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+for p in candle f32 bf16; do "$bin/encoder_bench" "$REPEATS" --precision "$p" > "$tmp/ours-$p.jsonl"; done
+for d in f32 bf16 autocast; do "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" > "$tmp/torch-$d.json"; done
+"$bin/accel_bench" 10 > "$tmp/accel.jsonl"
+"$VENV/bin/python" - "$THREADS" > "$tmp/torch-peak.json" <<'PY'
+import json, statistics, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+out = {}
+for name, dt in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+    a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
+    for _ in range(2): a @ b
+    runs = []
+    for _ in range(10):
+        t = time.perf_counter(); a @ b; runs.append(time.perf_counter() - t)
+    out[name] = 2 * 2048 ** 3 / statistics.median(runs) / 1e9
+print(json.dumps(out))
 PY
-cat BENCHMARKS.md
+python3 - "$tmp" "$THREADS" "$REPEATS" <<'PY' | python3 tools/bench/write_section.py BENCHMARKS.md
+import json, sys, datetime, platform, pathlib
+tmp, threads, repeats = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+ours = {}
+for p in ["candle", "f32", "bf16"]:
+    ours[p] = {}
+    for line in (tmp / f"ours-{p}.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line); ours[p][r["name"]] = r
+torch = {d: json.loads((tmp / f"torch-{d}.json").read_text()) for d in ["f32", "bf16", "autocast"]}
+backend = next(iter(ours["f32"].values()))["backend"]
+tv = next(iter(torch["f32"].values()))["torch"]
+L = ["## Encoders at real size: emollama vs PyTorch, CPU f32 and bf16", "",
+     f"{datetime.date.today()}, {platform.machine()}, {threads} threads, random weights, forward pass only, median of {repeats} after a "
+     f"warm-up, one session (`just bench`, tools/bench/encoders_vs_torch.sh; emollama with {backend}; PyTorch {tv} with transformers "
+     "4.46.3 / timm 1.0.12 on the same shapes). emollama bf16 = bf16 matmul operands with f32 accumulation and f32 activations "
+     "(like PyTorch's CPU autocast); PyTorch bf16 = model and input in bfloat16. Ratio < 1: emollama is faster. Seconds.", "",
+     "| encoder | input | candle f32 | emollama f32 | PyTorch f32 | f32 ratio | emollama bf16 | PyTorch bf16 | PyTorch autocast | bf16 ratio (vs faster) |",
+     "|---|---|---|---|---|---|---|---|---|---|"]
+for name, r in ours["f32"].items():
+    c, f, b = ours["candle"][name]["median_s"], r["median_s"], ours["bf16"][name]["median_s"]
+    tf, tb, ta = (torch[d][name]["median_s"] for d in ["f32", "bf16", "autocast"])
+    L.append(f"| {name} | {r['input']} | {c:.2f} | {f:.2f} | {tf:.2f} | {f / tf:.2f}x | {b:.2f} | {tb:.2f} | {ta:.2f} | {b / min(tb, ta):.2f}x |")
+print("\n".join(L))
+rows = [json.loads(l) for l in (tmp / "accel.jsonl").read_text().splitlines() if l.strip()]
+tp = json.loads((tmp / "torch-peak.json").read_text())
+peak = {p: max(rows[0][f"emollama_{p}_gflops"], tp[p]) for p in ["f32", "bf16"]}
+print("\n## Matmul: machine peak and the encoders' large Linear layers, CPU\n")
+print(f"Same session, {threads} threads, median of 10 (examples/accel_bench.rs). Peak = the faster of emollama (oneDNN, packed weights) and "
+      f"PyTorch on a 2048³ product: f32 {peak['f32']:.0f} GFLOP/s (PyTorch {tp['f32']:.0f}), bf16 {peak['bf16']:.0f} GFLOP/s (PyTorch {tp['bf16']:.0f}). "
+      "Linear = x·Wᵀ + b at the layer's real shape.\n")
+print("| layer | M×K×N | candle f32 GFLOP/s | emollama f32 GFLOP/s | % of f32 peak | emollama bf16 GFLOP/s | % of bf16 peak |")
+print("|---|---|---|---|---|---|---|")
+for r in rows:
+    f, b = r["emollama_f32_gflops"], r["emollama_bf16_gflops"]
+    print(f"| {r['name']} | {r['m']}×{r['k']}×{r['n']} | {r['candle_f32_gflops']:.0f} | {f:.0f} | {100 * f / peak['f32']:.0f}% | {b:.0f} | {100 * b / peak['bf16']:.0f}% |")
+PY

@@ -11,7 +11,9 @@
 //! `interpolate_pos_embed` does ([`interpolate_pos_embed`]).
 
 use candle_core::{DType, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Module, VarBuilder};
+
+use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
 
 fn default_img_size() -> usize {
@@ -173,9 +175,8 @@ pub fn interpolate_pos_embed(pos_embed: &Tensor, new_grid: usize) -> Result<Tens
 
 #[derive(Debug, Clone)]
 struct Attention {
-    qkv_weight: Tensor,
-    /// `cat(q_bias, zeros, v_bias)`: LAVIS keeps no k bias.
-    qkv_bias: Tensor,
+    /// Bias `cat(q_bias, zeros, v_bias)`: LAVIS keeps no k bias.
+    qkv: Linear,
     proj: Linear,
     num_heads: usize,
     head_dim: usize,
@@ -190,9 +191,8 @@ impl Attention {
         let k_bias = q_bias.zeros_like()?;
         let qkv_bias = Tensor::cat(&[q_bias, k_bias, v_bias], 0)?;
         Ok(Self {
-            qkv_weight,
-            qkv_bias,
-            proj: candle_nn::linear(d, d, vb.pp("proj"))?,
+            qkv: Linear::new(qkv_weight, Some(qkv_bias)),
+            proj: crate::accel::linear(d, d, vb.pp("proj"))?,
             num_heads: cfg.num_heads,
             head_dim: d / cfg.num_heads,
         })
@@ -200,13 +200,13 @@ impl Attention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
-        let qkv = x.broadcast_matmul(&self.qkv_weight.t()?)?.broadcast_add(&self.qkv_bias)?;
+        let qkv = self.qkv.forward(x)?;
         let qkv = qkv.reshape((b, n, 3, self.num_heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
         let q = (qkv.get(0)?.contiguous()? * (self.head_dim as f64).powf(-0.5))?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        let attn = candle_nn::ops::softmax_last_dim(&crate::accel::matmul(&q, &k.t()?)?)?;
+        let out = crate::accel::matmul(&attn, &v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.proj.forward(&out)
     }
 }
@@ -227,8 +227,8 @@ impl Block {
             norm1: candle_nn::layer_norm(d, eps, vb.pp("norm1"))?,
             attn: Attention::new(cfg, vb.pp("attn"))?,
             norm2: candle_nn::layer_norm(d, eps, vb.pp("norm2"))?,
-            fc1: candle_nn::linear(d, cfg.mlp_hidden, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(cfg.mlp_hidden, d, vb.pp("mlp.fc2"))?,
+            fc1: crate::accel::linear(d, cfg.mlp_hidden, vb.pp("mlp.fc1"))?,
+            fc2: crate::accel::linear(cfg.mlp_hidden, d, vb.pp("mlp.fc2"))?,
         })
     }
 

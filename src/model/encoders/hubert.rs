@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Result, Tensor};
-use candle_nn::{Conv1d, Conv1dConfig, GroupNorm, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{Conv1d, Conv1dConfig, GroupNorm, LayerNorm, Module, VarBuilder};
+
+use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
 
 /// Sample rate every HuBERT checkpoint is trained at (only used in messages).
@@ -346,10 +348,10 @@ impl Attention {
     fn new(cfg: &HubertConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            q_proj: candle_nn::linear(h, h, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(h, h, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(h, h, vb.pp("v_proj"))?,
-            out_proj: candle_nn::linear(h, h, vb.pp("out_proj"))?,
+            q_proj: crate::accel::linear(h, h, vb.pp("q_proj"))?,
+            k_proj: crate::accel::linear(h, h, vb.pp("k_proj"))?,
+            v_proj: crate::accel::linear(h, h, vb.pp("v_proj"))?,
+            out_proj: crate::accel::linear(h, h, vb.pp("out_proj"))?,
             heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
         })
@@ -362,8 +364,8 @@ impl Attention {
         let q = split((self.q_proj.forward(x)? * (self.head_dim as f64).powf(-0.5))?)?;
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let probs = candle_nn::ops::softmax_last_dim(&crate::accel::matmul(&q, &k.t()?)?)?;
+        let out = crate::accel::matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, h))?;
         self.out_proj.forward(&out)
     }
 }
@@ -378,8 +380,8 @@ struct FeedForward {
 impl FeedForward {
     fn new(cfg: &HubertConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            intermediate_dense: candle_nn::linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate_dense"))?,
-            output_dense: candle_nn::linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output_dense"))?,
+            intermediate_dense: crate::accel::linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate_dense"))?,
+            output_dense: crate::accel::linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output_dense"))?,
             act: Activation::parse(&cfg.hidden_act)?,
         })
     }
@@ -495,7 +497,7 @@ impl HubertModel {
             cfg: cfg.clone(),
             conv_layers,
             feat_proj_norm,
-            projection: candle_nn::linear(c, cfg.hidden_size, fp.pp("projection"))?,
+            projection: crate::accel::linear(c, cfg.hidden_size, fp.pp("projection"))?,
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
             dtype: vb.dtype(),
             device: vb.device().clone(),

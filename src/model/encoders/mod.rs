@@ -48,7 +48,7 @@ pub enum InputKind {
 
 /// One of the four architectures with its weights.
 pub enum Model {
-    Hubert(hubert::HubertModel),
+    Hubert(Box<hubert::HubertModel>),
     VitMae(vit_mae::ViTMAEModel),
     VideoMae(videomae::VideoMAEModel),
     /// EVA ViT-g followed by MiniGPT-v2's `ln_vision`.
@@ -126,7 +126,7 @@ impl FrozenEncoder {
             "hubert" => {
                 let cfg: hubert::HubertConfig = parse(table, &merr)?;
                 let h = cfg.hidden_size;
-                (Model::Hubert(hubert::HubertModel::new(&cfg, vb).map_err(cerr)?), h, None, None)
+                (Model::Hubert(Box::new(hubert::HubertModel::new(&cfg, vb).map_err(cerr)?)), h, None, None)
             }
             "vit_mae" => {
                 let cfg: vit_mae::ViTMAEConfig = parse(table, &merr)?;

@@ -3,7 +3,9 @@
 //! q/v-only attention bias.
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Activation, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{Activation, LayerNorm, Module, VarBuilder};
+
+use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
 
 use super::vit_mae::{

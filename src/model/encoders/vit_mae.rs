@@ -5,7 +5,9 @@
 //! a feature extractor wants every patch in raster order, so `mask_ratio` is read but ignored here.
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Activation, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{Activation, LayerNorm, Module, VarBuilder};
+
+use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
 
 /// The fields of HF `ViTMAEConfig` (`config.json`) the encoder reads; decoder and training keys are ignored.
@@ -210,11 +212,11 @@ impl VitLayer {
         };
         Ok(Self {
             qkv: Linear::new(Tensor::cat(&weights, 0)?, bias),
-            out: candle_nn::linear(h, h, vb.pp("attention").pp("output").pp("dense"))?,
+            out: crate::accel::linear(h, h, vb.pp("attention").pp("output").pp("dense"))?,
             ln_before: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_before"))?,
             ln_after: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_after"))?,
-            fc1: candle_nn::linear(h, spec.intermediate_size, vb.pp("intermediate").pp("dense"))?,
-            fc2: candle_nn::linear(spec.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            fc1: crate::accel::linear(h, spec.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            fc2: crate::accel::linear(spec.intermediate_size, h, vb.pp("output").pp("dense"))?,
             act: spec.act,
             heads: spec.num_heads,
         })
@@ -227,8 +229,8 @@ impl VitLayer {
         let q = (qkv.get(0)? * (1.0 / (d as f64).sqrt()))?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
-        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        let probs = candle_nn::ops::softmax_last_dim(&crate::accel::matmul(&q, &k.t()?)?)?;
+        let ctx = crate::accel::matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.out.forward(&ctx)
     }
 

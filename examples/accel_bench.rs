@@ -1,0 +1,64 @@
+//! The matmul micro-benchmark of `just bench`: the machine's peak (a 2048³ product through oneDNN with
+//! packed weights) and the encoders' large Linear layers through `accel::Linear` and through candle,
+//! in f32 and bf16, as GFLOP/s. Prints one JSON line per measurement.
+//!     RAYON_NUM_THREADS=2 cargo run --release --example accel_bench -- [repeats]
+
+use std::time::Instant;
+
+use candle_core::{Device, Module, Tensor};
+use emollama::accel::{self, Precision};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of `f` over `repeats` runs after two warm-ups.
+fn time(repeats: usize, f: impl Fn() -> candle_core::Result<Tensor>) -> anyhow::Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut runs = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let y = f()?;
+        std::hint::black_box(&y);
+        runs.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(runs))
+}
+
+fn main() -> anyhow::Result<()> {
+    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let dev = Device::Cpu;
+    // (name, M, K, N): the peak shape and the encoders' largest Linear layers at their real sizes.
+    let shapes = [
+        ("peak 2048x2048x2048", 2048, 2048, 2048),
+        ("ViT-MAE-L fc1 (16 crops)", 16 * 197, 1024, 4096),
+        ("ViT-MAE-L fc2 (16 crops)", 16 * 197, 4096, 1024),
+        ("VideoMAE-L fc1 (16 frames)", 1568, 1024, 4096),
+        ("EVA-g fc1 (448)", 1025, 1408, 6144),
+        ("HuBERT-L fc1 (10 s)", 499, 1024, 4096),
+    ];
+    for (name, m, k, n) in shapes {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+        let flops = 2.0 * (m * k * n) as f64;
+        let candle = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        accel::set_enabled(false);
+        let t_candle = time(repeats, || candle.forward(&x))?;
+        accel::set_enabled(true);
+        let mut row = serde_json::json!({"name": name, "m": m, "k": k, "n": n, "candle_f32_gflops": flops / t_candle / 1e9});
+        for p in [Precision::F32, Precision::Bf16] {
+            accel::set_inference(p, threads);
+            let lin = accel::Linear::new(w.clone(), Some(b.clone()));
+            let t = time(repeats, || lin.forward(&x))?;
+            row[format!("emollama_{}_gflops", p.name())] = serde_json::json!(flops / t / 1e9);
+        }
+        row["backend"] = serde_json::json!(accel::backend());
+        println!("{row}");
+    }
+    Ok(())
+}

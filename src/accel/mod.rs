@@ -1,0 +1,258 @@
+//! Fast CPU inference for the frozen networks: Linear layers and attention matmuls through oneDNN
+//! (cargo feature `onednn`, Debian's `libdnnl-dev`), in f32 or bf16 (AMX / AVX512_BF16), with candle's
+//! own ops as the fallback (feature off, a GPU tensor, or a tensor that needs gradients).
+//!
+//! The precision is process-wide ([`set_inference`], from a recipe's `runtime.inference_precision`):
+//! `bf16` stores the packed weights as bf16 and multiplies bf16 operands with f32 accumulation, keeping
+//! every other op and every activation in f32 (PyTorch's CPU autocast does the same for Linear/matmul).
+//! Training keeps candle's differentiable ops: only modules that are frozen (the encoders, the face
+//! models, generation) call into here.
+
+#[cfg(feature = "onednn")]
+pub mod onednn;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{Module, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Arithmetic of the inference matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the fast path off (candle's ops everywhere) or on again; for A/B benchmarks and checks.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Sets the inference precision and the thread count of the fast path for this process.
+pub fn set_inference(precision: Precision, threads: usize) {
+    PRECISION.store(precision as u8, Ordering::Relaxed);
+    #[cfg(feature = "onednn")]
+    if threads > 0 {
+        onednn::set_threads(threads);
+    }
+    #[cfg(not(feature = "onednn"))]
+    let _ = threads;
+}
+
+/// The process-wide inference precision.
+pub fn inference_precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
+
+/// `true` when this build has the oneDNN path.
+pub fn available() -> bool {
+    cfg!(feature = "onednn")
+}
+
+/// What the fast path is, for run records: e.g. "oneDNN 2.6.3" or "candle (feature onednn off)".
+pub fn backend() -> String {
+    #[cfg(feature = "onednn")]
+    return format!("oneDNN {}", onednn::version());
+    #[cfg(not(feature = "onednn"))]
+    "candle (feature onednn off)".to_string()
+}
+
+/// Whether the CPU multiplies bf16 natively (AMX-BF16 or AVX512_BF16), from /proc/cpuinfo.
+pub fn cpu_has_bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| s.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
+            .unwrap_or(false)
+    })
+}
+
+/// The default inference precision on this machine: bf16 where the CPU has native bf16 and the build
+/// has the oneDNN path, else f32.
+pub fn default_precision() -> Precision {
+    if available() && cpu_has_bf16() { Precision::Bf16 } else { Precision::F32 }
+}
+
+/// True when `x` may take the fast path: on the CPU and f32.
+#[cfg(feature = "onednn")]
+fn fast_ok(x: &Tensor) -> bool {
+    available() && ENABLED.load(Ordering::Relaxed) && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// A frozen Linear layer: candle's `Linear` plus, on first use on the CPU, its weights packed for
+/// oneDNN at the process precision. A drop-in for `candle_nn::Linear` in inference-only modules.
+pub struct Linear {
+    inner: candle_nn::Linear,
+    #[cfg(feature = "onednn")]
+    packed: OnceLock<Option<(Precision, onednn::PackedLinear)>>,
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("accel::Linear").field("weight", &self.inner.weight().shape()).finish_non_exhaustive()
+    }
+}
+
+impl Clone for Linear {
+    fn clone(&self) -> Self {
+        Self::from(self.inner.clone())
+    }
+}
+
+impl From<candle_nn::Linear> for Linear {
+    fn from(inner: candle_nn::Linear) -> Self {
+        Self {
+            inner,
+            #[cfg(feature = "onednn")]
+            packed: OnceLock::new(),
+        }
+    }
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::from(candle_nn::Linear::new(weight, bias))
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
+    #[cfg(feature = "onednn")]
+    fn packed(&self) -> Option<&onednn::PackedLinear> {
+        let precision = inference_precision();
+        let entry = self.packed.get_or_init(|| {
+            if !self.inner.weight().device().is_cpu() {
+                return None;
+            }
+            match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, 512) {
+                Ok(p) => Some((precision, p)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "oneDNN linear unavailable; using candle's matmul");
+                    None
+                }
+            }
+        });
+        // Packed at another precision (the setting changed after first use): use candle's path.
+        entry.as_ref().filter(|(p, _)| *p == precision).map(|(_, l)| l)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "onednn")]
+        if fast_ok(x)
+            && let Some(p) = self.packed()
+        {
+            return p.forward(x);
+        }
+        self.inner.forward(x)
+    }
+}
+
+/// `candle_nn::linear` as an [`Linear`].
+pub fn linear(in_dim: usize, out_dim: usize, vb: candle_nn::VarBuilder) -> Result<Linear> {
+    Ok(Linear::from(candle_nn::linear(in_dim, out_dim, vb)?))
+}
+
+/// Batched matmul for attention: `a` (..., m, k) · `b` (..., k, n), with the same leading dims. `b`
+/// may be a transposed view (`k.t()`): the fast path reads it in place.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "onednn")]
+    if fast_ok(a) && fast_ok(b) && (2..=6).contains(&a.rank()) && a.rank() == b.rank() && a.stride().iter().chain(b.stride()).all(|&s| s > 0) {
+        return onednn::batched_matmul(a, b, inference_precision());
+    }
+    a.matmul(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>()).unwrap_or(f32::MAX)
+    }
+
+    fn cosine(a: &Tensor, b: &Tensor) -> f32 {
+        let dot = (a * b).and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).unwrap_or(0.0);
+        let na = a.sqr().and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).unwrap_or(0.0).sqrt();
+        let nb = b.sqr().and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).unwrap_or(0.0).sqrt();
+        dot / (na * nb)
+    }
+
+    #[test]
+    fn linear_matches_candle_in_f32_and_is_close_in_bf16() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (96, 80), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 96, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 7, 80), &dev)?;
+        let reference = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
+        set_inference(Precision::F32, 2);
+        let y = Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
+        assert_eq!(y.dims(), &[3, 7, 96]);
+        assert!(max_diff(&y, &reference) < 1e-4, "{}", max_diff(&y, &reference));
+        if available() {
+            set_inference(Precision::Bf16, 2);
+            let y16 = Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
+            set_inference(Precision::F32, 2);
+            assert!(cosine(&y16, &reference) > 0.999, "{}", cosine(&y16, &reference));
+            assert!(max_diff(&y16, &reference) > 0.0, "bf16 should round");
+            // Exactly the products of bf16-rounded operands with f32 accumulation (native or emulated).
+            let round = |t: &Tensor| t.to_dtype(DType::BF16).and_then(|t| t.to_dtype(DType::F32));
+            let rounded = candle_nn::Linear::new(round(&w)?, Some(b.clone())).forward(&round(&x)?)?;
+            assert!(max_diff(&y16, &rounded) < 1e-4, "{}", max_diff(&y16, &rounded));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matmul_handles_transposed_and_batched_operands() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (2, 3, 6, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (2, 3, 6, 4), &dev)?;
+        let scores = matmul(&q, &k.t()?)?;
+        assert_eq!(scores.dims(), &[2, 3, 5, 6]);
+        assert!(max_diff(&scores, &q.matmul(&k.t()?)?) < 1e-4);
+        let out = matmul(&scores, &v)?;
+        assert!(max_diff(&out, &scores.matmul(&v)?) < 1e-3);
+        if available() {
+            // bf16: the products of bf16-rounded operands, accumulated in f32.
+            let round = |t: &Tensor| t.to_dtype(DType::BF16).and_then(|t| t.to_dtype(DType::F32));
+            set_inference(Precision::Bf16, 2);
+            let s16 = matmul(&q, &k.t()?)?;
+            set_inference(Precision::F32, 2);
+            let reference = round(&q)?.matmul(&round(&k)?.t()?)?;
+            assert!(max_diff(&s16, &reference) < 1e-4, "{}", max_diff(&s16, &reference));
+            assert!(cosine(&s16, &scores) > 0.999);
+        }
+        // A transposed middle (heads moved) view, as attention builds it.
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 3, 8), &dev)?.transpose(1, 2)?;
+        let y = matmul(&x, &k.t()?)?;
+        assert!(max_diff(&y, &x.contiguous()?.matmul(&k.t()?)?) < 1e-4);
+        Ok(())
+    }
+}
