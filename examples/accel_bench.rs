@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             row[format!("emollama_{}_gflops", p.name())] = serde_json::json!(flops / t / 1e9);
         }
         row["backend"] = serde_json::json!(accel::backend());
+        row["cpu_native_bf16"] = serde_json::json!(accel::cpu_has_bf16());
         println!("{row}");
     }
     Ok(())

@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${THREADS:-2}"; REPEATS="${REPEATS:-3}"
+# bf16 columns only where the CPU multiplies bf16 natively (AMX / AVX512_BF16); elsewhere both frameworks
+# emulate it slowly (PyTorch's bf16 2048³ matmul took minutes on the AVX2 development machine). BF16=1 forces.
+if [[ -z "${BF16:-}" ]]; then
+  if grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null; then BF16=1; else BF16=0; fi
+fi
 VENV="${EMOLLAMA_TORCH_PY:-$HOME/.cache/emollama-torch}"
 if ! "$VENV/bin/python" -c "import torch, transformers, timm" 2>/dev/null; then
   echo "error: $VENV lacks torch/transformers/timm; install: python3 -m venv $VENV && $VENV/bin/pip install torch==2.5.1 transformers==4.46.3 timm==1.0.12" >&2
@@ -16,14 +21,16 @@ export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
 cargo build --quiet --release --example encoder_bench --example accel_bench
 bin="${CARGO_TARGET_DIR:-target}/release/examples"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-for p in candle f32 bf16; do "$bin/encoder_bench" "$REPEATS" --precision "$p" > "$tmp/ours-$p.jsonl"; done
-for d in f32 bf16 autocast; do "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" > "$tmp/torch-$d.json"; done
+ours_modes=(candle f32); torch_modes=(f32)
+if [[ "$BF16" == 1 ]]; then ours_modes+=(bf16); torch_modes+=(bf16 autocast); fi
+for p in "${ours_modes[@]}"; do "$bin/encoder_bench" "$REPEATS" --precision "$p" > "$tmp/ours-$p.jsonl"; done
+for d in "${torch_modes[@]}"; do "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" > "$tmp/torch-$d.json"; done
 "$bin/accel_bench" 10 > "$tmp/accel.jsonl"
-"$VENV/bin/python" - "$THREADS" > "$tmp/torch-peak.json" <<'PY'
+"$VENV/bin/python" - "$THREADS" "$BF16" > "$tmp/torch-peak.json" <<'PY'
 import json, statistics, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 out = {}
-for name, dt in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+for name, dt in [("f32", torch.float32), ("bf16", torch.bfloat16)][: 2 if sys.argv[2] == "1" else 1]:
     a, b = torch.randn(2048, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
     for _ in range(2): a @ b
     runs = []
@@ -38,10 +45,13 @@ tmp, threads, repeats = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 ours = {}
 for p in ["candle", "f32", "bf16"]:
     ours[p] = {}
-    for line in (tmp / f"ours-{p}.jsonl").read_text().splitlines():
+    f = tmp / f"ours-{p}.jsonl"
+    for line in (f.read_text().splitlines() if f.exists() else []):
         if line.strip():
             r = json.loads(line); ours[p][r["name"]] = r
-torch = {d: json.loads((tmp / f"torch-{d}.json").read_text()) for d in ["f32", "bf16", "autocast"]}
+torch = {d: json.loads((tmp / f"torch-{d}.json").read_text()) if (tmp / f"torch-{d}.json").exists() else {} for d in ["f32", "bf16", "autocast"]}
+na = lambda d, name: d.get(name, {}).get("median_s")
+fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
 backend = next(iter(ours["f32"].values()))["backend"]
 tv = next(iter(torch["f32"].values()))["torch"]
 L = ["## Encoders at real size: emollama vs PyTorch, CPU f32 and bf16", "",
@@ -52,20 +62,28 @@ L = ["## Encoders at real size: emollama vs PyTorch, CPU f32 and bf16", "",
      "| encoder | input | candle f32 | emollama f32 | PyTorch f32 | f32 ratio | emollama bf16 | PyTorch bf16 | PyTorch autocast | bf16 ratio (vs faster) |",
      "|---|---|---|---|---|---|---|---|---|---|"]
 for name, r in ours["f32"].items():
-    c, f, b = ours["candle"][name]["median_s"], r["median_s"], ours["bf16"][name]["median_s"]
-    tf, tb, ta = (torch[d][name]["median_s"] for d in ["f32", "bf16", "autocast"])
-    L.append(f"| {name} | {r['input']} | {c:.2f} | {f:.2f} | {tf:.2f} | {f / tf:.2f}x | {b:.2f} | {tb:.2f} | {ta:.2f} | {b / min(tb, ta):.2f}x |")
+    c, f, b = na(ours["candle"], name), r["median_s"], na(ours["bf16"], name)
+    tf, tb, ta = (na(torch[d], name) for d in ["f32", "bf16", "autocast"])
+    ratio16 = f"{b / min(tb, ta):.2f}x" if None not in (b, tb, ta) else "n/a"
+    L.append(f"| {name} | {r['input']} | {fmt(c)} | {f:.2f} | {fmt(tf)} | {f / tf:.2f}x | {fmt(b)} | {fmt(tb)} | {fmt(ta)} | {ratio16} |")
 print("\n".join(L))
 rows = [json.loads(l) for l in (tmp / "accel.jsonl").read_text().splitlines() if l.strip()]
 tp = json.loads((tmp / "torch-peak.json").read_text())
-peak = {p: max(rows[0][f"emollama_{p}_gflops"], tp[p]) for p in ["f32", "bf16"]}
+peak = {p: max(rows[0][f"emollama_{p}_gflops"], tp.get(p, 0.0)) for p in ["f32", "bf16"]}
 print("\n## Matmul: machine peak and the encoders' large Linear layers, CPU\n")
 print(f"Same session, {threads} threads, median of 10 (examples/accel_bench.rs). Peak = the faster of emollama (oneDNN, packed weights) and "
-      f"PyTorch on a 2048³ product: f32 {peak['f32']:.0f} GFLOP/s (PyTorch {tp['f32']:.0f}), bf16 {peak['bf16']:.0f} GFLOP/s (PyTorch {tp['bf16']:.0f}). "
+      f"PyTorch on a 2048³ product: f32 {peak['f32']:.0f} GFLOP/s (PyTorch {tp['f32']:.0f})" + (f", bf16 {peak['bf16']:.0f} GFLOP/s (PyTorch {tp.get('bf16', 0):.0f})" if "bf16" in tp else "") + ". "
       "Linear = x·Wᵀ + b at the layer's real shape.\n")
-print("| layer | M×K×N | candle f32 GFLOP/s | emollama f32 GFLOP/s | % of f32 peak | emollama bf16 GFLOP/s | % of bf16 peak |")
-print("|---|---|---|---|---|---|---|")
+native = rows[0].get("cpu_native_bf16", False)
+if native:
+    print("| layer | M×K×N | candle f32 GFLOP/s | emollama f32 GFLOP/s | % of f32 peak | emollama bf16 GFLOP/s | % of bf16 peak |")
+    print("|---|---|---|---|---|---|---|")
+else:
+    print("This CPU has no native bf16 (no AVX512_BF16 / AMX): bf16 runs emulated at f32 speed, so only f32 is shown.\n")
+    print("| layer | M×K×N | candle f32 GFLOP/s | emollama f32 GFLOP/s | % of f32 peak |")
+    print("|---|---|---|---|---|")
 for r in rows:
     f, b = r["emollama_f32_gflops"], r["emollama_bf16_gflops"]
-    print(f"| {r['name']} | {r['m']}×{r['k']}×{r['n']} | {r['candle_f32_gflops']:.0f} | {f:.0f} | {100 * f / peak['f32']:.0f}% | {b:.0f} | {100 * b / peak['bf16']:.0f}% |")
+    row = f"| {r['name']} | {r['m']}×{r['k']}×{r['n']} | {r['candle_f32_gflops']:.0f} | {f:.0f} | {100 * f / peak['f32']:.0f}% |"
+    print(row + (f" {b:.0f} | {100 * b / peak['bf16']:.0f}% |" if native else ""))
 PY
