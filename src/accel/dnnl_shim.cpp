@@ -46,8 +46,18 @@ void set_err(char *err, size_t len, const std::string &msg) {
 }
 
 matmul::primitive_desc make_matmul(const memory::desc &a, const memory::desc &b, const memory::desc *bias,
-                                   const memory::desc &c, float scale) {
+                                   const memory::desc &c, float scale, bool gelu_erf = false) {
   primitive_attr attr;
+  if (gelu_erf) {
+    // The exact (erf) GELU fused into the product's epilogue: no separate pass over the activations.
+    post_ops po;
+#if DNNL_VERSION_MAJOR >= 3
+    po.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f);
+#else
+    po.append_eltwise(1.f, algorithm::eltwise_gelu_erf, 0.f, 0.f);
+#endif
+    attr.set_post_ops(po);
+  }
   if (scale != 1.0f) {
 #if DNNL_VERSION_MAJOR >= 3
     // 3.x takes scales as runtime arguments; emollama's callers pass 1 there (see accel/onednn.rs).
@@ -70,6 +80,7 @@ struct Linear {
   bool bf16 = false;     // native bf16 operands
   bool emulate = false;  // bf16 asked for, CPU without bf16: f32 products of bf16-rounded operands
   bool has_bias = false;
+  bool gelu_erf = false;  // y = gelu(x Wᵀ + b)
   memory weights;  // packed
   memory::desc weights_md;
   memory bias;
@@ -90,7 +101,7 @@ Linear::PerM &linear_for(Linear *l, int64_t m) {
   dt src_dt = l->bf16 ? dt::bf16 : dt::f32;
   memory::desc a({m, l->k}, src_dt, tag::ab), c({m, l->n}, dt::f32, tag::ab);
   memory::desc bias_md({1, l->n}, dt::f32, tag::ab);
-  p->prim = matmul(make_matmul(a, l->weights_md, l->has_bias ? &bias_md : nullptr, c, 1.0f));
+  p->prim = matmul(make_matmul(a, l->weights_md, l->has_bias ? &bias_md : nullptr, c, 1.0f, l->gelu_erf));
   if (l->bf16) {
     memory::desc x32({m, l->k}, dt::f32, tag::ab);
     p->to_bf16 = reorder(reorder::primitive_desc(cpu_engine(), x32, cpu_engine(), a));
@@ -163,9 +174,11 @@ int emo_dnnl_version(int *major, int *minor, int *patch) {
 
 // w: [N, K] row-major (f32 or bf16 bits, per `bf16`); bias: N f32 values or null. m_hint: a typical M,
 // which oneDNN uses to choose the packed layout.
-static Linear *linear_new(int64_t n, int64_t k, bool bf16, const void *w, const float *bias, int64_t m_hint) {
+static Linear *linear_new(int64_t n, int64_t k, bool bf16, const void *w, const float *bias, int64_t m_hint,
+                          bool gelu_erf) {
   {
     auto l = new Linear();
+    l->gelu_erf = gelu_erf;
     l->n = n;
     l->k = k;
     l->bf16 = bf16;
@@ -175,7 +188,7 @@ static Linear *linear_new(int64_t n, int64_t k, bool bf16, const void *w, const 
     memory::desc w_user_md({k, n}, wdt, tag::ba);
     memory::desc a({m_hint, k}, wdt, tag::ab), c({m_hint, n}, dt::f32, tag::ab);
     memory::desc bias_md({1, n}, dt::f32, tag::ab);
-    auto pd = make_matmul(a, memory::desc({k, n}, wdt, tag::any), l->has_bias ? &bias_md : nullptr, c, 1.0f);
+    auto pd = make_matmul(a, memory::desc({k, n}, wdt, tag::any), l->has_bias ? &bias_md : nullptr, c, 1.0f, gelu_erf);
     l->weights_md = pd.weights_desc();
     memory w_user(w_user_md, cpu_engine(), const_cast<void *>(w));
     l->weights = memory(l->weights_md, cpu_engine());
@@ -192,8 +205,10 @@ static Linear *linear_new(int64_t n, int64_t k, bool bf16, const void *w, const 
 
 // w: [N, K] row-major: bf16 bits when `bf16` = 1, else f32 (`bf16` = 2: f32 weights, bf16 arithmetic);
 // bias: N f32 values or null. m_hint: a typical M, which oneDNN uses to choose the packed layout.
-void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const float *bias, int64_t m_hint, char *err,
-                          size_t err_len) {
+// post_op: 0 none, 1 the exact (erf) GELU fused after the bias.
+void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const float *bias, int64_t m_hint, int post_op,
+                          char *err, size_t err_len) {
+  const bool gelu = post_op == 1;
   try {
     if (bf16 == 2) {
       // Native bf16 where the CPU has it, else emulated (f32 products of bf16-rounded operands).
@@ -207,14 +222,14 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
         w16[i] = static_cast<uint16_t>(bits >> 16);
       }
       try {
-        return linear_new(n, k, true, w16.data(), bias, m_hint);
+        return linear_new(n, k, true, w16.data(), bias, m_hint, gelu);
       } catch (const dnnl::error &) {
-        Linear *l = linear_new(n, k, false, rounded.data(), bias, m_hint);
+        Linear *l = linear_new(n, k, false, rounded.data(), bias, m_hint, gelu);
         l->emulate = true;
         return l;
       }
     }
-    return linear_new(n, k, bf16 != 0, w, bias, m_hint);
+    return linear_new(n, k, bf16 != 0, w, bias, m_hint, gelu);
   } catch (const std::exception &e) {
     set_err(err, err_len, e.what());
     return nullptr;

@@ -101,6 +101,8 @@ fn fast_ok(x: &Tensor) -> bool {
 /// oneDNN at the process precision. A drop-in for `candle_nn::Linear` in inference-only modules.
 pub struct Linear {
     inner: candle_nn::Linear,
+    /// `forward` = the exact (erf) GELU of the product (fused into oneDNN's epilogue).
+    gelu_erf: bool,
     #[cfg(feature = "onednn")]
     packed: OnceLock<Option<(Precision, onednn::PackedLinear)>>,
 }
@@ -113,7 +115,7 @@ impl std::fmt::Debug for Linear {
 
 impl Clone for Linear {
     fn clone(&self) -> Self {
-        Self::from(self.inner.clone())
+        Self { gelu_erf: self.gelu_erf, ..Self::from(self.inner.clone()) }
     }
 }
 
@@ -121,6 +123,7 @@ impl From<candle_nn::Linear> for Linear {
     fn from(inner: candle_nn::Linear) -> Self {
         Self {
             inner,
+            gelu_erf: false,
             #[cfg(feature = "onednn")]
             packed: OnceLock::new(),
         }
@@ -130,6 +133,11 @@ impl From<candle_nn::Linear> for Linear {
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self::from(candle_nn::Linear::new(weight, bias))
+    }
+
+    /// This layer followed by the exact (erf) GELU, fused on the fast path.
+    pub fn with_gelu_erf(self) -> Self {
+        Self { gelu_erf: true, ..self }
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -147,7 +155,7 @@ impl Linear {
             if !self.inner.weight().device().is_cpu() {
                 return None;
             }
-            match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, 512) {
+            match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, 512, self.gelu_erf) {
                 Ok(p) => Some((precision, p)),
                 Err(e) => {
                     tracing::warn!(error = %e, "oneDNN linear unavailable; using candle's matmul");
@@ -168,7 +176,8 @@ impl Module for Linear {
         {
             return p.forward(x);
         }
-        self.inner.forward(x)
+        let y = self.inner.forward(x)?;
+        if self.gelu_erf { y.gelu_erf() } else { Ok(y) }
     }
 }
 
@@ -184,7 +193,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if fast_ok(a) && fast_ok(b) && (2..=6).contains(&a.rank()) && a.rank() == b.rank() && a.stride().iter().chain(b.stride()).all(|&s| s > 0) {
         return onednn::batched_matmul(a, b, inference_precision());
     }
-    a.matmul(b)
+    // candle's matmul takes contiguous or last-two-transposed operands; anything else is copied first.
+    a.matmul(b).or_else(|_| a.contiguous()?.matmul(&b.contiguous()?))
 }
 
 #[cfg(test)]
@@ -225,6 +235,23 @@ mod tests {
             let rounded = candle_nn::Linear::new(round(&w)?, Some(b.clone())).forward(&round(&x)?)?;
             assert!(max_diff(&y16, &rounded) < 1e-4, "{}", max_diff(&y16, &rounded));
         }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_gelu_equals_linear_then_gelu() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.1, (64, 48), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 64, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 48), &dev)?;
+        let reference = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(&x)?.gelu_erf()?;
+        set_inference(Precision::F32, 2);
+        let fused = Linear::new(w.clone(), Some(b.clone())).with_gelu_erf();
+        assert!(max_diff(&fused.forward(&x)?, &reference) < 1e-5);
+        set_enabled(false);
+        let fallback = fused.clone().forward(&x)?;
+        set_enabled(true);
+        assert!(max_diff(&fallback, &reference) < 1e-6);
         Ok(())
     }
 

@@ -13,7 +13,8 @@ unsafe extern "C" {
     fn emo_dnnl_set_threads(n: i32);
     fn emo_dnnl_max_threads() -> i32;
     fn emo_dnnl_version(major: *mut i32, minor: *mut i32, patch: *mut i32) -> i32;
-    fn emo_dnnl_linear_new(n: i64, k: i64, bf16: i32, w: *const c_void, bias: *const f32, m_hint: i64, err: *mut c_char, err_len: usize) -> *mut c_void;
+    #[allow(clippy::too_many_arguments)]
+    fn emo_dnnl_linear_new(n: i64, k: i64, bf16: i32, w: *const c_void, bias: *const f32, m_hint: i64, post_op: i32, err: *mut c_char, err_len: usize) -> *mut c_void;
     fn emo_dnnl_linear_run(h: *mut c_void, m: i64, x: *const f32, y: *mut f32, err: *mut c_char, err_len: usize) -> i32;
     fn emo_dnnl_linear_free(h: *mut c_void);
     fn emo_dnnl_linear_is_native_bf16(h: *mut c_void) -> i32;
@@ -80,7 +81,8 @@ impl Drop for PackedLinear {
 
 impl PackedLinear {
     /// `weight` (out, in), `bias` (out). `m_hint`: a typical row count, which picks the packed layout.
-    pub fn new(weight: &Tensor, bias: Option<&Tensor>, precision: Precision, m_hint: usize) -> Result<Self> {
+    /// `gelu_erf`: the exact GELU fused after the bias.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, precision: Precision, m_hint: usize, gelu_erf: bool) -> Result<Self> {
         let (n, k) = weight.dims2()?;
         let w32 = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
@@ -95,7 +97,7 @@ impl PackedLinear {
         let mut err = [0u8; ERR_LEN];
         // SAFETY: w32 holds n*k f32, bias n f32 (or null); the shim copies both before returning.
         let handle = unsafe {
-            emo_dnnl_linear_new(n as i64, k as i64, mode, w32.as_ptr() as *const c_void, bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()), m_hint.max(1) as i64, err.as_mut_ptr() as *mut c_char, ERR_LEN)
+            emo_dnnl_linear_new(n as i64, k as i64, mode, w32.as_ptr() as *const c_void, bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()), m_hint.max(1) as i64, gelu_erf as i32, err.as_mut_ptr() as *mut c_char, ERR_LEN)
         };
         if handle.is_null() {
             bail!("oneDNN linear {n}x{k}: {}", err_text(&err));

@@ -227,14 +227,15 @@ impl Block {
             norm1: candle_nn::layer_norm(d, eps, vb.pp("norm1"))?,
             attn: Attention::new(cfg, vb.pp("attn"))?,
             norm2: candle_nn::layer_norm(d, eps, vb.pp("norm2"))?,
-            fc1: crate::accel::linear(d, cfg.mlp_hidden, vb.pp("mlp.fc1"))?,
+            fc1: crate::accel::linear(d, cfg.mlp_hidden, vb.pp("mlp.fc1"))?.with_gelu_erf(),
             fc2: crate::accel::linear(cfg.mlp_hidden, d, vb.pp("mlp.fc2"))?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
-        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        // fc1 carries the exact GELU (fused on the fast path).
+        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
         x + h
     }
 }

@@ -374,20 +374,29 @@ impl Attention {
 struct FeedForward {
     intermediate_dense: Linear,
     output_dense: Linear,
-    act: Activation,
+    /// `None` when fused into `intermediate_dense` (the exact GELU).
+    act: Option<Activation>,
 }
 
 impl FeedForward {
     fn new(cfg: &HubertConfig, vb: VarBuilder) -> Result<Self> {
+        let act = Activation::parse(&cfg.hidden_act)?;
+        let dense = crate::accel::linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate_dense"))?;
+        let fused = matches!(act, Activation::Gelu);
         Ok(Self {
-            intermediate_dense: crate::accel::linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("intermediate_dense"))?,
+            intermediate_dense: if fused { dense.with_gelu_erf() } else { dense },
             output_dense: crate::accel::linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("output_dense"))?,
-            act: Activation::parse(&cfg.hidden_act)?,
+            act: (!fused).then_some(act),
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.output_dense.forward(&self.act.apply(&self.intermediate_dense.forward(x)?)?)
+        let h = self.intermediate_dense.forward(x)?;
+        let h = match &self.act {
+            Some(act) => act.apply(&h)?,
+            None => h,
+        };
+        self.output_dense.forward(&h)
     }
 }
 

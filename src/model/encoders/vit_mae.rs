@@ -186,7 +186,8 @@ struct VitLayer {
     ln_after: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    act: Activation,
+    /// `None` when fused into `fc1` (the exact GELU).
+    act: Option<Activation>,
     heads: usize,
 }
 
@@ -215,9 +216,12 @@ impl VitLayer {
             out: crate::accel::linear(h, h, vb.pp("attention").pp("output").pp("dense"))?,
             ln_before: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_before"))?,
             ln_after: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_after"))?,
-            fc1: crate::accel::linear(h, spec.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            fc1: {
+                let fc1 = crate::accel::linear(h, spec.intermediate_size, vb.pp("intermediate").pp("dense"))?;
+                if spec.act == Activation::Gelu { fc1.with_gelu_erf() } else { fc1 }
+            },
             fc2: crate::accel::linear(spec.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            act: spec.act,
+            act: (spec.act != Activation::Gelu).then_some(spec.act),
             heads: spec.num_heads,
         })
     }
@@ -236,7 +240,11 @@ impl VitLayer {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = (self.attention(&self.ln_before.forward(x)?)? + x)?;
-        let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.ln_after.forward(&h)?)?)?)?;
+        let mut m = self.fc1.forward(&self.ln_after.forward(&h)?)?;
+        if let Some(act) = &self.act {
+            m = act.forward(&m)?;
+        }
+        let m = self.fc2.forward(&m)?;
         m + h
     }
 }
