@@ -535,9 +535,7 @@ fn probe_faces(file: &Path, uri: &str, sampling: &FrameSampling, recipe: Option<
     let opts = recipe.and_then(|r| r.front_end.face.clone()).unwrap_or_default();
     let (crop_w, crop_h) = recipe.map(|r| (r.data.width as usize, r.data.height as usize)).unwrap_or((224, 224));
     let fe = FaceFrontEnd::new(&opts)?;
-    let info = media::probe(file)?;
-    let v = info.video().ok_or_else(|| anyhow::anyhow!("`{uri}` has no video stream: the face front end needs frames"))?;
-    let (w, h) = fe.detect_size(v.width.unwrap_or(0), v.height.unwrap_or(0));
+    let (w, h) = fe.detect_size_of(file)?;
     let video = media::decode_video(file, sampling, w, h)?;
     let clip = fe.process(&video, crop_w, crop_h).with_context(|| format!("face front end on `{uri}`"))?;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.faces.png", file.file_stem().and_then(|s| s.to_str()).unwrap_or("probe"))));
@@ -573,8 +571,8 @@ fn probe_faces(file: &Path, uri: &str, sampling: &FrameSampling, recipe: Option<
                 },
             };
             let expr = f.expression.map(|p| {
-                let (k, v) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| (k, *v)).unwrap_or((0, 0.0));
-                format!("  {} {v:.2}", FER_LABELS[k])
+                let (label, v) = emollama::face::expression::top(&p);
+                format!("  {label} {v:.2}")
             });
             let peak = if clip.peak == Some(i) { "  <- peak" } else { "" };
             println!("  #{i:<2} t={:7.3}s  {} detection(s)  {face}{}{peak}", f.timestamp_s, f.detections.len(), expr.unwrap_or_default());

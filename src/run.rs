@@ -442,7 +442,7 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
             }
             None => None,
         },
-        global_frame: r.model.global_frame.clone(),
+        global_frame: crate::model::emotion_llama::GlobalFrame::from_name(&r.model.global_frame).unwrap_or(crate::model::emotion_llama::GlobalFrame::First),
     };
     let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
     let data_s = t0.elapsed().as_secs_f64();

@@ -239,7 +239,7 @@ fn decode_spec(face: Option<FaceOptions>, global_frame: &str) -> emollama::data:
         show_progress: false,
         storage: emollama::storage::Storage::new(Default::default(), &cache).expect("storage"),
         face: face.map(|o| std::sync::Arc::new(FaceFrontEnd::new(&o).expect("front end"))),
-        global_frame: global_frame.into(),
+        global_frame: emollama::model::emotion_llama::GlobalFrame::from_name(global_frame).expect("global frame"),
     }
 }
 

@@ -162,8 +162,6 @@ void emo_dnnl_set_threads(int n) {
   if (n > 0) omp_set_num_threads(n);
 }
 
-int emo_dnnl_max_threads() { return omp_get_max_threads(); }
-
 int emo_dnnl_version(int *major, int *minor, int *patch) {
   const dnnl_version_t *v = dnnl_version();
   *major = v->major;
@@ -236,7 +234,6 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
   }
 }
 
-int emo_dnnl_linear_is_native_bf16(void *h) { return static_cast<Linear *>(h)->bf16 ? 1 : 0; }
 
 // x: [M, K] f32 row-major; y: [M, N] f32.
 int emo_dnnl_linear_run(void *h, int64_t m, const float *x, float *y, char *err, size_t err_len) {

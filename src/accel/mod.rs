@@ -5,8 +5,8 @@
 //! The precision is process-wide ([`set_inference`], from a recipe's `runtime.inference_precision`):
 //! `bf16` stores the packed weights as bf16 and multiplies bf16 operands with f32 accumulation, keeping
 //! every other op and every activation in f32 (PyTorch's CPU autocast does the same for Linear/matmul).
-//! Training keeps candle's differentiable ops: only modules that are frozen (the encoders, the face
-//! models, generation) call into here.
+//! Training keeps candle's differentiable ops: only the frozen encoders (HuBERT, ViT-MAE, VideoMAE,
+//! EVA) call into here.
 
 #[cfg(feature = "onednn")]
 pub mod onednn;
@@ -206,6 +206,11 @@ mod tests {
         (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>()).unwrap_or(f32::MAX)
     }
 
+    /// f32 values rounded to bf16 (what a bf16 operand holds).
+    fn round_bf16(t: &Tensor) -> Result<Tensor> {
+        t.to_dtype(DType::BF16)?.to_dtype(DType::F32)
+    }
+
     fn cosine(a: &Tensor, b: &Tensor) -> f32 {
         let dot = (a * b).and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).unwrap_or(0.0);
         let na = a.sqr().and_then(|t| t.sum_all()).and_then(|t| t.to_scalar::<f32>()).unwrap_or(0.0).sqrt();
@@ -231,8 +236,7 @@ mod tests {
             assert!(cosine(&y16, &reference) > 0.999, "{}", cosine(&y16, &reference));
             assert!(max_diff(&y16, &reference) > 0.0, "bf16 should round");
             // Exactly the products of bf16-rounded operands with f32 accumulation (native or emulated).
-            let round = |t: &Tensor| t.to_dtype(DType::BF16).and_then(|t| t.to_dtype(DType::F32));
-            let rounded = candle_nn::Linear::new(round(&w)?, Some(b.clone())).forward(&round(&x)?)?;
+            let rounded = candle_nn::Linear::new(round_bf16(&w)?, Some(b.clone())).forward(&round_bf16(&x)?)?;
             assert!(max_diff(&y16, &rounded) < 1e-4, "{}", max_diff(&y16, &rounded));
         }
         Ok(())
@@ -268,11 +272,10 @@ mod tests {
         assert!(max_diff(&out, &scores.matmul(&v)?) < 1e-3);
         if available() {
             // bf16: the products of bf16-rounded operands, accumulated in f32.
-            let round = |t: &Tensor| t.to_dtype(DType::BF16).and_then(|t| t.to_dtype(DType::F32));
             set_inference(Precision::Bf16, 2);
             let s16 = matmul(&q, &k.t()?)?;
             set_inference(Precision::F32, 2);
-            let reference = round(&q)?.matmul(&round(&k)?.t()?)?;
+            let reference = round_bf16(&q)?.matmul(&round_bf16(&k)?.t()?)?;
             assert!(max_diff(&s16, &reference) < 1e-4, "{}", max_diff(&s16, &reference));
             assert!(cosine(&s16, &scores) > 0.999);
         }

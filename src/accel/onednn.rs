@@ -11,13 +11,11 @@ use super::Precision;
 
 unsafe extern "C" {
     fn emo_dnnl_set_threads(n: i32);
-    fn emo_dnnl_max_threads() -> i32;
     fn emo_dnnl_version(major: *mut i32, minor: *mut i32, patch: *mut i32) -> i32;
     #[allow(clippy::too_many_arguments)]
     fn emo_dnnl_linear_new(n: i64, k: i64, bf16: i32, w: *const c_void, bias: *const f32, m_hint: i64, post_op: i32, err: *mut c_char, err_len: usize) -> *mut c_void;
     fn emo_dnnl_linear_run(h: *mut c_void, m: i64, x: *const f32, y: *mut f32, err: *mut c_char, err_len: usize) -> i32;
     fn emo_dnnl_linear_free(h: *mut c_void);
-    fn emo_dnnl_linear_is_native_bf16(h: *mut c_void) -> i32;
     #[allow(clippy::too_many_arguments)]
     fn emo_dnnl_bmm(
         nd: i32,
@@ -46,11 +44,6 @@ fn err_text(buf: &[u8]) -> String {
 pub fn set_threads(n: usize) {
     // SAFETY: plain call into the shim; omp_set_num_threads accepts any positive count.
     unsafe { emo_dnnl_set_threads(n.min(i32::MAX as usize) as i32) }
-}
-
-pub fn max_threads() -> usize {
-    // SAFETY: plain call into the shim.
-    unsafe { emo_dnnl_max_threads() }.max(1) as usize
 }
 
 /// The linked oneDNN version, e.g. "2.6.3".
@@ -105,11 +98,6 @@ impl PackedLinear {
         Ok(Self { handle, n, k })
     }
 
-    /// Whether the products run on native bf16 (AMX / AVX512_BF16) rather than f32 or emulated bf16.
-    pub fn native_bf16(&self) -> bool {
-        // SAFETY: a live handle.
-        unsafe { emo_dnnl_linear_is_native_bf16(self.handle) != 0 }
-    }
 
     /// `x` (..., in) f32 → (..., out) f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -45,8 +45,8 @@ pub struct DecodeSpec {
     pub storage: Arc<crate::storage::Storage>,
     /// The face front end (`[front_end.face]`), shared by the decoder threads.
     pub face: Option<Arc<crate::face::FaceFrontEnd>>,
-    /// `model.global_frame` (`first`, `middle`, `peak`): which whole frame the front end keeps.
-    pub global_frame: String,
+    /// `model.global_frame`: which whole frame the front end keeps.
+    pub global_frame: crate::model::emotion_llama::GlobalFrame,
 }
 
 /// A sample whose media could not be used.
@@ -120,22 +120,12 @@ pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, Me
 /// Decodes at the detection size, runs the face front end: `frames` become the eye-aligned face crops
 /// at the recipe's size, `global` the whole first / middle / peak frame at that size.
 fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::face::FaceFrontEnd) -> Result<DecodedMedia, MediaError> {
-    let info = media::probe(path)?;
-    let (w, h) = match info.video() {
-        Some(v) => (v.width.unwrap_or(0), v.height.unwrap_or(0)),
-        None => return Err(MediaError::NoVideoStream { path: path.to_path_buf(), streams: info.streams.iter().map(|s| s.kind.clone()).collect::<Vec<_>>().join(", ") }),
-    };
-    let (dw, dh) = face.detect_size(w, h);
+    let (dw, dh) = face.detect_size_of(path)?;
     let clip = media::decode_clip(path, &spec.sampling, dw, dh)?;
     let (cw, ch) = (spec.width as usize, spec.height as usize);
     let faces = face.process(&clip.video, cw, ch).map_err(|e| MediaError::NoFace { path: path.to_path_buf(), detail: e.to_string() })?;
     let n = faces.crops.len();
-    let idx = match spec.global_frame.as_str() {
-        "middle" => n / 2,
-        "peak" => faces.peak.unwrap_or(n / 2),
-        _ => 0,
-    };
-    let global = match clip.video.frames.get(idx) {
+    let global = match clip.video.frames.get(spec.global_frame.index(n, faces.peak)) {
         Some(f) => Some(media::resize::resize_rgb(f, dw as usize, dh as usize, cw, ch, media::resize::Filter::Bilinear).map_err(|e| MediaError::decode(path, e.to_string()))?),
         None => None,
     };

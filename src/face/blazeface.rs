@@ -137,8 +137,12 @@ impl BlazeFace {
 
     /// The shipped short-range model on `device` (f32 compute).
     pub fn short_range(device: &Device) -> Result<Self> {
-        let vb = VarBuilder::from_slice_safetensors(SHORT_RANGE_WEIGHTS, DType::F32, device)?;
-        Self::new(BlazeFaceConfig::short_range(), vb)
+        Self::shipped(BlazeFaceConfig::short_range(), device)
+    }
+
+    /// The shipped short-range weights with `cfg` (e.g. another `min_score`).
+    pub fn shipped(cfg: BlazeFaceConfig, device: &Device) -> Result<Self> {
+        Self::new(cfg, VarBuilder::from_slice_safetensors(SHORT_RANGE_WEIGHTS, DType::F32, device)?)
     }
 
     pub fn config(&self) -> &BlazeFaceConfig {

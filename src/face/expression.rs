@@ -169,6 +169,11 @@ pub fn grey_input(rgb: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32
     Ok(resized.chunks_exact(3).map(|p| (f32::from(p[0]) / 255.0 - 0.5) * 2.0).collect())
 }
 
+/// The most likely class and its probability.
+pub fn top(probs: &[f32; 7]) -> (&'static str, f32) {
+    probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| (FER_LABELS[k], *v)).unwrap_or(("?", 0.0))
+}
+
 /// Expression intensity: the probability mass on the non-neutral classes.
 pub fn intensity(probs: &[f32; 7]) -> f32 {
     1.0 - probs[NEUTRAL]

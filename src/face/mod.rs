@@ -179,8 +179,7 @@ impl FaceFrontEnd {
         let dev = Device::Cpu;
         let mut cfg = blazeface::BlazeFaceConfig::short_range();
         cfg.min_score = opts.min_score;
-        let vb = candle_nn::VarBuilder::from_slice_safetensors(blazeface::SHORT_RANGE_WEIGHTS, candle_core::DType::F32, &dev)?;
-        let detector = BlazeFace::new(cfg, vb)?;
+        let detector = BlazeFace::shipped(cfg, &dev)?;
         let scorer = if opts.scorer == "fer" { Some(MiniXception::fer(&dev)?) } else { None };
         Ok(Self { opts: opts.clone(), detector, scorer })
     }
@@ -200,6 +199,15 @@ impl FaceFrontEnd {
         let s = f64::from(max) / f64::from(long);
         let even = |v: u32| (((f64::from(v) * s).round() as u32).max(2)) & !1;
         (even(w), even(h))
+    }
+
+    /// The detection decode size of the media file at `path` ([`Self::detect_size`] of its video stream).
+    pub fn detect_size_of(&self, path: &std::path::Path) -> Result<(u32, u32), crate::media::MediaError> {
+        let info = crate::media::probe(path)?;
+        match info.video() {
+            Some(v) => Ok(self.detect_size(v.width.unwrap_or(0), v.height.unwrap_or(0))),
+            None => Err(crate::media::MediaError::NoVideoStream { path: path.to_path_buf(), streams: info.streams.iter().map(|s| s.kind.clone()).collect::<Vec<_>>().join(", ") }),
+        }
     }
 
     /// Runs the front end on sampled frames; crops are `crop_w × crop_h`.

@@ -5,7 +5,7 @@
 use plotters::backend::RGBPixel;
 use plotters::prelude::*;
 
-use super::{ClipFaces, CropSource, FER_LABELS};
+use super::{ClipFaces, CropSource};
 use crate::media::VideoFrames;
 use crate::media::resize::{Filter, resize_rgb};
 use crate::report::ReportError;
@@ -78,7 +78,7 @@ pub fn contact_sheet(video: &VideoFrames, clip: &ClipFaces, title: &str) -> Resu
             };
             let mut lines = vec![format!("#{i}  t = {:.2} s", f.timestamp_s), source];
             if let Some(p) = &f.expression {
-                let (best, v) = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| (FER_LABELS[k], *v)).unwrap_or(("?", 0.0));
+                let (best, v) = super::expression::top(p);
                 lines.push(format!("{best} {v:.2}"));
                 lines.push(format!("non-neutral {:.2}", 1.0 - p[super::expression::NEUTRAL]));
             }

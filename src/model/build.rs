@@ -106,11 +106,7 @@ fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, v
     let temporal = load(&model.temporal_encoder, "temporal", "videomae")?;
     let audio = load(&model.audio_encoder, "audio", "hubert")?;
     let mut el = EmotionLlamaEncoders::new(global, local, temporal, audio, &model.projector, hidden, vb.clone())?;
-    el.global_frame = match model.global_frame.as_str() {
-        "middle" => GlobalFrame::Middle,
-        "peak" => GlobalFrame::Peak,
-        _ => GlobalFrame::First,
-    };
+    el.global_frame = GlobalFrame::from_name(&model.global_frame).unwrap_or(GlobalFrame::First);
     Ok(el)
 }
 

@@ -28,6 +28,27 @@ pub enum GlobalFrame {
     Peak,
 }
 
+impl GlobalFrame {
+    /// `model.global_frame`: `first`, `middle` or `peak`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "first" => Some(Self::First),
+            "middle" => Some(Self::Middle),
+            "peak" => Some(Self::Peak),
+            _ => None,
+        }
+    }
+
+    /// Which of `n` sampled frames; `peak` is the front end's (`None`: not known, the middle is used).
+    pub fn index(self, n: usize, peak: Option<usize>) -> usize {
+        match self {
+            Self::First => 0,
+            Self::Middle => n / 2,
+            Self::Peak => peak.unwrap_or(n / 2),
+        }
+    }
+}
+
 /// The frozen encoders' outputs for a batch (each absent when its encoder or modality is).
 #[derive(Debug, Clone, Default)]
 pub struct EncodedFeatures {
@@ -133,9 +154,8 @@ impl EmotionLlamaEncoders {
         if use_video {
             let frame = match (global, self.global_frame) {
                 (Some(g), _) => g.clone(),
-                (None, GlobalFrame::First) => frames.narrow(1, 0, 1)?.squeeze(1)?,
-                (None, GlobalFrame::Middle) => frames.narrow(1, n / 2, 1)?.squeeze(1)?,
                 (None, GlobalFrame::Peak) => candle_core::bail!("global_frame = \"peak\" needs the face front end's peak frame ([front_end.face])"),
+                (None, which) => frames.narrow(1, which.index(n, None), 1)?.squeeze(1)?,
             };
             let frame = self.global.normalize_pixels(&frame)?;
             let spec = FeatureSpec { pooling: Pooling::Merge4, ..self.global.features.clone() };
