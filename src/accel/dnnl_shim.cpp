@@ -15,6 +15,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -153,6 +154,201 @@ memory::dims transposed_strides(const memory::dims &dims) {
   st[n - 1] = dims[n - 2];
   return st;
 }
+
+
+// Attention primitives for one block of query rows: S = scale·Q·Kᵀ, softmax(S) in place, O = S·V.
+struct AttnBlock {
+  matmul qk, pv;
+  softmax_forward softmax;
+  memory::desc q_md, k_md, s_md, v_md, o_md;
+};
+
+struct Attn {
+  int64_t rows = 0;  // query rows per block
+  AttnBlock full, tail;
+  bool has_tail = false;
+};
+
+std::mutex attn_mu;
+std::map<std::vector<int64_t>, std::unique_ptr<Attn>> attn_cache;
+
+// dims: B, H, M, N, D, Dv; element strides of q [B,H,M,D], k [B,H,N,D], v [B,H,N,Dv]; out [B,M,H,Dv] dense.
+void make_attn_block(AttnBlock &blk, int64_t rows, const int64_t *dims, const int64_t *qs, const int64_t *ks,
+                     const int64_t *vs, float scale) {
+  const int64_t h = dims[1], n = dims[3], d = dims[4], dv = dims[5];
+  blk.q_md = memory::desc({rows, d}, dt::f32, memory::dims{qs[2], qs[3]});
+  blk.k_md = memory::desc({d, n}, dt::f32, memory::dims{ks[3], ks[2]});
+  blk.s_md = memory::desc({rows, n}, dt::f32, tag::ab);
+  blk.v_md = memory::desc({n, dv}, dt::f32, memory::dims{vs[2], vs[3]});
+  blk.o_md = memory::desc({rows, dv}, dt::f32, memory::dims{h * dv, 1});
+  // The scale as a linear post-op: it works the same in oneDNN 2.x and 3.x.
+  primitive_attr attr;
+  post_ops po;
+#if DNNL_VERSION_MAJOR >= 3
+  po.append_eltwise(algorithm::eltwise_linear, scale, 0.f);
+#else
+  po.append_eltwise(1.f, algorithm::eltwise_linear, scale, 0.f);
+#endif
+  attr.set_post_ops(po);
+#if DNNL_VERSION_MAJOR >= 3
+  blk.qk = matmul(matmul::primitive_desc(cpu_engine(), blk.q_md, blk.k_md, blk.s_md, attr));
+  blk.pv = matmul(matmul::primitive_desc(cpu_engine(), blk.s_md, blk.v_md, blk.o_md));
+  blk.softmax = softmax_forward(softmax_forward::primitive_desc(cpu_engine(), prop_kind::forward_inference,
+                                                                algorithm::softmax_accurate, blk.s_md, blk.s_md, 1));
+#else
+  blk.qk = matmul(matmul::primitive_desc(matmul::desc(blk.q_md, blk.k_md, blk.s_md), attr, cpu_engine()));
+  blk.pv = matmul(matmul::primitive_desc(matmul::desc(blk.s_md, blk.v_md, blk.o_md), cpu_engine()));
+  blk.softmax = softmax_forward(softmax_forward::primitive_desc(
+      softmax_forward::desc(prop_kind::forward_inference, blk.s_md, 1), cpu_engine()));
+#endif
+}
+
+
+// A 1-D convolution over time-major activations ([B, T, C], oneDNN's `nwc`), weights [C_out, C_in/G, K]
+// reordered once into the layout the chosen implementation wants; bias and an optional exact GELU fused.
+struct Conv1d {
+  int64_t c_in = 0, c_out = 0, kernel = 0, stride = 1, pad_l = 0, pad_r = 0, groups = 1;
+  bool gelu_erf = false, has_bias = false;
+  std::vector<float> user_weights;  // [C_out, C_in/G, K]
+  memory bias, bias_row;  // [C_out] for the conv, [1, C_out] for the matmul (same values)
+  std::mutex mu;
+  struct PerShape {
+    convolution_forward prim;
+    // groups = 1, no padding: the conv as a sum of matmuls over the input read in place, a GEMM at full
+    // speed where oneDNN's direct conv falls back to slow kernels (long inputs on AVX2). Kernel taps
+    // [j0, j0 + s) (s = stride) of every output frame are one contiguous run of s·C_in values, and
+    // consecutive frames' runs do not overlap, so each chunk of ≤ s taps is a strided [T_out, len·C_in]
+    // matrix; the chunks accumulate into dst (sum post-op), bias on the first, GELU on the last.
+    std::vector<matmul> chunks;
+    std::vector<memory> chunk_weights;
+    memory weights;  // in the primitive's layout
+  };
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<PerShape>> per_shape;  // (batch, T_in)
+  std::vector<std::tuple<int64_t, memory::desc, memory>> packed;  // (part, layout, weights), reordered once each
+
+  int64_t out_len(int64_t t) const { return (t + pad_l + pad_r - kernel) / stride + 1; }
+
+  memory::desc user_weights_md() const {
+    if (groups == 1) return memory::desc({c_out, c_in, kernel}, dt::f32, tag::oiw);
+    return memory::desc({groups, c_out / groups, c_in / groups, kernel}, dt::f32, tag::goiw);
+  }
+
+  // `want`-layout weights of `part` (-1: the conv's own; c: chunk c of the matmul form), reordered once.
+  memory packed_weights(const memory::desc &want, const memory::desc &user_md, const float *user_data, int64_t part) {
+    for (auto &[key, md, mem] : packed)
+      if (key == part && md == want) return mem;
+    memory user(user_md, cpu_engine(), const_cast<float *>(user_data));
+    memory w(want, cpu_engine());
+    stream s(cpu_engine());
+    reorder(user, w).execute(s, user, w);
+    s.wait();
+    packed.emplace_back(part, want, w);
+    return w;
+  }
+
+  primitive_attr gelu_attr() const {
+    primitive_attr attr;
+    if (gelu_erf) {
+      post_ops po;
+#if DNNL_VERSION_MAJOR >= 3
+      po.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f);
+#else
+      po.append_eltwise(1.f, algorithm::eltwise_gelu_erf, 0.f, 0.f);
+#endif
+      attr.set_post_ops(po);
+    }
+    return attr;
+  }
+
+  std::vector<float> tap_weights;  // [C_out, K, C_in]
+
+  int64_t chunk_count() const { return (kernel + stride - 1) / stride; }
+
+  // Chunk c of the input: taps [c·stride, min(K, (c+1)·stride)) of every output frame.
+  memory::desc chunk_src_md(int64_t t, int64_t c) const {
+    const int64_t taps = std::min(kernel, (c + 1) * stride) - c * stride;
+    return memory::desc({out_len(t), taps * c_in}, dt::f32, memory::dims{stride * c_in, 1});
+  }
+
+  bool try_chunks(PerShape &p, int64_t t) {
+    if (groups != 1 || pad_l != 0 || pad_r != 0) return false;
+    try {
+      if (tap_weights.empty()) {
+        tap_weights.resize(user_weights.size());
+        for (int64_t o = 0; o < c_out; ++o)
+          for (int64_t i = 0; i < c_in; ++i)
+            for (int64_t j = 0; j < kernel; ++j)
+              tap_weights[(o * kernel + j) * c_in + i] = user_weights[(o * c_in + i) * kernel + j];
+      }
+      const int64_t n = chunk_count();
+      memory::desc dst({out_len(t), c_out}, dt::f32, tag::ab), bias_md({1, c_out}, dt::f32, tag::ab);
+      for (int64_t c = 0; c < n; ++c) {
+        const int64_t kc = chunk_src_md(t, c).dims()[1];
+        primitive_attr attr;
+        post_ops po;
+        if (c > 0) po.append_sum(1.f);
+        if (c == n - 1 && gelu_erf) {
+#if DNNL_VERSION_MAJOR >= 3
+          po.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f);
+#else
+          po.append_eltwise(1.f, algorithm::eltwise_gelu_erf, 0.f, 0.f);
+#endif
+        }
+        attr.set_post_ops(po);
+        memory::desc w_any({kc, c_out}, dt::f32, tag::any);
+        const bool bias_here = has_bias && c == 0;
+#if DNNL_VERSION_MAJOR >= 3
+        auto pd = bias_here ? matmul::primitive_desc(cpu_engine(), chunk_src_md(t, c), w_any, bias_md, dst, attr)
+                            : matmul::primitive_desc(cpu_engine(), chunk_src_md(t, c), w_any, dst, attr);
+#else
+        auto pd = bias_here
+                      ? matmul::primitive_desc(matmul::desc(chunk_src_md(t, c), w_any, bias_md, dst), attr, cpu_engine())
+                      : matmul::primitive_desc(matmul::desc(chunk_src_md(t, c), w_any, dst), attr, cpu_engine());
+#endif
+        // The chunk's weights: rows [c·stride·C_in, +kc) of the [K·C_in, C_out] matrix ("ba": row stride 1,
+        // column stride K·C_in).
+        memory::desc user_md({kc, c_out}, dt::f32, memory::dims{1, kernel * c_in});
+        p.chunks.emplace_back(pd);
+        p.chunk_weights.push_back(packed_weights(pd.weights_desc(), user_md, tap_weights.data() + c * stride * c_in, c));
+      }
+      return true;
+    } catch (const dnnl::error &) {
+      p.chunks.clear();
+      p.chunk_weights.clear();
+      return false;  // the direct conv below
+    }
+  }
+
+  PerShape &for_shape(int64_t b, int64_t t) {
+    auto it = per_shape.find({b, t});
+    if (it != per_shape.end()) return *it->second;
+    auto p = std::make_unique<PerShape>();
+    if (try_chunks(*p, t)) return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
+    memory::desc src({b, c_in, t}, dt::f32, tag::nwc), dst({b, c_out, out_len(t)}, dt::f32, tag::nwc);
+    memory::desc w_any = groups == 1 ? memory::desc({c_out, c_in, kernel}, dt::f32, tag::any)
+                                     : memory::desc({groups, c_out / groups, c_in / groups, kernel}, dt::f32, tag::any);
+    memory::desc bias_md({c_out}, dt::f32, tag::a);
+    primitive_attr attr = gelu_attr();
+    memory::dims strides{stride}, l{pad_l}, r{pad_r};
+#if DNNL_VERSION_MAJOR >= 3
+    auto pd = has_bias ? convolution_forward::primitive_desc(cpu_engine(), prop_kind::forward_inference,
+                                                             algorithm::convolution_direct, src, w_any, bias_md, dst,
+                                                             strides, l, r, attr)
+                       : convolution_forward::primitive_desc(cpu_engine(), prop_kind::forward_inference,
+                                                             algorithm::convolution_direct, src, w_any, dst, strides,
+                                                             l, r, attr);
+#else
+    auto d = has_bias ? convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, src,
+                                                  w_any, bias_md, dst, strides, l, r)
+                      : convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, src,
+                                                  w_any, dst, strides, l, r);
+    auto pd = convolution_forward::primitive_desc(d, attr, cpu_engine());
+#endif
+    p->prim = convolution_forward(pd);
+    p->weights = packed_weights(pd.weights_desc(), user_weights_md(), user_weights.data(), -1);
+    return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
+  }
+};
 
 }  // namespace
 
@@ -332,6 +528,175 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
     } else {
       p->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
     }
+    s.wait();
+    return 0;
+  } catch (const std::exception &e) {
+    set_err(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// Fused attention, out = softmax(scale · q · kᵀ) · v, one block of query rows at a time per thread, so the
+// [M, N] score matrix is never materialised (a block's scores stay in cache and no memory is allocated per
+// call beyond one block per thread). dims: B, H, M, N, D, Dv; q [B,H,M,D], k [B,H,N,D] and v [B,H,N,Dv]
+// with any element strides (the heads-split views of a projection are read in place); out [B,M,H,Dv]
+// dense, i.e. the heads already merged back to [B, M, H·Dv].
+int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks, const int64_t *vs,
+                       const float *q, const float *k, const float *v, float *out, float scale, char *err,
+                       size_t err_len) {
+  try {
+    const int64_t b = dims[0], h = dims[1], m = dims[2], n = dims[3], dv = dims[5];
+    // ~256 KB of scores per block: a block stays in L2 between the two products.
+    const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(m, (64 * 1024) / std::max<int64_t>(n, 1)));
+    std::vector<int64_t> key(dims, dims + 6);
+    for (const int64_t *st : {qs, ks, vs}) key.insert(key.end(), st, st + 4);
+    std::memcpy(&key.emplace_back(), &scale, sizeof(float));
+    Attn *a;
+    {
+      std::lock_guard<std::mutex> g(attn_mu);
+      auto it = attn_cache.find(key);
+      if (it == attn_cache.end()) {
+        auto p = std::make_unique<Attn>();
+        p->rows = rows;
+        make_attn_block(p->full, rows, dims, qs, ks, vs, scale);
+        if (m % rows != 0) {
+          p->has_tail = true;
+          make_attn_block(p->tail, m % rows, dims, qs, ks, vs, scale);
+        }
+        it = attn_cache.emplace(key, std::move(p)).first;
+      }
+      a = it->second.get();
+    }
+    const int64_t blocks = (m + rows - 1) / rows, tasks = b * h * blocks;
+    std::string failure;
+    // One task per (batch, head, row block); the primitives run single-threaded inside the region.
+#pragma omp parallel
+    {
+      std::vector<float> scores(static_cast<size_t>(rows * n));
+      stream s(cpu_engine());
+#pragma omp for schedule(dynamic)
+      for (int64_t t = 0; t < tasks; ++t) {
+        try {
+          const int64_t bi = t / (h * blocks), hi = (t / blocks) % h, r0 = (t % blocks) * rows;
+          const AttnBlock &blk = (a->has_tail && r0 + rows > m) ? a->tail : a->full;
+          const float *qp = q + bi * qs[0] + hi * qs[1] + r0 * qs[2];
+          const float *kp = k + bi * ks[0] + hi * ks[1];
+          const float *vp = v + bi * vs[0] + hi * vs[1];
+          float *op = out + (bi * m + r0) * h * dv + hi * dv;
+          memory qm(blk.q_md, cpu_engine(), const_cast<float *>(qp));
+          memory km(blk.k_md, cpu_engine(), const_cast<float *>(kp));
+          memory sm(blk.s_md, cpu_engine(), scores.data());
+          memory vm(blk.v_md, cpu_engine(), const_cast<float *>(vp));
+          memory om(blk.o_md, cpu_engine(), op);
+          blk.qk.execute(s, {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}});
+          blk.softmax.execute(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_DST, sm}});
+          blk.pv.execute(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}});
+          s.wait();
+        } catch (const std::exception &e) {
+#pragma omp critical
+          failure = e.what();
+        }
+      }
+    }
+    if (!failure.empty()) throw std::runtime_error(failure);
+    return 0;
+  } catch (const std::exception &e) {
+    set_err(err, err_len, e.what());
+    return 1;
+  }
+}
+
+// w: [C_out, C_in/groups, K] f32; bias: C_out values or null; post_op: 0 none, 1 the exact GELU.
+void *emo_dnnl_conv1d_new(int64_t c_in, int64_t c_out, int64_t kernel, int64_t stride, int64_t pad_l, int64_t pad_r,
+                          int64_t groups, const float *w, const float *bias, int post_op, char *err, size_t err_len) {
+  try {
+    if (groups < 1 || c_in % groups != 0 || c_out % groups != 0 || kernel < 1 || stride < 1)
+      throw std::runtime_error("invalid conv1d geometry");
+    auto c = std::make_unique<Conv1d>();
+    c->c_in = c_in, c->c_out = c_out, c->kernel = kernel, c->stride = stride, c->pad_l = pad_l, c->pad_r = pad_r;
+    c->groups = groups;
+    c->gelu_erf = post_op == 1;
+    c->user_weights.assign(w, w + c_out * (c_in / groups) * kernel);
+    c->has_bias = bias != nullptr;
+    if (bias) {
+      c->bias = memory(memory::desc({c_out}, dt::f32, tag::a), cpu_engine());
+      std::memcpy(c->bias.get_data_handle(), bias, static_cast<size_t>(c_out) * sizeof(float));
+      c->bias_row = memory(memory::desc({1, c_out}, dt::f32, tag::ab), cpu_engine(), c->bias.get_data_handle());
+    }
+    return c.release();
+  } catch (const std::exception &e) {
+    set_err(err, err_len, e.what());
+    return nullptr;
+  }
+}
+
+// Output frames for `t` input frames (< 1: the input is shorter than the kernel).
+int64_t emo_dnnl_conv1d_out_len(void *h, int64_t t) { return static_cast<Conv1d *>(h)->out_len(t); }
+
+// x: [B, T, C_in] f32 dense; y: [B, T_out, C_out] f32 dense.
+int emo_dnnl_conv1d_run(void *h, int64_t b, int64_t t, const float *x, float *y, char *err, size_t err_len) {
+  try {
+    auto c = static_cast<Conv1d *>(h);
+    std::lock_guard<std::mutex> g(c->mu);
+    auto &p = c->for_shape(b, t);
+    stream s(cpu_engine());
+    if (!p.chunks.empty()) {
+      const int64_t t_out = c->out_len(t);
+      for (int64_t i = 0; i < b; ++i) {
+        memory ym({{t_out, c->c_out}, dt::f32, tag::ab}, cpu_engine(), y + i * t_out * c->c_out);
+        for (size_t k = 0; k < p.chunks.size(); ++k) {
+          const float *src = x + i * t * c->c_in + static_cast<int64_t>(k) * c->stride * c->c_in;
+          memory xm(c->chunk_src_md(t, static_cast<int64_t>(k)), cpu_engine(), const_cast<float *>(src));
+          std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.chunk_weights[k]}, {DNNL_ARG_DST, ym}};
+          if (c->has_bias && k == 0) args[DNNL_ARG_BIAS] = c->bias_row;
+          p.chunks[k].execute(s, args);
+        }
+      }
+      s.wait();
+      return 0;
+    }
+    memory xm({{b, c->c_in, t}, dt::f32, tag::nwc}, cpu_engine(), const_cast<float *>(x));
+    memory ym({{b, c->c_out, c->out_len(t)}, dt::f32, tag::nwc}, cpu_engine(), y);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, ym}};
+    if (c->has_bias) args[DNNL_ARG_BIAS] = c->bias;
+    p.prim.execute(s, args);
+    s.wait();
+    return 0;
+  } catch (const std::exception &e) {
+    set_err(err, err_len, e.what());
+    return 1;
+  }
+}
+
+void emo_dnnl_conv1d_free(void *h) { delete static_cast<Conv1d *>(h); }
+
+// y = gelu_erf(x) elementwise over n f32 values (oneDNN's vectorised erf); y may alias x.
+int emo_dnnl_gelu_erf(const float *x, float *y, int64_t n, char *err, size_t err_len) {
+  try {
+    static std::mutex mu;
+    static std::map<int64_t, eltwise_forward> cache;
+    memory::desc md({n}, dt::f32, tag::a);
+    eltwise_forward prim;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      auto it = cache.find(n);
+      if (it == cache.end()) {
+#if DNNL_VERSION_MAJOR >= 3
+        eltwise_forward::primitive_desc pd(cpu_engine(), prop_kind::forward_inference, algorithm::eltwise_gelu_erf,
+                                           md, md, 0.f, 0.f);
+#else
+        eltwise_forward::primitive_desc pd(
+            eltwise_forward::desc(prop_kind::forward_inference, algorithm::eltwise_gelu_erf, md, 0.f, 0.f),
+            cpu_engine());
+#endif
+        if (cache.size() > 64) cache.clear();
+        it = cache.emplace(n, eltwise_forward(pd)).first;
+      }
+      prim = it->second;
+    }
+    stream s(cpu_engine());
+    memory xm(md, cpu_engine(), const_cast<float *>(x)), ym(md, cpu_engine(), y);
+    prim.execute(s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DST, ym}});
     s.wait();
     return 0;
   } catch (const std::exception &e) {

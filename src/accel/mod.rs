@@ -197,6 +197,109 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(b).or_else(|_| a.contiguous()?.matmul(&b.contiguous()?))
 }
 
+/// The exact (erf) GELU; oneDNN's vectorised kernel on the fast path.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "onednn")]
+    if fast_ok(x) {
+        return onednn::gelu_erf(x);
+    }
+    x.gelu_erf()
+}
+
+/// A frozen 1-D convolution over **time-major** activations (batch, time, channels), the layout the
+/// transformer after it wants: oneDNN's `nwc` convolution on the fast path (weights reordered once, bias
+/// and an optional exact GELU fused), candle's `conv1d` on transposed copies otherwise.
+pub struct Conv1d {
+    /// (c_out, c_in / groups, kernel), torch's layout.
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    /// Zero frames on each side.
+    padding: usize,
+    groups: usize,
+    gelu_erf: bool,
+    #[cfg(feature = "onednn")]
+    packed: OnceLock<Option<onednn::PackedConv1d>>,
+}
+
+impl std::fmt::Debug for Conv1d {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("accel::Conv1d").field("weight", &self.weight.shape()).field("stride", &self.stride).finish_non_exhaustive()
+    }
+}
+
+impl Clone for Conv1d {
+    fn clone(&self) -> Self {
+        Self { gelu_erf: self.gelu_erf, ..Self::new(self.weight.clone(), self.bias.clone(), self.stride, self.padding, self.groups) }
+    }
+}
+
+impl Conv1d {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize, groups: usize) -> Self {
+        Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+            gelu_erf: false,
+            #[cfg(feature = "onednn")]
+            packed: OnceLock::new(),
+        }
+    }
+
+    /// This conv followed by the exact GELU, fused on the fast path.
+    pub fn with_gelu_erf(self) -> Self {
+        Self { gelu_erf: true, ..self }
+    }
+
+    #[cfg(feature = "onednn")]
+    fn packed(&self) -> Option<&onednn::PackedConv1d> {
+        self.packed
+            .get_or_init(|| {
+                if !self.weight.device().is_cpu() {
+                    return None;
+                }
+                onednn::PackedConv1d::new(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.groups, self.gelu_erf)
+                    .map_err(|e| tracing::warn!(error = %e, "oneDNN conv1d unavailable; using candle's conv1d"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// `x` (batch, time, c_in) → (batch, time', c_out).
+    pub fn forward_time_major(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "onednn")]
+        if fast_ok(x)
+            && let Some(p) = self.packed()
+        {
+            return p.forward(x);
+        }
+        let y = x.transpose(1, 2)?.contiguous()?.conv1d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?)?,
+            None => y,
+        };
+        let y = if self.gelu_erf { y.gelu_erf()? } else { y };
+        y.transpose(1, 2)
+    }
+}
+
+/// Scaled dot-product attention without a mask: `softmax(scale · q · kᵀ) · v` for q (b, h, m, d),
+/// k (b, h, n, d) and v (b, h, n, e), returned with the heads merged: (b, m, h·e). The inputs may be the
+/// heads-split views of the projections (`reshape` + `transpose`): the fast path reads them in place and
+/// never materialises the (m, n) scores, one block of query rows per thread at a time.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "onednn")]
+    if fast_ok(q) && fast_ok(k) && fast_ok(v) && inference_precision() == Precision::F32 && q.rank() == 4 {
+        return onednn::fused_attention(q, k, v, scale as f32);
+    }
+    let (b, h, m, _) = q.dims4()?;
+    let e = v.dim(3)?;
+    let probs = candle_nn::ops::softmax_last_dim(&(matmul(q, &k.t()?)? * scale)?)?;
+    matmul(&probs, v)?.transpose(1, 2)?.reshape((b, m, h * e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +386,64 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 5, 3, 8), &dev)?.transpose(1, 2)?;
         let y = matmul(&x, &k.t()?)?;
         assert!(max_diff(&y, &x.contiguous()?.matmul(&k.t()?)?) < 1e-4);
+        Ok(())
+    }
+
+    #[test]
+    fn conv1d_time_major_matches_candle_with_stride_padding_groups_and_gelu() -> Result<()> {
+        let dev = Device::Cpu;
+        set_inference(Precision::F32, 2);
+        // (c_in, c_out, kernel, stride, padding, groups, t): HuBERT's first conv, a strided one, the grouped
+        // positional conv.
+        for (c_in, c_out, k, stride, pad, groups, t) in [(1, 16, 10, 5, 0, 1, 400), (16, 24, 3, 2, 0, 1, 79), (32, 32, 8, 1, 4, 4, 50)] {
+            let w = Tensor::randn(0f32, 0.2, (c_out, c_in / groups, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            let x = Tensor::randn(0f32, 1.0, (2, c_in, t), &dev)?;
+            let reference = x.conv1d(&w, pad, stride, 1, groups)?.broadcast_add(&b.reshape((1, (), 1))?)?.gelu_erf()?.transpose(1, 2)?;
+            let conv = Conv1d::new(w.clone(), Some(b.clone()), stride, pad, groups).with_gelu_erf();
+            let xt = x.transpose(1, 2)?.contiguous()?;
+            let fast = conv.forward_time_major(&xt)?;
+            assert_eq!(fast.dims(), reference.dims());
+            assert!(max_diff(&fast, &reference) < 1e-4, "{:?}: {}", (c_in, c_out, k), max_diff(&fast, &reference));
+            set_enabled(false);
+            let fallback = conv.clone().forward_time_major(&xt)?;
+            set_enabled(true);
+            assert!(max_diff(&fallback, &reference) < 1e-5);
+            let plain = Conv1d::new(w, None, stride, pad, groups).forward_time_major(&xt)?;
+            assert!(max_diff(&plain, &x.conv1d(&conv.weight, pad, stride, 1, groups)?.transpose(1, 2)?) < 1e-4);
+        }
+        let x = Tensor::randn(0f32, 2.0, (3, 1000), &dev)?;
+        assert!(max_diff(&gelu_erf(&x)?, &x.gelu_erf()?) < 1e-6);
+        Ok(())
+    }
+
+    /// Plain candle: softmax(scale q kᵀ) v with the heads merged.
+    fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+        let (b, h, m, _) = q.dims4()?;
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, m, h * v.dim(3)?))
+    }
+
+    #[test]
+    fn fused_attention_matches_candle_on_strided_views_and_odd_sizes() -> Result<()> {
+        let dev = Device::Cpu;
+        set_inference(Precision::F32, 2);
+        // Long enough for several query-row blocks plus a tail block (rows per block depend on n).
+        for (b, h, m, n, d, e) in [(2, 3, 5, 7, 8, 4), (1, 2, 700, 650, 16, 16), (2, 4, 197, 197, 8, 8)] {
+            // The heads-split views of (b, t, h·d) projections, as the encoders build them.
+            let split = |t: usize, dim: usize| -> Result<Tensor> { Tensor::randn(0f32, 1.0, (b, t, h, dim), &dev)?.transpose(1, 2) };
+            let (q, k, v) = (split(m, d)?, split(n, d)?, split(n, e)?);
+            let scale = (d as f64).powf(-0.5);
+            let reference = attention_reference(&q, &k, &v, scale)?;
+            let fast = attention(&q, &k, &v, scale)?;
+            assert_eq!(fast.dims(), &[b, m, h * e]);
+            assert!(max_diff(&fast, &reference) < 1e-5, "{:?}: {}", (b, h, m, n), max_diff(&fast, &reference));
+            set_enabled(false);
+            let fallback = attention(&q, &k, &v, scale)?;
+            set_enabled(true);
+            assert!(max_diff(&fallback, &reference) < 1e-5);
+        }
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 
 use std::ffi::{c_char, c_void};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 
 use super::Precision;
 
@@ -28,6 +28,39 @@ unsafe extern "C" {
         c: *mut f32,
         scale: f32,
         bf16: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emo_dnnl_conv1d_new(
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        stride: i64,
+        pad_l: i64,
+        pad_r: i64,
+        groups: i64,
+        w: *const f32,
+        bias: *const f32,
+        post_op: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut c_void;
+    fn emo_dnnl_conv1d_out_len(h: *mut c_void, t: i64) -> i64;
+    fn emo_dnnl_conv1d_run(h: *mut c_void, b: i64, t: i64, x: *const f32, y: *mut f32, err: *mut c_char, err_len: usize) -> i32;
+    fn emo_dnnl_conv1d_free(h: *mut c_void);
+    fn emo_dnnl_gelu_erf(x: *const f32, y: *mut f32, n: i64, err: *mut c_char, err_len: usize) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn emo_dnnl_attention(
+        dims: *const i64,
+        q_strides: *const i64,
+        k_strides: *const i64,
+        v_strides: *const i64,
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        out: *mut f32,
+        scale: f32,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
@@ -184,4 +217,176 @@ impl CustomOp2 for BatchedMatmul {
 /// `a` (..., m, k) · `b` (..., k, n), f32; strided operands are read in place (a transposed `K` is free).
 pub fn batched_matmul(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
     a.apply_op2_no_bwd(b, &BatchedMatmul { precision })
+}
+
+/// `softmax(scale · q · kᵀ) · v` per (batch, head) without materialising the score matrix.
+struct FusedAttention {
+    scale: f32,
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "onednn-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (s1, s2, s3) else { bail!("onednn-attention: f32 operands expected") };
+        let (dq, dk, dv) = (l1.shape().dims(), l2.shape().dims(), l3.shape().dims());
+        let (&[b, h, m, d], &[bk, hk, n, dk_], &[bv, hv, nv, e]) = (dq, dk, dv) else {
+            bail!("onednn-attention: q, k, v must be (batch, heads, tokens, dim), got {dq:?}, {dk:?}, {dv:?}")
+        };
+        if (bk, hk, dk_) != (b, h, d) || (bv, hv, nv) != (b, h, n) {
+            bail!("onednn-attention: q {dq:?}, k {dk:?} and v {dv:?} do not match");
+        }
+        let dims = [b, h, m, n, d, e].map(|x| x as i64);
+        let strides = |l: &Layout| -> [i64; 4] {
+            let s = l.stride();
+            [s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64]
+        };
+        let (sq, sk, sv) = (strides(l1), strides(l2), strides(l3));
+        let mut out = vec![0f32; b * m * h * e];
+        let mut err = [0u8; ERR_LEN];
+        // SAFETY: each pointer starts at its layout's offset and the strides index within its storage (candle
+        // layouts); out is dense (b, m, h, e).
+        let rc = unsafe {
+            emo_dnnl_attention(
+                dims.as_ptr(),
+                sq.as_ptr(),
+                sk.as_ptr(),
+                sv.as_ptr(),
+                q[l1.start_offset()..].as_ptr(),
+                k[l2.start_offset()..].as_ptr(),
+                v[l3.start_offset()..].as_ptr(),
+                out.as_mut_ptr(),
+                self.scale,
+                err.as_mut_ptr() as *mut c_char,
+                ERR_LEN,
+            )
+        };
+        if rc != 0 {
+            bail!("oneDNN attention: {}", err_text(&err));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, m, h * e))))
+    }
+}
+
+/// `softmax(scale · q · kᵀ) · v`: q (b, h, m, d), k (b, h, n, d), v (b, h, n, e), any strides → (b, m, h·e)
+/// with the heads merged. f32 only.
+pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    q.apply_op3_no_bwd(k, v, &FusedAttention { scale })
+}
+
+/// A 1-D convolution over time-major activations (batch, time, channels) with the weights reordered
+/// once, the bias and optionally the exact GELU fused. f32.
+pub struct PackedConv1d {
+    handle: *mut c_void,
+    c_in: usize,
+    c_out: usize,
+}
+
+// SAFETY: the handle owns its oneDNN objects; the shim serialises calls on one handle with a mutex.
+unsafe impl Send for PackedConv1d {}
+unsafe impl Sync for PackedConv1d {}
+
+impl Drop for PackedConv1d {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from emo_dnnl_conv1d_new and is freed once.
+        unsafe { emo_dnnl_conv1d_free(self.handle) }
+    }
+}
+
+impl PackedConv1d {
+    /// `weight` (c_out, c_in / groups, kernel); `padding` zero frames on each side.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize, groups: usize, gelu_erf: bool) -> Result<Self> {
+        let (c_out, c_in_g, kernel) = weight.dims3()?;
+        let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        if bias.as_ref().is_some_and(|b| b.len() != c_out) {
+            bail!("conv1d bias of {} values for {c_out} outputs", bias.as_ref().map_or(0, Vec::len));
+        }
+        let mut err = [0u8; ERR_LEN];
+        let p = padding as i64;
+        // SAFETY: w holds c_out*c_in_g*kernel f32, bias c_out f32 (or null); the shim copies both.
+        let handle = unsafe {
+            emo_dnnl_conv1d_new(
+                (c_in_g * groups) as i64,
+                c_out as i64,
+                kernel as i64,
+                stride as i64,
+                p,
+                p,
+                groups as i64,
+                w.as_ptr(),
+                bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()),
+                gelu_erf as i32,
+                err.as_mut_ptr() as *mut c_char,
+                ERR_LEN,
+            )
+        };
+        if handle.is_null() {
+            bail!("oneDNN conv1d {c_out}x{}x{kernel}: {}", c_in_g * groups, err_text(&err));
+        }
+        Ok(Self { handle, c_in: c_in_g * groups, c_out })
+    }
+
+    /// `x` (batch, time, c_in) f32 → (batch, time', c_out).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for PackedConv1d {
+    fn name(&self) -> &'static str {
+        "onednn-conv1d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s else { bail!("onednn-conv1d: f32 input expected") };
+        let Some((start, end)) = l.contiguous_offsets() else { bail!("onednn-conv1d: contiguous input expected") };
+        let &[b, t, c] = l.shape().dims() else { bail!("onednn-conv1d: input must be (batch, time, channels), got {:?}", l.shape()) };
+        if c != self.c_in {
+            bail!("onednn-conv1d: input has {c} channels, the conv takes {}", self.c_in);
+        }
+        // SAFETY: plain arithmetic on the handle's geometry.
+        let t_out = unsafe { emo_dnnl_conv1d_out_len(self.handle, t as i64) };
+        if t_out < 1 {
+            bail!("onednn-conv1d: {t} frames are fewer than the kernel needs");
+        }
+        let t_out = t_out as usize;
+        let mut y = vec![0f32; b * t_out * self.c_out];
+        let mut err = [0u8; ERR_LEN];
+        // SAFETY: x holds b*t*c contiguous f32, y has room for b*t_out*c_out f32.
+        let rc = unsafe { emo_dnnl_conv1d_run(self.handle, b as i64, t as i64, v[start..end].as_ptr(), y.as_mut_ptr(), err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+        if rc != 0 {
+            bail!("oneDNN conv1d: {}", err_text(&err));
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b, t_out, self.c_out))))
+    }
+}
+
+/// The exact (erf) GELU through oneDNN's vectorised eltwise kernel.
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "onednn-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = s else { bail!("onednn-gelu-erf: f32 input expected") };
+        let Some((start, end)) = l.contiguous_offsets() else { bail!("onednn-gelu-erf: contiguous input expected") };
+        let mut y = vec![0f32; end - start];
+        let mut err = [0u8; ERR_LEN];
+        // SAFETY: x and y hold end-start f32 each.
+        let rc = unsafe { emo_dnnl_gelu_erf(v[start..end].as_ptr(), y.as_mut_ptr(), (end - start) as i64, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+        if rc != 0 {
+            bail!("oneDNN gelu: {}", err_text(&err));
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+}
+
+/// The exact GELU of a contiguous f32 tensor.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&GeluErf)
 }

@@ -202,11 +202,8 @@ impl Attention {
         let (b, n, c) = x.dims3()?;
         let qkv = self.qkv.forward(x)?;
         let qkv = qkv.reshape((b, n, 3, self.num_heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)?.contiguous()? * (self.head_dim as f64).powf(-0.5))?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = candle_nn::ops::softmax_last_dim(&crate::accel::matmul(&q, &k.t()?)?)?;
-        let out = crate::accel::matmul(&attn, &v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        let out = crate::accel::attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, (self.head_dim as f64).powf(-0.5))?;
+        debug_assert_eq!(out.dims(), &[b, n, c]);
         self.proj.forward(&out)
     }
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Result, Tensor};
-use candle_nn::{Conv1d, Conv1dConfig, GroupNorm, LayerNorm, Module, VarBuilder};
+use candle_nn::{Conv1dConfig, LayerNorm, Module, VarBuilder};
 
 use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
@@ -237,58 +237,78 @@ fn layer_norm(x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 enum ConvNorm {
     None,
-    /// One group per channel: each channel normalised over time.
-    Group(GroupNorm),
+    /// One group per channel (torch `GroupNorm(C, C)`): each channel normalised over time; weight, bias.
+    Group(Tensor, Tensor),
     /// Over channels, per frame.
     Layer(LayerNorm),
 }
 
+/// One conv of the feature extractor, on time-major activations (batch, time, channels) so the
+/// LayerNorm over channels needs no transposes and the stack ends in the transformer's layout.
 #[derive(Debug, Clone)]
 struct ConvLayer {
-    conv: Conv1d,
+    conv: crate::accel::Conv1d,
     norm: ConvNorm,
-    act: Activation,
+    /// `None` when the exact GELU is fused into the conv (no norm in between).
+    act: Option<Activation>,
 }
 
 impl ConvLayer {
     fn new(cfg: &HubertConfig, i: usize, vb: VarBuilder) -> Result<Self> {
         let (inp, out) = (if i == 0 { 1 } else { cfg.conv_dim[i - 1] }, cfg.conv_dim[i]);
-        let conv_cfg = Conv1dConfig { stride: cfg.conv_stride[i], ..Default::default() };
+        let stride = cfg.conv_stride[i];
+        let conv_cfg = Conv1dConfig { stride, ..Default::default() };
         let vc = vb.pp("conv");
         let conv = if cfg.conv_bias {
             candle_nn::conv1d(inp, out, cfg.conv_kernel[i], conv_cfg, vc)?
         } else {
             candle_nn::conv1d_no_bias(inp, out, cfg.conv_kernel[i], conv_cfg, vc)?
         };
+        let conv = crate::accel::Conv1d::new(conv.weight().clone(), conv.bias().cloned(), stride, 0, 1);
         let norm = match (cfg.feat_extract_norm.as_str(), i) {
             ("layer", _) => ConvNorm::Layer(candle_nn::layer_norm(out, TORCH_NORM_EPS, vb.pp("layer_norm"))?),
-            ("group", 0) => ConvNorm::Group(candle_nn::group_norm(out, out, TORCH_NORM_EPS, vb.pp("layer_norm"))?),
+            ("group", 0) => ConvNorm::Group(
+                vb.get_with_hints(out, "layer_norm.weight", candle_nn::Init::Const(1.0))?,
+                vb.get_with_hints(out, "layer_norm.bias", candle_nn::Init::Const(0.0))?,
+            ),
             _ => ConvNorm::None,
         };
-        Ok(Self { conv, norm, act: Activation::parse(&cfg.feat_extract_activation)? })
+        let act = Activation::parse(&cfg.feat_extract_activation)?;
+        Ok(match (&norm, act) {
+            (ConvNorm::None, Activation::Gelu) => Self { conv: conv.with_gelu_erf(), norm, act: None },
+            _ => Self { conv, norm, act: Some(act) },
+        })
     }
 
-    /// (batch, channels, time) -> (batch, channels', time').
+    /// (batch, time, channels) -> (batch, time', channels').
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.conv.forward(x)?;
+        let x = self.conv.forward_time_major(x)?;
         let x = match &self.norm {
             ConvNorm::None => x,
-            ConvNorm::Group(gn) => gn.forward(&x)?,
-            ConvNorm::Layer(ln) => layer_norm(&x.transpose(1, 2)?, ln)?.transpose(1, 2)?,
+            ConvNorm::Group(w, b) => {
+                let mean = x.mean_keepdim(1)?;
+                let centred = x.broadcast_sub(&mean)?;
+                let var = centred.sqr()?.mean_keepdim(1)?;
+                centred.broadcast_div(&(var + TORCH_NORM_EPS)?.sqrt()?)?.broadcast_mul(w)?.broadcast_add(b)?
+            }
+            ConvNorm::Layer(ln) => layer_norm(&x, ln)?,
         };
-        self.act.apply(&x)
+        match self.act {
+            None => Ok(x),
+            Some(Activation::Gelu) => crate::accel::gelu_erf(&x),
+            Some(act) => act.apply(&x),
+        }
     }
 }
 
 /// Grouped conv over time whose output is added to the features (HuBERT's only position signal).
 #[derive(Debug, Clone)]
 struct PositionalConv {
-    /// The effective weight-normed kernel (hidden, hidden / groups, k).
-    weight: Tensor,
-    bias: Tensor,
+    /// The effective weight-normed kernel (hidden, hidden / groups, k), "same" padding.
+    conv: crate::accel::Conv1d,
     kernel: usize,
-    groups: usize,
-    act: Activation,
+    /// `None` when fused into the conv (the exact GELU).
+    act: Option<Activation>,
 }
 
 impl PositionalConv {
@@ -313,18 +333,24 @@ impl PositionalConv {
             weight_norm(&g, &v)?
         };
         let bias = vb.get(h, "bias")?;
-        Ok(Self { weight, bias, kernel: k, groups, act: Activation::parse(&cfg.feat_extract_activation)? })
+        let conv = crate::accel::Conv1d::new(weight, Some(bias), 1, k / 2, groups);
+        // The exact GELU commutes with dropping the extra frame, so it can be fused.
+        Ok(match Activation::parse(&cfg.feat_extract_activation)? {
+            Activation::Gelu => Self { conv: conv.with_gelu_erf(), kernel: k, act: None },
+            act => Self { conv, kernel: k, act: Some(act) },
+        })
     }
 
     /// (batch, frames, hidden) -> same shape.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let t = x.dim(1)?;
-        let xt = x.transpose(1, 2)?.contiguous()?;
-        let y = xt.conv1d(&self.weight, self.kernel / 2, 1, 1, self.groups)?;
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1))?)?;
+        let y = self.conv.forward_time_major(x)?;
         // "Same" padding with an even kernel yields one extra frame at the end; HF drops it.
-        let y = if self.kernel.is_multiple_of(2) { y.narrow(2, 0, t)? } else { y };
-        self.act.apply(&y)?.transpose(1, 2)
+        let y = if self.kernel.is_multiple_of(2) { y.narrow(1, 0, t)? } else { y };
+        match self.act {
+            None => Ok(y),
+            Some(act) => act.apply(&y),
+        }
     }
 }
 
@@ -360,12 +386,13 @@ impl Attention {
     /// Full bidirectional attention (no padding mask: every frame is real).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
-        let split = |y: Tensor| y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous();
-        let q = split((self.q_proj.forward(x)? * (self.head_dim as f64).powf(-0.5))?)?;
+        // (b, heads, t, head_dim) views: the fast path reads them in place.
+        let split = |y: Tensor| y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2);
+        let q = split(self.q_proj.forward(x)?)?;
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&crate::accel::matmul(&q, &k.t()?)?)?;
-        let out = crate::accel::matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let out = crate::accel::attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
+        debug_assert_eq!(out.dims(), &[b, t, h]);
         self.out_proj.forward(&out)
     }
 }
@@ -552,11 +579,11 @@ impl HubertModel {
     /// (batch, frames, hidden), in HF's order.
     pub fn forward(&self, input_values: &Tensor) -> Result<Vec<Tensor>> {
         self.check_input(input_values)?;
-        let mut x = input_values.to_device(&self.device)?.to_dtype(self.dtype)?.unsqueeze(1)?;
+        // Time-major (batch, samples, 1) through the conv stack.
+        let mut x = input_values.to_device(&self.device)?.to_dtype(self.dtype)?.unsqueeze(2)?;
         for layer in &self.conv_layers {
             x = layer.forward(&x)?;
         }
-        let mut x = x.transpose(1, 2)?.contiguous()?;
         if let Some(ln) = &self.feat_proj_norm {
             x = layer_norm(&x, ln)?;
         }

@@ -229,12 +229,9 @@ impl VitLayer {
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let d = c / self.heads;
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let q = (qkv.get(0)? * (1.0 / (d as f64).sqrt()))?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let probs = candle_nn::ops::softmax_last_dim(&crate::accel::matmul(&q, &k.t()?)?)?;
-        let ctx = crate::accel::matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        // (3, b, heads, n, d) views of the fused projection: the fast path reads them in place.
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, d))?.permute((2, 0, 3, 1, 4))?;
+        let ctx = crate::accel::attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, (d as f64).powf(-0.5))?;
         self.out.forward(&ctx)
     }
 
