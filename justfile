@@ -1,5 +1,7 @@
 # emollama tasks. `just --list` shows them.
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# oneDNN's OpenMP threads sleep between calls instead of spinning against candle's threads (see accel::ensure_passive_openmp).
+export OMP_WAIT_POLICY := env_var_or_default("OMP_WAIT_POLICY", "passive")
 
 bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") / "release/emollama"
 

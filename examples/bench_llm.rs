@@ -33,10 +33,13 @@ fn run(chat: &ChatModel, ids: &[u32], new_tokens: usize) -> anyhow::Result<(f64,
 }
 
 fn main() -> anyhow::Result<()> {
+    emollama::accel::ensure_passive_openmp();
     let new_tokens: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(64);
     let registry = Registry::load(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     let threads = candle_core::utils::get_num_threads();
-    for (mode, quantized) in [("q4_1 → q8_0 matmuls", true), ("f32", false)] {
+    // f32 twice: candle's own matmuls, then the oneDNN path generation takes for frozen weights.
+    for (mode, quantized, accel) in [("q4_1 → q8_0 matmuls", true, true), ("f32, candle matmuls", false, false), ("f32, oneDNN (generation path)", false, true)] {
+        emollama::accel::set_enabled(accel);
         let chat = ChatModel::load(&registry, "smollm2-135m-instruct", None, quantized)?;
         let ids = chat.prompt_ids(PROMPT, false)?;
         run(&chat, &ids, 4)?; // warm-up

@@ -42,8 +42,8 @@ impl Parts<'_> {
                 let b = if bias { Some(vb.get(out, "bias")?) } else { None };
                 BaseLinear::quantized(w.clone(), b)?
             }
-            None if bias => BaseLinear::Dense(candle_nn::linear(inp, out, vb.clone())?),
-            None => BaseLinear::Dense(candle_nn::linear_no_bias(inp, out, vb.clone())?),
+            None if bias => BaseLinear::dense_from(candle_nn::linear(inp, out, vb.clone())?),
+            None => BaseLinear::dense_from(candle_nn::linear_no_bias(inp, out, vb.clone())?),
         };
         LoraLinear::with_rng(base, name, self.lora, vb, self.rng.clone())
     }
@@ -109,6 +109,14 @@ struct Step<'a> {
     mask: &'a Tensor,
     positions: &'a Tensor,
     train: bool,
+    /// KV-cached generation: nothing backpropagates, so frozen linears may take the oneDNN path.
+    generate: bool,
+}
+
+impl Step<'_> {
+    fn linear(&self, l: &LoraLinear, x: &Tensor) -> Result<Tensor> {
+        if self.generate { l.forward_inference(x) } else { l.forward_t(x, self.train) }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -141,9 +149,9 @@ impl Attention {
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = s.rotary.apply(&split(self.q_proj.forward_t(x, s.train)?, self.heads)?, s.positions)?;
-        let mut k = s.rotary.apply(&split(self.k_proj.forward_t(x, s.train)?, self.kv_heads)?, s.positions)?;
-        let mut v = split(self.v_proj.forward_t(x, s.train)?, self.kv_heads)?.contiguous()?;
+        let q = s.rotary.apply(&split(s.linear(&self.q_proj, x)?, self.heads)?, s.positions)?;
+        let mut k = s.rotary.apply(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, s.positions)?;
+        let mut v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?.contiguous()?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -156,7 +164,7 @@ impl Attention {
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(s.mask)?;
         let probs = crate::model::nn::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
-        self.o_proj.forward_t(&out, s.train)
+        s.linear(&self.o_proj, &out)
     }
 }
 
@@ -185,9 +193,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let gate = self.gate_proj.forward_t(x, train)?.silu()?;
-        self.down_proj.forward_t(&(gate * self.up_proj.forward_t(x, train)?)?, train)
+    fn forward(&self, x: &Tensor, s: &Step) -> Result<Tensor> {
+        let gate = s.linear(&self.gate_proj, x)?.silu()?;
+        s.linear(&self.down_proj, &(gate * s.linear(&self.up_proj, x)?)?)
     }
 }
 
@@ -212,7 +220,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, s, cache)?)?;
-        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, s.train)?
+        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, s)?
     }
 }
 
@@ -257,8 +265,8 @@ impl Llama {
         let quant_head = quant.and_then(|q| q.get(if cfg.tie_word_embeddings { &tied_key } else { &head_key }));
         let lm_head = match quant_head {
             Some(w) => BaseLinear::quantized(w.clone(), None)?,
-            None if cfg.tie_word_embeddings => BaseLinear::Dense(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None)),
-            None => BaseLinear::Dense(candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?),
+            None if cfg.tie_word_embeddings => BaseLinear::dense_from(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None)),
+            None => BaseLinear::dense_from(candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?),
         };
         let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
         Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), dropout_rng: rng })
@@ -305,7 +313,7 @@ impl Llama {
         }
         let positions = Tensor::arange(0u32, t as u32, embeds.device())?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
         let mask = attention_mask(valid, 0, embeds.dtype())?;
-        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train };
+        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train, generate: false };
         let mut x = embeds.clone();
         for layer in &self.layers {
             x = layer.forward(&x, &step, None)?;
@@ -388,13 +396,13 @@ impl Llama {
         let counts = valid.to_dtype(DType::F32)?.cumsum(1)?;
         let positions = (counts - 1.0)?.clamp(0.0, f64::MAX)?.narrow(1, offset, t)?.to_dtype(DType::U32)?;
         let mask = attention_mask(valid, offset, embeds.dtype())?;
-        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train: false };
+        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train: false, generate: true };
         let mut x = embeds.clone();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &step, Some(slot))?;
         }
         cache.len += t;
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        self.lm_head.forward_inference(&self.norm.forward(&x)?)
     }
 }
 
@@ -506,6 +514,30 @@ mod tests {
         let diff = (full - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-4, "cached logits differ by {diff}");
         assert_eq!(cache.len, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn generation_with_frozen_weights_matches_the_full_pass() -> Result<()> {
+        // Loaded (non-variable) weights: KV-cached generation packs them for oneDNN when the build has it.
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        Llama::new(&tiny(), crate::model::init::SeededVarMap::builder(&vm, 3, DType::F32, &dev))?;
+        let frozen: std::collections::HashMap<String, Tensor> = {
+            let data = vm.data().lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+            data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+        };
+        let model = Llama::new(&tiny(), VarBuilder::from_tensors(frozen, DType::F32, &dev))?;
+        let ids = Tensor::new(&[[2u32, 4, 6, 8, 10]], &dev)?;
+        let all = Tensor::ones((1, 5), DType::U8, &dev)?;
+        let full = model.forward_embeds(&model.embed(&ids)?, &all)?;
+        let mut cache = KvCache::new();
+        let mut parts = vec![model.forward_cached(&model.embed(&ids.narrow(1, 0, 3)?)?, &all.narrow(1, 0, 3)?, &mut cache)?];
+        for i in 3..5 {
+            parts.push(model.forward_cached(&model.embed(&ids.narrow(1, i, 1)?)?, &all.narrow(1, 0, i + 1)?, &mut cache)?);
+        }
+        let diff = (full - Tensor::cat(&parts, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "generation logits differ by {diff}");
         Ok(())
     }
 

@@ -44,7 +44,8 @@ impl LoraConfig {
 /// quantized for CPU inference (no gradient flows through it, so it is never used for training).
 #[derive(Debug, Clone)]
 pub enum BaseLinear {
-    Dense(Linear),
+    /// Differentiable through `forward`; `forward_inference` packs frozen weights for oneDNN.
+    Dense(crate::accel::Linear),
     Quantized { weight: Arc<QTensor>, matmul: QMatMul, bias: Option<Tensor> },
 }
 
@@ -64,8 +65,24 @@ impl BaseLinear {
     /// The dense layer (dequantized if needed).
     pub fn dense(&self) -> Result<Linear> {
         match self {
-            Self::Dense(l) => Ok(l.clone()),
+            Self::Dense(l) => Ok(l.as_candle().clone()),
             Self::Quantized { weight, bias, .. } => Ok(Linear::new(weight.dequantize(&weight.device())?, bias.clone())),
+        }
+    }
+}
+
+impl BaseLinear {
+    pub fn dense_from(l: Linear) -> Self {
+        Self::Dense(crate::accel::Linear::from(l))
+    }
+
+    /// For inference only (no gradient flows back through it): frozen dense weights go through the
+    /// oneDNN fast path (packed once); trainable weights (variables, which an optimizer changes in place)
+    /// and quantized ones take the usual path.
+    pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(l) if !l.weight().is_variable() => l.forward(x),
+            _ => self.forward(x),
         }
     }
 }
@@ -73,7 +90,7 @@ impl BaseLinear {
 impl Module for BaseLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Dense(l) => l.forward(x),
+            Self::Dense(l) => l.forward_differentiable(x),
             Self::Quantized { matmul, bias, .. } => {
                 let y = matmul.forward(x)?;
                 match bias {
@@ -149,7 +166,16 @@ impl LoraLinear {
 
     /// `train`: apply the adapter's dropout (inference never does).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
+        self.forward_with_base(x, train, self.base.forward(x)?)
+    }
+
+    /// Inference only (generation): the base through [`BaseLinear::forward_inference`]; no gradient
+    /// reaches `x` through the base.
+    pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with_base(x, false, self.base.forward_inference(x)?)
+    }
+
+    fn forward_with_base(&self, x: &Tensor, train: bool, y: Tensor) -> Result<Tensor> {
         match &self.adapter {
             None => Ok(y),
             Some((a, b, s)) => {
@@ -231,7 +257,7 @@ mod tests {
 
     fn layer(cfg: &LoraConfig, vm: &VarMap) -> Result<LoraLinear> {
         let vb = crate::model::init::SeededVarMap::builder(vm, 5, DType::F32, &Device::Cpu);
-        let base = BaseLinear::Dense(candle_nn::linear(6, 4, vb.pp("q_proj"))?);
+        let base = BaseLinear::dense_from(candle_nn::linear(6, 4, vb.pp("q_proj"))?);
         LoraLinear::new(base, "q_proj", Some(cfg), vb.pp("q_proj"))
     }
 

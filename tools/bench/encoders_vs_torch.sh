@@ -24,9 +24,10 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ours_modes=(candle f32); torch_modes=(f32)
 if [[ "$BF16" == 1 ]]; then ours_modes+=(bf16); torch_modes+=(bf16 autocast); fi
 for p in "${ours_modes[@]}"; do "$bin/encoder_bench" "$REPEATS" --precision "$p" > "$tmp/ours-$p.jsonl"; done
-for d in "${torch_modes[@]}"; do "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" > "$tmp/torch-$d.json"; done
+# PyTorch with its default OpenMP waiting (the justfile's OMP_WAIT_POLICY=passive is for emollama's oneDNN).
+for d in "${torch_modes[@]}"; do env -u OMP_WAIT_POLICY "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" > "$tmp/torch-$d.json"; done
 "$bin/accel_bench" 10 > "$tmp/accel.jsonl"
-"$VENV/bin/python" - "$THREADS" "$BF16" > "$tmp/torch-peak.json" <<'PY'
+env -u OMP_WAIT_POLICY "$VENV/bin/python" - "$THREADS" "$BF16" > "$tmp/torch-peak.json" <<'PY'
 import json, statistics, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 out = {}
