@@ -29,7 +29,7 @@ fn time(repeats: usize, f: impl Fn() -> candle_core::Result<Tensor>) -> anyhow::
 }
 
 fn main() -> anyhow::Result<()> {
-    emollama::accel::ensure_passive_openmp();
+    emollama::accel::init_process();
     let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let dev = Device::Cpu;

@@ -33,7 +33,7 @@ fn run(chat: &ChatModel, ids: &[u32], new_tokens: usize) -> anyhow::Result<(f64,
 }
 
 fn main() -> anyhow::Result<()> {
-    emollama::accel::ensure_passive_openmp();
+    emollama::accel::init_process();
     let new_tokens: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(64);
     let registry = Registry::load(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     let threads = candle_core::utils::get_num_threads();

@@ -46,7 +46,7 @@ fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'s
 }
 
 fn main() -> anyhow::Result<()> {
-    emollama::accel::ensure_passive_openmp();
+    emollama::accel::init_process();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     // `--precision candle|f32|bf16`: candle's own ops, or the oneDNN path at that precision.
     let mode = match args.iter().position(|a| a == "--precision") {

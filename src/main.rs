@@ -275,7 +275,7 @@ enum RegistryCommand {
 }
 
 fn main() -> ExitCode {
-    emollama::accel::ensure_passive_openmp();
+    emollama::accel::init_process();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -221,6 +221,9 @@ struct Conv1d {
     // matrix; the chunks accumulate into dst (sum post-op), bias on the first, GELU on the last.
     std::vector<matmul> chunks;
     std::vector<memory> chunk_weights;
+    // The direct conv's own activation layouts, when they differ from nwc.
+    memory src_mem, dst_mem;
+    reorder src_in, dst_out;
     memory weights;  // in the primitive's layout
   };
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<PerShape>> per_shape;  // (batch, T_in)
@@ -324,7 +327,9 @@ struct Conv1d {
     if (it != per_shape.end()) return *it->second;
     auto p = std::make_unique<PerShape>();
     if (try_chunks(*p, t)) return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
-    memory::desc src({b, c_in, t}, dt::f32, tag::nwc), dst({b, c_out, out_len(t)}, dt::f32, tag::nwc);
+    // The activations' layout is left to oneDNN (its fast kernels want channel-blocked nCw8c on AVX2);
+    // a reorder from / to the caller's nwc is cheap next to the conv.
+    memory::desc src({b, c_in, t}, dt::f32, tag::any), dst({b, c_out, out_len(t)}, dt::f32, tag::any);
     memory::desc w_any = groups == 1 ? memory::desc({c_out, c_in, kernel}, dt::f32, tag::any)
                                      : memory::desc({groups, c_out / groups, c_in / groups, kernel}, dt::f32, tag::any);
     memory::desc bias_md({c_out}, dt::f32, tag::a);
@@ -346,6 +351,15 @@ struct Conv1d {
 #endif
     p->prim = convolution_forward(pd);
     p->weights = packed_weights(pd.weights_desc(), user_weights_md(), user_weights.data(), -1);
+    memory::desc src_nwc({b, c_in, t}, dt::f32, tag::nwc), dst_nwc({b, c_out, out_len(t)}, dt::f32, tag::nwc);
+    if (pd.src_desc() != src_nwc) {
+      p->src_mem = memory(pd.src_desc(), cpu_engine());
+      p->src_in = reorder(reorder::primitive_desc(cpu_engine(), src_nwc, cpu_engine(), pd.src_desc()));
+    }
+    if (pd.dst_desc() != dst_nwc) {
+      p->dst_mem = memory(pd.dst_desc(), cpu_engine());
+      p->dst_out = reorder(reorder::primitive_desc(cpu_engine(), pd.dst_desc(), cpu_engine(), dst_nwc));
+    }
     return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
   }
 };
@@ -657,9 +671,13 @@ int emo_dnnl_conv1d_run(void *h, int64_t b, int64_t t, const float *x, float *y,
     }
     memory xm({{b, c->c_in, t}, dt::f32, tag::nwc}, cpu_engine(), const_cast<float *>(x));
     memory ym({{b, c->c_out, c->out_len(t)}, dt::f32, tag::nwc}, cpu_engine(), y);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, ym}};
+    if (p.src_mem) p.src_in.execute(s, xm, p.src_mem);
+    memory &src = p.src_mem ? p.src_mem : xm;
+    memory &dst = p.dst_mem ? p.dst_mem : ym;
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, dst}};
     if (c->has_bias) args[DNNL_ARG_BIAS] = c->bias;
     p.prim.execute(s, args);
+    if (p.dst_mem) p.dst_out.execute(s, p.dst_mem, ym);
     s.wait();
     return 0;
   } catch (const std::exception &e) {

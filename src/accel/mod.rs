@@ -1,6 +1,14 @@
-//! Fast CPU inference for the frozen networks: Linear layers and attention matmuls through oneDNN
-//! (cargo feature `onednn`, Debian's `libdnnl-dev`), in f32 or bf16 (AMX / AVX512_BF16), with candle's
-//! own ops as the fallback (feature off, a GPU tensor, or a tensor that needs gradients).
+//! Fast CPU inference for the frozen networks through oneDNN (cargo feature `onednn`, Debian's
+//! `libdnnl-dev`), with candle's own ops as the fallback (feature off, a GPU tensor, non-f32):
+//! - [`Linear`]: weights packed once, bias and optionally the exact GELU fused; f32 or bf16
+//!   (AMX / AVX512_BF16, else emulated with the same numbers).
+//! - [`attention`]: `softmax(scale·QKᵀ)·V` fused per block of query rows (the scores never materialised,
+//!   the heads-split views read in place, the output already heads-merged); f32 (bf16 runs the unfused
+//!   [`matmul`] path).
+//! - [`matmul`]: strided batched matmul.
+//! - [`Conv1d`]: a conv over time-major activations (HuBERT's feature extractor and positional conv):
+//!   strided convs as sums of in-place strided GEMMs, oneDNN's direct conv otherwise; f32.
+//! - [`gelu_erf`]: oneDNN's vectorised exact GELU.
 //!
 //! The precision is process-wide ([`set_inference`], from a recipe's `runtime.inference_precision`):
 //! `bf16` stores the packed weights as bf16 and multiplies bf16 operands with f32 accumulation, keeping
@@ -53,6 +61,26 @@ pub fn set_inference(precision: Precision, threads: usize) {
     }
     #[cfg(not(feature = "onednn"))]
     let _ = threads;
+}
+
+/// Process set-up for fast CPU inference, first thing in `main`: [`ensure_passive_openmp`] and
+/// [`reuse_large_buffers`].
+pub fn init_process() {
+    ensure_passive_openmp();
+    reuse_large_buffers();
+}
+
+/// Lets glibc serve large tensors (up to 1 GiB) from its heap instead of fresh `mmap`s: every op's output
+/// is a new buffer, and a fresh mapping is zero-filled by the kernel page by page as it is first written
+/// (a 3152×4096 f32 activation = 52 MB of page faults per layer, ~10 % of ViT-MAE-L's fc1 time). Freed
+/// buffers stay in the process for the next op (the heap is trimmed only above 1 GiB free).
+pub fn reuse_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds; called before any large allocation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
 
 /// Makes oneDNN's OpenMP threads sleep between calls instead of spinning, by re-executing the current
@@ -176,14 +204,15 @@ impl Linear {
         if self.gelu_erf { y.gelu_erf() } else { Ok(y) }
     }
 
+    /// `rows`: the first input's row count, which picks oneDNN's packed layout.
     #[cfg(feature = "onednn")]
-    fn packed(&self) -> Option<&onednn::PackedLinear> {
+    fn packed(&self, rows: usize) -> Option<&onednn::PackedLinear> {
         let precision = inference_precision();
         let entry = self.packed.get_or_init(|| {
             if !self.inner.weight().device().is_cpu() {
                 return None;
             }
-            match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, 512, self.gelu_erf) {
+            match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, rows, self.gelu_erf) {
                 Ok(p) => Some((precision, p)),
                 Err(e) => {
                     tracing::warn!(error = %e, "oneDNN linear unavailable; using candle's matmul");
@@ -200,7 +229,7 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "onednn")]
         if fast_ok(x)
-            && let Some(p) = self.packed()
+            && let Some(p) = self.packed(x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1))
         {
             return p.forward(x);
         }

@@ -6,7 +6,7 @@
 # ~/.cache/emollama-torch) and ~12 GB of RAM (EVA-g in both frameworks, one after the other).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-THREADS="${THREADS:-2}"; REPEATS="${REPEATS:-3}"
+THREADS="${THREADS:-2}"; REPEATS="${REPEATS:-5}"
 # bf16 columns only where the CPU multiplies bf16 natively (AMX / AVX512_BF16); elsewhere both frameworks
 # emulate it slowly (PyTorch's bf16 2048³ matmul took minutes on the AVX2 development machine). BF16=1 forces.
 if [[ -z "${BF16:-}" ]]; then
@@ -23,9 +23,12 @@ bin="${CARGO_TARGET_DIR:-target}/release/examples"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ours_modes=(candle f32); torch_modes=(f32)
 if [[ "$BF16" == 1 ]]; then ours_modes+=(bf16); torch_modes+=(bf16 autocast); fi
-for p in "${ours_modes[@]}"; do "$bin/encoder_bench" "$REPEATS" --precision "$p" > "$tmp/ours-$p.jsonl"; done
-# PyTorch with its default OpenMP waiting (the justfile's OMP_WAIT_POLICY=passive is for emollama's oneDNN).
-for d in "${torch_modes[@]}"; do env -u OMP_WAIT_POLICY "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" > "$tmp/torch-$d.json"; done
+# Encoder by encoder, emollama then PyTorch back to back, so a slow spell of the machine hits both sides.
+for name in hubert-large vit-mae-large videomae-large eva-vit-g; do
+  for p in "${ours_modes[@]}"; do "$bin/encoder_bench" "$REPEATS" --precision "$p" "$name" >> "$tmp/ours-$p.jsonl"; done
+  # PyTorch with its default OpenMP waiting (the justfile's OMP_WAIT_POLICY=passive is for emollama's oneDNN).
+  for d in "${torch_modes[@]}"; do env -u OMP_WAIT_POLICY "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" --only "$name" >> "$tmp/torch-$d.jsonl"; done
+done
 "$bin/accel_bench" 10 > "$tmp/accel.jsonl"
 env -u OMP_WAIT_POLICY "$VENV/bin/python" - "$THREADS" "$BF16" > "$tmp/torch-peak.json" <<'PY'
 import json, statistics, sys, time, torch
@@ -50,7 +53,10 @@ for p in ["candle", "f32", "bf16"]:
     for line in (f.read_text().splitlines() if f.exists() else []):
         if line.strip():
             r = json.loads(line); ours[p][r["name"]] = r
-torch = {d: json.loads((tmp / f"torch-{d}.json").read_text()) if (tmp / f"torch-{d}.json").exists() else {} for d in ["f32", "bf16", "autocast"]}
+torch = {}
+for d in ["f32", "bf16", "autocast"]:
+    f = tmp / f"torch-{d}.jsonl"
+    torch[d] = {k: v for line in (f.read_text().splitlines() if f.exists() else []) if line.strip() for k, v in json.loads(line).items()}
 na = lambda d, name: d.get(name, {}).get("median_s")
 fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
 backend = next(iter(ours["f32"].values()))["backend"]
