@@ -64,7 +64,7 @@ backend = next(iter(ours["f32"].values()))["backend"]
 tv = next(iter(torch["f32"].values()))["torch"]
 L = ["## Encoders at real size: emollama vs PyTorch, CPU f32 and bf16", "",
      f"{datetime.date.today()}, {platform.machine()}, {threads} threads, random weights, forward pass only, median of {repeats} after a warm-up (candle f32: of 2), "
-     "encoder by encoder with emollama and PyTorch back to back, one session (`just bench`, tools/bench/encoders_vs_torch.sh; emollama with {backend}; PyTorch {tv} with transformers "
+     f"encoder by encoder with emollama and PyTorch back to back, one session (`just bench`, tools/bench/encoders_vs_torch.sh; emollama with {backend}; PyTorch {tv} with transformers "
      "4.46.3 / timm 1.0.12 on the same shapes). emollama bf16 = bf16 matmul operands with f32 accumulation and f32 activations "
      "(like PyTorch's CPU autocast); PyTorch bf16 = model and input in bfloat16. Ratio < 1: emollama is faster. Seconds.", "",
      "| encoder | input | candle f32 | emollama f32 | PyTorch f32 | f32 ratio | emollama bf16 | PyTorch bf16 | PyTorch autocast | bf16 ratio (vs faster) |",
