@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -33,6 +34,22 @@ using dt = memory::data_type;
 using tag = memory::format_tag;
 
 namespace {
+
+// The thread count every oneDNN call runs with. omp_set_num_threads only sets the calling thread's
+// count, and a primitive must run with the count it was created under (its scratchpad is sized for it):
+// encoders are called from several threads (feature cache, evaluation), so each entry point applies
+// the process-wide count to its own thread first.
+std::atomic<int> g_threads{0};
+
+void sync_threads() {
+  int want = g_threads.load(std::memory_order_relaxed);
+  if (want <= 0) {
+    int first = omp_get_max_threads();
+    g_threads.compare_exchange_strong(want, first);
+    want = g_threads.load(std::memory_order_relaxed);
+  }
+  if (omp_get_max_threads() != want) omp_set_num_threads(want);
+}
 
 engine &cpu_engine() {
   static engine eng(engine::kind::cpu, 0);
@@ -221,9 +238,6 @@ struct Conv1d {
     // matrix; the chunks accumulate into dst (sum post-op), bias on the first, GELU on the last.
     std::vector<matmul> chunks;
     std::vector<memory> chunk_weights;
-    // The direct conv's own activation layouts, when they differ from nwc.
-    memory src_mem, dst_mem;
-    reorder src_in, dst_out;
     memory weights;  // in the primitive's layout
   };
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<PerShape>> per_shape;  // (batch, T_in)
@@ -327,9 +341,7 @@ struct Conv1d {
     if (it != per_shape.end()) return *it->second;
     auto p = std::make_unique<PerShape>();
     if (try_chunks(*p, t)) return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
-    // The activations' layout is left to oneDNN (its fast kernels want channel-blocked nCw8c on AVX2);
-    // a reorder from / to the caller's nwc is cheap next to the conv.
-    memory::desc src({b, c_in, t}, dt::f32, tag::any), dst({b, c_out, out_len(t)}, dt::f32, tag::any);
+    memory::desc src({b, c_in, t}, dt::f32, tag::nwc), dst({b, c_out, out_len(t)}, dt::f32, tag::nwc);
     memory::desc w_any = groups == 1 ? memory::desc({c_out, c_in, kernel}, dt::f32, tag::any)
                                      : memory::desc({groups, c_out / groups, c_in / groups, kernel}, dt::f32, tag::any);
     memory::desc bias_md({c_out}, dt::f32, tag::a);
@@ -351,15 +363,6 @@ struct Conv1d {
 #endif
     p->prim = convolution_forward(pd);
     p->weights = packed_weights(pd.weights_desc(), user_weights_md(), user_weights.data(), -1);
-    memory::desc src_nwc({b, c_in, t}, dt::f32, tag::nwc), dst_nwc({b, c_out, out_len(t)}, dt::f32, tag::nwc);
-    if (pd.src_desc() != src_nwc) {
-      p->src_mem = memory(pd.src_desc(), cpu_engine());
-      p->src_in = reorder(reorder::primitive_desc(cpu_engine(), src_nwc, cpu_engine(), pd.src_desc()));
-    }
-    if (pd.dst_desc() != dst_nwc) {
-      p->dst_mem = memory(pd.dst_desc(), cpu_engine());
-      p->dst_out = reorder(reorder::primitive_desc(cpu_engine(), pd.dst_desc(), cpu_engine(), dst_nwc));
-    }
     return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
   }
 };
@@ -369,7 +372,8 @@ struct Conv1d {
 extern "C" {
 
 void emo_dnnl_set_threads(int n) {
-  if (n > 0) omp_set_num_threads(n);
+  if (n > 0) g_threads.store(n);
+  sync_threads();
 }
 
 int emo_dnnl_version(int *major, int *minor, int *patch) {
@@ -418,6 +422,7 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
                           char *err, size_t err_len) {
   const bool gelu = post_op == 1;
   try {
+    sync_threads();
     if (bf16 == 2) {
       // Native bf16 where the CPU has it, else emulated (f32 products of bf16-rounded operands).
       const float *w32 = static_cast<const float *>(w);
@@ -448,6 +453,7 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
 // x: [M, K] f32 row-major; y: [M, N] f32.
 int emo_dnnl_linear_run(void *h, int64_t m, const float *x, float *y, char *err, size_t err_len) {
   try {
+    sync_threads();
     auto l = static_cast<Linear *>(h);
     std::lock_guard<std::mutex> g(l->mu);
     auto &p = linear_for(l, m);
@@ -483,6 +489,7 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
                  const int64_t *b_strides, const float *a, const float *b, float *c, float scale, int bf16,
                  char *err, size_t err_len) {
   try {
+    sync_threads();
     memory::dims ad(a_dims, a_dims + nd), as(a_strides, a_strides + nd);
     memory::dims bd(b_dims, b_dims + nd), bs(b_strides, b_strides + nd);
     memory::dims cd(ad);
@@ -559,6 +566,7 @@ int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks
                        const float *q, const float *k, const float *v, float *out, float scale, char *err,
                        size_t err_len) {
   try {
+    sync_threads();
     const int64_t b = dims[0], h = dims[1], m = dims[2], n = dims[3], dv = dims[5];
     // ~256 KB of scores per block: a block stays in L2 between the two products.
     const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(m, (64 * 1024) / std::max<int64_t>(n, 1)));
@@ -650,6 +658,7 @@ int64_t emo_dnnl_conv1d_out_len(void *h, int64_t t) { return static_cast<Conv1d 
 // x: [B, T, C_in] f32 dense; y: [B, T_out, C_out] f32 dense.
 int emo_dnnl_conv1d_run(void *h, int64_t b, int64_t t, const float *x, float *y, char *err, size_t err_len) {
   try {
+    sync_threads();
     auto c = static_cast<Conv1d *>(h);
     std::lock_guard<std::mutex> g(c->mu);
     auto &p = c->for_shape(b, t);
@@ -671,13 +680,9 @@ int emo_dnnl_conv1d_run(void *h, int64_t b, int64_t t, const float *x, float *y,
     }
     memory xm({{b, c->c_in, t}, dt::f32, tag::nwc}, cpu_engine(), const_cast<float *>(x));
     memory ym({{b, c->c_out, c->out_len(t)}, dt::f32, tag::nwc}, cpu_engine(), y);
-    if (p.src_mem) p.src_in.execute(s, xm, p.src_mem);
-    memory &src = p.src_mem ? p.src_mem : xm;
-    memory &dst = p.dst_mem ? p.dst_mem : ym;
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, dst}};
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, ym}};
     if (c->has_bias) args[DNNL_ARG_BIAS] = c->bias;
     p.prim.execute(s, args);
-    if (p.dst_mem) p.dst_out.execute(s, p.dst_mem, ym);
     s.wait();
     return 0;
   } catch (const std::exception &e) {
@@ -691,6 +696,7 @@ void emo_dnnl_conv1d_free(void *h) { delete static_cast<Conv1d *>(h); }
 // y = gelu_erf(x) elementwise over n f32 values (oneDNN's vectorised erf); y may alias x.
 int emo_dnnl_gelu_erf(const float *x, float *y, int64_t n, char *err, size_t err_len) {
   try {
+    sync_threads();
     static std::mutex mu;
     static std::map<int64_t, eltwise_forward> cache;
     memory::desc md({n}, dt::f32, tag::a);
