@@ -63,17 +63,33 @@ void set_err(char *err, size_t len, const std::string &msg) {
   }
 }
 
+// One eltwise post-op (`alpha` for the algorithms that take one); the signature differs in 2.x and 3.x.
+void append_eltwise(post_ops &po, algorithm alg, float alpha = 0.f) {
+#if DNNL_VERSION_MAJOR >= 3
+  po.append_eltwise(alg, alpha, 0.f);
+#else
+  po.append_eltwise(1.f, alg, alpha, 0.f);
+#endif
+}
+
+matmul::primitive_desc matmul_pd(const memory::desc &a, const memory::desc &b, const memory::desc *bias,
+                                 const memory::desc &c, const primitive_attr &attr = primitive_attr()) {
+#if DNNL_VERSION_MAJOR >= 3
+  if (bias) return matmul::primitive_desc(cpu_engine(), a, b, *bias, c, attr);
+  return matmul::primitive_desc(cpu_engine(), a, b, c, attr);
+#else
+  if (bias) return matmul::primitive_desc(matmul::desc(a, b, *bias, c), attr, cpu_engine());
+  return matmul::primitive_desc(matmul::desc(a, b, c), attr, cpu_engine());
+#endif
+}
+
 matmul::primitive_desc make_matmul(const memory::desc &a, const memory::desc &b, const memory::desc *bias,
                                    const memory::desc &c, float scale, bool gelu_erf = false) {
   primitive_attr attr;
   if (gelu_erf) {
     // The exact (erf) GELU fused into the product's epilogue: no separate pass over the activations.
     post_ops po;
-#if DNNL_VERSION_MAJOR >= 3
-    po.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f);
-#else
-    po.append_eltwise(1.f, algorithm::eltwise_gelu_erf, 0.f, 0.f);
-#endif
+    append_eltwise(po, algorithm::eltwise_gelu_erf);
     attr.set_post_ops(po);
   }
   if (scale != 1.0f) {
@@ -84,13 +100,7 @@ matmul::primitive_desc make_matmul(const memory::desc &a, const memory::desc &b,
     attr.set_output_scales(0, {scale});
 #endif
   }
-#if DNNL_VERSION_MAJOR >= 3
-  if (bias) return matmul::primitive_desc(cpu_engine(), a, b, *bias, c, attr);
-  return matmul::primitive_desc(cpu_engine(), a, b, c, attr);
-#else
-  if (bias) return matmul::primitive_desc(matmul::desc(a, b, *bias, c), attr, cpu_engine());
-  return matmul::primitive_desc(matmul::desc(a, b, c), attr, cpu_engine());
-#endif
+  return matmul_pd(a, b, bias, c, attr);
 }
 
 struct Linear {
@@ -201,84 +211,40 @@ void make_attn_block(AttnBlock &blk, int64_t rows, const int64_t *dims, const in
   // The scale as a linear post-op: it works the same in oneDNN 2.x and 3.x.
   primitive_attr attr;
   post_ops po;
-#if DNNL_VERSION_MAJOR >= 3
-  po.append_eltwise(algorithm::eltwise_linear, scale, 0.f);
-#else
-  po.append_eltwise(1.f, algorithm::eltwise_linear, scale, 0.f);
-#endif
+  append_eltwise(po, algorithm::eltwise_linear, scale);
   attr.set_post_ops(po);
+  blk.qk = matmul(matmul_pd(blk.q_md, blk.k_md, nullptr, blk.s_md, attr));
+  blk.pv = matmul(matmul_pd(blk.s_md, blk.v_md, nullptr, blk.o_md));
 #if DNNL_VERSION_MAJOR >= 3
-  blk.qk = matmul(matmul::primitive_desc(cpu_engine(), blk.q_md, blk.k_md, blk.s_md, attr));
-  blk.pv = matmul(matmul::primitive_desc(cpu_engine(), blk.s_md, blk.v_md, blk.o_md));
   blk.softmax = softmax_forward(softmax_forward::primitive_desc(cpu_engine(), prop_kind::forward_inference,
                                                                 algorithm::softmax_accurate, blk.s_md, blk.s_md, 1));
 #else
-  blk.qk = matmul(matmul::primitive_desc(matmul::desc(blk.q_md, blk.k_md, blk.s_md), attr, cpu_engine()));
-  blk.pv = matmul(matmul::primitive_desc(matmul::desc(blk.s_md, blk.v_md, blk.o_md), cpu_engine()));
   blk.softmax = softmax_forward(softmax_forward::primitive_desc(
       softmax_forward::desc(prop_kind::forward_inference, blk.s_md, 1), cpu_engine()));
 #endif
 }
 
 
-// A 1-D convolution over time-major activations ([B, T, C], oneDNN's `nwc`), weights [C_out, C_in/G, K]
-// reordered once into the layout the chosen implementation wants; bias and an optional exact GELU fused.
+// A 1-D convolution over time-major activations ([B, T, C]), groups = 1 and no padding, as a sum of matmuls
+// over the input read in place: kernel taps [j0, j0 + s) (s = stride) of every output frame are one
+// contiguous run of s·C_in values, and consecutive frames' runs do not overlap, so each chunk of ≤ s taps is
+// a strided [T_out, taps·C_in] matrix. The chunks accumulate into dst (sum post-op), the bias fused into the
+// first, the optional exact GELU into the last. A GEMM at full speed, where oneDNN's direct conv falls back
+// to slow kernels on long inputs (AVX2), and no im2col copy.
 struct Conv1d {
-  int64_t c_in = 0, c_out = 0, kernel = 0, stride = 1, pad_l = 0, pad_r = 0, groups = 1;
+  int64_t c_in = 0, c_out = 0, kernel = 0, stride = 1;
   bool gelu_erf = false, has_bias = false;
-  std::vector<float> user_weights;  // [C_out, C_in/G, K]
-  memory bias, bias_row;  // [C_out] for the conv, [1, C_out] for the matmul (same values)
+  std::vector<float> tap_weights;  // [C_out, K, C_in]: the [K·C_in, C_out] matrix in "ba" order
+  memory bias;                     // [1, C_out]
   std::mutex mu;
-  struct PerShape {
-    convolution_forward prim;
-    // groups = 1, no padding: the conv as a sum of matmuls over the input read in place, a GEMM at full
-    // speed where oneDNN's direct conv falls back to slow kernels (long inputs on AVX2). Kernel taps
-    // [j0, j0 + s) (s = stride) of every output frame are one contiguous run of s·C_in values, and
-    // consecutive frames' runs do not overlap, so each chunk of ≤ s taps is a strided [T_out, len·C_in]
-    // matrix; the chunks accumulate into dst (sum post-op), bias on the first, GELU on the last.
+  struct PerLength {
     std::vector<matmul> chunks;
-    std::vector<memory> chunk_weights;
-    memory weights;  // in the primitive's layout
+    std::vector<memory> weights;  // chunk c's weights in its primitive's layout
   };
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<PerShape>> per_shape;  // (batch, T_in)
-  std::vector<std::tuple<int64_t, memory::desc, memory>> packed;  // (part, layout, weights), reordered once each
+  std::map<int64_t, std::unique_ptr<PerLength>> per_length;  // by T_in
+  std::vector<std::tuple<int64_t, memory::desc, memory>> packed;  // (chunk, layout, weights), reordered once
 
-  int64_t out_len(int64_t t) const { return (t + pad_l + pad_r - kernel) / stride + 1; }
-
-  memory::desc user_weights_md() const {
-    if (groups == 1) return memory::desc({c_out, c_in, kernel}, dt::f32, tag::oiw);
-    return memory::desc({groups, c_out / groups, c_in / groups, kernel}, dt::f32, tag::goiw);
-  }
-
-  // `want`-layout weights of `part` (-1: the conv's own; c: chunk c of the matmul form), reordered once.
-  memory packed_weights(const memory::desc &want, const memory::desc &user_md, const float *user_data, int64_t part) {
-    for (auto &[key, md, mem] : packed)
-      if (key == part && md == want) return mem;
-    memory user(user_md, cpu_engine(), const_cast<float *>(user_data));
-    memory w(want, cpu_engine());
-    stream s(cpu_engine());
-    reorder(user, w).execute(s, user, w);
-    s.wait();
-    packed.emplace_back(part, want, w);
-    return w;
-  }
-
-  primitive_attr gelu_attr() const {
-    primitive_attr attr;
-    if (gelu_erf) {
-      post_ops po;
-#if DNNL_VERSION_MAJOR >= 3
-      po.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f);
-#else
-      po.append_eltwise(1.f, algorithm::eltwise_gelu_erf, 0.f, 0.f);
-#endif
-      attr.set_post_ops(po);
-    }
-    return attr;
-  }
-
-  std::vector<float> tap_weights;  // [C_out, K, C_in]
-
+  int64_t out_len(int64_t t) const { return (t - kernel) / stride + 1; }
   int64_t chunk_count() const { return (kernel + stride - 1) / stride; }
 
   // Chunk c of the input: taps [c·stride, min(K, (c+1)·stride)) of every output frame.
@@ -287,83 +253,39 @@ struct Conv1d {
     return memory::desc({out_len(t), taps * c_in}, dt::f32, memory::dims{stride * c_in, 1});
   }
 
-  bool try_chunks(PerShape &p, int64_t t) {
-    if (groups != 1 || pad_l != 0 || pad_r != 0) return false;
-    try {
-      if (tap_weights.empty()) {
-        tap_weights.resize(user_weights.size());
-        for (int64_t o = 0; o < c_out; ++o)
-          for (int64_t i = 0; i < c_in; ++i)
-            for (int64_t j = 0; j < kernel; ++j)
-              tap_weights[(o * kernel + j) * c_in + i] = user_weights[(o * c_in + i) * kernel + j];
-      }
-      const int64_t n = chunk_count();
-      memory::desc dst({out_len(t), c_out}, dt::f32, tag::ab), bias_md({1, c_out}, dt::f32, tag::ab);
-      for (int64_t c = 0; c < n; ++c) {
-        const int64_t kc = chunk_src_md(t, c).dims()[1];
-        primitive_attr attr;
-        post_ops po;
-        if (c > 0) po.append_sum(1.f);
-        if (c == n - 1 && gelu_erf) {
-#if DNNL_VERSION_MAJOR >= 3
-          po.append_eltwise(algorithm::eltwise_gelu_erf, 0.f, 0.f);
-#else
-          po.append_eltwise(1.f, algorithm::eltwise_gelu_erf, 0.f, 0.f);
-#endif
-        }
-        attr.set_post_ops(po);
-        memory::desc w_any({kc, c_out}, dt::f32, tag::any);
-        const bool bias_here = has_bias && c == 0;
-#if DNNL_VERSION_MAJOR >= 3
-        auto pd = bias_here ? matmul::primitive_desc(cpu_engine(), chunk_src_md(t, c), w_any, bias_md, dst, attr)
-                            : matmul::primitive_desc(cpu_engine(), chunk_src_md(t, c), w_any, dst, attr);
-#else
-        auto pd = bias_here
-                      ? matmul::primitive_desc(matmul::desc(chunk_src_md(t, c), w_any, bias_md, dst), attr, cpu_engine())
-                      : matmul::primitive_desc(matmul::desc(chunk_src_md(t, c), w_any, dst), attr, cpu_engine());
-#endif
-        // The chunk's weights: rows [c·stride·C_in, +kc) of the [K·C_in, C_out] matrix ("ba": row stride 1,
-        // column stride K·C_in).
-        memory::desc user_md({kc, c_out}, dt::f32, memory::dims{1, kernel * c_in});
-        p.chunks.emplace_back(pd);
-        p.chunk_weights.push_back(packed_weights(pd.weights_desc(), user_md, tap_weights.data() + c * stride * c_in, c));
-      }
-      return true;
-    } catch (const dnnl::error &) {
-      p.chunks.clear();
-      p.chunk_weights.clear();
-      return false;  // the direct conv below
-    }
+  // Chunk c's weights in the `want` layout, reordered once per layout.
+  memory packed_weights(int64_t c, const memory::desc &want) {
+    for (auto &[key, md, mem] : packed)
+      if (key == c && md == want) return mem;
+    // Rows [c·stride·C_in, +taps·C_in) of the [K·C_in, C_out] matrix ("ba": row stride 1, column stride K·C_in).
+    memory::desc user_md({want.dims()[0], c_out}, dt::f32, memory::dims{1, kernel * c_in});
+    memory user(user_md, cpu_engine(), tap_weights.data() + c * stride * c_in);
+    memory w(want, cpu_engine());
+    stream s(cpu_engine());
+    reorder(user, w).execute(s, user, w);
+    s.wait();
+    packed.emplace_back(c, want, w);
+    return w;
   }
 
-  PerShape &for_shape(int64_t b, int64_t t) {
-    auto it = per_shape.find({b, t});
-    if (it != per_shape.end()) return *it->second;
-    auto p = std::make_unique<PerShape>();
-    if (try_chunks(*p, t)) return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
-    memory::desc src({b, c_in, t}, dt::f32, tag::nwc), dst({b, c_out, out_len(t)}, dt::f32, tag::nwc);
-    memory::desc w_any = groups == 1 ? memory::desc({c_out, c_in, kernel}, dt::f32, tag::any)
-                                     : memory::desc({groups, c_out / groups, c_in / groups, kernel}, dt::f32, tag::any);
-    memory::desc bias_md({c_out}, dt::f32, tag::a);
-    primitive_attr attr = gelu_attr();
-    memory::dims strides{stride}, l{pad_l}, r{pad_r};
-#if DNNL_VERSION_MAJOR >= 3
-    auto pd = has_bias ? convolution_forward::primitive_desc(cpu_engine(), prop_kind::forward_inference,
-                                                             algorithm::convolution_direct, src, w_any, bias_md, dst,
-                                                             strides, l, r, attr)
-                       : convolution_forward::primitive_desc(cpu_engine(), prop_kind::forward_inference,
-                                                             algorithm::convolution_direct, src, w_any, dst, strides,
-                                                             l, r, attr);
-#else
-    auto d = has_bias ? convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, src,
-                                                  w_any, bias_md, dst, strides, l, r)
-                      : convolution_forward::desc(prop_kind::forward_inference, algorithm::convolution_direct, src,
-                                                  w_any, dst, strides, l, r);
-    auto pd = convolution_forward::primitive_desc(d, attr, cpu_engine());
-#endif
-    p->prim = convolution_forward(pd);
-    p->weights = packed_weights(pd.weights_desc(), user_weights_md(), user_weights.data(), -1);
-    return *per_shape.emplace(std::make_pair(b, t), std::move(p)).first->second;
+  PerLength &for_length(int64_t t) {
+    auto it = per_length.find(t);
+    if (it != per_length.end()) return *it->second;
+    auto p = std::make_unique<PerLength>();
+    const int64_t n = chunk_count();
+    memory::desc dst({out_len(t), c_out}, dt::f32, tag::ab), bias_md({1, c_out}, dt::f32, tag::ab);
+    for (int64_t c = 0; c < n; ++c) {
+      primitive_attr attr;
+      post_ops po;
+      if (c > 0) po.append_sum(1.f);
+      if (c == n - 1 && gelu_erf) append_eltwise(po, algorithm::eltwise_gelu_erf);
+      attr.set_post_ops(po);
+      memory::desc w_any({chunk_src_md(t, c).dims()[1], c_out}, dt::f32, tag::any);
+      auto pd = matmul_pd(chunk_src_md(t, c), w_any, has_bias && c == 0 ? &bias_md : nullptr, dst, attr);
+      p->chunks.emplace_back(pd);
+      p->weights.push_back(packed_weights(c, pd.weights_desc()));
+    }
+    return *per_length.emplace(t, std::move(p)).first->second;
   }
 };
 
@@ -628,22 +550,22 @@ int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks
   }
 }
 
-// w: [C_out, C_in/groups, K] f32; bias: C_out values or null; post_op: 0 none, 1 the exact GELU.
-void *emo_dnnl_conv1d_new(int64_t c_in, int64_t c_out, int64_t kernel, int64_t stride, int64_t pad_l, int64_t pad_r,
-                          int64_t groups, const float *w, const float *bias, int post_op, char *err, size_t err_len) {
+// w: [C_out, C_in, K] f32; bias: C_out values or null; post_op: 0 none, 1 the exact GELU.
+void *emo_dnnl_conv1d_new(int64_t c_in, int64_t c_out, int64_t kernel, int64_t stride, const float *w,
+                          const float *bias, int post_op, char *err, size_t err_len) {
   try {
-    if (groups < 1 || c_in % groups != 0 || c_out % groups != 0 || kernel < 1 || stride < 1)
-      throw std::runtime_error("invalid conv1d geometry");
+    if (c_in < 1 || c_out < 1 || kernel < 1 || stride < 1) throw std::runtime_error("invalid conv1d geometry");
     auto c = std::make_unique<Conv1d>();
-    c->c_in = c_in, c->c_out = c_out, c->kernel = kernel, c->stride = stride, c->pad_l = pad_l, c->pad_r = pad_r;
-    c->groups = groups;
+    c->c_in = c_in, c->c_out = c_out, c->kernel = kernel, c->stride = stride;
     c->gelu_erf = post_op == 1;
-    c->user_weights.assign(w, w + c_out * (c_in / groups) * kernel);
+    c->tap_weights.resize(static_cast<size_t>(c_out * c_in * kernel));
+    for (int64_t o = 0; o < c_out; ++o)
+      for (int64_t i = 0; i < c_in; ++i)
+        for (int64_t j = 0; j < kernel; ++j) c->tap_weights[(o * kernel + j) * c_in + i] = w[(o * c_in + i) * kernel + j];
     c->has_bias = bias != nullptr;
     if (bias) {
-      c->bias = memory(memory::desc({c_out}, dt::f32, tag::a), cpu_engine());
+      c->bias = memory(memory::desc({1, c_out}, dt::f32, tag::ab), cpu_engine());
       std::memcpy(c->bias.get_data_handle(), bias, static_cast<size_t>(c_out) * sizeof(float));
-      c->bias_row = memory(memory::desc({1, c_out}, dt::f32, tag::ab), cpu_engine(), c->bias.get_data_handle());
     }
     return c.release();
   } catch (const std::exception &e) {
@@ -661,28 +583,19 @@ int emo_dnnl_conv1d_run(void *h, int64_t b, int64_t t, const float *x, float *y,
     sync_threads();
     auto c = static_cast<Conv1d *>(h);
     std::lock_guard<std::mutex> g(c->mu);
-    auto &p = c->for_shape(b, t);
+    auto &p = c->for_length(t);
     stream s(cpu_engine());
-    if (!p.chunks.empty()) {
-      const int64_t t_out = c->out_len(t);
-      for (int64_t i = 0; i < b; ++i) {
-        memory ym({{t_out, c->c_out}, dt::f32, tag::ab}, cpu_engine(), y + i * t_out * c->c_out);
-        for (size_t k = 0; k < p.chunks.size(); ++k) {
-          const float *src = x + i * t * c->c_in + static_cast<int64_t>(k) * c->stride * c->c_in;
-          memory xm(c->chunk_src_md(t, static_cast<int64_t>(k)), cpu_engine(), const_cast<float *>(src));
-          std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.chunk_weights[k]}, {DNNL_ARG_DST, ym}};
-          if (c->has_bias && k == 0) args[DNNL_ARG_BIAS] = c->bias_row;
-          p.chunks[k].execute(s, args);
-        }
+    const int64_t t_out = c->out_len(t);
+    for (int64_t i = 0; i < b; ++i) {
+      memory ym({{t_out, c->c_out}, dt::f32, tag::ab}, cpu_engine(), y + i * t_out * c->c_out);
+      for (size_t k = 0; k < p.chunks.size(); ++k) {
+        const float *src = x + i * t * c->c_in + static_cast<int64_t>(k) * c->stride * c->c_in;
+        memory xm(c->chunk_src_md(t, static_cast<int64_t>(k)), cpu_engine(), const_cast<float *>(src));
+        std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.weights[k]}, {DNNL_ARG_DST, ym}};
+        if (c->has_bias && k == 0) args[DNNL_ARG_BIAS] = c->bias;
+        p.chunks[k].execute(s, args);
       }
-      s.wait();
-      return 0;
     }
-    memory xm({{b, c->c_in, t}, dt::f32, tag::nwc}, cpu_engine(), const_cast<float *>(x));
-    memory ym({{b, c->c_out, c->out_len(t)}, dt::f32, tag::nwc}, cpu_engine(), y);
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, ym}};
-    if (c->has_bias) args[DNNL_ARG_BIAS] = c->bias;
-    p.prim.execute(s, args);
     s.wait();
     return 0;
   } catch (const std::exception &e) {

@@ -7,7 +7,7 @@
 //!   [`matmul`] path).
 //! - [`matmul`]: strided batched matmul.
 //! - [`Conv1d`]: a conv over time-major activations (HuBERT's feature extractor and positional conv):
-//!   strided convs as sums of in-place strided GEMMs, oneDNN's direct conv otherwise; f32.
+//!   groups = 1 without padding as sums of in-place strided GEMMs, candle otherwise; f32.
 //! - [`gelu_erf`]: oneDNN's vectorised exact GELU.
 //!
 //! The precision is process-wide ([`set_inference`], from a recipe's `runtime.inference_precision`):
@@ -315,11 +315,12 @@ impl Conv1d {
             .get_or_init(|| {
                 // Only the strided-GEMM form (groups = 1, no padding): oneDNN 2.6's direct grouped, padded
                 // conv (gemm:jit, nwc) crashed on a small shape here (32 channels, 4 groups, kernel 16,
-                // batch 4, 99 frames); those convs (HuBERT's positional conv) stay on candle.
+                // batch 4, 99 frames), so the shim has no direct conv; those convs (HuBERT's positional
+                // conv) stay on candle.
                 if !self.weight.device().is_cpu() || self.groups != 1 || self.padding != 0 {
                     return None;
                 }
-                onednn::PackedConv1d::new(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.groups, self.gelu_erf)
+                onednn::PackedConv1d::new(&self.weight, self.bias.as_ref(), self.stride, self.gelu_erf)
                     .map_err(|e| tracing::warn!(error = %e, "oneDNN conv1d unavailable; using candle's conv1d"))
                     .ok()
             })

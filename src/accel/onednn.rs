@@ -37,9 +37,6 @@ unsafe extern "C" {
         c_out: i64,
         kernel: i64,
         stride: i64,
-        pad_l: i64,
-        pad_r: i64,
-        groups: i64,
         w: *const f32,
         bias: *const f32,
         post_op: i32,
@@ -87,6 +84,18 @@ pub fn version() -> String {
     format!("{a}.{b}.{c}")
 }
 
+/// A layer's weights and bias as host f32 values for the shim, which copies them; the bias must have `outputs` values.
+fn host_weights(weight: &Tensor, bias: Option<&Tensor>, outputs: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
+    if let Some(b) = &bias
+        && b.len() != outputs
+    {
+        bail!("bias of {} values for {outputs} outputs", b.len());
+    }
+    Ok((w, bias))
+}
+
 /// `y = x Wᵀ + b` with the weights reordered once into oneDNN's packed layout.
 pub struct PackedLinear {
     handle: *mut c_void,
@@ -110,11 +119,7 @@ impl PackedLinear {
     /// `gelu_erf`: the exact GELU fused after the bias.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>, precision: Precision, m_hint: usize, gelu_erf: bool) -> Result<Self> {
         let (n, k) = weight.dims2()?;
-        let w32 = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
-        if bias.as_ref().is_some_and(|b| b.len() != n) {
-            bail!("bias of {} values for {n} outputs", bias.as_ref().map_or(0, Vec::len));
-        }
+        let (w32, bias) = host_weights(weight, bias, n)?;
         // Mode 2: bf16 arithmetic from f32 weights (native bf16 where the CPU has it, else emulated).
         let mode = match precision {
             Precision::Bf16 => 2,
@@ -276,8 +281,8 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result
     q.apply_op3_no_bwd(k, v, &FusedAttention { scale })
 }
 
-/// A 1-D convolution over time-major activations (batch, time, channels) with the weights reordered
-/// once, the bias and optionally the exact GELU fused. f32.
+/// A 1-D convolution (groups = 1, no padding) over time-major activations (batch, time, channels), as
+/// strided GEMMs over the input read in place; the bias and optionally the exact GELU fused. f32.
 pub struct PackedConv1d {
     handle: *mut c_void,
     c_in: usize,
@@ -296,26 +301,18 @@ impl Drop for PackedConv1d {
 }
 
 impl PackedConv1d {
-    /// `weight` (c_out, c_in / groups, kernel); `padding` zero frames on each side.
-    pub fn new(weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize, groups: usize, gelu_erf: bool) -> Result<Self> {
-        let (c_out, c_in_g, kernel) = weight.dims3()?;
-        let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let bias: Option<Vec<f32>> = bias.map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()).transpose()?;
-        if bias.as_ref().is_some_and(|b| b.len() != c_out) {
-            bail!("conv1d bias of {} values for {c_out} outputs", bias.as_ref().map_or(0, Vec::len));
-        }
+    /// `weight` (c_out, c_in, kernel): groups = 1 and no padding (the strided-GEMM form in the shim).
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, stride: usize, gelu_erf: bool) -> Result<Self> {
+        let (c_out, c_in, kernel) = weight.dims3()?;
+        let (w, bias) = host_weights(weight, bias, c_out)?;
         let mut err = [0u8; ERR_LEN];
-        let p = padding as i64;
-        // SAFETY: w holds c_out*c_in_g*kernel f32, bias c_out f32 (or null); the shim copies both.
+        // SAFETY: w holds c_out*c_in*kernel f32, bias c_out f32 (or null); the shim copies both.
         let handle = unsafe {
             emo_dnnl_conv1d_new(
-                (c_in_g * groups) as i64,
+                c_in as i64,
                 c_out as i64,
                 kernel as i64,
                 stride as i64,
-                p,
-                p,
-                groups as i64,
                 w.as_ptr(),
                 bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr()),
                 gelu_erf as i32,
@@ -324,9 +321,9 @@ impl PackedConv1d {
             )
         };
         if handle.is_null() {
-            bail!("oneDNN conv1d {c_out}x{}x{kernel}: {}", c_in_g * groups, err_text(&err));
+            bail!("oneDNN conv1d {c_out}x{c_in}x{kernel}: {}", err_text(&err));
         }
-        Ok(Self { handle, c_in: c_in_g * groups, c_out })
+        Ok(Self { handle, c_in, c_out })
     }
 
     /// `x` (batch, time, c_in) f32 → (batch, time', c_out).
