@@ -11,6 +11,17 @@
 //  * batched matmul: c[B,M,N] = a[B,M,K] · b[B,K,N] with arbitrary strides for a and b (so Kᵀ is a
 //    stride swap, not a copy), times an optional scale; bf16 mode converts a and b first.
 // Primitives are cached per shape: creating one costs milliseconds. Errors are returned as text.
+//
+// Threads (why each rule is here: issue 28, outputs that changed from run to run on AVX-512 CPUs):
+//  * Scratchpads are user-managed and per executing thread ([`thread_scratchpad`]). oneDNN's default,
+//    library-managed scratchpad (built with DNNL_ENABLE_CONCURRENT_EXEC=OFF, as Debian's is) is shared by
+//    the primitives of a thread and requires a primitive to run on the thread that created it; ours run on
+//    the callers' threads (extraction, feature cache, evaluation) and on the attention's OpenMP workers.
+//  * A primitive runs with the thread count it was created for: top-level calls apply the process count
+//    first ([`sync_threads`]); primitives executed inside our own OpenMP region (the fused attention's
+//    blocks) are created for one thread ([`OneThread`]), because oneDNN runs a nested primitive on one
+//    thread while brgemm kernels (AVX-512 / AMX) split their work by the creation count: executed nested,
+//    a primitive created for two threads computed half of its output and left the rest stale.
 
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
@@ -19,6 +30,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -41,7 +53,9 @@ namespace {
 // the process-wide count to its own thread first.
 std::atomic<int> g_threads{0};
 
-void sync_threads() {
+// Returns the count applied: the primitive caches are keyed by it, so a primitive is never executed under
+// another count than the one it was created for (the count can change, `emo_dnnl_set_threads`).
+int sync_threads() {
   int want = g_threads.load(std::memory_order_relaxed);
   if (want <= 0) {
     int first = omp_get_max_threads();
@@ -49,6 +63,7 @@ void sync_threads() {
     want = g_threads.load(std::memory_order_relaxed);
   }
   if (omp_get_max_threads() != want) omp_set_num_threads(want);
+  return want;
 }
 
 engine &cpu_engine() {
@@ -63,6 +78,63 @@ void set_err(char *err, size_t len, const std::string &msg) {
   }
 }
 
+// The calling thread's scratchpad for one primitive execution: a grow-only, page-aligned buffer owned by
+// the thread, so no two executions ever share one (user-managed mode; see the header comment).
+memory thread_scratchpad(const memory::desc &md) {
+  struct Buffer {
+    void *ptr = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(ptr); }
+  };
+  thread_local Buffer buf;
+  const size_t need = md.get_size();
+  if (need > buf.size) {
+    std::free(buf.ptr);
+    const size_t size = (need + 4095) / 4096 * 4096;
+    buf.ptr = std::aligned_alloc(4096, size);
+    buf.size = buf.ptr ? size : 0;
+    if (!buf.ptr) throw std::bad_alloc();
+  }
+  return memory(md, cpu_engine(), buf.ptr);
+}
+
+// Executes `p` on `s` with the calling thread's scratchpad (when the primitive needs one).
+void execute(const primitive &p, const memory::desc &scratch, stream &s, std::unordered_map<int, memory> args) {
+  if (scratch.get_size() > 0) args[DNNL_ARG_SCRATCHPAD] = thread_scratchpad(scratch);
+  p.execute(s, args);
+}
+
+// `attr` with a user-managed scratchpad (every primitive of the shim that runs outside its creation call).
+primitive_attr user_scratchpad(primitive_attr attr = primitive_attr()) {
+  attr.set_scratchpad_mode(scratchpad_mode::user);
+  return attr;
+}
+
+// While alive, primitives are created for one thread: those the shim executes inside its own OpenMP region.
+struct OneThread {
+  int saved = omp_get_max_threads();
+  OneThread() { omp_set_num_threads(1); }
+  ~OneThread() { omp_set_num_threads(saved); }
+  OneThread(const OneThread &) = delete;
+  OneThread &operator=(const OneThread &) = delete;
+};
+
+// A primitive with the scratchpad layout it needs.
+template <typename P>
+struct Prim {
+  P prim;
+  memory::desc scratch;
+  Prim() = default;
+  template <typename PD>
+  explicit Prim(const PD &pd) : prim(pd), scratch(pd.scratchpad_desc()) {}
+  void run(stream &s, std::unordered_map<int, memory> args) const { execute(prim, scratch, s, std::move(args)); }
+};
+
+// A reorder from `from` to `to` for execution outside its creation call.
+Prim<reorder> make_reorder(const memory::desc &from, const memory::desc &to) {
+  return Prim<reorder>(reorder::primitive_desc(cpu_engine(), from, cpu_engine(), to, user_scratchpad()));
+}
+
 // One eltwise post-op (`alpha` for the algorithms that take one); the signature differs in 2.x and 3.x.
 void append_eltwise(post_ops &po, algorithm alg, float alpha = 0.f) {
 #if DNNL_VERSION_MAJOR >= 3
@@ -73,7 +145,8 @@ void append_eltwise(post_ops &po, algorithm alg, float alpha = 0.f) {
 }
 
 matmul::primitive_desc matmul_pd(const memory::desc &a, const memory::desc &b, const memory::desc *bias,
-                                 const memory::desc &c, const primitive_attr &attr = primitive_attr()) {
+                                 const memory::desc &c, primitive_attr attr = primitive_attr()) {
+  attr = user_scratchpad(attr);
 #if DNNL_VERSION_MAJOR >= 3
   if (bias) return matmul::primitive_desc(cpu_engine(), a, b, *bias, c, attr);
   return matmul::primitive_desc(cpu_engine(), a, b, c, attr);
@@ -114,35 +187,35 @@ struct Linear {
   memory bias;
   std::mutex mu;
   struct PerM {
-    matmul prim;
-    reorder to_bf16;  // f32 x -> bf16 scratch (bf16 mode only)
+    Prim<matmul> prim;
+    Prim<reorder> to_bf16;  // f32 x -> bf16 scratch (bf16 mode only)
     std::vector<uint16_t> scratch;
     std::vector<float> rounded;  // emulated bf16: x rounded to bf16 values
   };
-  std::unordered_map<int64_t, std::unique_ptr<PerM>> per_m;
+  std::map<std::pair<int64_t, int>, std::unique_ptr<PerM>> per_m;  // by (M, threads)
 };
 
-Linear::PerM &linear_for(Linear *l, int64_t m) {
-  auto it = l->per_m.find(m);
+Linear::PerM &linear_for(Linear *l, int64_t m, int threads) {
+  auto it = l->per_m.find({m, threads});
   if (it != l->per_m.end()) return *it->second;
   auto p = std::make_unique<Linear::PerM>();
   dt src_dt = l->bf16 ? dt::bf16 : dt::f32;
   memory::desc a({m, l->k}, src_dt, tag::ab), c({m, l->n}, dt::f32, tag::ab);
   memory::desc bias_md({1, l->n}, dt::f32, tag::ab);
-  p->prim = matmul(make_matmul(a, l->weights_md, l->has_bias ? &bias_md : nullptr, c, 1.0f, l->gelu_erf));
+  p->prim = Prim<matmul>(make_matmul(a, l->weights_md, l->has_bias ? &bias_md : nullptr, c, 1.0f, l->gelu_erf));
   if (l->bf16) {
     memory::desc x32({m, l->k}, dt::f32, tag::ab);
-    p->to_bf16 = reorder(reorder::primitive_desc(cpu_engine(), x32, cpu_engine(), a));
+    p->to_bf16 = make_reorder(x32, a);
     p->scratch.resize(static_cast<size_t>(m * l->k));
   }
   if (l->emulate) p->rounded.resize(static_cast<size_t>(m * l->k));
-  return *l->per_m.emplace(m, std::move(p)).first->second;
+  return *l->per_m.emplace(std::make_pair(m, threads), std::move(p)).first->second;
 }
 
 struct Bmm {
-  matmul prim;
+  Prim<matmul> prim;
   bool emulate = false;      // bf16 values in f32 (CPU without bf16)
-  reorder a_to_bf16, b_to_bf16;  // to the bf16 (or, emulated, dense f32) operand layouts
+  Prim<reorder> a_to_bf16, b_to_bf16;  // to the bf16 (or, emulated, dense f32) operand layouts
   memory::desc a_md, b_md, c_md, a16_md, b16_md;
 };
 
@@ -185,8 +258,8 @@ memory::dims transposed_strides(const memory::dims &dims) {
 
 // Attention primitives for one block of query rows: S = scale·Q·Kᵀ, softmax(S) in place, O = S·V.
 struct AttnBlock {
-  matmul qk, pv;
-  softmax_forward softmax;
+  Prim<matmul> qk, pv;
+  Prim<softmax_forward> softmax;
   memory::desc q_md, k_md, s_md, v_md, o_md;
 };
 
@@ -213,14 +286,16 @@ void make_attn_block(AttnBlock &blk, int64_t rows, const int64_t *dims, const in
   post_ops po;
   append_eltwise(po, algorithm::eltwise_linear, scale);
   attr.set_post_ops(po);
-  blk.qk = matmul(matmul_pd(blk.q_md, blk.k_md, nullptr, blk.s_md, attr));
-  blk.pv = matmul(matmul_pd(blk.s_md, blk.v_md, nullptr, blk.o_md));
+  // Each block runs on one OpenMP thread of emo_dnnl_attention's region: created for one thread.
+  OneThread one;
+  blk.qk = Prim<matmul>(matmul_pd(blk.q_md, blk.k_md, nullptr, blk.s_md, attr));
+  blk.pv = Prim<matmul>(matmul_pd(blk.s_md, blk.v_md, nullptr, blk.o_md));
 #if DNNL_VERSION_MAJOR >= 3
-  blk.softmax = softmax_forward(softmax_forward::primitive_desc(cpu_engine(), prop_kind::forward_inference,
-                                                                algorithm::softmax_accurate, blk.s_md, blk.s_md, 1));
+  blk.softmax = Prim<softmax_forward>(softmax_forward::primitive_desc(
+      cpu_engine(), prop_kind::forward_inference, algorithm::softmax_accurate, blk.s_md, blk.s_md, 1, user_scratchpad()));
 #else
-  blk.softmax = softmax_forward(softmax_forward::primitive_desc(
-      softmax_forward::desc(prop_kind::forward_inference, blk.s_md, 1), cpu_engine()));
+  blk.softmax = Prim<softmax_forward>(softmax_forward::primitive_desc(
+      softmax_forward::desc(prop_kind::forward_inference, blk.s_md, 1), user_scratchpad(), cpu_engine()));
 #endif
 }
 
@@ -238,10 +313,10 @@ struct Conv1d {
   memory bias;                     // [1, C_out]
   std::mutex mu;
   struct PerLength {
-    std::vector<matmul> chunks;
+    std::vector<Prim<matmul>> chunks;
     std::vector<memory> weights;  // chunk c's weights in its primitive's layout
   };
-  std::map<int64_t, std::unique_ptr<PerLength>> per_length;  // by T_in
+  std::map<std::pair<int64_t, int>, std::unique_ptr<PerLength>> per_length;  // by (T_in, threads)
   std::vector<std::tuple<int64_t, memory::desc, memory>> packed;  // (chunk, layout, weights), reordered once
 
   int64_t out_len(int64_t t) const { return (t - kernel) / stride + 1; }
@@ -268,8 +343,8 @@ struct Conv1d {
     return w;
   }
 
-  PerLength &for_length(int64_t t) {
-    auto it = per_length.find(t);
+  PerLength &for_length(int64_t t, int threads) {
+    auto it = per_length.find({t, threads});
     if (it != per_length.end()) return *it->second;
     auto p = std::make_unique<PerLength>();
     const int64_t n = chunk_count();
@@ -285,7 +360,7 @@ struct Conv1d {
       p->chunks.emplace_back(pd);
       p->weights.push_back(packed_weights(c, pd.weights_desc()));
     }
-    return *per_length.emplace(t, std::move(p)).first->second;
+    return *per_length.emplace(std::make_pair(t, threads), std::move(p)).first->second;
   }
 };
 
@@ -375,10 +450,10 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
 // x: [M, K] f32 row-major; y: [M, N] f32.
 int emo_dnnl_linear_run(void *h, int64_t m, const float *x, float *y, char *err, size_t err_len) {
   try {
-    sync_threads();
+    const int threads = sync_threads();
     auto l = static_cast<Linear *>(h);
     std::lock_guard<std::mutex> g(l->mu);
-    auto &p = linear_for(l, m);
+    auto &p = linear_for(l, m, threads);
     stream s(cpu_engine());
     memory::desc x32({m, l->k}, dt::f32, tag::ab);
     memory xm(x32, cpu_engine(), const_cast<float *>(x));
@@ -388,13 +463,13 @@ int emo_dnnl_linear_run(void *h, int64_t m, const float *x, float *y, char *err,
       src = memory(x32, cpu_engine(), p.rounded.data());
     } else if (l->bf16) {
       memory x16({{m, l->k}, dt::bf16, tag::ab}, cpu_engine(), p.scratch.data());
-      p.to_bf16.execute(s, xm, x16);
+      p.to_bf16.run(s, {{DNNL_ARG_FROM, xm}, {DNNL_ARG_TO, x16}});
       src = x16;
     }
     memory ym({{m, l->n}, dt::f32, tag::ab}, cpu_engine(), y);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, l->weights}, {DNNL_ARG_DST, ym}};
     if (l->has_bias) args[DNNL_ARG_BIAS] = l->bias;
-    p.prim.execute(s, args);
+    p.prim.run(s, std::move(args));
     s.wait();
     return 0;
   } catch (const std::exception &e) {
@@ -411,7 +486,7 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
                  const int64_t *b_strides, const float *a, const float *b, float *c, float scale, int bf16,
                  char *err, size_t err_len) {
   try {
-    sync_threads();
+    const int threads = sync_threads();
     memory::dims ad(a_dims, a_dims + nd), as(a_strides, a_strides + nd);
     memory::dims bd(b_dims, b_dims + nd), bs(b_strides, b_strides + nd);
     memory::dims cd(ad);
@@ -419,6 +494,7 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
     std::vector<int64_t> key;
     for (auto *v : {&ad, &as, &bd, &bs}) key.insert(key.end(), v->begin(), v->end());
     key.push_back(bf16);
+    key.push_back(threads);
     std::memcpy(&key.emplace_back(), &scale, sizeof(float));
     Bmm *p;
     {
@@ -435,18 +511,18 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
           bool b_t = bs[nd - 2] == 1;
           q->b16_md = memory::desc(bd, dt::bf16, b_t ? transposed_strides(bd) : dense_strides(bd));
           try {
-            q->prim = matmul(make_matmul(q->a16_md, q->b16_md, nullptr, q->c_md, scale));
+            q->prim = Prim<matmul>(make_matmul(q->a16_md, q->b16_md, nullptr, q->c_md, scale));
           } catch (const dnnl::error &) {
             // No bf16 matmul on this CPU: dense f32 copies rounded to bf16 values.
             q->emulate = true;
             q->a16_md = memory::desc(ad, dt::f32, dense_strides(ad));
             q->b16_md = memory::desc(bd, dt::f32, dense_strides(bd));
-            q->prim = matmul(make_matmul(q->a16_md, q->b16_md, nullptr, q->c_md, scale));
+            q->prim = Prim<matmul>(make_matmul(q->a16_md, q->b16_md, nullptr, q->c_md, scale));
           }
-          q->a_to_bf16 = reorder(reorder::primitive_desc(cpu_engine(), q->a_md, cpu_engine(), q->a16_md));
-          q->b_to_bf16 = reorder(reorder::primitive_desc(cpu_engine(), q->b_md, cpu_engine(), q->b16_md));
+          q->a_to_bf16 = make_reorder(q->a_md, q->a16_md);
+          q->b_to_bf16 = make_reorder(q->b_md, q->b16_md);
         } else {
-          q->prim = matmul(make_matmul(q->a_md, q->b_md, nullptr, q->c_md, scale));
+          q->prim = Prim<matmul>(make_matmul(q->a_md, q->b_md, nullptr, q->c_md, scale));
         }
         it = bmm_cache.emplace(key, std::move(q)).first;
       }
@@ -458,8 +534,8 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
     memory cm(p->c_md, cpu_engine(), c);
     if (bf16) {
       memory a16(p->a16_md, cpu_engine()), b16(p->b16_md, cpu_engine());
-      p->a_to_bf16.execute(s, am, a16);
-      p->b_to_bf16.execute(s, bm, b16);
+      p->a_to_bf16.run(s, {{DNNL_ARG_FROM, am}, {DNNL_ARG_TO, a16}});
+      p->b_to_bf16.run(s, {{DNNL_ARG_FROM, bm}, {DNNL_ARG_TO, b16}});
       if (p->emulate) {
         s.wait();
         auto *a_data = static_cast<float *>(a16.get_data_handle());
@@ -467,9 +543,9 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
         round_to_bf16(a_data, a_data, static_cast<int64_t>(p->a16_md.get_size() / 4));
         round_to_bf16(b_data, b_data, static_cast<int64_t>(p->b16_md.get_size() / 4));
       }
-      p->prim.execute(s, {{DNNL_ARG_SRC, a16}, {DNNL_ARG_WEIGHTS, b16}, {DNNL_ARG_DST, cm}});
+      p->prim.run(s, {{DNNL_ARG_SRC, a16}, {DNNL_ARG_WEIGHTS, b16}, {DNNL_ARG_DST, cm}});
     } else {
-      p->prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      p->prim.run(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
     }
     s.wait();
     return 0;
@@ -513,12 +589,15 @@ int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks
     }
     const int64_t blocks = (m + rows - 1) / rows, tasks = b * h * blocks;
     std::string failure;
-    // One task per (batch, head, row block); the primitives run single-threaded inside the region.
+    // One task per (batch, head, row block); the primitives run single-threaded inside the region, each
+    // thread with its own scores and scratchpad. A block's result does not depend on the thread that
+    // computes it or on the thread count (the blocking depends on the shape only); the static schedule
+    // makes the assignment reproducible as well.
 #pragma omp parallel
     {
       std::vector<float> scores(static_cast<size_t>(rows * n));
       stream s(cpu_engine());
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
       for (int64_t t = 0; t < tasks; ++t) {
         try {
           const int64_t bi = t / (h * blocks), hi = (t / blocks) % h, r0 = (t % blocks) * rows;
@@ -532,9 +611,9 @@ int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks
           memory sm(blk.s_md, cpu_engine(), scores.data());
           memory vm(blk.v_md, cpu_engine(), const_cast<float *>(vp));
           memory om(blk.o_md, cpu_engine(), op);
-          blk.qk.execute(s, {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}});
-          blk.softmax.execute(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_DST, sm}});
-          blk.pv.execute(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}});
+          blk.qk.run(s, {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}});
+          blk.softmax.run(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_DST, sm}});
+          blk.pv.run(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}});
           s.wait();
         } catch (const std::exception &e) {
 #pragma omp critical
@@ -580,10 +659,10 @@ int64_t emo_dnnl_conv1d_out_len(void *h, int64_t t) { return static_cast<Conv1d 
 // x: [B, T, C_in] f32 dense; y: [B, T_out, C_out] f32 dense.
 int emo_dnnl_conv1d_run(void *h, int64_t b, int64_t t, const float *x, float *y, char *err, size_t err_len) {
   try {
-    sync_threads();
+    const int threads = sync_threads();
     auto c = static_cast<Conv1d *>(h);
     std::lock_guard<std::mutex> g(c->mu);
-    auto &p = c->for_length(t);
+    auto &p = c->for_length(t, threads);
     stream s(cpu_engine());
     const int64_t t_out = c->out_len(t);
     for (int64_t i = 0; i < b; ++i) {
@@ -593,7 +672,7 @@ int emo_dnnl_conv1d_run(void *h, int64_t b, int64_t t, const float *x, float *y,
         memory xm(c->chunk_src_md(t, static_cast<int64_t>(k)), cpu_engine(), const_cast<float *>(src));
         std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, p.weights[k]}, {DNNL_ARG_DST, ym}};
         if (c->has_bias && k == 0) args[DNNL_ARG_BIAS] = c->bias;
-        p.chunks[k].execute(s, args);
+        p.chunks[k].run(s, std::move(args));
       }
     }
     s.wait();
@@ -609,31 +688,31 @@ void emo_dnnl_conv1d_free(void *h) { delete static_cast<Conv1d *>(h); }
 // y = gelu_erf(x) elementwise over n f32 values (oneDNN's vectorised erf); y may alias x.
 int emo_dnnl_gelu_erf(const float *x, float *y, int64_t n, char *err, size_t err_len) {
   try {
-    sync_threads();
+    const int threads = sync_threads();
     static std::mutex mu;
-    static std::map<int64_t, eltwise_forward> cache;
+    static std::map<std::pair<int64_t, int>, Prim<eltwise_forward>> cache;  // by (n, threads)
     memory::desc md({n}, dt::f32, tag::a);
-    eltwise_forward prim;
+    Prim<eltwise_forward> prim;
     {
       std::lock_guard<std::mutex> g(mu);
-      auto it = cache.find(n);
+      auto it = cache.find({n, threads});
       if (it == cache.end()) {
 #if DNNL_VERSION_MAJOR >= 3
         eltwise_forward::primitive_desc pd(cpu_engine(), prop_kind::forward_inference, algorithm::eltwise_gelu_erf,
-                                           md, md, 0.f, 0.f);
+                                           md, md, 0.f, 0.f, user_scratchpad());
 #else
         eltwise_forward::primitive_desc pd(
             eltwise_forward::desc(prop_kind::forward_inference, algorithm::eltwise_gelu_erf, md, 0.f, 0.f),
-            cpu_engine());
+            user_scratchpad(), cpu_engine());
 #endif
         if (cache.size() > 64) cache.clear();
-        it = cache.emplace(n, eltwise_forward(pd)).first;
+        it = cache.emplace(std::make_pair(n, threads), Prim<eltwise_forward>(pd)).first;
       }
       prim = it->second;
     }
     stream s(cpu_engine());
     memory xm(md, cpu_engine(), const_cast<float *>(x)), ym(md, cpu_engine(), y);
-    prim.execute(s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DST, ym}});
+    prim.run(s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DST, ym}});
     s.wait();
     return 0;
   } catch (const std::exception &e) {

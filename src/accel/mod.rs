@@ -488,6 +488,49 @@ mod tests {
         probs.matmul(&v)?.transpose(1, 2)?.reshape((b, m, h * v.dim(3)?))
     }
 
+    /// The thread count may change between calls (`runtime.threads`, benches, tests): the fused attention
+    /// gives bitwise the same result under any count (its blocks run single-threaded, and the blocking
+    /// depends on the shape only); the other ops, whose cached primitives are keyed by the count (a
+    /// primitive executed under another count than it was created for computes only part of its output
+    /// with oneDNN's AVX-512 kernels), stay within tolerance of candle.
+    #[test]
+    fn ops_are_right_under_changing_thread_counts_and_attention_is_bitwise_stable() -> Result<()> {
+        let dev = Device::Cpu;
+        let split = |t: usize, dim: usize| -> Result<Tensor> { Tensor::randn(0f32, 1.0, (2, t, 4, dim), &dev)?.transpose(1, 2) };
+        let (q, k, v) = (split(300, 16)?, split(280, 16)?, split(280, 16)?);
+        let reference = attention_reference(&q, &k, &v, 0.25)?;
+        let w = Tensor::randn(0f32, 0.1, (96, 64), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 96, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (5, 33, 64), &dev)?;
+        let linear = Linear::new(w.clone(), Some(b.clone())).with_gelu_erf();
+        let linear_ref = candle_nn::Linear::new(w, Some(b)).forward(&x)?.gelu_erf()?;
+        let cw = Tensor::randn(0f32, 0.2, (24, 16, 3), &dev)?;
+        let conv = Conv1d::new(cw.clone(), None, 2, 0, 1);
+        let cx = Tensor::randn(0f32, 1.0, (3, 79, 16), &dev)?;
+        let conv_ref = cx.transpose(1, 2)?.contiguous()?.conv1d(&cw, 0, 2, 1, 1)?.transpose(1, 2)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect()) };
+        let mut first: Option<Vec<u32>> = None;
+        for threads in [1, 2, 4, 3, 1, 2] {
+            set_inference(Precision::F32, threads);
+            let out = attention(&q, &k, &v, 0.25)?;
+            assert!(max_diff(&out, &reference) < 1e-5, "attention with {threads} threads: {}", max_diff(&out, &reference));
+            match &first {
+                None => first = Some(bits(&out)?),
+                Some(f) => assert!(*f == bits(&out)?, "attention with {threads} threads is not bitwise equal to 1 thread"),
+            }
+            let y = linear.forward(&x)?;
+            assert!(max_diff(&y, &linear_ref) < 1e-4, "linear with {threads} threads: {}", max_diff(&y, &linear_ref));
+            let s = matmul(&q, &k.t()?)?;
+            let s_ref = q.contiguous()?.matmul(&k.contiguous()?.t()?)?;
+            assert!(max_diff(&s, &s_ref) < 1e-4, "matmul with {threads} threads: {}", max_diff(&s, &s_ref));
+            assert!(max_diff(&gelu_erf(&s)?, &s_ref.gelu_erf()?) < 1e-4, "gelu with {threads} threads");
+            let c = conv.forward_time_major(&cx)?;
+            assert!(max_diff(&c, &conv_ref) < 1e-4, "conv with {threads} threads: {}", max_diff(&c, &conv_ref));
+        }
+        set_inference(Precision::F32, 2);
+        Ok(())
+    }
+
     #[test]
     fn fused_attention_matches_candle_on_strided_views_and_odd_sizes() -> Result<()> {
         let dev = Device::Cpu;
