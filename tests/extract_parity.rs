@@ -163,3 +163,42 @@ fn pytorch_model_bin_directory_loads() {
     let d = max_diff(&load(&out)["hidden_states.2"], &reference["hidden_states.2"]);
     assert!(d <= 1e-4, "{d}");
 }
+
+/// A VideoMAE saved by transformers 5.25 (`qv_bias` for 4.x's `qkv_bias`, `dtype` for `torch_dtype`;
+/// tools/fixtures/make_tf5_fixtures.py, with non-zero q/v biases): every hidden state within 1e-4 through
+/// `emollama extract --encoder DIR`.
+#[test]
+fn videomae_saved_by_transformers_5_matches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reference = load(&fixture("videomae-tf5/reference.safetensors"));
+    let input = dir.path().join("in.safetensors");
+    reference["pixel_values"].save_safetensors("pixel_values", &input).expect("save");
+    let out = dir.path().join("out.safetensors");
+    extract(&["--encoder", s(&fixture("videomae-tf5")), "--input", s(&input), "--out", s(&out), "--pooling", "none"]);
+    let got = load(&out);
+    for i in 0..3 {
+        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_states.{i}")]);
+        assert!(d <= 1e-4, "hidden state {i}: {d}");
+    }
+}
+
+/// An encoder `config.json` with a setting the model does not implement is refused by name.
+#[test]
+fn unsupported_encoder_config_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("hubert");
+    std::fs::create_dir(&model).expect("mkdir");
+    std::fs::copy(fixture("hubert-layer/model.safetensors"), model.join("model.safetensors")).expect("copy");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("hubert-layer/config.json")).expect("config")).expect("json");
+    cfg["conv_pos_batch_norm"] = serde_json::Value::Bool(true);
+    std::fs::write(model.join("config.json"), cfg.to_string()).expect("write");
+    let reference = load(&fixture("hubert-layer/reference.safetensors"));
+    let input = dir.path().join("in.safetensors");
+    reference["input_values"].save_safetensors("input_values", &input).expect("save");
+    let out = Command::new(env!("CARGO_BIN_EXE_emollama"))
+        .args(["extract", "--encoder", s(&model), "--input", s(&input), "--out", s(&dir.path().join("o.safetensors"))])
+        .output()
+        .expect("run emollama");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("conv_pos_batch_norm") && err.contains("config.json"), "{err}");
+}

@@ -59,12 +59,14 @@ fn parity(name: &str) -> R {
         .zip(rows(&r["gen_attention_mask"])?)
         .map(|(ids, m)| ids.into_iter().zip(m).filter(|(_, m)| *m == 1).map(|(i, _)| i).collect())
         .collect();
+    let prompt_len = r["gen_input_ids"].dim(1)?;
+    let new_tokens = r["gen_output"].dim(1)? - prompt_len;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let out = generate_ids_batch(&model, &prompts, 0, &[], &GenerateOptions::greedy(32), &mut rng)?;
+    let out = generate_ids_batch(&model, &prompts, 0, &[], &GenerateOptions::greedy(new_tokens), &mut rng)?;
     let want = rows(&r["gen_output"])?;
     for (row, got) in out.iter().enumerate() {
-        assert_eq!(got.len(), 32);
-        assert_eq!(got.as_slice(), &want[row][12..], "{name}: greedy tokens of row {row} differ from transformers");
+        assert_eq!(got.len(), new_tokens);
+        assert_eq!(got.as_slice(), &want[row][prompt_len..], "{name}: greedy tokens of row {row} differ from transformers");
     }
     Ok(())
 }
@@ -114,6 +116,93 @@ fn lora_parity(name: &str) -> R {
 #[test]
 fn llama_matches_transformers() -> R {
     parity("tiny-llama-hf")
+}
+
+/// Checkpoints saved by transformers 5.25 (`rope_parameters` instead of `rope_theta` / `rope_scaling`;
+/// tools/fixtures/make_tf5_fixtures.py): logits and 24 greedy tokens for every rotary type. The default-rope
+/// model has theta 250 000, which a loader falling back to 10 000 gets wrong.
+#[test]
+fn transformers_5_llama_default_rope_matches() -> R {
+    parity("tf5-llama")
+}
+
+#[test]
+fn transformers_5_llama_linear_rope_matches() -> R {
+    parity("tf5-llama-linear")
+}
+
+#[test]
+fn transformers_5_llama_dynamic_rope_matches() -> R {
+    parity("tf5-llama-dynamic")
+}
+
+#[test]
+fn transformers_5_llama_yarn_rope_matches() -> R {
+    parity("tf5-llama-yarn")
+}
+
+#[test]
+fn transformers_5_llama3_rope_matches() -> R {
+    parity("tf5-llama3")
+}
+
+#[test]
+fn transformers_5_qwen2_matches() -> R {
+    parity("tf5-qwen2")
+}
+
+/// `emollama generate --raw --greedy` on the transformers-5 LLaMA prints the 24 tokens transformers
+/// generates, and its first step's logits are within 1e-4.
+#[test]
+fn transformers_5_llama_generates_the_same_text_through_the_cli() -> R {
+    let dir = fixture("tf5-llama");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json"))?)?;
+    let prompt = reference["prompt"].as_str().expect("prompt");
+    let tmp = tempfile::tempdir()?;
+    let logits = tmp.path().join("logits.safetensors");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emollama"))
+        .args(["generate", "--llm", dir.to_str().expect("utf-8"), "--prompt", prompt, "--raw", "--greedy", "--max-new-tokens", "24"])
+        .arg("--logits-out")
+        .arg(&logits)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(text.trim_end_matches('\n'), reference["text"].as_str().expect("text"), "generated text differs from transformers 5");
+    let want = candle_core::safetensors::load(dir.join("generate_logits.safetensors"), &Device::Cpu)?;
+    let got = candle_core::safetensors::load(&logits, &Device::Cpu)?;
+    let d = max_diff(&got["logits"], &want["logits"])?;
+    assert!(d <= 1e-4, "first-step logits differ from transformers 5 by {d}");
+    Ok(())
+}
+
+/// A config.json with an unknown rope type, or a key that changes results and that the model does not
+/// implement, is refused with the key named (and nothing is generated).
+#[test]
+fn unsupported_config_keys_are_refused_by_name() -> R {
+    let tmp = tempfile::tempdir()?;
+    for (edit, key) in [
+        (r#""rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0}"#, "rope_type"),
+        (r#""rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "rope_theta": 500000.0"#, "rope_theta"),
+        (r#""rope_parameters": {"rope_type": "default", "rope_theta": 250000.0}, "mlp_bias": true"#, "mlp_bias"),
+    ] {
+        let dir = tmp.path().join(key);
+        std::fs::create_dir_all(&dir)?;
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(fixture("tf5-llama").join(f), dir.join(f))?;
+        }
+        let mut cfg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(fixture("tf5-llama").join("config.json"))?)?;
+        cfg.remove("rope_parameters");
+        let extra: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!("{{{edit}}}"))?;
+        cfg.extend(extra);
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emollama"))
+            .args(["generate", "--llm", dir.to_str().expect("utf-8"), "--prompt", "hi", "--raw", "--greedy", "--max-new-tokens", "2"])
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: accepted");
+        assert!(err.contains(key) && err.contains("config.json"), "{key}: the error does not name the key and file:\n{err}");
+    }
+    Ok(())
 }
 
 #[test]

@@ -85,7 +85,7 @@ impl GgufFile {
             vocab_size: vocab,
             rms_norm_eps: self.meta(&k("attention.layer_norm_rms_epsilon"))?.to_f32().map_err(|e| self.e(e))? as f64,
             rope_theta: self.content.metadata.get(&k("rope.freq_base")).and_then(|v| v.to_f32().ok()).unwrap_or(10_000.0) as f64,
-            rope_scaling: None,
+            rope_scaling: self.rope_scaling(&arch)?,
             max_position_embeddings: self.meta_u32(&k("context_length")).map(|v| v as usize).unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: false,
@@ -97,6 +97,29 @@ impl GgufFile {
         }
         cfg.validate().map_err(|m| self.e(m))?;
         Ok(cfg)
+    }
+
+    /// llama.cpp's rotary scaling metadata (`{arch}.rope.scaling.type` = none | linear | yarn, with
+    /// `.factor`, `.original_context_length`, `.attn_factor`) in HF terms; other types are refused by name.
+    fn rope_scaling(&self, arch: &str) -> Result<Option<super::llm_config::RopeScaling>, GgufError> {
+        let key = format!("{arch}.rope.scaling.type");
+        let Some(kind) = self.meta_str(&key) else { return Ok(None) };
+        let num = |s: &str| self.content.metadata.get(&format!("{arch}.rope.scaling.{s}")).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_u32().ok().map(f64::from)));
+        let mut scaling: super::llm_config::RopeScaling = match kind.as_str() {
+            "none" => return Ok(None),
+            "linear" | "yarn" => serde_json::from_value(serde_json::json!({ "rope_type": kind })).map_err(|e| self.e(e))?,
+            other => return Err(self.e(format!("metadata `{key}` = `{other}` is not supported (none, linear, yarn)"))),
+        };
+        scaling.factor = num("factor").unwrap_or(1.0);
+        if kind == "yarn" {
+            scaling.original_max_position_embeddings = num("original_context_length").map(|v| v as usize);
+            // llama.cpp multiplies its own YaRN scale by attn_factor; HF's attention_factor replaces it.
+            // Only the neutral value maps without doubt.
+            if let Some(a) = num("attn_factor").filter(|a| *a != 1.0) {
+                return Err(self.e(format!("metadata `{arch}.rope.scaling.attn_factor` = {a} is not supported (1)")));
+            }
+        }
+        Ok(Some(scaling))
     }
 
     /// The default system prompt of the embedded chat template, if it has one

@@ -65,7 +65,9 @@ impl Rotary {
             .to_dtype(DType::F32)?
             .reshape((cfg.max_position_embeddings, 1))?;
         let freqs = t.matmul(&inv_freq)?;
-        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+        // yarn scales the tables (1 otherwise).
+        let scale = cfg.rope_attention_factor() as f64;
+        Ok(Self { cos: (freqs.cos()? * scale)?.to_dtype(dtype)?, sin: (freqs.sin()? * scale)?.to_dtype(dtype)? })
     }
 
     /// `x`: (batch, heads, seq, head_dim); `positions`: (batch, seq) u32, one position per token (left

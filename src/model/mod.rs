@@ -8,6 +8,7 @@ pub mod encoders;
 pub mod generate;
 pub mod hub;
 pub mod gguf;
+pub mod hf_config;
 pub mod init;
 pub mod llama;
 pub mod llm_config;

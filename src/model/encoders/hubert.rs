@@ -22,8 +22,60 @@ const NORM_EPS: f64 = 1e-7;
 /// `layer_norm_eps`.
 const TORCH_NORM_EPS: f64 = 1e-5;
 
-/// The fields of HF `HubertConfig` (`config.json`) the model reads, with HF's defaults (hubert-base).
-/// Read leniently: training-only keys (dropouts, masking, CTC) are ignored.
+/// `config.json` keys of HuBERT that never change the encoder's output (beyond
+/// [`crate::model::hf_config::COMMON_IGNORED`]), with the reason.
+pub const HF_IGNORED: &[(&str, &str)] = &[
+    ("activation_dropout", "dropout: off at inference"),
+    ("attention_dropout", "dropout: off at inference"),
+    ("hidden_dropout", "dropout: off at inference"),
+    ("hidden_dropout_prob", "dropout (older configs): off at inference"),
+    ("feat_proj_dropout", "dropout: off at inference"),
+    ("feat_extract_dropout", "dropout (older configs): off at inference"),
+    ("final_dropout", "dropout before the CTC head: off at inference, no head loaded"),
+    ("layerdrop", "LayerDrop: training only"),
+    ("apply_spec_augment", "SpecAugment masking: training only"),
+    ("mask_time_prob", "SpecAugment: training only"),
+    ("mask_time_length", "SpecAugment: training only"),
+    ("mask_time_min_masks", "SpecAugment: training only"),
+    ("mask_time_selection", "SpecAugment (older configs): training only"),
+    ("mask_feature_prob", "SpecAugment: training only"),
+    ("mask_feature_length", "SpecAugment: training only"),
+    ("mask_feature_min_masks", "SpecAugment: training only"),
+    ("mask_channel_prob", "SpecAugment (older configs): training only"),
+    ("mask_channel_length", "SpecAugment (older configs): training only"),
+    ("mask_channel_selection", "SpecAugment (older configs): training only"),
+    ("mask_channel_other", "SpecAugment (older configs): training only"),
+    ("mask_channel_min_space", "SpecAugment (older configs): training only"),
+    ("mask_time_other", "SpecAugment (older configs): training only"),
+    ("mask_time_min_space", "SpecAugment (older configs): training only"),
+    ("ctc_loss_reduction", "CTC head loss: no head loaded"),
+    ("ctc_zero_infinity", "CTC head loss: no head loaded"),
+    ("vocab_size", "CTC head size: no head loaded"),
+    ("use_weighted_layer_sum", "classification head: no head loaded"),
+    ("classifier_proj_size", "classification head: no head loaded"),
+    ("bos_token_id", "CTC vocabulary"),
+    ("eos_token_id", "CTC vocabulary"),
+    ("num_feat_extract_layers", "checked: must equal the length of conv_dim"),
+    ("conv_pos_batch_norm", "checked: refused unless false"),
+];
+
+/// Checks an HF `config.json` object before it is read: settings the model does not implement are
+/// refused by name, unknown keys named in a warning.
+pub fn check_hf_keys(path: &Path, obj: &serde_json::Map<String, serde_json::Value>) -> std::result::Result<(), crate::model::hf_config::KeyError> {
+    use crate::model::hf_config::{self, KeyError, refuse_unless};
+    refuse_unless(path, obj, "conv_pos_batch_norm", |v| v == &serde_json::Value::Bool(false), "the positional conv with weight norm (conv_pos_batch_norm false)")?;
+    if let (Some(n), Some(dims)) = (obj.get("num_feat_extract_layers").and_then(|v| v.as_u64()), obj.get("conv_dim").and_then(|v| v.as_array()))
+        && n as usize != dims.len()
+    {
+        return Err(KeyError::new(path, "num_feat_extract_layers", format!("{n} disagrees with the {} entries of conv_dim", dims.len())));
+    }
+    let read = hf_config::struct_keys(&serde_json::from_value::<HubertConfig>(serde_json::json!({})).map_err(|e| KeyError::new(path, "-", e.to_string()))?);
+    hf_config::warn_unknown(path, obj, &read, HF_IGNORED);
+    Ok(())
+}
+
+/// The fields of HF `HubertConfig` (`config.json`) the model reads, with HF's defaults (hubert-base);
+/// the keys it ignores are [`HF_IGNORED`], with the reasons.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HubertConfig {
     #[serde(default = "d_hidden")]

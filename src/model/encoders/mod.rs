@@ -33,6 +33,8 @@ pub enum EncoderError {
     Hub(#[from] Box<crate::model::hub::HubError>),
     #[error("encoder `{encoder}`: {source}")]
     Candle { encoder: String, source: candle_core::Error },
+    #[error(transparent)]
+    Key(#[from] crate::model::hf_config::KeyError),
 }
 
 /// What an encoder consumes.
@@ -110,7 +112,14 @@ impl FrozenEncoder {
         let mut table = match config_json {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| merr(format!("{}: {e}", p.display())))?;
-                let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| merr(format!("{}: not JSON: {e}", p.display())))?;
+                let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| merr(format!("{}: not JSON: {e}", p.display())))?;
+                let obj = json.as_object_mut().ok_or_else(|| merr(format!("{}: not a JSON object", p.display())))?;
+                match m.architecture.as_str() {
+                    "hubert" => hubert::check_hf_keys(p, obj)?,
+                    "vit_mae" => vit_mae::check_hf_keys(p, obj)?,
+                    "videomae" => videomae::check_hf_keys(p, obj)?,
+                    _ => {}
+                }
                 json_to_toml_table(&json)
             }
             None => toml::Table::new(),

@@ -10,6 +10,19 @@ use candle_nn::{Activation, LayerNorm, Module, VarBuilder};
 use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
 
+/// `config.json` keys of ViT-MAE that never change the encoder's output (beyond
+/// [`crate::model::hf_config::COMMON_IGNORED`]), with the reason.
+pub const HF_IGNORED: &[(&str, &str)] = &[
+    ("attention_probs_dropout_prob", "dropout: off at inference"),
+    ("hidden_dropout_prob", "dropout: off at inference"),
+    ("decoder_hidden_size", "the pre-training decoder is not loaded"),
+    ("decoder_intermediate_size", "the pre-training decoder is not loaded"),
+    ("decoder_num_attention_heads", "the pre-training decoder is not loaded"),
+    ("decoder_num_hidden_layers", "the pre-training decoder is not loaded"),
+    ("norm_pix_loss", "pre-training loss"),
+    ("interpolate_pos_encoding", "checked by the input size: inputs must have image_size"),
+];
+
 /// The fields of HF `ViTMAEConfig` (`config.json`) the encoder reads; decoder and training keys are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViTMAEConfig {
@@ -37,6 +50,14 @@ pub struct ViTMAEConfig {
     /// Pre-training only: the encoder here always keeps every patch.
     #[serde(default = "default_mask_ratio")]
     pub mask_ratio: f64,
+}
+
+/// Checks an HF `config.json` object before it is read: unknown keys are named in a warning.
+pub fn check_hf_keys(path: &std::path::Path, obj: &serde_json::Map<String, serde_json::Value>) -> std::result::Result<(), crate::model::hf_config::KeyError> {
+    use crate::model::hf_config;
+    let read = hf_config::struct_keys(&serde_json::from_value::<ViTMAEConfig>(serde_json::json!({})).map_err(|e| hf_config::KeyError::new(path, "-", e.to_string()))?);
+    hf_config::warn_unknown(path, obj, &read, HF_IGNORED);
+    Ok(())
 }
 
 pub(crate) fn default_image_size() -> usize {
