@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use emollama::face::{CropWindow, FaceFrontEnd, FaceOptions, align, blazeface::BlazeFace, expression::MiniXception};
+use emollama::media::face::{CropWindow, FaceFrontEnd, FaceOptions, align, blazeface::BlazeFace, expression::MiniXception};
 use emollama::media::{self, FrameSampling};
 
 const FRAMES: usize = 16;
@@ -29,7 +29,7 @@ fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(7);
-    let media_dir = emollama::run::cache_root("").join("media");
+    let media_dir = emollama::storage::cache_root("").join("media");
     let clips: Vec<PathBuf> = ["WolfgangLanger_Pexels.mp4", "carphone_pristine.mp4"].iter().map(|c| media_dir.join(c)).collect();
     for c in &clips {
         anyhow::ensure!(c.is_file(), "{} is missing: run `just fetch-media`", c.display());

@@ -7,7 +7,7 @@ pub mod data;
 pub mod accel;
 pub mod eval;
 pub mod extract;
-pub mod face;
+pub mod feed;
 pub mod media;
 pub mod model;
 pub mod plan;

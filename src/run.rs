@@ -25,8 +25,9 @@ use crate::model::prompt::{ChatTemplate, Template};
 use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::LoadedRecipe;
 use crate::registry::Registry;
-use crate::train::batch::{self, MediaLayout};
-use crate::train::inputs::{DecodedStore, Decoder, FeatureStore, MediaStore};
+use crate::storage::{cache_root, write_atomic};
+use crate::feed::batch::{self, MediaLayout};
+use crate::feed::inputs::{DecodedStore, Decoder, FeatureStore, MediaStore};
 use crate::train::trainer::{StageReport, TrainContext, Validation, train};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ pub enum RunError {
     Train(#[from] crate::train::trainer::TrainError),
     #[error(transparent)]
     Eval(#[from] crate::eval::runner::EvalError),
+    #[error(transparent)]
+    Write(#[from] crate::storage::WriteError),
     #[error("{0}")]
     Other(String),
 }
@@ -84,20 +87,6 @@ pub struct RunSummary {
     pub timings: Timings,
 }
 
-/// The cache root: the recipe's `runtime.cache_dir`, else `$XDG_CACHE_HOME/emollama`, else `~/.cache/emollama`.
-pub fn cache_root(configured: &str) -> PathBuf {
-    if !configured.is_empty() {
-        return PathBuf::from(configured);
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("emollama");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache/emollama"),
-        None => PathBuf::from(".cache/emollama"),
-    }
-}
-
 fn create_run_dir(runs_dir: &Path, name: &str) -> Result<PathBuf, RunError> {
     std::fs::create_dir_all(runs_dir).map_err(io(runs_dir))?;
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
@@ -110,16 +99,6 @@ fn create_run_dir(runs_dir: &Path, name: &str) -> Result<PathBuf, RunError> {
         }
     }
     Err(RunError::Other(format!("could not create a fresh run directory under `{}`", runs_dir.display())))
-}
-
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// Texts the word-level tokenizer must cover: every prompt shape, instruction, label and training answer.
@@ -254,7 +233,7 @@ fn truncate_log(path: &Path, global_step: usize) -> Result<(), RunError> {
         .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("global_step").and_then(|g| g.as_u64())).is_some_and(|g| g as usize <= global_step))
         .map(|l| format!("{l}\n"))
         .collect();
-    write_atomic(path, kept.as_bytes())
+    Ok(write_atomic(path, kept.as_bytes())?)
 }
 
 /// The device, dtype, versions and source commit of a run (`run_info.json`).
@@ -436,13 +415,13 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
         storage: storage.clone(),
         face: match &r.front_end.face {
             Some(opts) => {
-                let fe = crate::face::FaceFrontEnd::new(opts).map_err(|e| RunError::Other(e.to_string()))?;
+                let fe = crate::media::face::FaceFrontEnd::new(opts).map_err(|e| RunError::Other(e.to_string()))?;
                 tracing::info!(detector = %opts.detector, scorer = %opts.scorer, peak = ?opts.peak, missing = ?opts.missing, "face front end");
                 Some(std::sync::Arc::new(fe))
             }
             None => None,
         },
-        global_frame: crate::model::emotion_llama::GlobalFrame::from_name(&r.model.global_frame).unwrap_or(crate::model::emotion_llama::GlobalFrame::First),
+        global_frame: crate::media::GlobalFrame::from_name(&r.model.global_frame).unwrap_or(crate::media::GlobalFrame::First),
     };
     let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
     let data_s = t0.elapsed().as_secs_f64();
@@ -525,6 +504,11 @@ pub fn run_with(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool,
             validation,
             initial,
             resume_from: found.as_ref().map(|f| f.dir.clone()),
+            after_stage: &|| {
+                if let Err(e) = crate::report::write_report(&run_dir) {
+                    tracing::warn!(error = %e, "run report not written");
+                }
+            },
         };
         state = train(&mut ctx, state)?;
     }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use candle_core::{Device, Tensor};
 
 fn media(name: &str) -> PathBuf {
-    let p = emollama::run::cache_root("").join("media").join(name);
+    let p = emollama::storage::cache_root("").join("media").join(name);
     assert!(p.is_file(), "{} is missing: run `just fetch-media` (part of `bash tools/setup.sh`)", p.display());
     p
 }

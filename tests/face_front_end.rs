@@ -5,15 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use emollama::face::{ClipFaces, CropSource, FaceError, FaceFrontEnd, FaceOptions, FER_LABELS, MiniXception, PeakBy, blazeface::BlazeFace};
-use emollama::face::detection::Detection;
-use emollama::face::peak;
+use emollama::media::face::{ClipFaces, CropSource, FaceError, FaceFrontEnd, FaceOptions, FER_LABELS, MiniXception, PeakBy, blazeface::BlazeFace};
+use emollama::media::face::detection::Detection;
+use emollama::media::face::peak;
 use emollama::media::{FrameSampling, VideoFrames, decode_video, probe};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 fn media(name: &str) -> PathBuf {
-    let p = emollama::run::cache_root("").join("media").join(name);
+    let p = emollama::storage::cache_root("").join("media").join(name);
     assert!(p.is_file(), "{} is missing: run `just fetch-media` (part of `bash tools/setup.sh`)", p.display());
     p
 }
@@ -199,7 +199,7 @@ fn frames_without_a_face_follow_the_policy() {
 fn contact_sheet_is_a_png() {
     let (video, clip) = run("carphone_pristine.mp4", 4, &FaceOptions::default()).expect("front end");
     assert_eq!(clip.faces_found(), 4);
-    let png = emollama::face::sheet::contact_sheet(&video, &clip, "carphone").expect("sheet");
+    let png = emollama::report::face_sheet::contact_sheet(&video, &clip, "carphone").expect("sheet");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
     let reader = decoder.read_info().expect("png header");

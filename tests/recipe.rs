@@ -452,3 +452,20 @@ fn odd_inputs_give_errors_not_panics() {
         }
     }
 }
+
+/// Recipes are shared between teams: a base that is a device or a huge file is refused at once (a bounded
+/// read of regular files only), with the file named, instead of being read until memory runs out.
+#[test]
+fn extends_of_a_device_or_a_huge_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), "zero.toml", "extends = [\"/dev/zero\"]\nseed = 1\n");
+    let e = load_recipe_with_env(&p, &[], &[]).expect_err("/dev/zero").to_string();
+    assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+    let huge = dir.path().join("huge.toml");
+    std::fs::File::create(&huge).and_then(|f| f.set_len(100 << 20)).expect("sparse 100 MB file");
+    let e = load_recipe_with_env(&huge, &[], &[]).expect_err("100 MB").to_string();
+    assert!(e.contains("huge.toml") && e.contains("larger than 1 MiB"), "{e}");
+    let p = write(dir.path(), "via.toml", "extends = [\"huge.toml\"]\n");
+    let e = load_recipe_with_env(&p, &[], &[]).expect_err("100 MB base").to_string();
+    assert!(e.contains("huge.toml") && e.contains("larger than 1 MiB"), "{e}");
+}

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use super::sources::{self, SourceError};
 use super::synth::SynthConfig;
 use super::{DatasetCard, Sample};
-use crate::storage::{Location, Storage, files::dataset_files};
+use crate::data::sources::store_files::dataset_files;
+use crate::storage::{Location, Storage};
 
 /// The root a dataset is read from: `roots[name]` (a recipe's `data.roots`), else the card's `root`
 /// (a relative local path is relative to the card's folder). None: no root (generated data).

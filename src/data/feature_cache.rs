@@ -109,9 +109,7 @@ impl FeatureCache {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| werr(e.to_string()))?;
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        candle_core::safetensors::save(tensors, &tmp).map_err(|e| werr(e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| werr(e.to_string()))
+        crate::storage::write_atomic_with(&path, |tmp| candle_core::safetensors::save(tensors, tmp).map_err(std::io::Error::other)).map_err(|e| werr(e.source.to_string()))
     }
 
     pub fn stats(&self) -> CacheStats {

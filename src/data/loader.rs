@@ -44,9 +44,9 @@ pub struct DecodeSpec {
     /// Where remote media are fetched from (through the read-through cache).
     pub storage: Arc<crate::storage::Storage>,
     /// The face front end (`[front_end.face]`), shared by the decoder threads.
-    pub face: Option<Arc<crate::face::FaceFrontEnd>>,
+    pub face: Option<Arc<crate::media::face::FaceFrontEnd>>,
     /// `model.global_frame`: which whole frame the front end keeps.
-    pub global_frame: crate::model::emotion_llama::GlobalFrame,
+    pub global_frame: crate::media::GlobalFrame,
 }
 
 /// A sample whose media could not be used.
@@ -119,7 +119,7 @@ pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, Me
 
 /// Decodes at the detection size, runs the face front end: `frames` become the eye-aligned face crops
 /// at the recipe's size, `global` the whole first / middle / peak frame at that size.
-fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::face::FaceFrontEnd) -> Result<DecodedMedia, MediaError> {
+fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::media::face::FaceFrontEnd) -> Result<DecodedMedia, MediaError> {
     let (dw, dh) = face.detect_size_of(path)?;
     let clip = media::decode_clip(path, &spec.sampling, dw, dh)?;
     let (cw, ch) = (spec.width as usize, spec.height as usize);

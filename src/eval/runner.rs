@@ -16,8 +16,8 @@ use crate::model::multimodal::EmotionModel;
 use crate::model::prompt::ChatTemplate;
 use crate::model::tokenizer::TextTokenizer;
 use crate::recipe::Recipe;
-use crate::train::batch;
-use crate::train::inputs::{InputError, MediaStore};
+use crate::feed::batch;
+use crate::feed::inputs::{InputError, MediaStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

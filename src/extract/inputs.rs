@@ -114,7 +114,7 @@ fn list_recipe(path: &Path, storage: &Arc<Storage>, show_progress: bool) -> Resu
     let start = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let registry = Registry::discover(start).map_err(|e| input_err(path.display(), e))?;
     let (card_path, card) = registry.dataset(&r.data.dataset).map_err(|e| input_err(path.display(), e))?;
-    let cache = crate::run::cache_root(&r.runtime.cache_dir);
+    let cache = crate::storage::cache_root(&r.runtime.cache_dir);
     let storage = if r.storage != *storage.config() { Storage::new(r.storage.clone(), &cache).map_err(|e| input_err(path.display(), e))? } else { storage.clone() };
     let root = crate::data::dataset::dataset_root(card, card_path, &r.data.roots).map_err(|e| input_err(path.display(), e))?;
     let samples = crate::data::dataset::load_dataset(card, root.as_ref(), &storage, &r.data.synth, &cache, show_progress).map_err(|e| input_err(path.display(), e))?;

@@ -66,10 +66,8 @@ pub fn write_safetensors_atomic(path: &Path, named: Named, meta: &HashMap<String
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| out_err(dir, e))?;
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(map.iter(), Some(meta.clone()), &tmp).map_err(|e| out_err(&tmp, e))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| out_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| out_err(path, e))
+    crate::storage::write_atomic_with(path, |tmp| safetensors::serialize_to_file(map.iter(), Some(meta.clone()), tmp).map_err(std::io::Error::other))
+        .map_err(|e| out_err(path, e.source))
 }
 
 /// The ids recorded in an output file's metadata, and its `features` and `encoder` entries.
@@ -153,7 +151,7 @@ impl Sink {
                     let t = t.to_dtype(DType::F32).and_then(|t| t.flatten_all().map(|f| (t.dims().to_vec(), f))).and_then(|(dims, f)| Ok((dims, f.to_vec1::<f32>()?)));
                     let (dims, data) = t.map_err(|e| out_err(dir, e))?;
                     let path = dir.join(format!("{}.npy", key(&file_safe(id), &suffix)));
-                    crate::run::write_atomic(&path, &super::npy::npy_bytes(&data, &dims)).map_err(|e| out_err(&path, e))?;
+                    crate::storage::write_atomic(&path, &super::npy::npy_bytes(&data, &dims)).map_err(|e| out_err(&path, e))?;
                 }
                 Ok(())
             }

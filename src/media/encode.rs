@@ -5,8 +5,7 @@
 //! on the muxer and codecs and a single encoder thread make the output deterministic for
 //! the same input and FFmpeg build.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ffmpeg_next as ffmpeg;
 use ffmpeg::format::Sample;
@@ -83,12 +82,6 @@ pub struct ClipSpec<'a> {
 /// Sample rates the AAC encoder accepts; other rates are resampled to 48 kHz.
 const AAC_RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s: OsString = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
 fn validate(path: &Path, spec: &ClipSpec<'_>) -> Result<(), MediaError> {
     let bad = |d: String| Err(MediaError::invalid(path, d));
     if spec.width == 0 || spec.height == 0 || spec.width > MAX_DIMENSION || spec.height > MAX_DIMENSION {
@@ -122,19 +115,20 @@ fn validate(path: &Path, spec: &ClipSpec<'_>) -> Result<(), MediaError> {
 pub fn write_clip(path: &Path, spec: &ClipSpec<'_>) -> Result<(), MediaError> {
     super::init();
     validate(path, spec)?;
-    let tmp = tmp_path(path);
-    // Create the file here first so a bad directory gives a proper io::Error.
-    std::fs::File::create(&tmp).map_err(|e| MediaError::io(path, e))?;
-    let res = write_mp4(path, &tmp, spec);
-    match res {
-        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            MediaError::io(path, e)
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
+    // The encoder's own error is kept aside: the atomic write only carries io errors.
+    let mut encode_error = None;
+    let written = crate::storage::write_atomic_with(path, |tmp| {
+        // Create the file here first so a bad directory gives a proper io::Error.
+        std::fs::File::create(tmp)?;
+        write_mp4(path, tmp, spec).map_err(|e| {
+            encode_error = Some(e);
+            std::io::Error::other("encoding failed")
+        })
+    });
+    match (written, encode_error) {
+        (_, Some(e)) => Err(e),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(MediaError::io(path, e.source)),
     }
 }
 

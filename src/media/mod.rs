@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod face;
 pub mod probe;
 pub mod resize;
 pub mod sample;
@@ -17,7 +18,7 @@ pub mod sample;
 pub use decode::{Audio, DecodedClip, VideoFrames, decode_audio, decode_clip, decode_video};
 pub use encode::{ClipSpec, VideoCodec, write_clip};
 pub use probe::{ProbeInfo, StreamInfo, probe, sampled_frame_times};
-pub use sample::FrameSampling;
+pub use sample::{FrameSampling, GlobalFrame};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

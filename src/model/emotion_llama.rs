@@ -17,37 +17,7 @@ use super::encoders::FrozenEncoder;
 use super::encoders::features::{FeatureSpec, Pooled, Pooling};
 use super::projector::Projector;
 
-/// Which frame the global encoder sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GlobalFrame {
-    /// The first sampled frame (Emotion-LLaMA's code).
-    First,
-    /// The middle sampled frame.
-    Middle,
-    /// The emotion peak frame, chosen by the face front end (given to the encoders as its own image).
-    Peak,
-}
-
-impl GlobalFrame {
-    /// `model.global_frame`: `first`, `middle` or `peak`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "first" => Some(Self::First),
-            "middle" => Some(Self::Middle),
-            "peak" => Some(Self::Peak),
-            _ => None,
-        }
-    }
-
-    /// Which of `n` sampled frames; `peak` is the front end's (`None`: not known, the middle is used).
-    pub fn index(self, n: usize, peak: Option<usize>) -> usize {
-        match self {
-            Self::First => 0,
-            Self::Middle => n / 2,
-            Self::Peak => peak.unwrap_or(n / 2),
-        }
-    }
-}
+pub use crate::media::GlobalFrame;
 
 /// The frozen encoders' outputs for a batch (each absent when its encoder or modality is).
 #[derive(Debug, Clone, Default)]

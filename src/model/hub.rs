@@ -36,7 +36,7 @@ pub enum HubError {
 pub fn models_cache() -> PathBuf {
     match std::env::var_os("EMOLLAMA_CACHE") {
         Some(p) if !p.is_empty() => PathBuf::from(p).join("models"),
-        _ => crate::run::cache_root("").join("models"),
+        _ => crate::storage::cache_root("").join("models"),
     }
 }
 
@@ -195,31 +195,32 @@ fn from_url(name: &str, url: &str, sha256: Option<&str>) -> Result<LocalWeights,
         return classify(name, target);
     }
     std::fs::create_dir_all(&dir).map_err(|e| uerr(format!("{}: {e}", dir.display())))?;
-    let tmp = dir.join(format!("{fname}.part"));
     let resp = ureq::get(url).call().map_err(|e| uerr(e.to_string()))?;
     let mut reader = resp.into_reader();
-    let mut out = std::fs::File::create(&tmp).map_err(|e| uerr(format!("{}: {e}", tmp.display())))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| uerr(e.to_string()))?;
-        if n == 0 {
-            break;
+    let mut got = String::new();
+    // Streamed into a temporary file, hashed on the way; a wrong hash never replaces the target.
+    crate::storage::write_atomic_with(&target, |tmp| {
+        let mut out = std::fs::File::create(tmp)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            std::io::Write::write_all(&mut out, &buf[..n])?;
         }
-        hasher.update(&buf[..n]);
-        std::io::Write::write_all(&mut out, &buf[..n]).map_err(|e| uerr(e.to_string()))?;
-    }
-    out.sync_all().map_err(|e| uerr(e.to_string()))?;
-    let got = hex::encode(hasher.finalize());
-    match sha256 {
-        Some(want) if got != want => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(uerr(format!("sha256 {got} does not match the manifest's {want}")));
+        got = hex::encode(hasher.finalize());
+        match sha256 {
+            Some(want) if got != want => Err(std::io::Error::other(format!("sha256 {got} does not match the manifest's {want}"))),
+            _ => Ok(()),
         }
-        Some(_) => {}
-        None => tracing::warn!(weights = name, url, sha256 = %got, "the manifest pins no sha256; add `sha256 = \"{got}\"` to its [weights] so later downloads are checked"),
+    })
+    .map_err(|e| uerr(e.source.to_string()))?;
+    if sha256.is_none() {
+        tracing::warn!(weights = name, url, sha256 = %got, "the manifest pins no sha256; add `sha256 = \"{got}\"` to its [weights] so later downloads are checked");
     }
-    std::fs::rename(&tmp, &target).map_err(|e| uerr(e.to_string()))?;
     std::fs::write(&stamp, &got).map_err(|e| uerr(e.to_string()))?;
     classify(name, target)
 }

@@ -281,8 +281,7 @@ impl Resolver {
         if self.done.contains(&canonical) {
             return Ok(());
         }
-        let text =
-            std::fs::read_to_string(io_path).map_err(|e| RecipeError::Io { path: display.clone(), source: e })?;
+        let text = read_recipe_file(io_path).map_err(|e| RecipeError::Io { path: display.clone(), source: e })?;
         let dict = parse_toml(&display, &text)?;
         let extends = extends_of(&dict, &display, &text)?;
         if !extends.is_empty() {
@@ -1124,6 +1123,31 @@ fn parse_quoted(s: &str) -> Option<(String, &str)> {
         }
     }
     None
+}
+
+
+/// The largest recipe file read (recipes are a few KB; a bound keeps a shared recipe that `extends`
+/// `/dev/zero` or a huge file from exhausting memory).
+pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
+
+/// A recipe file's text: a regular file of at most [`MAX_RECIPE_BYTES`], valid UTF-8.
+fn read_recipe_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file (a recipe is a TOML file)"));
+    }
+    let too_big = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {} MiB, the most a recipe may be", MAX_RECIPE_BYTES >> 20));
+    if meta.len() > MAX_RECIPE_BYTES {
+        return Err(too_big());
+    }
+    // The size can change between the check and the read: read at most one byte past the bound.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_RECIPE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_RECIPE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8: {e}")))
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub struct FrontEnd {
     /// `[front_end.face]`: detect, follow and crop the main face (eye-aligned) for the frame
     /// encoders' face views, score expressions, find the emotion peak frame. Off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub face: Option<crate::face::FaceOptions>,
+    pub face: Option<crate::media::face::FaceOptions>,
 }
 
 impl FrontEnd {

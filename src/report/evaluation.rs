@@ -11,7 +11,7 @@ use super::confusion::confusion_png;
 use super::html::escape;
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    crate::run::write_atomic(path, bytes).map_err(|e| ReportError::Write { path: path.to_path_buf(), source: Box::new(e) })
+    Ok(crate::storage::write_atomic(path, bytes)?)
 }
 
 /// Writes the report into `dir` (created); returns the files written.

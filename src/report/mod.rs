@@ -6,6 +6,7 @@
 
 pub mod confusion;
 pub mod evaluation;
+pub mod face_sheet;
 pub mod html;
 pub mod log;
 pub mod metrics;
@@ -35,8 +36,8 @@ pub enum ReportError {
     Plot { path: PathBuf, message: String },
     #[error("encoding `{path}` as PNG failed: {source}. This is a bug: please report it with the run's log.jsonl")]
     Png { path: PathBuf, source: png::EncodingError },
-    #[error("could not write `{path}`: {source}. Check that the run directory is writable and the disk is not full")]
-    Write { path: PathBuf, source: Box<crate::run::RunError> },
+    #[error("could not write `{}`: {}. Check that the run directory is writable and the disk is not full", .0.path.display(), .0.source)]
+    Write(#[from] crate::storage::WriteError),
     #[error("could not create `{path}`: {source}. Check that the run directory is writable")]
     CreateDir { path: PathBuf, source: std::io::Error },
 }
@@ -166,7 +167,7 @@ fn write_chart(path: &Path, chart: &plot::Chart) -> Result<Option<PathBuf>, Repo
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    crate::run::write_atomic(path, bytes).map_err(|source| ReportError::Write { path: path.to_path_buf(), source: Box::new(source) })
+    Ok(crate::storage::write_atomic(path, bytes)?)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! the URI, the attempts and what to check.
 
 pub mod cache;
-pub mod files;
+pub mod fs;
 pub mod location;
 
 use std::collections::HashMap;
@@ -20,7 +20,7 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 pub use cache::ReadCache;
-pub use files::StoreFiles;
+pub use fs::{WriteError, cache_root, write_atomic, write_atomic_with};
 pub use location::{Location, LocationError};
 
 /// Storage options (`[storage]` in a recipe). Credentials come from the standard AWS environment

@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 
 use super::optim::LossScaler;
 use super::sampler::DataState;
-use super::trainer::StageReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -252,6 +251,22 @@ pub fn drop_newer(root: &Path, global_step: usize) -> Result<(), CheckpointError
         }
     }
     Ok(())
+}
+
+
+/// What a stage did, for the summary and `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub name: String,
+    pub steps: usize,
+    pub trainable_params: usize,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub seconds: f64,
+    pub checkpoint: String,
+    /// Ended by early stopping before its last step.
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 #[cfg(test)]

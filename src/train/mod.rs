@@ -1,8 +1,6 @@
 //! Training: stages, batches, optimiser with parameter groups, schedules, checkpoints.
 
-pub mod batch;
 pub mod checkpoint;
-pub mod inputs;
 pub mod optim;
 pub mod sampler;
 pub mod schedule;

@@ -11,11 +11,11 @@ use std::time::Instant;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
-use serde::{Deserialize, Serialize};
 
-use super::batch;
+use crate::feed::batch;
+pub use super::checkpoint::StageReport;
 use super::checkpoint::{self, BestCheckpoint, TrainState};
-use super::inputs::{BatchMedia, InputError, MediaStore};
+use crate::feed::inputs::{BatchMedia, InputError, MediaStore};
 use super::optim::{self, GroupedAdamW};
 use super::sampler::{Component, DataState, MixtureSampler, mix};
 use super::schedule::lr_at;
@@ -48,21 +48,6 @@ impl From<crate::eval::runner::EvalError> for TrainError {
     }
 }
 
-/// What a stage did, for the summary and `metrics.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageReport {
-    pub name: String,
-    pub steps: usize,
-    pub trainable_params: usize,
-    pub first_loss: f64,
-    pub final_loss: f64,
-    pub seconds: f64,
-    pub checkpoint: String,
-    /// Ended by early stopping before its last step.
-    #[serde(default)]
-    pub stopped_early: bool,
-}
-
 /// The samples and settings validation uses.
 pub struct Validation<'a> {
     pub samples: Vec<usize>,
@@ -90,6 +75,8 @@ pub struct TrainContext<'a> {
     pub initial: HashMap<String, Tensor>,
     /// The checkpoint a resume continues from (its optimiser state is loaded for the stage in progress).
     pub resume_from: Option<PathBuf>,
+    /// Called after each stage's checkpoint is written (the run redraws its report there).
+    pub after_stage: &'a dyn Fn(),
 }
 
 /// One prepared micro-batch and the data state after it.
@@ -259,9 +246,7 @@ pub fn train(ctx: &mut TrainContext, mut state: TrainState) -> Result<TrainState
         let name = checkpoint::step_name(state.global_step);
         checkpoint::write(&ckpt_root, &name, &tensors_of(&saved), None, &state)?;
         checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(&state).as_deref())?;
-        if let Err(e) = crate::report::write_report(ctx.run_dir) {
-            tracing::warn!(error = %e, "run report not written");
-        }
+        (ctx.after_stage)();
         tracing::info!(stage = %stage.name, loss = state.loss.last, seconds = state.loss.seconds, "stage done");
     }
     Ok(state)
@@ -500,11 +485,7 @@ pub fn metric_value(e: &EvalOutcome, metric: &str) -> f64 {
 
 /// Writes the given parameters as safetensors, atomically (temp file, fsync, rename).
 pub fn save_params(vars: &[(String, Var)], path: &Path) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io { path: path.display().to_string(), source };
     let tensors = tensors_of(vars);
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)
-        .map_err(|e| TrainError::Io { path: tmp.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::storage::write_atomic_with(path, |tmp| candle_core::safetensors::save(&tensors, tmp).map_err(std::io::Error::other))
+        .map_err(|e| TrainError::Io { path: path.display().to_string(), source: e.source })
 }

@@ -8,6 +8,7 @@ pub mod folder;
 pub mod jsonl;
 pub mod mer;
 pub mod merr;
+pub mod store_files;
 pub mod table;
 
 use std::path::Path;

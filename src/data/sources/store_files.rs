@@ -2,8 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{Location, Storage, StorageError};
-use crate::data::sources::{DatasetFiles, LocalFiles, SourceError};
+use super::{DatasetFiles, LocalFiles, SourceError};
+use crate::storage::{Location, Storage, StorageError};
 
 /// A dataset root read through storage (S3, HTTP). Listings are kept: sources list a folder once.
 pub struct StoreFiles {

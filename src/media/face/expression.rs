@@ -15,7 +15,7 @@ use super::ops::{FoldedBatchNorm, conv2d_same, depthwise_same, max_pool_same, po
 use crate::media::resize::{Filter, resize_rgb};
 
 /// The converted weights (safetensors, f32), shipped with the crate.
-pub const FER_WEIGHTS: &[u8] = include_bytes!("../../assets/face/fer_mini_xception.safetensors");
+pub const FER_WEIGHTS: &[u8] = include_bytes!("../../../assets/face/fer_mini_xception.safetensors");
 
 /// The classes, in the model's output order.
 pub const FER_LABELS: [&str; 7] = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"];

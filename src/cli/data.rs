@@ -8,6 +8,19 @@ use clap::{Args, Subcommand};
 use emollama::data::inspect::{self, OpenOptions, Opened};
 use emollama::registry::Registry;
 
+/// Inspect and pre-fetch datasets (local, S3, HTTP) and export MER submission CSVs.
+#[derive(Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+impl DataArgs {
+    pub fn run(self) -> Result<()> {
+        dispatch(self.command)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// List a dataset's samples: id, split, label, media location.
@@ -99,7 +112,7 @@ fn open_with<'a>(dataset: &str, recipe: Option<&Path>, root: Option<&'a str>, pr
                 root: None,
                 storage: r.storage.clone(),
                 synth: r.data.synth.clone(),
-                cache_root: emollama::run::cache_root(&r.runtime.cache_dir),
+                cache_root: emollama::storage::cache_root(&r.runtime.cache_dir),
                 show_progress: progress,
             };
             (Registry::discover(start)?, o)
@@ -111,7 +124,7 @@ fn open_with<'a>(dataset: &str, recipe: Option<&Path>, root: Option<&'a str>, pr
                 root: None,
                 storage: Default::default(),
                 synth: Default::default(),
-                cache_root: emollama::run::cache_root(""),
+                cache_root: emollama::storage::cache_root(""),
                 show_progress: progress,
             },
         ),
@@ -121,7 +134,7 @@ fn open_with<'a>(dataset: &str, recipe: Option<&Path>, root: Option<&'a str>, pr
     Ok((opened, o))
 }
 
-pub fn dispatch(cmd: DataCommand) -> Result<()> {
+fn dispatch(cmd: DataCommand) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     match cmd {
         DataCommand::Ls { at, split, json } => {

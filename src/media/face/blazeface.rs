@@ -16,7 +16,7 @@ use super::ops::{depthwise_same, pointwise};
 use crate::media::resize::{Filter, resize_rgb};
 
 /// The converted short-range weights (safetensors, float16), shipped with the crate.
-pub const SHORT_RANGE_WEIGHTS: &[u8] = include_bytes!("../../assets/face/blazeface_short_range.safetensors");
+pub const SHORT_RANGE_WEIGHTS: &[u8] = include_bytes!("../../../assets/face/blazeface_short_range.safetensors");
 
 /// Architecture and post-processing options (MediaPipe's `face_detection_short_range` graph).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

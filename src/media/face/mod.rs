@@ -12,7 +12,6 @@ pub mod detection;
 pub mod expression;
 pub mod ops;
 pub mod peak;
-pub mod sheet;
 pub mod track;
 
 use candle_core::Device;

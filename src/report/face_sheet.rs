@@ -5,7 +5,7 @@
 use plotters::backend::RGBPixel;
 use plotters::prelude::*;
 
-use super::{ClipFaces, CropSource};
+use crate::media::face::{ClipFaces, CropSource};
 use crate::media::VideoFrames;
 use crate::media::resize::{Filter, resize_rgb};
 use crate::report::ReportError;
@@ -78,9 +78,9 @@ pub fn contact_sheet(video: &VideoFrames, clip: &ClipFaces, title: &str) -> Resu
             };
             let mut lines = vec![format!("#{i}  t = {:.2} s", f.timestamp_s), source];
             if let Some(p) = &f.expression {
-                let (best, v) = super::expression::top(p);
+                let (best, v) = crate::media::face::expression::top(p);
                 lines.push(format!("{best} {v:.2}"));
-                lines.push(format!("non-neutral {:.2}", 1.0 - p[super::expression::NEUTRAL]));
+                lines.push(format!("non-neutral {:.2}", 1.0 - p[crate::media::face::expression::NEUTRAL]));
             }
             if clip.peak == Some(i) {
                 lines.push("PEAK".to_string());
