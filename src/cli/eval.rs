@@ -48,7 +48,7 @@ impl Args {
         }
         let registry = super::checked_registry(&loaded, &self.recipe)?;
         let show = super::show_progress(loaded.recipe.runtime.progress, self.no_progress);
-        let summary = emollama::run::run_with(&loaded, &registry, show, &emollama::run::Resume::Fresh).with_context(|| format!("evaluating with `{}`", self.recipe.display()))?;
+        let summary = emollama::run::run(&loaded, &registry, show, &emollama::run::Resume::Fresh).with_context(|| format!("evaluating with `{}`", self.recipe.display()))?;
         println!("{}", emollama::run::summary_table(&summary));
         Ok(())
     }

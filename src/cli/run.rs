@@ -55,7 +55,7 @@ impl Args {
             unsafe { std::env::set_var("RAYON_NUM_THREADS", loaded.recipe.runtime.threads.to_string()) };
         }
         let show = super::show_progress(loaded.recipe.runtime.progress, self.no_progress);
-        let summary = emollama::run::run_with(&loaded, &registry, show, &mode).with_context(|| format!("running `{}`", recipe.display()))?;
+        let summary = emollama::run::run(&loaded, &registry, show, &mode).with_context(|| format!("running `{}`", recipe.display()))?;
         println!("{}", emollama::run::summary_table(&summary));
         Ok(())
     }

@@ -1,0 +1,91 @@
+//! Phase 2 of a run: the data. Every dataset the recipe names, with the splits its stages, validation and
+//! evaluation use, in one pool of samples; and how their media are decoded.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::RunError;
+use crate::data::Sample;
+use crate::data::loader::DecodeSpec;
+use crate::registry::Registry;
+use crate::storage::{Storage, cache_root};
+
+/// The samples of a run and how to decode them.
+pub struct RunData {
+    /// Every loaded sample (all datasets and splits); indices refer to it.
+    pub pool: Vec<Sample>,
+    /// The dataset card name of each pool sample.
+    pub pool_dataset: Vec<String>,
+    /// The main dataset's label set.
+    pub labels: Vec<String>,
+    pub spec: DecodeSpec,
+    /// emollama's cache directory (synthetic data, remote media, features).
+    pub cache: PathBuf,
+}
+
+impl RunData {
+    pub fn load(r: &crate::recipe::Recipe, registry: &Registry, threads: usize, show_progress: bool) -> Result<Self, RunError> {
+        let (_, card) = registry.dataset(&r.data.dataset)?;
+        let cache = cache_root(&r.runtime.cache_dir);
+        let wanted = wanted_splits(r);
+        let storage = Storage::new(r.storage.clone(), &cache)?;
+        let mut pool: Vec<Sample> = Vec::new();
+        let mut pool_dataset: Vec<String> = Vec::new();
+        for name in wanted.iter().map(|(d, _)| d.clone()).collect::<BTreeSet<_>>() {
+            let (card_path, c) = registry.dataset(&name)?;
+            let root = crate::data::dataset::dataset_root(c, card_path, &r.data.roots)?;
+            for s in crate::data::dataset::load_dataset(c, root.as_ref(), &storage, &r.data.synth, &cache, show_progress)? {
+                if wanted.contains(&(name.clone(), s.split.clone())) {
+                    pool.push(s);
+                    pool_dataset.push(name.clone());
+                }
+            }
+        }
+        let face = match &r.front_end.face {
+            Some(opts) => {
+                let fe = crate::media::face::FaceFrontEnd::new(opts)?;
+                tracing::info!(detector = %opts.detector, scorer = %opts.scorer, peak = ?opts.peak, missing = ?opts.missing, "face front end");
+                Some(std::sync::Arc::new(fe))
+            }
+            None => None,
+        };
+        let spec = DecodeSpec {
+            sampling: r.data.frames.clone(),
+            width: r.data.width,
+            height: r.data.height,
+            audio_len: (r.data.audio_seconds * crate::media::AUDIO_SAMPLE_RATE as f32).round() as usize,
+            on_error: r.data.on_error,
+            threads,
+            show_progress,
+            storage: storage.clone(),
+            face,
+            global_frame: crate::media::GlobalFrame::from_name(&r.model.global_frame).unwrap_or(crate::media::GlobalFrame::First),
+        };
+        Ok(Self { pool, pool_dataset, labels: card.labels.clone(), spec, cache })
+    }
+
+    /// The pool indices of the main dataset's `split`.
+    pub fn split_of(&self, r: &crate::recipe::Recipe, split: &str) -> Vec<usize> {
+        (0..self.pool.len()).filter(|&i| self.pool_dataset[i] == r.data.dataset && self.pool[i].split == split).collect()
+    }
+}
+
+/// (dataset, split) pairs the run reads: each stage's data, validation and evaluation.
+fn wanted_splits(r: &crate::recipe::Recipe) -> BTreeSet<(String, String)> {
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    for stage in &r.stages {
+        if stage.data.is_empty() {
+            wanted.insert((r.data.dataset.clone(), "train".into()));
+        }
+        for d in &stage.data {
+            wanted.insert((if d.dataset.is_empty() { r.data.dataset.clone() } else { d.dataset.clone() }, d.split.clone()));
+        }
+    }
+    if r.validation.enabled && !r.stages.is_empty() {
+        wanted.insert((r.data.dataset.clone(), r.validation.split.clone()));
+    }
+    if r.eval.enabled {
+        wanted.insert((r.data.dataset.clone(), r.eval.split.clone()));
+    }
+    wanted
+}
