@@ -105,9 +105,6 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
     if let Err(e) = registry::check_builtin("projector", &r.model.projector, &crate::model::projector::KINDS) {
         err("model.projector", e.to_string());
     }
-    if let Err(e) = registry::check_builtin("template", &r.prompt.template, &crate::model::prompt::Template::NAMES) {
-        err("prompt.template", e.to_string());
-    }
     if let Err(e) = registry::check_builtin("instruction set", &r.prompt.instruction_set, &crate::recipe::schema::INSTRUCTION_SETS) {
         err("prompt.instruction_set", e.to_string());
     }
@@ -233,13 +230,8 @@ fn validate_emotion_llama(r: &crate::recipe::Recipe, reg: &Registry, err: &mut i
     if !r.model.video_encoder.is_empty() {
         err("model.video_encoder", "must be empty with global_encoder set (Emotion-LLaMA's layout takes the global, local and temporal encoders instead)".into());
     }
-    match r.model.global_frame.as_str() {
-        "first" | "middle" => {}
-        "peak" if r.front_end.face.is_none() => {
-            err("model.global_frame", "`peak` needs the face front end, which finds the emotion peak frame: add `[front_end.face]` (e.g. `--set front_end.face.detector=blazeface`)".into())
-        }
-        "peak" => {}
-        other => err("model.global_frame", format!("`{other}`: expected `first`, `middle` or `peak`")),
+    if r.model.global_frame == crate::media::GlobalFrame::Peak && r.front_end.face.is_none() {
+        err("model.global_frame", "`peak` needs the face front end, which finds the emotion peak frame: add `[front_end.face]` (e.g. `--set front_end.face.detector=blazeface`)".into());
     }
     let frames = match r.data.frames {
         crate::media::FrameSampling::Uniform { n } => Some(n),

@@ -313,7 +313,7 @@ fn set_parses_toml_values_or_takes_strings() {
     assert_eq!(r.runtime.device, "cuda:0");
     assert_eq!(r.name, "quoted name");
     assert!(!r.eval.enabled);
-    assert_eq!(r.prompt.template, "chatml");
+    assert_eq!(r.prompt.template, emollama::recipe::PromptTemplate::Chatml);
     assert_eq!(r.stages.len(), 1);
 }
 
@@ -468,4 +468,17 @@ fn extends_of_a_device_or_a_huge_file_is_refused_at_once() {
     let p = write(dir.path(), "via.toml", "extends = [\"huge.toml\"]\n");
     let e = load_recipe_with_env(&p, &[], &[]).expect_err("100 MB base").to_string();
     assert!(e.contains("huge.toml") && e.contains("larger than 1 MiB"), "{e}");
+}
+
+/// Closed sets are enums in the schema: an unknown value gets the standard error, with the file and line,
+/// the closest value and every valid one (no silent fallback to a default).
+#[test]
+fn unknown_values_of_closed_sets_name_file_line_and_the_choices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), "r.toml", "name = \"x\"\n\n[model]\nglobal_frame = \"peek\"\n");
+    let e = load_recipe_with_env(&p, &[], &[]).expect_err("unknown global frame").to_string();
+    assert!(e.contains("r.toml:4") && e.contains("unknown value `peek`") && e.contains("did you mean `peak`") && e.contains("first, middle, peak"), "{e}");
+    let p = write(dir.path(), "t.toml", "name = \"x\"\n\n[prompt]\ntemplate = \"chatm\"\n");
+    let e = load_recipe_with_env(&p, &[], &[]).expect_err("unknown template").to_string();
+    assert!(e.contains("t.toml:4") && e.contains("did you mean `chatml`") && e.contains("auto, llama2, chatml"), "{e}");
 }

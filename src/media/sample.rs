@@ -177,15 +177,27 @@ pub fn select_frames(frame_times: &[f64], targets: &[f64]) -> Vec<usize> {
 }
 
 
-/// Which frame the global encoder sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which frame the global encoder sees (`model.global_frame`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GlobalFrame {
     /// The first sampled frame (Emotion-LLaMA's code).
+    #[default]
     First,
     /// The middle sampled frame.
     Middle,
     /// The emotion peak frame, chosen by the face front end (given to the encoders as its own image).
     Peak,
+}
+
+impl std::fmt::Display for GlobalFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::First => "first",
+            Self::Middle => "middle",
+            Self::Peak => "peak",
+        })
+    }
 }
 
 impl GlobalFrame {

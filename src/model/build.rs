@@ -6,7 +6,7 @@ use candle_nn::VarMap;
 
 use super::llm_load::LlmSpec;
 use super::cnn::{CnnConfig, TinyCnn};
-use super::emotion_llama::{EmotionLlamaEncoders, GlobalFrame};
+use super::emotion_llama::EmotionLlamaEncoders;
 use super::encoders::FrozenEncoder;
 use super::multimodal::{EmotionModel, FrameEncoder};
 use super::tokenizer::TextTokenizer;
@@ -106,7 +106,7 @@ fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, v
     let temporal = load(&model.temporal_encoder, "temporal", "videomae")?;
     let audio = load(&model.audio_encoder, "audio", "hubert")?;
     let mut el = EmotionLlamaEncoders::new(global, local, temporal, audio, &model.projector, hidden, vb.clone())?;
-    el.global_frame = GlobalFrame::from_name(&model.global_frame).unwrap_or(GlobalFrame::First);
+    el.global_frame = model.global_frame;
     Ok(el)
 }
 

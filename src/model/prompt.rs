@@ -25,6 +25,15 @@ impl Template {
     /// Recipe names; `auto` is the LLM manifest's template.
     pub const NAMES: [&'static str; 3] = ["auto", "llama2", "chatml"];
 
+    /// The recipe's choice; `auto` is `manifest`, the LLM manifest's template.
+    pub fn chosen(choice: crate::recipe::PromptTemplate, manifest: Template) -> Template {
+        match choice {
+            crate::recipe::PromptTemplate::Auto => manifest,
+            crate::recipe::PromptTemplate::Llama2 => Self::Llama2,
+            crate::recipe::PromptTemplate::Chatml => Self::Chatml,
+        }
+    }
+
     /// A concrete template (`auto` is resolved by the caller).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {

@@ -252,7 +252,7 @@ fn resolve_llm(recipe: &Recipe, registry: &Registry, warnings: &mut Vec<String>)
         (config, from, true, template, None, None, false)
     };
     config.validate().map_err(|detail| PlanError::Build { component: format!("LLM `{name}`"), detail })?;
-    let kind = Template::from_name(&recipe.prompt.template).unwrap_or(template);
+    let kind = Template::chosen(recipe.prompt.template, template);
     let lora = recipe.model.lora.clone().or(default_lora.filter(|_| pretrained));
     Ok(LlmInfo {
         name: name.into(),

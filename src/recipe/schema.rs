@@ -132,6 +132,18 @@ impl Default for Runtime {
 }
 
 /// What to do with a sample whose media cannot be read.
+/// `prompt.template`: the chat template, or `auto` for the LLM manifest's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptTemplate {
+    #[default]
+    Auto,
+    /// `[INST] ... [/INST]` (LLaMA-2-chat, Emotion-LLaMA).
+    Llama2,
+    /// `<|im_start|>user ...` (Qwen2, SmolLM2).
+    Chatml,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
@@ -197,7 +209,7 @@ pub struct Model {
     pub temporal_encoder: String,
     /// The frame the global encoder sees: `first` (Emotion-LLaMA's code), `middle`, or `peak` (the
     /// emotion peak frame the paper describes; needs `[front_end.face]`).
-    pub global_frame: String,
+    pub global_frame: crate::media::GlobalFrame,
     /// Projector architecture from the registry (`linear` or `mlp`).
     pub projector: String,
     /// Feed the projected audio and visual tokens to the LLM. `false` gives the text-only ablation:
@@ -219,7 +231,7 @@ impl Default for Model {
             global_encoder: String::new(),
             local_encoder: String::new(),
             temporal_encoder: String::new(),
-            global_frame: "first".into(),
+            global_frame: crate::media::GlobalFrame::First,
             projector: "linear".into(),
             use_av: true,
             lora: None,
@@ -232,7 +244,7 @@ impl Default for Model {
 #[serde(default, deny_unknown_fields)]
 pub struct Prompt {
     /// `auto` (the LLM manifest's), `llama2` (`[INST] ... [/INST]`, Emotion-LLaMA's) or `chatml`.
-    pub template: String,
+    pub template: PromptTemplate,
     /// Include "The person in video says: ..." with the transcript.
     pub transcript: bool,
     /// Default instruction pools: `emollama` (6 labels, with the `description` task) or `emotion_llama`
@@ -292,7 +304,7 @@ impl Prompt {
 impl Default for Prompt {
     fn default() -> Self {
         Self {
-            template: "auto".into(),
+            template: PromptTemplate::Auto,
             transcript: true,
             instruction_set: "emollama".into(),
             instructions: Default::default(),

@@ -59,7 +59,7 @@ impl RunData {
             show_progress,
             storage: storage.clone(),
             face,
-            global_frame: crate::media::GlobalFrame::from_name(&r.model.global_frame).unwrap_or(crate::media::GlobalFrame::First),
+            global_frame: r.model.global_frame,
         };
         Ok(Self { pool, pool_dataset, labels: card.labels.clone(), spec, cache })
     }

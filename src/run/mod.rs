@@ -95,8 +95,6 @@ pub enum RunError {
     ForeignParams(String),
     #[error("{0}")]
     Params(String),
-    #[error("unknown template `{0}`")]
-    Template(String),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> RunError + '_ {

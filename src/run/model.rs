@@ -36,10 +36,7 @@ impl RunModel {
     pub fn build(loaded: &LoadedRecipe, registry: &Registry, run: &RunDir, data: &RunData, device: &Device) -> Result<Self, RunError> {
         let r = &loaded.recipe;
         let mut llm = LlmSpec::resolve(registry, &r.model.llm).map_err(|e| BuildError::from(Box::new(e)))?;
-        let kind = match r.prompt.template.as_str() {
-            "auto" => llm.template,
-            name => Template::from_name(name).ok_or_else(|| RunError::Template(name.to_string()))?,
-        };
+        let kind = Template::chosen(r.prompt.template, llm.template);
         let template = llm.chat_template(kind);
         tracing::info!(llm = %llm.name, weights = %llm.describe(), template = ?kind, "LLM");
         let saved_tokenizer = run.dir.join("tokenizer.json");

@@ -71,13 +71,15 @@ pub struct FrozenEncoder {
     pub num_frames: Option<usize>,
 }
 
-/// The tensor every checkpoint of an architecture holds, to find where its names start.
-fn probe_tensor(architecture: &str) -> &'static str {
+/// The tensor every checkpoint of an architecture holds, to find where its names start (`None`: not a
+/// pretrained encoder architecture).
+fn probe_tensor(architecture: &str) -> Option<&'static str> {
     match architecture {
-        "hubert" => "feature_extractor.conv_layers.0.conv.weight",
-        "vit_mae" => "embeddings.cls_token",
-        "videomae" => "embeddings.patch_embeddings.projection.weight",
-        _ => "patch_embed.proj.weight",
+        "hubert" => Some("feature_extractor.conv_layers.0.conv.weight"),
+        "vit_mae" => Some("embeddings.cls_token"),
+        "videomae" => Some("embeddings.patch_embeddings.projection.weight"),
+        "eva_vit" => Some("patch_embed.proj.weight"),
+        _ => None,
     }
 }
 
@@ -93,7 +95,12 @@ impl FrozenEncoder {
                 Self::build(manifest_path, m, None, vb)
             }
             Some(local) => {
-                let ckpt = Checkpoint::read(&local, device)?.rooted_at(probe_tensor(&m.architecture), &["ln_vision."])?;
+                let probe = probe_tensor(&m.architecture).ok_or_else(|| EncoderError::Manifest {
+                    encoder: m.name.clone(),
+                    manifest: manifest_path.display().to_string(),
+                    detail: format!("architecture `{}` is not a pretrained encoder (known: {})", m.architecture, crate::registry::PRETRAINED_ENCODER_ARCHITECTURES.join(", ")),
+                })?;
+                let ckpt = Checkpoint::read(&local, device)?.rooted_at(probe, &["ln_vision."])?;
                 let origin = ckpt.origin.display().to_string();
                 let config_json = ckpt.config_json.clone();
                 let vb = VarBuilder::from_tensors(ckpt.tensors, DType::F32, device);
