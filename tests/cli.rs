@@ -8,9 +8,9 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_emollama"))
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).current_dir(repo()).output().expect("spawn emollama")

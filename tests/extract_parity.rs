@@ -7,25 +7,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::{encoder_fixture as fixture, load_tensors as load, max_diff};
 
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoders").join(p)
-}
 
-fn load(p: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(p, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 fn extract(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_emollama")).arg("extract").args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run emollama");
     assert!(out.status.success(), "emollama extract {args:?}:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0)).and_then(|d| d.to_scalar::<f32>()).expect("diff")
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8")

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 fn emollama(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_emollama")).args(args).current_dir(repo()).env("RUST_LOG", "info").output().expect("spawn emollama")

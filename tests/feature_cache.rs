@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 fn write_recipe(dir: &Path) -> PathBuf {
     let base = repo().join("recipes/quickstart_emotion_llama_tiny.toml");

@@ -2,14 +2,14 @@
 //! weights or data (exact parameter counts against the reference, steps, warnings instead of the
 //! missing source formats, nothing written), and of the tiny CPU recipe.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 /// Runs the binary in `cwd` (so a stray run directory would land there).
 fn emollama(cwd: &Path, args: &[&str]) -> Output {

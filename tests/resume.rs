@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 const TOTAL_STEPS: usize = 8 + 8 + 6;
 

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::moto::{self, Moto};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::repo;
 
 /// `emollama ARGS` with AWS credentials for moto and the endpoint in the standard environment variable.
 fn emollama(endpoint: &str, args: &[&str]) -> Command {

@@ -7,9 +7,9 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 fn write(dir: &Path, name: &str, stages: &str) -> PathBuf {
     let base = repo().join("recipes/base/tiny.toml");
