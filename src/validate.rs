@@ -111,6 +111,49 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
     if let Err(e) = registry::check_builtin("evaluation layout", &r.prompt.eval_layout, &crate::recipe::schema::EVAL_LAYOUTS) {
         err("prompt.eval_layout", e.to_string());
     }
+    validate_stages(r, reg, &mut err, &mut deferred);
+    if r.checkpoint.keep_last == 0 {
+        err("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume continues from)".into());
+    }
+    if !["f32", "bf16", "f16"].contains(&r.runtime.dtype.as_str()) {
+        err("runtime.dtype", format!("`{}`: expected `f32`, `bf16` or `f16`", r.runtime.dtype));
+    }
+    if r.validation.enabled {
+        if let Err(e) = registry::check_builtin("validation metric", &r.validation.metric, &crate::recipe::VALIDATION_METRICS) {
+            err("validation.metric", e.to_string());
+        }
+        if let Ok((_, card)) = reg.dataset(&r.data.dataset)
+            && !card.splits.contains(&r.validation.split)
+        {
+            err("validation.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.validation.split, card.splits.join(", ")));
+        }
+        if !r.validation.task.is_empty()
+            && let Err(e) = registry::check_builtin("task", &r.validation.task, &registry::TASKS)
+        {
+            err("validation.task", e.to_string());
+        }
+    }
+    if r.eval.enabled {
+        if let Err(e) = registry::check_builtin("task", &r.eval.task, &registry::TASKS) {
+            err("eval.task", e.to_string());
+        }
+        for m in &r.eval.metrics {
+            if let Err(e) = registry::check_builtin("metric", m, &crate::eval::metrics::NAMES) {
+                err("eval.metrics", e.to_string());
+            }
+        }
+    }
+    if !r.eval.checkpoint.is_empty() && !r.stages.is_empty() {
+        err("eval.checkpoint", "evaluates given parameters, so the recipe must not train: remove the [[stage]] tables, or run `emollama eval RECIPE --checkpoint PATH`, which skips them".into());
+    }
+    if let crate::media::FrameSampling::Uniform { n: 0 } = r.data.frames {
+        err("data.frames", "uniform sampling needs n >= 1".into());
+    }
+    (errs, deferred)
+}
+
+/// Each stage's tasks, modalities, optimiser numbers, name, init and data mixture.
+fn validate_stages(r: &crate::recipe::Recipe, reg: &Registry, err: &mut dyn FnMut(&str, String), deferred: &mut Vec<Deferred>) {
     for (i, s) in r.stages.iter().enumerate() {
         for t in &s.tasks {
             if let Err(e) = registry::check_builtin("task", t, &registry::TASKS) {
@@ -170,44 +213,6 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
             }
         }
     }
-    if r.checkpoint.keep_last == 0 {
-        err("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume continues from)".into());
-    }
-    if !["f32", "bf16", "f16"].contains(&r.runtime.dtype.as_str()) {
-        err("runtime.dtype", format!("`{}`: expected `f32`, `bf16` or `f16`", r.runtime.dtype));
-    }
-    if r.validation.enabled {
-        if let Err(e) = registry::check_builtin("validation metric", &r.validation.metric, &crate::recipe::VALIDATION_METRICS) {
-            err("validation.metric", e.to_string());
-        }
-        if let Ok((_, card)) = reg.dataset(&r.data.dataset)
-            && !card.splits.contains(&r.validation.split)
-        {
-            err("validation.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.validation.split, card.splits.join(", ")));
-        }
-        if !r.validation.task.is_empty()
-            && let Err(e) = registry::check_builtin("task", &r.validation.task, &registry::TASKS)
-        {
-            err("validation.task", e.to_string());
-        }
-    }
-    if r.eval.enabled {
-        if let Err(e) = registry::check_builtin("task", &r.eval.task, &registry::TASKS) {
-            err("eval.task", e.to_string());
-        }
-        for m in &r.eval.metrics {
-            if let Err(e) = registry::check_builtin("metric", m, &crate::eval::metrics::NAMES) {
-                err("eval.metrics", e.to_string());
-            }
-        }
-    }
-    if !r.eval.checkpoint.is_empty() && !r.stages.is_empty() {
-        err("eval.checkpoint", "evaluates given parameters, so the recipe must not train: remove the [[stage]] tables, or run `emollama eval RECIPE --checkpoint PATH`, which skips them".into());
-    }
-    if let crate::media::FrameSampling::Uniform { n: 0 } = r.data.frames {
-        err("data.frames", "uniform sampling needs n >= 1".into());
-    }
-    (errs, deferred)
 }
 
 /// A card whose source format this build does not have.

@@ -61,6 +61,15 @@ pub fn render(p: &Plan) -> String {
     let encoders: Vec<String> = p.encoders.iter().map(|e| format!("{} = {}", e.prefix.trim_start_matches("encoder."), e.plugin)).collect();
     let _ = writeln!(s, "layout {} ({}); projector {}; runtime {} on {}", p.layout, encoders.join(", "), p.projector, p.runtime_dtype, p.device);
 
+    parameters_section(&mut s, p);
+    stages_section(&mut s, p);
+    tokens_section(&mut s, p);
+    memory_section(&mut s, p);
+    s
+}
+
+/// The parameter table (trainable and frozen per stage) and the projector shapes.
+fn parameters_section(s: &mut String, p: &Plan) {
     s.push_str("\nParameters (exact, from the run's constructors)\n");
     let mut header: Vec<String> = vec!["component".into(), "what".into(), "parameters".into()];
     header.extend(p.stages.iter().map(|st| format!("stage {}", st.run.name)));
@@ -97,6 +106,10 @@ pub fn render(p: &Plan) -> String {
         let _ = writeln!(s, "{t}");
     }
 
+}
+
+/// The stage table: data, steps, batch, learning rate, validations, checkpoints.
+fn stages_section(s: &mut String, p: &Plan) {
     s.push_str("\nStages\n");
     let mut t = table(["stage", "init", "data (samples, passes)", "steps", "batch x accum", "samples seen", "learning rate", "validations", "checkpoints"].map(String::from).to_vec());
     for st in &p.stages {
@@ -130,6 +143,10 @@ pub fn render(p: &Plan) -> String {
     }
     let _ = writeln!(s, "{t}");
 
+}
+
+/// Tokens per sample and task.
+fn tokens_section(s: &mut String, p: &Plan) {
     s.push_str("\nTokens per sample (multimodal exact; text estimated: ~)\n");
     let mut t = table(["stage", "task", "BOS", "<VideoHere>", "<FeatureHere>", "prompt ~", "transcript ~", "answer <=", "total ~"].map(String::from).to_vec());
     let mut row = |who: String, tk: &super::TaskTokens| {
@@ -158,6 +175,10 @@ pub fn render(p: &Plan) -> String {
     right_align(&mut t, 2..9);
     let _ = writeln!(s, "{t}");
 
+}
+
+/// Memory per stage, then warnings and estimates.
+fn memory_section(s: &mut String, p: &Plan) {
     s.push_str("\nMemory per stage (weights and optimiser exact; activations estimated)\n");
     let mut t = table(["stage", "dtype", "frozen weights", "trainable: weights+grads+AdamW (f32)", "activations ~ (batch x tokens)", "total ~"].map(String::from).to_vec());
     for m in &p.memory {
@@ -188,7 +209,6 @@ pub fn render(p: &Plan) -> String {
     for e in &p.estimates {
         let _ = writeln!(s, "- {e}");
     }
-    s
 }
 
 fn generation_line(who: &str, g: &GenerationPlan) -> String {
