@@ -20,6 +20,15 @@ fn extract(args: &[&str]) {
 }
 
 
+/// The three hidden states of `got` within 1e-4 of the reference's (`prefix.N`: `hidden_state` for HuBERT's
+/// fixtures, `hidden_states` for the others).
+fn assert_hidden_states(got: &HashMap<String, Tensor>, reference: &HashMap<String, Tensor>, prefix: &str) {
+    for i in 0..3 {
+        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("{prefix}.{i}")]);
+        assert!(d <= 1e-4, "hidden state {i}: {d}");
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8")
 }
@@ -33,10 +42,7 @@ fn hubert_hf_directory_matches_transformers() {
     let out = dir.path().join("out.safetensors");
     extract(&["--encoder", s(&fixture("hubert-layer")), "--input", s(&input), "--out", s(&out), "--pooling", "none"]);
     let got = load(&out);
-    for i in 0..3 {
-        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_state.{i}")]);
-        assert!(d <= 1e-4, "hidden state {i}: {d}");
-    }
+    assert_hidden_states(&got, &reference, "hidden_state");
     // The pooled feature: the last layer averaged over time.
     let pooled = dir.path().join("pooled.safetensors");
     extract(&["--encoder", s(&fixture("hubert-layer")), "--input", s(&input), "--out", s(&pooled), "--pooling", "mean", "--layers=-1"]);
@@ -61,10 +67,7 @@ fn vit_mae_checkpoint_of_a_wrapper_model_is_rerooted() {
     let out = dir.path().join("out.safetensors");
     extract(&["--encoder", s(&model), "--input", s(&input), "--out", s(&out), "--pooling", "none"]);
     let got = load(&out);
-    for i in 0..3 {
-        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_states.{i}")]);
-        assert!(d <= 1e-4, "hidden state {i}: {d}");
-    }
+    assert_hidden_states(&got, &reference, "hidden_states");
     // CLS pooling of the final output (after the final layernorm).
     let cls = dir.path().join("cls.safetensors");
     extract(&["--encoder", s(&model), "--input", s(&input), "--out", s(&cls), "--pooling", "cls"]);
@@ -99,10 +102,7 @@ fn eva_lavis_pth_matches_the_reference() {
     let all = dir.path().join("all.safetensors");
     extract(&["--encoder", s(&manifest), "--input", s(&input), "--out", s(&all), "--pooling", "none"]);
     let got = load(&all);
-    for i in 0..3 {
-        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_states.{i}")]);
-        assert!(d <= 1e-4, "hidden state {i}: {d}");
-    }
+    assert_hidden_states(&got, &reference, "hidden_states");
     let out = dir.path().join("merged.safetensors");
     extract(&["--encoder", s(&manifest), "--input", s(&input), "--out", s(&out)]);
     let last = &reference["hidden_states.2"];
@@ -169,10 +169,7 @@ fn videomae_saved_by_transformers_5_matches() {
     let out = dir.path().join("out.safetensors");
     extract(&["--encoder", s(&fixture("videomae-tf5")), "--input", s(&input), "--out", s(&out), "--pooling", "none"]);
     let got = load(&out);
-    for i in 0..3 {
-        let d = max_diff(&got[&format!("hidden_states.{i}")], &reference[&format!("hidden_states.{i}")]);
-        assert!(d <= 1e-4, "hidden state {i}: {d}");
-    }
+    assert_hidden_states(&got, &reference, "hidden_states");
 }
 
 /// An encoder `config.json` with a setting the model does not implement is refused by name.
@@ -194,4 +191,31 @@ fn unsupported_encoder_config_keys_are_refused_by_name() {
         .expect("run emollama");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("conv_pos_batch_norm") && err.contains("config.json"), "{err}");
+}
+
+/// Every key of every committed `config.json` (transformers 4.46 and 5.25) is read, ignored with a reason
+/// or checked: none is reported unknown, so the warning is kept for keys a newer transformers adds.
+#[test]
+fn fixture_configs_have_no_unknown_keys() {
+    use emollama::model::encoders::{hubert, videomae, vit_mae};
+    use emollama::model::hf_config::{struct_keys, warn_unknown};
+    use emollama::model::llm_config::{HF_IGNORED, LlamaConfig};
+    let read = |p: &Path| -> serde_json::Map<String, serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(p).expect("config")).expect("json object") };
+    for (dir, arch) in [("hubert-layer", "hubert"), ("hubert-group", "hubert"), ("vit_mae", "vit_mae"), ("videomae/mean_pooling", "videomae"), ("videomae/final_layernorm", "videomae"), ("videomae-tf5", "videomae")] {
+        let p = fixture(dir).join("config.json");
+        let mut obj = read(&p);
+        let unknown = match arch {
+            "hubert" => hubert::check_hf_keys(&p, &obj),
+            "vit_mae" => vit_mae::check_hf_keys(&p, &obj),
+            _ => videomae::check_hf_keys(&p, &mut obj),
+        }
+        .expect("accepted");
+        assert!(unknown.is_empty(), "{dir}: unknown keys {unknown:?}");
+    }
+    let llm = common::repo().join("tests/fixtures/llm");
+    for dir in ["tiny-llama-hf", "tiny-qwen2-hf", "tf5-llama", "tf5-llama-linear", "tf5-llama-dynamic", "tf5-llama-yarn", "tf5-llama3", "tf5-qwen2"] {
+        let p = llm.join(dir).join("config.json");
+        let unknown = warn_unknown(&p, &read(&p), &struct_keys(&LlamaConfig::default()), HF_IGNORED);
+        assert!(unknown.is_empty(), "{dir}: unknown keys {unknown:?}");
+    }
 }

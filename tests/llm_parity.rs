@@ -3,6 +3,8 @@
 //! bf16 weights). Logits of a right-padded batch, 32 greedy tokens of a left-padded batch, and a LoRA
 //! adapter saved by peft: logits, loss and the gradients of every LoRA tensor.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -160,11 +162,10 @@ fn transformers_5_llama_generates_the_same_text_through_the_cli() -> R {
     let prompt = reference["prompt"].as_str().expect("prompt");
     let tmp = tempfile::tempdir()?;
     let logits = tmp.path().join("logits.safetensors");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emollama"))
-        .args(["generate", "--llm", dir.to_str().expect("utf-8"), "--prompt", prompt, "--raw", "--greedy", "--max-new-tokens", "24"])
-        .arg("--logits-out")
-        .arg(&logits)
-        .output()?;
+    let out = common::emollama(
+        &["generate", "--llm", dir.to_str().expect("utf-8"), "--prompt", prompt, "--raw", "--greedy", "--max-new-tokens", "24", "--logits-out", logits.to_str().expect("utf-8")],
+        &[],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout)?;
     assert_eq!(text.trim_end_matches('\n'), reference["text"].as_str().expect("text"), "generated text differs from transformers 5");
@@ -195,9 +196,7 @@ fn unsupported_config_keys_are_refused_by_name() -> R {
         let extra: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!("{{{edit}}}"))?;
         cfg.extend(extra);
         std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emollama"))
-            .args(["generate", "--llm", dir.to_str().expect("utf-8"), "--prompt", "hi", "--raw", "--greedy", "--max-new-tokens", "2"])
-            .output()?;
+        let out = common::emollama(&["generate", "--llm", dir.to_str().expect("utf-8"), "--prompt", "hi", "--raw", "--greedy", "--max-new-tokens", "2"], &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{key}: accepted");
         assert!(err.contains(key) && err.contains("config.json"), "{key}: the error does not name the key and file:\n{err}");

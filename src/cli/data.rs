@@ -148,13 +148,13 @@ fn dispatch(cmd: DataCommand) -> Result<()> {
                 }
                 out.push('\n');
             }
-            write_stdout(&out)
+            super::write_stdout(&out, "to standard output")
         }
         DataCommand::Stat { at, no_media, json } => {
             let o = open(&at.dataset, at.recipe.as_deref(), at.root.as_deref(), tty && !at.no_progress)?;
             let stats = inspect::stat(&o, !no_media)?;
             if json {
-                return write_stdout(&(serde_json::to_string_pretty(&serde_json::json!({"dataset": o.card.name, "root": o.root.as_ref().map(|r| r.to_string()), "splits": stats}))? + "\n"));
+                return super::write_stdout(&(serde_json::to_string_pretty(&serde_json::json!({"dataset": o.card.name, "root": o.root.as_ref().map(|r| r.to_string()), "splits": stats}))? + "\n"), "to standard output");
             }
             let mut t = comfy_table::Table::new();
             t.set_header(vec!["split", "samples", "labels", "transcripts", "descriptions", "reasoning", "valence", "open-set", "media found"]);
@@ -167,7 +167,7 @@ fn dispatch(cmd: DataCommand) -> Result<()> {
                 t.add_row(vec![s.split.clone(), s.samples.to_string(), labels.join(", "), s.transcripts.to_string(), s.descriptions.to_string(), s.reasoning.to_string(), s.valence.to_string(), s.openset.to_string(), media]);
             }
             let root = o.root.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "(generated)".into());
-            write_stdout(&format!("dataset {} at {root}\n{t}\n", o.card.name))
+            super::write_stdout(&format!("dataset {} at {root}\n{t}\n", o.card.name), "to standard output")
         }
         DataCommand::Pull { at, split } => {
             let o = open(&at.dataset, at.recipe.as_deref(), at.root.as_deref(), tty && !at.no_progress)?;
@@ -212,12 +212,8 @@ fn dispatch(cmd: DataCommand) -> Result<()> {
                     eprintln!("{} rows -> {}", rows.len(), path.display());
                     Ok(())
                 }
-                None => write_stdout(&csv),
+                None => super::write_stdout(&csv, "to standard output"),
             }
         }
     }
-}
-
-fn write_stdout(s: &str) -> Result<()> {
-    std::io::Write::write_all(&mut std::io::stdout().lock(), s.as_bytes()).context("writing to standard output")
 }

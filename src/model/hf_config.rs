@@ -31,6 +31,7 @@ impl KeyError {
 /// result (metadata, output switches, training and generation settings).
 pub const COMMON_IGNORED: &[(&str, &str)] = &[
     ("_name_or_path", "metadata"),
+    ("model_type", "the architecture: chosen from it when a model directory is resolved, else checked against the manifest's"),
     ("architectures", "metadata: the head class; the encoder/decoder body is what is loaded"),
     ("transformers_version", "metadata"),
     ("torch_dtype", "storage dtype (4.x name): each tensor carries its own dtype, and runs choose theirs"),
@@ -91,6 +92,14 @@ pub const COMMON_IGNORED: &[(&str, &str)] = &[
 /// The keys a config struct reads: the fields of its default value serialised to JSON.
 pub fn struct_keys<T: serde::Serialize>(value: &T) -> Vec<String> {
     serde_json::to_value(value).ok().and_then(|v| v.as_object().map(|o| o.keys().cloned().collect())).unwrap_or_default()
+}
+
+/// [`warn_unknown`] for a config struct `T` whose every field has a serde default (the encoders'): the keys
+/// it reads are those of `T` built from `{}`.
+pub fn warn_unknown_for<T: serde::de::DeserializeOwned + serde::Serialize>(path: &Path, obj: &Map<String, Value>, ignored: &[(&str, &str)]) -> Vec<String> {
+    // Fails only if a field lost its default: then every key is named in the warning, none dropped silently.
+    let read = serde_json::from_value::<T>(Value::Object(Map::new())).map(|d| struct_keys(&d)).unwrap_or_default();
+    warn_unknown(path, obj, &read, ignored)
 }
 
 /// Warns about (and returns) the keys of `obj` that are neither read nor ignored.

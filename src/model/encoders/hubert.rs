@@ -60,8 +60,8 @@ pub const HF_IGNORED: &[(&str, &str)] = &[
 ];
 
 /// Checks an HF `config.json` object before it is read: settings the model does not implement are
-/// refused by name, unknown keys named in a warning.
-pub fn check_hf_keys(path: &Path, obj: &serde_json::Map<String, serde_json::Value>) -> std::result::Result<(), crate::model::hf_config::KeyError> {
+/// refused by name, unknown keys named in a warning (and returned).
+pub fn check_hf_keys(path: &Path, obj: &serde_json::Map<String, serde_json::Value>) -> std::result::Result<Vec<String>, crate::model::hf_config::KeyError> {
     use crate::model::hf_config::{self, KeyError, refuse_unless};
     refuse_unless(path, obj, "conv_pos_batch_norm", |v| v == &serde_json::Value::Bool(false), "the positional conv with weight norm (conv_pos_batch_norm false)")?;
     if let (Some(n), Some(dims)) = (obj.get("num_feat_extract_layers").and_then(|v| v.as_u64()), obj.get("conv_dim").and_then(|v| v.as_array()))
@@ -69,9 +69,7 @@ pub fn check_hf_keys(path: &Path, obj: &serde_json::Map<String, serde_json::Valu
     {
         return Err(KeyError::new(path, "num_feat_extract_layers", format!("{n} disagrees with the {} entries of conv_dim", dims.len())));
     }
-    let read = hf_config::struct_keys(&serde_json::from_value::<HubertConfig>(serde_json::json!({})).map_err(|e| KeyError::new(path, "-", e.to_string()))?);
-    hf_config::warn_unknown(path, obj, &read, HF_IGNORED);
-    Ok(())
+    Ok(hf_config::warn_unknown_for::<HubertConfig>(path, obj, HF_IGNORED))
 }
 
 /// The fields of HF `HubertConfig` (`config.json`) the model reads, with HF's defaults (hubert-base);

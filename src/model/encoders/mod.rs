@@ -125,8 +125,8 @@ impl FrozenEncoder {
                     "hubert" => hubert::check_hf_keys(p, obj)?,
                     "vit_mae" => vit_mae::check_hf_keys(p, obj)?,
                     "videomae" => videomae::check_hf_keys(p, obj)?,
-                    _ => {}
-                }
+                    _ => Vec::new(),
+                };
                 json_to_toml_table(&json)
             }
             None => toml::Table::new(),

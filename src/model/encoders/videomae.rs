@@ -14,27 +14,17 @@ use super::vit_mae::{
     default_patch_size, last_state, patch_projection, yes,
 };
 
-/// `config.json` keys of VideoMAE that never change the encoder's output (beyond
-/// [`crate::model::hf_config::COMMON_IGNORED`]), with the reason. transformers 5 writes `qv_bias` for
-/// 4.x's `qkv_bias`: both are read ([`check_hf_keys`]).
-pub const HF_IGNORED: &[(&str, &str)] = &[
-    ("attention_probs_dropout_prob", "dropout: off at inference"),
-    ("hidden_dropout_prob", "dropout: off at inference"),
-    ("decoder_hidden_size", "the pre-training decoder is not loaded"),
-    ("decoder_intermediate_size", "the pre-training decoder is not loaded"),
-    ("decoder_num_attention_heads", "the pre-training decoder is not loaded"),
-    ("decoder_num_hidden_layers", "the pre-training decoder is not loaded"),
-    ("norm_pix_loss", "pre-training loss"),
-];
+/// `config.json` keys of VideoMAE that never change the encoder's output: ViT-MAE's (the same dropouts,
+/// pre-training decoder and loss keys), with the reasons there. transformers 5 writes `qv_bias` for 4.x's
+/// `qkv_bias`: both are read ([`check_hf_keys`]).
+pub const HF_IGNORED: &[(&str, &str)] = super::vit_mae::HF_IGNORED;
 
 /// Checks an HF `config.json` object before it is read: transformers 5's `qv_bias` becomes `qkv_bias`
-/// (both present and different is an error), unknown keys are named in a warning.
-pub fn check_hf_keys(path: &std::path::Path, obj: &mut serde_json::Map<String, serde_json::Value>) -> std::result::Result<(), crate::model::hf_config::KeyError> {
+/// (both present and different is an error), unknown keys are named in a warning (and returned).
+pub fn check_hf_keys(path: &std::path::Path, obj: &mut serde_json::Map<String, serde_json::Value>) -> std::result::Result<Vec<String>, crate::model::hf_config::KeyError> {
     use crate::model::hf_config;
     hf_config::rename(path, obj, "qkv_bias", "qv_bias")?;
-    let read = hf_config::struct_keys(&serde_json::from_value::<VideoMAEConfig>(serde_json::json!({})).map_err(|e| hf_config::KeyError::new(path, "-", e.to_string()))?);
-    hf_config::warn_unknown(path, obj, &read, HF_IGNORED);
-    Ok(())
+    Ok(hf_config::warn_unknown_for::<VideoMAEConfig>(path, obj, HF_IGNORED))
 }
 
 /// The fields of HF `VideoMAEConfig` (`config.json`) the encoder reads; decoder and training keys are ignored.

@@ -52,12 +52,9 @@ pub struct ViTMAEConfig {
     pub mask_ratio: f64,
 }
 
-/// Checks an HF `config.json` object before it is read: unknown keys are named in a warning.
-pub fn check_hf_keys(path: &std::path::Path, obj: &serde_json::Map<String, serde_json::Value>) -> std::result::Result<(), crate::model::hf_config::KeyError> {
-    use crate::model::hf_config;
-    let read = hf_config::struct_keys(&serde_json::from_value::<ViTMAEConfig>(serde_json::json!({})).map_err(|e| hf_config::KeyError::new(path, "-", e.to_string()))?);
-    hf_config::warn_unknown(path, obj, &read, HF_IGNORED);
-    Ok(())
+/// Checks an HF `config.json` object before it is read: unknown keys are named in a warning (and returned).
+pub fn check_hf_keys(path: &std::path::Path, obj: &serde_json::Map<String, serde_json::Value>) -> std::result::Result<Vec<String>, crate::model::hf_config::KeyError> {
+    Ok(crate::model::hf_config::warn_unknown_for::<ViTMAEConfig>(path, obj, HF_IGNORED))
 }
 
 pub(crate) fn default_image_size() -> usize {
