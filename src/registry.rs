@@ -20,8 +20,6 @@ pub const LLM_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 /// `reason_v2` is Emotion-LLaMA's tag for the fine-grained reasoning (stage 2); its target is the same
 /// field as `reason`.
 pub const TASKS: [&str; 4] = ["emotion", "description", "reason", "reason_v2"];
-/// Modalities a stage can feed (`stage.modalities`).
-pub const MODALITIES: [&str; 2] = ["video", "audio"];
 
 /// Where a component's weights come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -74,7 +72,7 @@ pub struct Preprocess {
     pub std: [f32; 3],
     /// Resampling filter to the encoder's input size, as PIL does it: `bicubic` or `bilinear`.
     #[serde(default = "default_resize")]
-    pub resize: String,
+    pub resize: crate::media::resize::Filter,
     /// Which frames of a video the encoder sees, e.g. `{ mode = "uniform", n = 8 }` (per-frame encoders
     /// pool over them), `{ mode = "first" }`, or `{ mode = "segments", segments = 8, consecutive = 2 }`.
     #[serde(default)]
@@ -90,8 +88,8 @@ pub struct Preprocess {
 fn half3() -> [f32; 3] {
     [0.5; 3]
 }
-fn default_resize() -> String {
-    "bicubic".into()
+fn default_resize() -> crate::media::resize::Filter {
+    crate::media::resize::Filter::Bicubic
 }
 fn default_rate() -> u32 {
     16_000
@@ -215,7 +213,7 @@ impl Registry {
             ("encoder plugins", self.encoders.keys().cloned().collect()),
             ("LLM architectures", s(&LLM_ARCHITECTURES)),
             ("LLM plugins", self.llms.keys().cloned().collect()),
-            ("projectors", s(&crate::model::projector::KINDS)),
+            ("projectors", s(crate::recipe::ProjectorKind::NAMES)),
             ("sources", s(&crate::data::sources::SOURCES)),
             ("datasets", self.datasets.keys().cloned().collect()),
             ("tasks", s(&TASKS)),

@@ -81,12 +81,6 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
         }
         match reg.encoder(name) {
             Ok((_, m)) if m.modality != modality => err(key, format!("encoder plugin `{name}` is a {} encoder, not {modality}", m.modality)),
-            Ok((_, m)) if modality == "video" => {
-                let size = m.config.get("image_size").and_then(|v| v.as_integer()).unwrap_or(0) as u32;
-                if size != r.data.width || size != r.data.height {
-                    err("data.width", format!("encoder `{name}` takes {size}x{size} frames but data.width x data.height is {}x{}", r.data.width, r.data.height));
-                }
-            }
             Ok(_) => {}
             Err(e) => err(key, e.to_string()),
         }
@@ -94,29 +88,14 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
     if !r.model.global_encoder.is_empty() || !r.model.local_encoder.is_empty() || !r.model.temporal_encoder.is_empty() {
         validate_emotion_llama(r, reg, &mut err);
     }
-    if !["auto", "f32", "bf16"].contains(&r.runtime.inference_precision.as_str()) {
-        err("runtime.inference_precision", format!("`{}`: expected `auto`, `f32` or `bf16`", r.runtime.inference_precision));
-    }
     if let Some(face) = &r.front_end.face {
         for (key, msg) in face.problems() {
             err(key, msg);
         }
     }
-    if let Err(e) = registry::check_builtin("projector", &r.model.projector, &crate::model::projector::KINDS) {
-        err("model.projector", e.to_string());
-    }
-    if let Err(e) = registry::check_builtin("instruction set", &r.prompt.instruction_set, &crate::recipe::schema::INSTRUCTION_SETS) {
-        err("prompt.instruction_set", e.to_string());
-    }
-    if let Err(e) = registry::check_builtin("evaluation layout", &r.prompt.eval_layout, &crate::recipe::schema::EVAL_LAYOUTS) {
-        err("prompt.eval_layout", e.to_string());
-    }
     validate_stages(r, reg, &mut err, &mut deferred);
     if r.checkpoint.keep_last == 0 {
         err("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume continues from)".into());
-    }
-    if !["f32", "bf16", "f16"].contains(&r.runtime.dtype.as_str()) {
-        err("runtime.dtype", format!("`{}`: expected `f32`, `bf16` or `f16`", r.runtime.dtype));
     }
     if r.validation.enabled {
         if let Err(e) = registry::check_builtin("validation metric", &r.validation.metric, &crate::recipe::VALIDATION_METRICS) {
@@ -162,11 +141,6 @@ fn validate_stages(r: &crate::recipe::Recipe, reg: &Registry, err: &mut dyn FnMu
         }
         if s.tasks.is_empty() {
             err(&format!("stage[{i}].tasks"), "a stage needs at least one task".into());
-        }
-        for m in &s.modalities {
-            if let Err(e) = registry::check_builtin("modality", m, &registry::MODALITIES) {
-                err(&format!("stage[{i}].modalities"), e.to_string());
-            }
         }
         if s.batch_size == 0 {
             err(&format!("stage[{i}].batch_size"), "must be at least 1".into());
@@ -256,12 +230,6 @@ fn validate_emotion_llama(r: &crate::recipe::Recipe, reg: &Registry, err: &mut i
         match reg.encoder(name) {
             Ok((_, m)) if m.architecture != arch => err(key, format!("encoder `{name}` has architecture `{}`; this view takes `{arch}`", m.architecture)),
             Ok((_, m)) => {
-                let size = ["image_size", "img_size"].iter().find_map(|k| m.config.get(*k).and_then(|v| v.as_integer()));
-                if let Some(size) = size
-                    && (size as u32 != r.data.width || size as u32 != r.data.height)
-                {
-                    err("data.width", format!("encoder `{name}` takes {size}x{size} frames but data.width x data.height is {}x{}", r.data.width, r.data.height));
-                }
                 let clip = m.config.get("num_frames").and_then(|v| v.as_integer());
                 if let (Some(t), Some(n)) = (clip, frames)
                     && t as usize != n

@@ -2,16 +2,14 @@
 //! the four encoder architectures (tiny random-weight manifests), both output formats, resuming, the
 //! preprocessed-tensor input, and clear errors on bad input.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-use candle_core::{Device, Tensor};
+use common::media;
 
-fn media(name: &str) -> PathBuf {
-    let p = emollama::storage::cache_root("").join("media").join(name);
-    assert!(p.is_file(), "{} is missing: run `just fetch-media` (part of `bash tools/setup.sh`)", p.display());
-    p
-}
+use candle_core::{Device, Tensor};
 
 fn emollama(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_emollama"))

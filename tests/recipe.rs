@@ -481,4 +481,21 @@ fn unknown_values_of_closed_sets_name_file_line_and_the_choices() {
     let p = write(dir.path(), "t.toml", "name = \"x\"\n\n[prompt]\ntemplate = \"chatm\"\n");
     let e = load_recipe_with_env(&p, &[], &[]).expect_err("unknown template").to_string();
     assert!(e.contains("t.toml:4") && e.contains("did you mean `chatml`") && e.contains("auto, llama2, chatml"), "{e}");
+    // Every other closed set of the schema, each on its own line.
+    let cases = [
+        ("[runtime]\ndtype = \"bf61\"\n", "bf16", "f32, bf16, f16"),
+        ("[runtime]\ninference_precision = \"bf61\"\n", "bf16", "auto, f32, bf16"),
+        ("[model]\nprojector = \"linaer\"\n", "linear", "linear, mlp"),
+        ("[prompt]\ninstruction_set = \"emotion-llama\"\n", "emotion_llama", "emollama, emotion_llama"),
+        ("[prompt]\neval_layout = \"refrence\"\n", "reference", "training, reference"),
+        ("[data]\non_error = \"skp\"\n", "skip", "skip, fail"),
+        ("[eval]\nlabel_extraction = \"nearest-end\"\n", "nearest_end", "reference, nearest_end"),
+        ("[[stage]]\nname = \"s\"\nmodalities = [\"vidoe\"]\n", "video", "video, audio"),
+    ];
+    for (i, (table, suggestion, choices)) in cases.iter().enumerate() {
+        let p = write(dir.path(), &format!("c{i}.toml"), &format!("name = \"x\"\n\n{table}"));
+        let e = load_recipe_with_env(&p, &[], &[]).expect_err("unknown value").to_string();
+        let line = if table.starts_with("[[stage]]") { 5 } else { 4 };
+        assert!(e.contains(&format!("c{i}.toml:{line}")) && e.contains(&format!("did you mean `{suggestion}`")) && e.contains(choices), "{table}: {e}");
+    }
 }

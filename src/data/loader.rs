@@ -7,19 +7,18 @@ use crate::recipe::OnError;
 
 use super::Sample;
 
-/// A sample's decoded media at the recipe's sizes.
+/// A sample's decoded media, each pixel view at its encoder's size.
 #[derive(Debug, Clone)]
 pub struct DecodedMedia {
-    /// `frames × height × width × 3` RGB bytes.
-    pub frames: Vec<u8>,
+    /// Per view of [`DecodeSpec::views`] (same order): its frames as interleaved RGB bytes, back to back,
+    /// at that view's size (`num_frames` of them; one for the global view). With the face front end the
+    /// per-frame views hold the face crops and the global view the whole first / middle / peak frame.
+    pub pixels: Vec<Vec<u8>>,
     pub num_frames: usize,
     /// Exactly `audio_len` samples (16 kHz mono), padded with silence or cut.
     pub audio: Vec<f32>,
     /// The file had no audio stream (the audio is silence).
     pub audio_missing: bool,
-    /// With the face front end: the global view's whole frame (`height × width × 3`), while
-    /// `frames` hold the face crops.
-    pub global: Option<Vec<u8>>,
     /// With the face front end: sampled frames where the main face was found, and the peak frame.
     pub faces: Option<FaceSummary>,
 }
@@ -35,8 +34,12 @@ pub struct FaceSummary {
 #[derive(Debug, Clone)]
 pub struct DecodeSpec {
     pub sampling: FrameSampling,
+    /// The face crops' size (`data.width` x `data.height`); each view then resizes them to its encoder's.
     pub width: u32,
     pub height: u32,
+    /// What each encoder is fed (the model's views); frames are decoded at the file's own size and
+    /// transformed once per view, exactly as `extract` does.
+    pub views: Vec<crate::media::PixelView>,
     pub audio_len: usize,
     pub on_error: OnError,
     pub threads: usize,
@@ -106,37 +109,64 @@ pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, Me
     if let Some(face) = &spec.face {
         return decode_with_faces(&path, spec, face);
     }
-    let clip = media::decode_clip(&path, &spec.sampling, spec.width, spec.height)?;
-    let num_frames = clip.video.frames.len();
-    let mut frames = Vec::with_capacity(num_frames * (spec.width * spec.height * 3) as usize);
-    for f in &clip.video.frames {
-        frames.extend_from_slice(f);
-    }
+    // No view (an audio-only model): the frames are not used, so they are decoded small.
+    let (w, h) = if spec.views.is_empty() { (spec.width, spec.height) } else { media::frame_size(&path)? };
+    let clip = media::decode_clip(&path, &spec.sampling, w, h)?;
+    let n = clip.video.frames.len();
+    let size = (w as usize, h as usize);
+    let frames = Frames { frames: &clip.video.frames, size };
+    let pixels = view_pixels(&path, &spec.views, frames, frames, spec.global_frame.index(n, None))?;
     let mut audio = clip.audio.samples;
     audio.resize(spec.audio_len, 0.0);
-    Ok(DecodedMedia { frames, num_frames, audio, audio_missing: clip.audio.missing, global: None, faces: None })
+    Ok(DecodedMedia { pixels, num_frames: n, audio, audio_missing: clip.audio.missing, faces: None })
 }
 
-/// Decodes at the detection size, runs the face front end: `frames` become the eye-aligned face crops
-/// at the recipe's size, `global` the whole first / middle / peak frame at that size.
+/// Decoded frames of one size.
+#[derive(Clone, Copy)]
+struct Frames<'a> {
+    frames: &'a [Vec<u8>],
+    size: (usize, usize),
+}
+
+/// Each view's pixels: the per-frame views from `per_frame`, the global view from `whole[global]`, each
+/// through its encoder's transform.
+fn view_pixels(path: &std::path::Path, views: &[crate::media::PixelView], per_frame: Frames, whole: Frames, global: usize) -> Result<Vec<Vec<u8>>, MediaError> {
+    views
+        .iter()
+        .map(|v| {
+            let err = |e: candle_core::Error| MediaError::decode(path, format!("the {} view: {e}", v.role.name()));
+            let t = &v.transform;
+            if v.role.single_frame() {
+                let f = whole.frames.get(global).ok_or_else(|| MediaError::decode(path, "no sampled frame for the global view"))?;
+                return t.resize(f, whole.size.0, whole.size.1).map_err(err);
+            }
+            let mut out = Vec::with_capacity(per_frame.frames.len() * t.frame_bytes());
+            for f in per_frame.frames {
+                out.extend(t.resize(f, per_frame.size.0, per_frame.size.1).map_err(err)?);
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Decodes at the detection size and runs the face front end: the per-frame views take the eye-aligned
+/// face crops (made at the recipe's size), the global view the whole first / middle / peak frame.
 fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::media::face::FaceFrontEnd) -> Result<DecodedMedia, MediaError> {
     let (dw, dh) = face.detect_size_of(path)?;
     let clip = media::decode_clip(path, &spec.sampling, dw, dh)?;
     let (cw, ch) = (spec.width as usize, spec.height as usize);
     let faces = face.process(&clip.video, cw, ch).map_err(|e| MediaError::NoFace { path: path.to_path_buf(), detail: e.to_string() })?;
     let n = faces.crops.len();
-    let global = match clip.video.frames.get(spec.global_frame.index(n, faces.peak)) {
-        Some(f) => Some(media::resize::resize_rgb(f, dw as usize, dh as usize, cw, ch, media::resize::Filter::Bilinear).map_err(|e| MediaError::decode(path, e.to_string()))?),
-        None => None,
-    };
+    let crops = Frames { frames: &faces.crops, size: (cw, ch) };
+    let whole = Frames { frames: &clip.video.frames, size: (dw as usize, dh as usize) };
+    let pixels = view_pixels(path, &spec.views, crops, whole, spec.global_frame.index(n, faces.peak))?;
     let mut audio = clip.audio.samples;
     audio.resize(spec.audio_len, 0.0);
     Ok(DecodedMedia {
-        frames: faces.crops.concat(),
+        pixels,
         num_frames: n,
         audio,
         audio_missing: clip.audio.missing,
-        global,
         faces: Some(FaceSummary { frames_with_face: faces.faces_found(), peak: faces.peak }),
     })
 }

@@ -216,32 +216,13 @@ fn read_audio(enc: &FrozenEncoder, path: &Path, resample: bool) -> Result<Vec<f3
     Ok(audio.samples)
 }
 
-/// Decodes the sampled frames at the file's own size, resizes them to the encoder's input as PIL does,
-/// and normalises: (frames, 3, S, S).
-fn read_frames(enc: &FrozenEncoder, path: &Path, sampling: &FrameSampling) -> Result<Tensor, ExtractError> {
-    let info = media::probe(path)?;
-    let Some(v) = info.video() else {
-        return Err(input_err(path.display(), format!("no video stream; encoder `{}` needs frames", enc.name)));
-    };
-    let (w, h) = (v.width.unwrap_or(0), v.height.unwrap_or(0));
-    if w == 0 || h == 0 {
-        return Err(input_err(path.display(), "the video stream has no frame size"));
-    }
+/// Decodes the sampled frames at the file's own size, then the encoder's own transform (resize as PIL
+/// does, normalise): (frames, 3, S, S), exactly what a run feeds the encoder.
+pub fn read_frames(enc: &FrozenEncoder, path: &Path, sampling: &FrameSampling) -> Result<Tensor, ExtractError> {
+    let transform = enc.pixel_transform().ok_or_else(|| input_err(&enc.name, "not an image encoder: it has no input size"))?;
+    let (w, h) = media::frame_size(path)?;
     let video = media::decode_video(path, sampling, w, h)?;
-    let s = enc.image_size.unwrap_or(224);
-    let filter = crate::media::resize::Filter::from_name(&enc.preprocess.resize)
-        .ok_or_else(|| input_err(&enc.name, format!("unknown resize filter `{}` (bicubic or bilinear)", enc.preprocess.resize)))?;
-    let mut data = Vec::with_capacity(video.frames.len() * 3 * s * s);
-    for f in &video.frames {
-        let resized = crate::media::resize::resize_rgb(f, w as usize, h as usize, s, s, filter).map_err(|e| input_err(path.display(), e))?;
-        for c in 0..3 {
-            data.extend((0..s * s).map(|p| f32::from(resized[p * 3 + c]) / 255.0));
-        }
-    }
-    let n = video.frames.len();
-    let cerr = |e: candle_core::Error| input_err(path.display(), e);
-    let unit = Tensor::from_vec(data, (n, 3, s, s), &Device::Cpu).map_err(cerr)?;
-    enc.normalize_pixels(&unit).map_err(cerr)
+    transform.apply(&video.frames, w as usize, h as usize, &Device::Cpu).map_err(|e| input_err(path.display(), e))
 }
 
 /// Joins per-chunk outputs along the batch (frame) axis.
@@ -355,7 +336,7 @@ fn manifest_from_hf_dir(dir: &Path) -> Result<crate::registry::EncoderManifest, 
         }
         // PIL resample codes: 2 = bilinear, 3 = bicubic.
         if let Some(r) = pre.get("resample").and_then(|v| v.as_i64()) {
-            preprocess.resize = if r == 2 { "bilinear".into() } else { "bicubic".into() };
+            preprocess.resize = if r == 2 { crate::media::resize::Filter::Bilinear } else { crate::media::resize::Filter::Bicubic };
         }
         preprocess.normalize = pre.get("do_normalize").and_then(|v| v.as_bool()).unwrap_or(false) && architecture == "hubert";
     }

@@ -4,6 +4,7 @@ use candle_core::{Device, Result, Tensor};
 
 use crate::data::Sample;
 use crate::data::loader::DecodedMedia;
+use crate::media::PixelView;
 use crate::model::multimodal::{MediaBatch, TokenizedPrompt};
 use crate::model::prompt::{self, ChatTemplate};
 use crate::model::tokenizer::{TextTokenizer, TokenizerError};
@@ -40,58 +41,37 @@ pub fn tokenize_reference_eval(tok: &TextTokenizer, prompt: &str) -> std::result
     TokenizedPrompt::from_segments(&prompt::split_reference_eval(&text), Vec::new(), |t| tok.encode(t))
 }
 
-/// Pixel normalisation and audio length shared by a batch.
-#[derive(Debug, Clone)]
-pub struct MediaLayout {
-    pub width: usize,
-    pub height: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-/// Stacks decoded media into tensors: frames (batch, n, 3, h, w) normalised, audio (batch, samples).
-pub fn media_batch(items: &[&DecodedMedia], layout: &MediaLayout, device: &Device) -> Result<MediaBatch> {
+/// Stacks decoded media into tensors: each view (batch, n, 3, h, w), the global one (batch, 3, h, w),
+/// normalised by its encoder's transform; audio (batch, samples). `views` are the decoder's, in order.
+pub fn media_batch(items: &[&DecodedMedia], views: &[PixelView], device: &Device) -> Result<MediaBatch> {
+    let b = items.len();
     let n = items.first().map(|m| m.num_frames).unwrap_or(0);
-    let (h, w) = (layout.height, layout.width);
-    let mut frames = Vec::with_capacity(items.len() * n * 3 * h * w);
-    for m in items {
-        if m.num_frames != n {
-            candle_core::bail!("samples in a batch have {} and {n} frames", m.num_frames);
-        }
-        for f in 0..n {
-            normalise_into(&mut frames, &m.frames[f * h * w * 3..(f + 1) * h * w * 3], h * w, layout);
-        }
+    if let Some(m) = items.iter().find(|m| m.num_frames != n) {
+        candle_core::bail!("samples in a batch have {} and {n} frames", m.num_frames);
     }
-    // The front end's global frames, when every sample has one.
-    let global = match items.iter().map(|m| m.global.as_deref()).collect::<Option<Vec<&[u8]>>>() {
-        Some(gs) if !gs.is_empty() => {
-            let mut g = Vec::with_capacity(gs.len() * 3 * h * w);
-            for img in gs {
-                if img.len() != h * w * 3 {
-                    candle_core::bail!("a global frame has {} bytes, expected {h}x{w}x3", img.len());
-                }
-                normalise_into(&mut g, img, h * w, layout);
+    let mut pixels = Vec::with_capacity(views.len());
+    for (k, v) in views.iter().enumerate() {
+        let t = &v.transform;
+        let frames = if v.role.single_frame() { 1 } else { n };
+        let mut data = Vec::with_capacity(b * frames * t.frame_bytes());
+        for m in items {
+            let px = m.pixels.get(k).map(Vec::as_slice).unwrap_or_default();
+            if px.len() != frames * t.frame_bytes() {
+                candle_core::bail!("the {} view has {} bytes, expected {frames} frames of {}x{}x3", v.role.name(), px.len(), t.height, t.width);
             }
-            Some(Tensor::from_vec(g, (items.len(), 3, h, w), device)?)
+            t.normalise_into(&mut data, px);
         }
-        _ => None,
-    };
+        let x = if v.role.single_frame() {
+            Tensor::from_vec(data, (b, 3, t.height, t.width), device)?
+        } else {
+            Tensor::from_vec(data, (b, n, 3, t.height, t.width), device)?
+        };
+        pixels.push((v.role, x));
+    }
     let audio_len = items.first().map(|m| m.audio.len()).unwrap_or(0);
-    let mut audio = Vec::with_capacity(items.len() * audio_len);
+    let mut audio = Vec::with_capacity(b * audio_len);
     for m in items {
         audio.extend_from_slice(&m.audio);
     }
-    Ok(MediaBatch {
-        frames: Tensor::from_vec(frames, (items.len(), n, 3, h, w), device)?,
-        global,
-        audio: Tensor::from_vec(audio, (items.len(), audio_len), device)?,
-    })
-}
-
-/// HWC bytes → CHW floats, normalised per channel, appended to `out`.
-fn normalise_into(out: &mut Vec<f32>, hwc: &[u8], pixels: usize, layout: &MediaLayout) {
-    for c in 0..3 {
-        let (mean, std) = (layout.mean[c], layout.std[c]);
-        out.extend((0..pixels).map(|p| (hwc[p * 3 + c] as f32 / 255.0 - mean) / std));
-    }
+    Ok(MediaBatch { pixels, audio: Tensor::from_vec(audio, (b, audio_len), device)? })
 }

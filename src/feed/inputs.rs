@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{Device, Tensor};
 
-use super::batch::{self, MediaLayout};
+use super::batch;
 use crate::data::Sample;
 use crate::data::feature_cache::FeatureCache;
 use crate::data::loader::{self, DecodeSpec, DecodedMedia, Skipped};
@@ -113,14 +113,13 @@ impl Decoder {
 /// in memory: for models whose encoders train, whose inputs are the pixels themselves.
 pub struct DecodedStore {
     pub decoder: Decoder,
-    pub layout: MediaLayout,
     /// Per pool sample: unknown yet, decoded, or unreadable (`None`).
     memo: Vec<OnceLock<Option<Arc<DecodedMedia>>>>,
 }
 
 impl DecodedStore {
-    pub fn new(decoder: Decoder, layout: MediaLayout, pool_len: usize) -> Self {
-        Self { decoder, layout, memo: (0..pool_len).map(|_| OnceLock::new()).collect() }
+    pub fn new(decoder: Decoder, pool_len: usize) -> Self {
+        Self { decoder, memo: (0..pool_len).map(|_| OnceLock::new()).collect() }
     }
 
     /// Decodes the samples of `idx` not seen yet (in parallel).
@@ -151,7 +150,7 @@ impl DecodedStore {
             return Err(InputError::EmptyBatch(idx.iter().map(|&i| pool[i].id.as_str()).collect::<Vec<_>>().join(", ")));
         }
         let items: Vec<&DecodedMedia> = kept.iter().filter_map(|&k| self.memo[idx[k]].get().and_then(|m| m.as_deref())).collect();
-        Ok((BatchMedia::Media(batch::media_batch(&items, &self.layout, device)?), kept))
+        Ok((BatchMedia::Media(batch::media_batch(&items, &self.decoder.spec.views, device)?), kept))
     }
 
     /// Decoded samples whose file had no audio stream.
@@ -164,7 +163,6 @@ pub struct FeatureStore<'a> {
     pub cache: FeatureCache,
     pub model: &'a EmotionModel,
     pub decoder: Decoder,
-    pub layout: MediaLayout,
 }
 
 pub enum MediaStore<'a> {
@@ -270,7 +268,7 @@ impl FeatureStore<'_> {
             }
             if !ok.is_empty() {
                 let refs: Vec<&DecodedMedia> = ok.iter().map(|(_, m)| m).collect();
-                let media = batch::media_batch(&refs, &self.layout, device)?;
+                let media = batch::media_batch(&refs, &self.decoder.spec.views, device)?;
                 let features = self.model.frozen_features(&media)?.ok_or_else(|| candle_core::Error::Msg("the model has no frozen encoders".into()))?;
                 for (j, (k, _)) in ok.iter().enumerate() {
                     let one = features.sample(j)?;

@@ -558,110 +558,128 @@ pub(crate) fn run(
     }
     let mut ictx = super::open_input(path)?;
     let container_duration = super::container_duration_s(&ictx);
-
-    // --- video setup
-    let mut vstate: Option<VideoState> = None;
-    let mut video_duration: Option<f64> = None;
-    if let Some(req) = &video {
-        let Some(vi) = super::best_video_stream(&ictx) else {
-            return Err(MediaError::NoVideoStream { path: path.to_path_buf(), streams: super::stream_kinds(&ictx) });
-        };
-        super::check_index_within_file(path, &ictx, vi)?;
-        let dur = video_duration_s(path, &ictx, vi)?;
-        video_duration = Some(dur);
-        let Some(st) = ictx.stream(vi) else {
-            return Err(MediaError::decode(path, "video stream vanished"));
-        };
-        let wanted = req.sampling.uncapped_count(dur);
-        if wanted > MAX_SAMPLED_FRAMES {
-            return Err(MediaError::invalid(
-                path,
-                format!(
-                    "sampling {:?} would select {wanted} frames of this {dur:.1} s video (limit {MAX_SAMPLED_FRAMES}); set max_frames",
-                    req.sampling
-                ),
-            ));
+    let (mut vstate, video_duration) = match &video {
+        Some(req) => {
+            let (v, d) = open_video(path, &ictx, req)?;
+            (Some(v), Some(d))
         }
-        let targets = req.sampling.target_times_at(dur, stream_fps(&st));
-        if targets.is_empty() {
-            return Err(MediaError::invalid(path, format!("sampling {:?} selects no frames", req.sampling)));
-        }
-        if let Some((w, h)) = req.scale {
-            let bytes = (w as u128) * (h as u128) * 3 * targets.len() as u128;
-            if bytes > 16 * (1u128 << 30) {
-                return Err(MediaError::invalid(path, format!("{} frames of {w}x{h} RGB exceed 16 GiB", targets.len())));
-            }
-        }
-        let ctx = open_decoder_context(path, &st, true)?;
-        let codec = st.parameters().id().name();
-        let mut dec = ctx
-            .decoder()
-            .video()
-            .map_err(|e| MediaError::decode(path, format!("cannot open the {codec} video decoder: {e}")))?;
-        dec.set_packet_time_base(st.time_base());
-        let fps = stream_fps(&st);
-        vstate = Some(VideoState {
-            index: vi,
-            tb: st.time_base(),
-            start: super::stream_start(&st),
-            fallback_frame_s: 1.0 / fps,
-            anchor: None,
-            last_time: None,
-            dec,
-            targets,
-            next: 0,
-            prev: None,
-            picker: Picker {
-                scale: req.scale,
-                scaler: None,
-                frames: Vec::new(),
-                timestamps: Vec::new(),
-                last: None,
-            },
-            seq: 0,
-            packets: 0,
-            errors: 0,
-            last_error: None,
-            eof_sent: false,
-        });
+        None => (None, None),
+    };
+    let mut astate = if want_audio { open_audio(path, &ictx)? } else { None };
+    let (stopped_early, invalid_total) = demux(path, &mut ictx, &mut vstate, &mut astate)?;
+    if !stopped_early && invalid_total > 0 {
+        check_truncation(path, &ictx, vstate.as_ref(), astate.as_ref())?;
     }
+    let video_out = match vstate.as_mut() {
+        Some(v) => Some(finish_video(path, v, video.as_ref().and_then(|r| r.scale), stopped_early, video_duration)?),
+        None => None,
+    };
+    let duration_s = container_duration.or(video_duration).unwrap_or(0.0);
+    let audio_out = if want_audio { Some(finish_audio(path, &ictx, astate.as_mut(), container_duration, video_duration)?) } else { None };
+    Ok(RunOutput { video: video_out, audio: audio_out, duration_s })
+}
 
-    // --- audio setup
-    let mut astate: Option<AudioState> = None;
-    if want_audio
-        && let Some(ai) = super::best_audio_stream(&ictx)
-    {
-        super::check_index_within_file(path, &ictx, ai)?;
-        let Some(st) = ictx.stream(ai) else {
-            return Err(MediaError::decode(path, "audio stream vanished"));
-        };
-        let ctx = open_decoder_context(path, &st, false)?;
-        let codec = st.parameters().id().name();
-        let mut dec = ctx
-            .decoder()
-            .audio()
-            .map_err(|e| MediaError::decode(path, format!("cannot open the {codec} audio decoder: {e}")))?;
-        dec.set_packet_time_base(st.time_base());
-        astate = Some(AudioState {
-            index: ai,
-            dec,
-            swr: None,
-            samples: Vec::new(),
-            frames: 0,
-            packets: 0,
-            errors: 0,
-            last_error: None,
-        });
+/// Opens the video decoder and the frame picker for `req`; returns them and the video's duration.
+fn open_video(path: &Path, ictx: &ffmpeg::format::context::Input, req: &VideoRequest<'_>) -> Result<(VideoState, f64), MediaError> {
+    let Some(vi) = super::best_video_stream(ictx) else {
+        return Err(MediaError::NoVideoStream { path: path.to_path_buf(), streams: super::stream_kinds(ictx) });
+    };
+    super::check_index_within_file(path, ictx, vi)?;
+    let dur = video_duration_s(path, ictx, vi)?;
+    let Some(st) = ictx.stream(vi) else {
+        return Err(MediaError::decode(path, "video stream vanished"));
+    };
+    let wanted = req.sampling.uncapped_count(dur);
+    if wanted > MAX_SAMPLED_FRAMES {
+        return Err(MediaError::invalid(
+            path,
+            format!(
+                "sampling {:?} would select {wanted} frames of this {dur:.1} s video (limit {MAX_SAMPLED_FRAMES}); set max_frames",
+                req.sampling
+            ),
+        ));
     }
+    let targets = req.sampling.target_times_at(dur, stream_fps(&st));
+    if targets.is_empty() {
+        return Err(MediaError::invalid(path, format!("sampling {:?} selects no frames", req.sampling)));
+    }
+    if let Some((w, h)) = req.scale {
+        let bytes = (w as u128) * (h as u128) * 3 * targets.len() as u128;
+        if bytes > 16 * (1u128 << 30) {
+            return Err(MediaError::invalid(path, format!("{} frames of {w}x{h} RGB exceed 16 GiB", targets.len())));
+        }
+    }
+    let ctx = open_decoder_context(path, &st, true)?;
+    let codec = st.parameters().id().name();
+    let mut dec = ctx
+        .decoder()
+        .video()
+        .map_err(|e| MediaError::decode(path, format!("cannot open the {codec} video decoder: {e}")))?;
+    dec.set_packet_time_base(st.time_base());
+    let fps = stream_fps(&st);
+    let state = VideoState {
+        index: vi,
+        tb: st.time_base(),
+        start: super::stream_start(&st),
+        fallback_frame_s: 1.0 / fps,
+        anchor: None,
+        last_time: None,
+        dec,
+        targets,
+        next: 0,
+        prev: None,
+        picker: Picker {
+            scale: req.scale,
+            scaler: None,
+            frames: Vec::new(),
+            timestamps: Vec::new(),
+            last: None,
+        },
+        seq: 0,
+        packets: 0,
+        errors: 0,
+        last_error: None,
+        eof_sent: false,
+    };
+    Ok((state, dur))
+}
 
-    // --- demux loop
+/// Opens the audio decoder of the best audio stream (`None`: the file has none).
+fn open_audio(path: &Path, ictx: &ffmpeg::format::context::Input) -> Result<Option<AudioState>, MediaError> {
+    let Some(ai) = super::best_audio_stream(ictx) else { return Ok(None) };
+    super::check_index_within_file(path, ictx, ai)?;
+    let Some(st) = ictx.stream(ai) else {
+        return Err(MediaError::decode(path, "audio stream vanished"));
+    };
+    let ctx = open_decoder_context(path, &st, false)?;
+    let codec = st.parameters().id().name();
+    let mut dec = ctx
+        .decoder()
+        .audio()
+        .map_err(|e| MediaError::decode(path, format!("cannot open the {codec} audio decoder: {e}")))?;
+    dec.set_packet_time_base(st.time_base());
+    Ok(Some(AudioState {
+        index: ai,
+        dec,
+        swr: None,
+        samples: Vec::new(),
+        frames: 0,
+        packets: 0,
+        errors: 0,
+        last_error: None,
+    }))
+}
+
+/// Reads every packet into the decoders (stopping early once the frames are picked and no audio is
+/// wanted). Returns whether it stopped early and how many invalid packets it skipped.
+fn demux(path: &Path, ictx: &mut ffmpeg::format::context::Input, vstate: &mut Option<VideoState>, astate: &mut Option<AudioState>) -> Result<(bool, u64), MediaError> {
     let mut stopped_early = false;
     let mut read_error: Option<String> = None;
     let mut invalid_run = 0u32;
     let mut invalid_total = 0u64;
     loop {
         let mut pkt = ffmpeg::Packet::empty();
-        match pkt.read(&mut ictx) {
+        match pkt.read(ictx) {
             Ok(()) => invalid_run = 0,
             Err(ffmpeg::Error::Eof) => break,
             Err(ffmpeg::Error::InvalidData) => {
@@ -697,103 +715,100 @@ pub(crate) fn run(
     if let Some(e) = &read_error {
         return Err(MediaError::decode(path, format!("read error: {e}")));
     }
+    Ok((stopped_early, invalid_total))
+}
 
-    // --- truncation that the index check above cannot see: the demuxer reported corrupt or
-    // partial packets and delivered fewer packets than the container declares. PCM tracks are
-    // skipped: their `nb_frames` counts samples, not packets.
-    if !stopped_early && invalid_total > 0 {
-        let check = |index: usize, got: u64, what: &str| -> Result<(), MediaError> {
-            let Some(st) = ictx.stream(index) else { return Ok(()) };
-            let codec = st.parameters().id().name();
-            if codec.starts_with("pcm_") || codec.starts_with("adpcm_") {
-                return Ok(());
-            }
-            let declared = st.frames();
-            if declared > 0 && got < declared as u64 {
-                return Err(MediaError::decode(
-                    path,
-                    format!("truncated or corrupt file: the {what} stream has {got} of {declared} packets"),
-                ));
-            }
-            Ok(())
-        };
-        if let Some(v) = &vstate {
-            check(v.index, v.packets, "video")?;
+/// Truncation that the index check cannot see: the demuxer reported corrupt or partial packets and
+/// delivered fewer packets than the container declares. PCM tracks are skipped: their `nb_frames`
+/// counts samples, not packets.
+fn check_truncation(path: &Path, ictx: &ffmpeg::format::context::Input, vstate: Option<&VideoState>, astate: Option<&AudioState>) -> Result<(), MediaError> {
+    let check = |index: usize, got: u64, what: &str| -> Result<(), MediaError> {
+        let Some(st) = ictx.stream(index) else { return Ok(()) };
+        let codec = st.parameters().id().name();
+        if codec.starts_with("pcm_") || codec.starts_with("adpcm_") {
+            return Ok(());
         }
-        if let Some(a) = &astate {
-            check(a.index, a.packets, "audio")?;
+        let declared = st.frames();
+        if declared > 0 && got < declared as u64 {
+            return Err(MediaError::decode(
+                path,
+                format!("truncated or corrupt file: the {what} stream has {got} of {declared} packets"),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(v) = vstate {
+        check(v.index, v.packets, "video")?;
+    }
+    if let Some(a) = astate {
+        check(a.index, a.packets, "audio")?;
+    }
+    Ok(())
+}
+
+/// Flushes the video decoder and takes the picked frames.
+fn finish_video(path: &Path, v: &mut VideoState, scale: Option<(u32, u32)>, stopped_early: bool, video_duration: Option<f64>) -> Result<VideoFrames, MediaError> {
+    v.finish().map_err(|d| MediaError::decode(path, d))?;
+    if v.seq == 0 {
+        let why = v.last_error.clone().unwrap_or_else(|| "no packets".into());
+        return Err(MediaError::decode(path, format!("no decodable video frames ({why})")));
+    }
+    if v.errors > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            errors = v.errors,
+            "video decoded with errors (last: {})",
+            v.last_error.as_deref().unwrap_or("?")
+        );
+    }
+    // Containers indexed at the end (Matroska, AVI) give no truncation signal; a
+    // video that stops far short of its declared duration is the best hint.
+    if let (false, Some(dur), Some(last)) = (stopped_early, video_duration, v.last_time)
+        && dur > 1.0
+        && last < 0.5 * dur
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "video frames end at {last:.2} s of a declared {dur:.2} s: truncated file?"
+        );
+    }
+    let (w, h) = scale.unwrap_or((0, 0));
+    Ok(VideoFrames {
+        width: w,
+        height: h,
+        frames: std::mem::take(&mut v.picker.frames),
+        timestamps: std::mem::take(&mut v.picker.timestamps),
+    })
+}
+
+/// Flushes the audio decoder and takes the samples; a file without audio gives silence of its duration.
+fn finish_audio(path: &Path, ictx: &ffmpeg::format::context::Input, astate: Option<&mut AudioState>, container_duration: Option<f64>, video_duration: Option<f64>) -> Result<Audio, MediaError> {
+    match astate {
+        Some(a) => {
+            a.finish().map_err(|d| MediaError::decode(path, d))?;
+            if a.samples.is_empty() && a.packets > 0 {
+                let why = a.last_error.clone().unwrap_or_else(|| "no frames".into());
+                return Err(MediaError::decode(path, format!("no decodable audio ({why})")));
+            }
+            if a.errors > 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    errors = a.errors,
+                    "audio decoded with errors (last: {})",
+                    a.last_error.as_deref().unwrap_or("?")
+                );
+            }
+            Ok(Audio { samples: std::mem::take(&mut a.samples), sample_rate: AUDIO_SAMPLE_RATE, missing: false })
+        }
+        None => {
+            let d = match container_duration {
+                Some(d) => d,
+                None => match super::best_video_stream(ictx) {
+                    Some(vi) => video_duration.map_or_else(|| video_duration_s(path, ictx, vi), Ok)?,
+                    None => 0.0,
+                },
+            };
+            Ok(Audio { samples: silence(d), sample_rate: AUDIO_SAMPLE_RATE, missing: true })
         }
     }
-
-    // --- flush
-    let video_out = match vstate.as_mut() {
-        Some(v) => {
-            v.finish().map_err(|d| MediaError::decode(path, d))?;
-            if v.seq == 0 {
-                let why = v.last_error.clone().unwrap_or_else(|| "no packets".into());
-                return Err(MediaError::decode(path, format!("no decodable video frames ({why})")));
-            }
-            if v.errors > 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    errors = v.errors,
-                    "video decoded with errors (last: {})",
-                    v.last_error.as_deref().unwrap_or("?")
-                );
-            }
-            // Containers indexed at the end (Matroska, AVI) give no truncation signal; a
-            // video that stops far short of its declared duration is the best hint.
-            if let (false, Some(dur), Some(last)) = (stopped_early, video_duration, v.last_time)
-                && dur > 1.0
-                && last < 0.5 * dur
-            {
-                tracing::warn!(
-                    path = %path.display(),
-                    "video frames end at {last:.2} s of a declared {dur:.2} s: truncated file?"
-                );
-            }
-            let (w, h) = video.as_ref().and_then(|r| r.scale).unwrap_or((0, 0));
-            Some(VideoFrames {
-                width: w,
-                height: h,
-                frames: std::mem::take(&mut v.picker.frames),
-                timestamps: std::mem::take(&mut v.picker.timestamps),
-            })
-        }
-        None => None,
-    };
-    let duration_s = container_duration.or(video_duration).unwrap_or(0.0);
-    let audio_out = if want_audio {
-        match astate.as_mut() {
-            Some(a) => {
-                a.finish().map_err(|d| MediaError::decode(path, d))?;
-                if a.samples.is_empty() && a.packets > 0 {
-                    let why = a.last_error.clone().unwrap_or_else(|| "no frames".into());
-                    return Err(MediaError::decode(path, format!("no decodable audio ({why})")));
-                }
-                if a.errors > 0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        errors = a.errors,
-                        "audio decoded with errors (last: {})",
-                        a.last_error.as_deref().unwrap_or("?")
-                    );
-                }
-                Some(Audio { samples: std::mem::take(&mut a.samples), sample_rate: AUDIO_SAMPLE_RATE, missing: false })
-            }
-            None => {
-                let d = match container_duration {
-                    Some(d) => d,
-                    None => match super::best_video_stream(&ictx) {
-                        Some(vi) => video_duration.map_or_else(|| video_duration_s(path, &ictx, vi), Ok)?,
-                        None => 0.0,
-                    },
-                };
-                Some(Audio { samples: silence(d), sample_rate: AUDIO_SAMPLE_RATE, missing: true })
-            }
-        }
-    } else {
-        None
-    };
-    Ok(RunOutput { video: video_out, audio: audio_out, duration_s })
 }

@@ -136,6 +136,99 @@ fn is_again_or_eof(e: &ffmpeg::Error) -> bool {
     matches!(e, ffmpeg::Error::Eof) || matches!(e, ffmpeg::Error::Other { errno } if *errno == ffmpeg::error::EAGAIN)
 }
 
+
+/// The H.264 (or MPEG-4 part 2) encoder for `spec`'s frames, its stream index and time base.
+fn open_video_out(octx: &mut ffmpeg::format::context::Output, spec: &ClipSpec, cflags: codec::Flags, enc_err: &dyn Fn(String) -> MediaError) -> Result<(encoder::video::Encoder, usize, Rational), MediaError> {
+    let kind = spec.codec.resolve();
+    let vcodec = match kind {
+        VideoCodec::H264 => encoder::find_by_name("libx264"),
+        VideoCodec::Mpeg4 => encoder::find(codec::Id::MPEG4),
+    }
+    .ok_or_else(|| enc_err(format!("no {} encoder in this FFmpeg", kind.codec_name())))?;
+    let fps = i32::try_from(spec.fps).map_err(|_| enc_err("fps too large".into()))?;
+    let vtb = Rational::new(1, fps);
+    let mut venc = codec::Context::new_with_codec(vcodec)
+        .encoder()
+        .video()
+        .map_err(|e| enc_err(format!("video encoder context: {e}")))?;
+    venc.set_width(spec.width);
+    venc.set_height(spec.height);
+    venc.set_format(ffmpeg::format::Pixel::YUV420P);
+    venc.set_time_base(vtb);
+    venc.set_frame_rate(Some(Rational::new(fps, 1)));
+    venc.set_gop(spec.fps.saturating_mul(2).max(1));
+    venc.set_threading(ffmpeg::threading::Config {
+        kind: ffmpeg::threading::Type::Frame,
+        count: 1,
+        ..Default::default()
+    });
+    let mut vopts = ffmpeg::Dictionary::new();
+    match kind {
+        VideoCodec::H264 => {
+            venc.set_flags(cflags);
+            vopts.set("preset", "medium");
+            vopts.set("crf", "18");
+            // The macroblock-tree lookahead reads uninitialised memory on tiny frames (64x64), which makes
+            // output differ run to run; without it the synthetic dataset is byte-reproducible.
+            vopts.set("x264-params", "mbtree=0");
+        }
+        VideoCodec::Mpeg4 => {
+            venc.set_flags(cflags | codec::Flags::QSCALE);
+            venc.set_global_quality(2 * ffmpeg::ffi::FF_QP2LAMBDA);
+            venc.set_max_b_frames(0);
+        }
+    }
+    let venc = venc
+        .open_as_with(vcodec, vopts)
+        .map_err(|e| enc_err(format!("cannot open the {} encoder: {e}", kind.codec_name())))?;
+    let vindex = {
+        let mut st = octx.add_stream(vcodec).map_err(|e| enc_err(format!("add video stream: {e}")))?;
+        st.set_time_base(vtb);
+        st.set_avg_frame_rate(Rational::new(fps, 1));
+        st.set_parameters(&venc);
+        st.index()
+    };
+    Ok((venc, vindex, vtb))
+}
+/// The AAC encoder and its stream for `spec`'s audio (resampled to a rate AAC takes).
+fn open_audio_out(octx: &mut ffmpeg::format::context::Output, spec: &ClipSpec, cflags: codec::Flags, enc_err: &dyn Fn(String) -> MediaError) -> Result<AudioOut, MediaError> {
+    let acodec = encoder::find_by_name("aac")
+        .or_else(|| encoder::find(codec::Id::AAC))
+        .ok_or_else(|| enc_err("no AAC encoder in this FFmpeg".into()))?;
+    let rate = if AAC_RATES.contains(&spec.sample_rate) { spec.sample_rate } else { 48_000 };
+    let rate_i = i32::try_from(rate).map_err(|_| enc_err("sample rate too large".into()))?;
+    let mut aenc = codec::Context::new_with_codec(acodec)
+        .encoder()
+        .audio()
+        .map_err(|e| enc_err(format!("audio encoder context: {e}")))?;
+    aenc.set_rate(rate_i);
+    aenc.set_channel_layout(ChannelLayout::MONO);
+    aenc.set_channels(1);
+    aenc.set_format(Sample::F32(SampleType::Planar));
+    // 96 kb/s, but no more than the AAC maximum of 6144 bits per 1024-sample frame.
+    aenc.set_bit_rate((96_000usize).min(6 * rate as usize));
+    aenc.set_time_base(Rational::new(1, rate_i));
+    aenc.set_flags(cflags);
+    let aenc = aenc
+        .open_as(acodec)
+        .map_err(|e| enc_err(format!("cannot open the AAC encoder: {e}")))?;
+    let aindex = {
+        let mut st = octx.add_stream(acodec).map_err(|e| enc_err(format!("add audio stream: {e}")))?;
+        st.set_time_base(Rational::new(1, rate_i));
+        st.set_parameters(&aenc);
+        st.index()
+    };
+    let pcm = resample_audio(spec.audio, spec.sample_rate, rate).map_err(enc_err)?;
+    let frame_size = match aenc.frame_size() {
+        0 => 1024,
+        n => n as usize,
+    };
+    let small_last = acodec.capabilities().contains(codec::capabilities::Capabilities::SMALL_LAST_FRAME)
+        || acodec.capabilities().contains(codec::capabilities::Capabilities::VARIABLE_FRAME_SIZE);
+    Ok(AudioOut { enc: aenc, stream: aindex, rate, pcm, frame_size, small_last })
+}
+
+
 /// The opened AAC encoder and the whole track, resampled to the encoder's rate (planar f32).
 struct AudioOut {
     enc: encoder::audio::Encoder,
@@ -247,94 +340,10 @@ fn write_mp4(path: &Path, tmp: &Path, spec: &ClipSpec<'_>) -> Result<(), MediaEr
     }
 
     // --- video encoder
-    let kind = spec.codec.resolve();
-    let vcodec = match kind {
-        VideoCodec::H264 => encoder::find_by_name("libx264"),
-        VideoCodec::Mpeg4 => encoder::find(codec::Id::MPEG4),
-    }
-    .ok_or_else(|| enc_err(format!("no {} encoder in this FFmpeg", kind.codec_name())))?;
-    let fps = i32::try_from(spec.fps).map_err(|_| enc_err("fps too large".into()))?;
-    let vtb = Rational::new(1, fps);
-    let mut venc = codec::Context::new_with_codec(vcodec)
-        .encoder()
-        .video()
-        .map_err(|e| enc_err(format!("video encoder context: {e}")))?;
-    venc.set_width(spec.width);
-    venc.set_height(spec.height);
-    venc.set_format(ffmpeg::format::Pixel::YUV420P);
-    venc.set_time_base(vtb);
-    venc.set_frame_rate(Some(Rational::new(fps, 1)));
-    venc.set_gop(spec.fps.saturating_mul(2).max(1));
-    venc.set_threading(ffmpeg::threading::Config {
-        kind: ffmpeg::threading::Type::Frame,
-        count: 1,
-        ..Default::default()
-    });
-    let mut vopts = ffmpeg::Dictionary::new();
-    match kind {
-        VideoCodec::H264 => {
-            venc.set_flags(cflags);
-            vopts.set("preset", "medium");
-            vopts.set("crf", "18");
-            // The macroblock-tree lookahead reads uninitialised memory on tiny frames (64x64), which makes
-            // output differ run to run; without it the synthetic dataset is byte-reproducible.
-            vopts.set("x264-params", "mbtree=0");
-        }
-        VideoCodec::Mpeg4 => {
-            venc.set_flags(cflags | codec::Flags::QSCALE);
-            venc.set_global_quality(2 * ffmpeg::ffi::FF_QP2LAMBDA);
-            venc.set_max_b_frames(0);
-        }
-    }
-    let mut venc = venc
-        .open_as_with(vcodec, vopts)
-        .map_err(|e| enc_err(format!("cannot open the {} encoder: {e}", kind.codec_name())))?;
-    let vindex = {
-        let mut st = octx.add_stream(vcodec).map_err(|e| enc_err(format!("add video stream: {e}")))?;
-        st.set_time_base(vtb);
-        st.set_avg_frame_rate(Rational::new(fps, 1));
-        st.set_parameters(&venc);
-        st.index()
-    };
+    let (mut venc, vindex, vtb) = open_video_out(&mut octx, spec, cflags, &enc_err)?;
 
     // --- audio encoder (optional)
-    let mut audio: Option<AudioOut> = None;
-    if !spec.audio.is_empty() {
-        let acodec = encoder::find_by_name("aac")
-            .or_else(|| encoder::find(codec::Id::AAC))
-            .ok_or_else(|| enc_err("no AAC encoder in this FFmpeg".into()))?;
-        let rate = if AAC_RATES.contains(&spec.sample_rate) { spec.sample_rate } else { 48_000 };
-        let rate_i = i32::try_from(rate).map_err(|_| enc_err("sample rate too large".into()))?;
-        let mut aenc = codec::Context::new_with_codec(acodec)
-            .encoder()
-            .audio()
-            .map_err(|e| enc_err(format!("audio encoder context: {e}")))?;
-        aenc.set_rate(rate_i);
-        aenc.set_channel_layout(ChannelLayout::MONO);
-        aenc.set_channels(1);
-        aenc.set_format(Sample::F32(SampleType::Planar));
-        // 96 kb/s, but no more than the AAC maximum of 6144 bits per 1024-sample frame.
-        aenc.set_bit_rate((96_000usize).min(6 * rate as usize));
-        aenc.set_time_base(Rational::new(1, rate_i));
-        aenc.set_flags(cflags);
-        let aenc = aenc
-            .open_as(acodec)
-            .map_err(|e| enc_err(format!("cannot open the AAC encoder: {e}")))?;
-        let aindex = {
-            let mut st = octx.add_stream(acodec).map_err(|e| enc_err(format!("add audio stream: {e}")))?;
-            st.set_time_base(Rational::new(1, rate_i));
-            st.set_parameters(&aenc);
-            st.index()
-        };
-        let pcm = resample_audio(spec.audio, spec.sample_rate, rate).map_err(enc_err)?;
-        let frame_size = match aenc.frame_size() {
-            0 => 1024,
-            n => n as usize,
-        };
-        let small_last = acodec.capabilities().contains(codec::capabilities::Capabilities::SMALL_LAST_FRAME)
-            || acodec.capabilities().contains(codec::capabilities::Capabilities::VARIABLE_FRAME_SIZE);
-        audio = Some(AudioOut { enc: aenc, stream: aindex, rate, pcm, frame_size, small_last });
-    }
+    let mut audio = if spec.audio.is_empty() { None } else { Some(open_audio_out(&mut octx, spec, cflags, &enc_err)?) };
 
     let mut hopts = ffmpeg::Dictionary::new();
     hopts.set("movflags", "+faststart");

@@ -11,13 +11,15 @@
 pub mod decode;
 pub mod encode;
 pub mod face;
+pub mod pixels;
 pub mod probe;
 pub mod resize;
 pub mod sample;
 
 pub use decode::{Audio, DecodedClip, VideoFrames, decode_audio, decode_clip, decode_video};
 pub use encode::{ClipSpec, VideoCodec, write_clip};
-pub use probe::{ProbeInfo, StreamInfo, probe, sampled_frame_times};
+pub use pixels::{PixelTransform, PixelView, ViewRole};
+pub use probe::{ProbeInfo, StreamInfo, frame_size, probe, sampled_frame_times};
 pub use sample::{FrameSampling, GlobalFrame};
 
 use std::io::Read;

@@ -107,6 +107,19 @@ pub fn probe(path: &Path) -> Result<ProbeInfo, MediaError> {
     })
 }
 
+/// The video stream's frame size: what a decode at the file's own resolution asks for.
+pub fn frame_size(path: &Path) -> Result<(u32, u32), MediaError> {
+    let info = probe(path)?;
+    let Some(v) = info.video() else {
+        let streams: Vec<String> = info.streams.iter().map(|s| s.kind.clone()).collect();
+        return Err(MediaError::NoVideoStream { path: path.to_path_buf(), streams: streams.join(", ") });
+    };
+    match (v.width, v.height) {
+        (Some(w), Some(h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(MediaError::decode(path, "the video stream has no frame size")),
+    }
+}
+
 /// The presentation times (seconds from the stream start) of the frames `sampling` picks,
 /// found by decoding without scaling.
 pub fn sampled_frame_times(path: &Path, sampling: &FrameSampling) -> Result<Vec<f64>, MediaError> {

@@ -38,7 +38,8 @@ fn pil_bilinear(x: f64) -> f64 {
 
 /// Pillow resampling filters (torchvision `Resize` on a PIL image uses bilinear by default; the CLIP /
 /// BLIP-2 processors ask for bicubic).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Filter {
     Bilinear,
     Bicubic,

@@ -12,6 +12,7 @@ use super::multimodal::{EmotionModel, FrameEncoder};
 use super::tokenizer::TextTokenizer;
 use super::vit::{TinyVit, VitConfig};
 use super::wave::{TinyWave, WaveConfig};
+use crate::media::{PixelTransform, PixelView, ViewRole};
 use crate::recipe::Recipe;
 use crate::registry::{EncoderManifest, Registry, RegistryError, Weights};
 
@@ -27,13 +28,13 @@ pub enum BuildError {
     Llm(#[from] Box<super::llm_load::LlmError>),
 }
 
-/// The built model plus the per-encoder pixel normalisation it expects.
+/// The built model plus what each of its image encoders is fed.
 pub struct Built {
     pub model: EmotionModel,
     /// The LoRA adapter in use: the recipe's, or the LLM manifest's default for a pretrained LLM.
     pub lora: Option<super::lora::LoraConfig>,
-    pub pixel_mean: [f32; 3],
-    pub pixel_std: [f32; 3],
+    /// One per image encoder: which frames it takes and its own transform (size, filter, mean, std).
+    pub views: Vec<PixelView>,
 }
 
 /// Creates the model: the LLM from `llm` (pretrained weights stay outside `varmap`, frozen), and every
@@ -50,17 +51,17 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
     if !recipe.model.global_encoder.is_empty() {
         let h = llm.config.hidden_size;
         let el = emotion_llama_encoders(recipe, registry, h, &vb, seed, device)?;
+        let views = el.views()?;
         let model = EmotionModel::with_emotion_llama(llm_model, el, tokenizer.bos, tokenizer.eos);
-        // Frames stay in [0, 1]; each encoder applies its own mean and std.
-        return Ok(Built { model, lora: lora.cloned(), pixel_mean: [0.0; 3], pixel_std: [1.0; 3] });
+        return Ok(Built { model, lora: lora.cloned(), views });
     }
-    let mut pixel = ([0.5f32; 3], [0.5f32; 3]);
+    let mut views = Vec::new();
     let video = match recipe.model.video_encoder.as_str() {
         "" => None,
         name => {
             let (path, m) = registry.encoder(name)?;
             check_random_weights(name, path, &m.weights)?;
-            pixel = (m.preprocess.mean, m.preprocess.std);
+            views.push(PixelView { role: ViewRole::Frames, transform: frame_transform(m, recipe) });
             let vb = vb.pp("encoder.video");
             Some(match m.architecture.as_str() {
                 "tiny_cnn" => FrameEncoder::Cnn(TinyCnn::new(&arch_config::<CnnConfig>(m, path, "tiny_cnn")?, vb)?),
@@ -77,8 +78,16 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
             Some(TinyWave::new(&cfg, vb.pp("encoder.audio"))?)
         }
     };
-    let model = EmotionModel::new(llm_model, video, audio, &recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
-    Ok(Built { model, lora: lora.cloned(), pixel_mean: pixel.0, pixel_std: pixel.1 })
+    let model = EmotionModel::new(llm_model, video, audio, recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
+    Ok(Built { model, lora: lora.cloned(), views })
+}
+
+/// A trainable frame encoder's input: its `image_size` (else the recipe's `data.width` x `data.height`),
+/// the manifest's filter, mean and std.
+fn frame_transform(m: &EncoderManifest, recipe: &Recipe) -> PixelTransform {
+    let side = m.config.get("image_size").and_then(|v| v.as_integer()).and_then(|s| usize::try_from(s).ok());
+    let (width, height) = side.map_or((recipe.data.width as usize, recipe.data.height as usize), |s| (s, s));
+    PixelTransform { width, height, filter: m.preprocess.resize, mean: m.preprocess.mean, std: m.preprocess.std }
 }
 
 /// Emotion-LLaMA's encoders: pretrained weights load frozen outside the run's parameters; `random` ones
@@ -105,9 +114,7 @@ fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, v
     let local = load(&model.local_encoder, "local", "vit_mae")?;
     let temporal = load(&model.temporal_encoder, "temporal", "videomae")?;
     let audio = load(&model.audio_encoder, "audio", "hubert")?;
-    let mut el = EmotionLlamaEncoders::new(global, local, temporal, audio, &model.projector, hidden, vb.clone())?;
-    el.global_frame = model.global_frame;
-    Ok(el)
+    Ok(EmotionLlamaEncoders::new(global, local, temporal, audio, model.projector, hidden, vb.clone())?)
 }
 
 pub(crate) fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {

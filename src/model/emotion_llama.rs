@@ -15,9 +15,9 @@ use candle_nn::VarBuilder;
 
 use super::encoders::FrozenEncoder;
 use super::encoders::features::{FeatureSpec, Pooled, Pooling};
+use super::media_batch::MediaBatch;
 use super::projector::Projector;
-
-pub use crate::media::GlobalFrame;
+use crate::media::{PixelView, ViewRole};
 
 /// The frozen encoders' outputs for a batch (each absent when its encoder or modality is).
 #[derive(Debug, Clone, Default)]
@@ -75,7 +75,6 @@ pub struct EmotionLlamaEncoders {
     local_proj: Option<Projector>,
     temporal_proj: Option<Projector>,
     audio_proj: Option<Projector>,
-    pub global_frame: GlobalFrame,
 }
 
 impl EmotionLlamaEncoders {
@@ -85,7 +84,7 @@ impl EmotionLlamaEncoders {
         local: Option<FrozenEncoder>,
         temporal: Option<FrozenEncoder>,
         audio: Option<FrozenEncoder>,
-        projector: &str,
+        projector: super::projector::ProjectorKind,
         hidden: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
@@ -104,53 +103,59 @@ impl EmotionLlamaEncoders {
             local,
             temporal,
             audio,
-            global_frame: GlobalFrame::First,
         })
     }
 
-    /// `frames`: (batch, n, 3, H, W) with values in [0, 1] (each encoder normalises with its own
-    /// mean and std); `audio`: (batch, samples). Returns the `<VideoHere>` tokens (batch, 256, hidden)
-    /// and the `<FeatureHere>` tokens (batch, k, hidden); a disabled modality contributes none.
-    pub fn encode(&self, frames: &Tensor, global: Option<&Tensor>, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
-        self.project(&self.features(frames, global, audio, use_video, use_audio)?, use_video, use_audio)
+    /// The `<VideoHere>` tokens (batch, 256, hidden) and the `<FeatureHere>` tokens (batch, k, hidden) of a
+    /// batch; a disabled modality contributes none.
+    pub fn encode(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        self.project(&self.features(media, use_video, use_audio)?, use_video, use_audio)
     }
 
-    /// The frozen encoders' outputs, before the projectors (detached): what the feature cache keeps.
-    /// `global`: (batch, 3, H, W), the global view's frame when the front end chose it (the face front
-    /// end gives face crops in `frames` and the whole first / middle / peak frame here).
-    pub fn features(&self, frames: &Tensor, global: Option<&Tensor>, audio: &Tensor, use_video: bool, use_audio: bool) -> Result<EncodedFeatures> {
-        let (b, n, c, h, w) = frames.dims5()?;
+    /// What each encoder is fed: its role and its own transform (size, filter, mean and std).
+    pub fn views(&self) -> Result<Vec<PixelView>> {
+        let view = |role: ViewRole, enc: &FrozenEncoder| -> Result<PixelView> {
+            let transform = enc.pixel_transform().ok_or_else(|| candle_core::Error::Msg(format!("encoder `{}` ({} view) has no input size", enc.name, role.name())))?;
+            Ok(PixelView { role, transform })
+        };
+        let mut out = vec![view(ViewRole::Global, &self.global)?];
+        if let Some(e) = &self.local {
+            out.push(view(ViewRole::Local, e)?);
+        }
+        if let Some(e) = &self.temporal {
+            out.push(view(ViewRole::Temporal, e)?);
+        }
+        Ok(out)
+    }
+
+    /// The frozen encoders' outputs, before the projectors (detached): what the feature cache keeps. Each
+    /// view's pixels are already transformed for its encoder (see [`Self::views`]).
+    pub fn features(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<EncodedFeatures> {
         let mut out = EncodedFeatures::default();
         if use_video {
-            let frame = match (global, self.global_frame) {
-                (Some(g), _) => g.clone(),
-                (None, GlobalFrame::Peak) => candle_core::bail!("global_frame = \"peak\" needs the face front end's peak frame ([front_end.face])"),
-                (None, which) => frames.narrow(1, which.index(n, None), 1)?.squeeze(1)?,
-            };
-            let frame = self.global.normalize_pixels(&frame)?;
             let spec = FeatureSpec { pooling: Pooling::Merge4, ..self.global.features.clone() };
-            let Some(Pooled::Merged { patches, cls }) = pooled(&self.global, &frame, &spec)? else {
+            let Some(Pooled::Merged { patches, cls }) = pooled(&self.global, media.need(ViewRole::Global)?, &spec)? else {
                 candle_core::bail!("encoder `{}` did not give merged patch tokens", self.global.name);
             };
             out.patches = Some(patches.detach());
             out.cls = Some(cls.detach());
             if let Some(enc) = &self.local {
-                let all = enc.normalize_pixels(&frames.reshape((b * n, c, h, w))?)?;
-                let Some(Pooled::One(per_frame)) = pooled(enc, &all, &enc.features)? else {
+                let frames = media.need(ViewRole::Local)?;
+                let (b, n, c, h, w) = frames.dims5()?;
+                let Some(Pooled::One(per_frame)) = pooled(enc, &frames.reshape((b * n, c, h, w))?, &enc.features)? else {
                     candle_core::bail!("encoder `{}`: the local view needs a pooled feature per frame", enc.name);
                 };
                 out.local = Some(per_frame.detach().reshape((b, n, ()))?.mean(1)?);
             }
             if let Some(enc) = &self.temporal {
-                let clip = enc.normalize_pixels(frames)?;
-                let Some(Pooled::One(f)) = pooled(enc, &clip, &enc.features)? else {
+                let Some(Pooled::One(f)) = pooled(enc, media.need(ViewRole::Temporal)?, &enc.features)? else {
                     candle_core::bail!("encoder `{}`: the temporal view needs a pooled feature per clip", enc.name);
                 };
                 out.temporal = Some(f.detach());
             }
         }
         if use_audio && let Some(enc) = &self.audio {
-            let x = enc.prepare_audio(audio)?;
+            let x = enc.prepare_audio(&media.audio)?;
             let Some(Pooled::One(f)) = pooled(enc, &x, &enc.features)? else {
                 candle_core::bail!("encoder `{}`: the audio view needs a pooled feature per clip", enc.name);
             };

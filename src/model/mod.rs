@@ -14,6 +14,7 @@ pub mod llama;
 pub mod llm_config;
 pub mod llm_load;
 pub mod lora;
+pub mod media_batch;
 pub mod multimodal;
 pub mod nn;
 pub mod projector;

@@ -13,6 +13,8 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::llama::Llama;
+pub use super::media_batch::MediaBatch;
+use crate::media::ViewRole;
 use crate::recipe::LossReduction;
 use super::projector::Projector;
 use super::prompt::Segment;
@@ -53,17 +55,6 @@ impl TokenizedPrompt {
         }
         Ok(Self { pieces, answer })
     }
-}
-
-/// Decoded media for a batch, as tensors.
-#[derive(Debug, Clone)]
-pub struct MediaBatch {
-    /// (batch, frames, 3, size, size), normalised (face crops with the face front end).
-    pub frames: Tensor,
-    /// (batch, 3, size, size): the global view's whole frame, when the face front end chose it.
-    pub global: Option<Tensor>,
-    /// (batch, samples) at 16 kHz.
-    pub audio: Tensor,
 }
 
 /// Multimodal tokens for a batch.
@@ -140,7 +131,7 @@ impl EmotionModel {
         llm: Llama,
         video_encoder: Option<FrameEncoder>,
         audio_encoder: Option<TinyWave>,
-        projector: &str,
+        projector: super::projector::ProjectorKind,
         vb: VarBuilder,
         bos: Option<u32>,
         eos: u32,
@@ -191,14 +182,15 @@ impl EmotionModel {
     /// As [`Self::encode`], with each modality switchable (a disabled one contributes no tokens).
     pub fn encode_modalities(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
         let (mut video, mut feature) = match &self.emotion_llama {
-            Some(el) => el.encode(&media.frames, media.global.as_ref(), &media.audio, use_video, use_audio)?,
+            Some(el) => el.encode(media, use_video, use_audio)?,
             None => (None, Vec::new()),
         };
         if let (true, Some(enc), Some(pp), Some(pf), Some(pv)) =
             (use_video, &self.video_encoder, &self.proj_patches, &self.proj_frames, &self.proj_video)
         {
-            let (b, n, c, hgt, w) = media.frames.dims5()?;
-            let (pooled, tokens) = enc.forward_with_tokens(&media.frames.reshape((b * n, c, hgt, w))?)?;
+            let frames = media.need(ViewRole::Frames)?;
+            let (b, n, c, hgt, w) = frames.dims5()?;
+            let (pooled, tokens) = enc.forward_with_tokens(&frames.reshape((b * n, c, hgt, w))?)?;
             let per_frame = pooled.reshape((b, n, ()))?;
             let (_, t, d) = tokens.dims3()?;
             let patches = tokens.reshape((b, n, t, d))?.mean(1)?;
@@ -209,7 +201,7 @@ impl EmotionModel {
             let steps = enc.forward(&media.audio)?;
             feature.push(pa.forward(&steps.mean_keepdim(1)?)?);
         }
-        self.tokens(video, feature, media.frames.dim(0)?)
+        self.tokens(video, feature, media.batch_size()?)
     }
 
     /// Whether the model's encoders are frozen by construction (Emotion-LLaMA's layout), so their
@@ -221,7 +213,7 @@ impl EmotionModel {
     /// The frozen encoders' outputs for every modality (`None` without Emotion-LLaMA's encoders).
     pub fn frozen_features(&self, media: &MediaBatch) -> Result<Option<super::emotion_llama::EncodedFeatures>> {
         match &self.emotion_llama {
-            Some(el) => Ok(Some(el.features(&media.frames, media.global.as_ref(), &media.audio, true, true)?)),
+            Some(el) => Ok(Some(el.features(media, true, true)?)),
             None => Ok(None),
         }
     }
@@ -359,7 +351,7 @@ mod tests {
         };
         let vm = VarMap::new();
         let vb = crate::model::init::SeededVarMap::builder(&vm, 3, DType::F32, &Device::Cpu);
-        EmotionModel::new(Llama::new(&cfg, vb.pp("llm"))?, None, None, "linear", vb, Some(1), 2)
+        EmotionModel::new(Llama::new(&cfg, vb.pp("llm"))?, None, None, crate::recipe::ProjectorKind::Linear, vb, Some(1), 2)
     }
 
     fn prompt(answer: Vec<u32>) -> TokenizedPrompt {

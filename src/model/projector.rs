@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-pub const KINDS: [&str; 2] = ["linear", "mlp"];
+pub use crate::recipe::ProjectorKind;
 
 /// `linear`: one `nn.Linear` with bias, as Emotion-LLaMA's `feats_llama_proj*`; `mlp`: Linear-GELU-Linear
 /// as LLaVA-1.5's `mlp2x_gelu`.
@@ -14,11 +14,10 @@ pub enum Projector {
 }
 
 impl Projector {
-    pub fn new(kind: &str, input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(kind: ProjectorKind, input: usize, output: usize, vb: VarBuilder) -> Result<Self> {
         match kind {
-            "linear" => Ok(Self::Linear(candle_nn::linear(input, output, vb)?)),
-            "mlp" => Ok(Self::Mlp(candle_nn::linear(input, output, vb.pp("0"))?, candle_nn::linear(output, output, vb.pp("2"))?)),
-            other => candle_core::bail!("unknown projector `{other}` (known: {})", KINDS.join(", ")),
+            ProjectorKind::Linear => Ok(Self::Linear(candle_nn::linear(input, output, vb)?)),
+            ProjectorKind::Mlp => Ok(Self::Mlp(candle_nn::linear(input, output, vb.pp("0"))?, candle_nn::linear(output, output, vb.pp("2"))?)),
         }
     }
 }

@@ -135,13 +135,12 @@ pub fn plan(loaded: &LoadedRecipe, registry: &Registry) -> Result<Plan, PlanErro
         let seq_len = tokens.iter().map(|t| t.total).max().unwrap_or(0);
         let load = StageLoad { stage: &stage.name, trainable, frozen: total_params - trainable, batch_size: stage.batch_size, seq_len };
         memory.extend(DTYPES.iter().map(|d| memory::estimate(&shapes.llm.config, &load, d)));
-        let uses = |m: &str| stage.modalities.is_empty() || stage.modalities.iter().any(|x| x == m);
         stage_plans.push(StagePlan {
             run,
             trainable_globs: stage.trainable.clone(),
             trainable_params: trainable,
             frozen_params: total_params - trainable,
-            modalities: crate::registry::MODALITIES.iter().filter(|m| uses(m)).map(|m| m.to_string()).collect(),
+            modalities: crate::recipe::Modality::ALL.iter().filter(|m| stage.uses(**m)).map(|m| m.to_string()).collect(),
             transcript: stage.transcript.unwrap_or(r.prompt.transcript),
             tokens,
         });
@@ -170,11 +169,11 @@ pub fn plan(loaded: &LoadedRecipe, registry: &Registry) -> Result<Plan, PlanErro
         recipe: r.name.clone(),
         file: loaded.path.display().to_string(),
         device: r.runtime.device.clone(),
-        runtime_dtype: r.runtime.dtype.clone(),
+        runtime_dtype: r.runtime.dtype.to_string(),
         llm,
         layout: shapes.layout.to_string(),
         encoders: shapes.encoders.clone(),
-        projector: r.model.projector.clone(),
+        projector: r.model.projector.to_string(),
         total_params,
         components,
         stages: stage_plans,
@@ -229,8 +228,7 @@ fn multimodal(shapes: &ModelShapes, use_av: bool, video: bool, audio: bool) -> (
 /// One entry per task of the stage (the longest sequence when the task appears in several datasets).
 fn stage_tokens(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes, stage: &crate::recipe::Stage) -> Vec<TaskTokens> {
     let r = &loaded.recipe;
-    let uses = |m: &str| stage.modalities.is_empty() || stage.modalities.iter().any(|x| x == m);
-    let mm = multimodal(shapes, r.model.use_av, uses("video"), uses("audio"));
+    let mm = multimodal(shapes, r.model.use_av, stage.uses(crate::recipe::Modality::Video), stage.uses(crate::recipe::Modality::Audio));
     let entries = if stage.data.is_empty() { vec![crate::recipe::StageData::default()] } else { stage.data.clone() };
     let mut out: Vec<TaskTokens> = Vec::new();
     for d in &entries {
@@ -274,7 +272,7 @@ fn generation(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes, 
         labels: &labels,
         multimodal: multimodal(shapes, r.model.use_av, true, true),
         generate: Some(r.eval.max_new_tokens),
-        reference_layout: r.prompt.eval_layout == "reference",
+        reference_layout: r.prompt.eval_layout == crate::recipe::EvalLayout::Reference,
     };
     GenerationPlan {
         dataset: r.data.dataset.clone(),

@@ -117,7 +117,7 @@ pub fn shapes(recipe: &Recipe, registry: &Registry) -> Result<ModelShapes, PlanE
             feature_visual: 1 + usize::from(local.is_some()) + usize::from(temporal.is_some()),
             feature_audio: usize::from(audio.is_some()),
         };
-        EmotionLlamaEncoders::new(global, local, temporal, audio, &m.projector, hidden, vb.clone()).map_err(cerr("Emotion-LLaMA projectors"))?;
+        EmotionLlamaEncoders::new(global, local, temporal, audio, m.projector, hidden, vb.clone()).map_err(cerr("Emotion-LLaMA projectors"))?;
         ("emotion_llama", infos, tokens)
     } else {
         let mut infos = Vec::new();
@@ -159,18 +159,9 @@ pub fn shapes(recipe: &Recipe, registry: &Registry) -> Result<ModelShapes, PlanE
                 Some(TinyWave::new(&cfg, vb.pp("encoder.audio")).map_err(cerr(name))?)
             }
         };
-        EmotionModel::new(llama, video, audio, &m.projector, vb.clone(), None, 0).map_err(cerr("projectors"))?;
+        EmotionModel::new(llama, video, audio, m.projector, vb.clone(), None, 0).map_err(cerr("projectors"))?;
         ("plain", infos, tokens)
     };
-    for e in encoders.iter().filter(|e| e.image_size.is_some_and(|s| s as u32 != recipe.data.width || s as u32 != recipe.data.height)) {
-        warnings.push(format!(
-            "encoder `{}` takes {s}x{s} frames but every encoder is fed data.width x data.height = {}x{}: the run resizes frames once for all encoders, so a real run stops at this encoder until per-encoder resizing exists",
-            e.plugin,
-            recipe.data.width,
-            recipe.data.height,
-            s = e.image_size.unwrap_or_default(),
-        ));
-    }
     if llm.config.vocab_size == 0 {
         warnings.push(format!(
             "LLM `{}` has vocab_size 0: its vocabulary is built from the run's texts, so the embedding and LM head ({} parameters per vocabulary entry) are not counted",

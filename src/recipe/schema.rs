@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::FrameSampling;
+use super::choices::{EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype};
 
 /// A whole run: data, model, prompt, training stages and evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +89,7 @@ pub struct Runtime {
     pub progress: bool,
     /// Weights and activations: `f32` (CPU default), `bf16` or `f16` (GPU; `f16` trains with dynamic
     /// loss scaling). The trainable parameters and optimiser state stay f32.
-    pub dtype: String,
+    pub dtype: RunDtype,
     /// Batches prepared ahead of the training step by the loader thread (0 = prepare in the step).
     pub prefetch: usize,
     /// `emollama run RECIPE` continues the newest interrupted run directory of the same recipe (same
@@ -100,16 +101,16 @@ pub struct Runtime {
     /// Arithmetic of the frozen encoders' matmuls on the CPU (HuBERT, ViT-MAE, VideoMAE, EVA): `auto` (bf16 when
     /// the CPU has AMX or AVX512_BF16 and the build has oneDNN, else f32), `f32` or `bf16`. Activations
     /// stay f32 either way; the run records what was used in run_info.json.
-    pub inference_precision: String,
+    pub inference_precision: InferencePrecision,
 }
 
 impl Runtime {
     /// `inference_precision` resolved on this machine (`auto` → [`crate::accel::default_precision`]).
     pub fn resolved_inference_precision(&self) -> crate::accel::Precision {
-        match self.inference_precision.as_str() {
-            "f32" => crate::accel::Precision::F32,
-            "bf16" => crate::accel::Precision::Bf16,
-            _ => crate::accel::default_precision(),
+        match self.inference_precision {
+            InferencePrecision::F32 => crate::accel::Precision::F32,
+            InferencePrecision::Bf16 => crate::accel::Precision::Bf16,
+            InferencePrecision::Auto => crate::accel::default_precision(),
         }
     }
 }
@@ -122,11 +123,11 @@ impl Default for Runtime {
             runs_dir: "runs".into(),
             cache_dir: String::new(),
             progress: true,
-            dtype: "f32".into(),
+            dtype: RunDtype::F32,
             prefetch: 2,
             auto_resume: true,
             feature_cache: true,
-            inference_precision: "auto".into(),
+            inference_precision: InferencePrecision::Auto,
         }
     }
 }
@@ -211,7 +212,7 @@ pub struct Model {
     /// emotion peak frame the paper describes; needs `[front_end.face]`).
     pub global_frame: crate::media::GlobalFrame,
     /// Projector architecture from the registry (`linear` or `mlp`).
-    pub projector: String,
+    pub projector: ProjectorKind,
     /// Feed the projected audio and visual tokens to the LLM. `false` gives the text-only ablation:
     /// the placeholders stay empty, so the model sees only the prompt and transcript.
     pub use_av: bool,
@@ -232,7 +233,7 @@ impl Default for Model {
             local_encoder: String::new(),
             temporal_encoder: String::new(),
             global_frame: crate::media::GlobalFrame::First,
-            projector: "linear".into(),
+            projector: ProjectorKind::Linear,
             use_av: true,
             lora: None,
         }
@@ -249,18 +250,16 @@ pub struct Prompt {
     pub transcript: bool,
     /// Default instruction pools: `emollama` (6 labels, with the `description` task) or `emotion_llama`
     /// (the reference's pools verbatim: the 9-label emotion prompt, the 5 reason prompts).
-    pub instruction_set: String,
+    pub instruction_set: InstructionSet,
     /// Instruction pools by task name, overriding the set's; a random entry is drawn per sample in
     /// training, the first in evaluation.
     pub instructions: std::collections::BTreeMap<String, Vec<String>>,
     /// Token layout at evaluation: `training` (visual tokens at `<VideoHere>`, pooled ones at
     /// `<FeatureHere>`, one BOS, as trained) or `reference` (Emotion-LLaMA's `eval_emotion.py`: every
     /// multimodal token at `<VideoHere>`, `<FeatureHere>` left as text, a literal `<s>` after BOS).
-    pub eval_layout: String,
+    pub eval_layout: EvalLayout,
 }
 
-pub const INSTRUCTION_SETS: [&str; 2] = ["emollama", "emotion_llama"];
-pub const EVAL_LAYOUTS: [&str; 2] = ["training", "reference"];
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -296,7 +295,7 @@ impl Prompt {
     pub fn instructions_for(&self, task: &str) -> &[String] {
         match self.instructions.get(task) {
             Some(pool) if !pool.is_empty() => pool,
-            _ => POOLS.iter().find(|((set, t), _)| *set == self.instruction_set && *t == task).map(|(_, v)| v.as_slice()).unwrap_or(&[]),
+            _ => POOLS.iter().find(|((set, t), _)| *set == self.instruction_set.name() && *t == task).map(|(_, v)| v.as_slice()).unwrap_or(&[]),
         }
     }
 }
@@ -306,9 +305,9 @@ impl Default for Prompt {
         Self {
             template: PromptTemplate::Auto,
             transcript: true,
-            instruction_set: "emollama".into(),
+            instruction_set: InstructionSet::Emollama,
             instructions: Default::default(),
-            eval_layout: "training".into(),
+            eval_layout: EvalLayout::Training,
         }
     }
 }
@@ -351,6 +350,13 @@ pub struct StageData {
     pub tasks: Vec<String>,
     /// Instruction pools by task for this dataset; tasks not named use `prompt.instructions`.
     pub instructions: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Stage {
+    /// Whether the stage feeds modality `m` to the LLM (no `modalities` = every one).
+    pub fn uses(&self, m: Modality) -> bool {
+        self.modalities.is_empty() || self.modalities.contains(&m)
+    }
 }
 
 impl Default for StageData {
@@ -403,7 +409,7 @@ pub struct Stage {
     /// Modalities whose tokens this stage feeds (`video`, `audio`); empty = all the model has. A visual
     /// warm-up stage (`["video"]`) teaches the LLM to read the visual tokens before the easier audio cue
     /// is available to it; without it a from-scratch LLM learns to ignore the slower visual pathway.
-    pub modalities: Vec<String>,
+    pub modalities: Vec<Modality>,
     /// Override `prompt.transcript` for this stage.
     pub transcript: Option<bool>,
     /// Learning-rate factors by parameter glob, e.g. `{ "encoder.*" = 5.0 }` (first matching glob in sorted

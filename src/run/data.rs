@@ -53,6 +53,8 @@ impl RunData {
             sampling: r.data.frames.clone(),
             width: r.data.width,
             height: r.data.height,
+            // The model's views, set once it is built (`RunModel::media_store`).
+            views: Vec::new(),
             audio_len: (r.data.audio_seconds * crate::media::AUDIO_SAMPLE_RATE as f32).round() as usize,
             on_error: r.data.on_error,
             threads,

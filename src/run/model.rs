@@ -12,7 +12,7 @@ use super::data::RunData;
 use super::dir::RunDir;
 use super::{RunError, io};
 use crate::data::Sample;
-use crate::feed::batch::{self, MediaLayout};
+use crate::feed::batch;
 use crate::feed::inputs::{DecodedStore, Decoder, FeatureStore, MediaStore};
 use crate::model::build::{BuildError, Built, build_model};
 use crate::model::llm_load::LlmSpec;
@@ -27,7 +27,6 @@ pub struct RunModel {
     pub varmap: VarMap,
     pub tokenizer: TextTokenizer,
     pub template: ChatTemplate,
-    pub layout: MediaLayout,
     /// Initial values of the parameters that a stage with `init = "none"` resets.
     pub initial: HashMap<String, Tensor>,
 }
@@ -59,7 +58,6 @@ impl RunModel {
         }
         let varmap = VarMap::new();
         let built = build_model(r, registry, &llm, &tokenizer, &varmap, r.seed, device)?;
-        let layout = MediaLayout { width: r.data.width as usize, height: r.data.height as usize, mean: built.pixel_mean, std: built.pixel_std };
         tracing::info!(vocab = tokenizer.vocab_size(), samples = data.pool.len(), "model built");
         // Initial values of what an `init = "none"` stage resets (deep copies: optimiser steps write in place).
         let reset_globs: Vec<String> = r.stages.iter().filter(|s| s.init == "none").flat_map(|s| s.trainable.iter().cloned()).collect();
@@ -76,22 +74,24 @@ impl RunModel {
             assign_params(&varmap, &tensors, params, &format!("eval.checkpoint `{}` (another recipe's checkpoint?)", params.display()))?;
             tracing::info!(params = %params.display(), tensors = tensors.len(), "evaluating checkpoint");
         }
-        Ok(Self { built, varmap, tokenizer, template, layout, initial })
+        Ok(Self { built, varmap, tokenizer, template, initial })
     }
 
     /// Where the model's media inputs come from: none (text only), cached frozen-encoder features, or
     /// clips decoded once and kept.
     pub fn media_store<'a>(&'a self, r: &crate::recipe::Recipe, registry: &Registry, data: &RunData) -> Result<MediaStore<'a>, RunError> {
         let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
+        // Frames are decoded at each file's own size and transformed once per encoder view.
+        let decoder = || Decoder::new(crate::data::loader::DecodeSpec { views: self.built.views.clone(), ..data.spec.clone() });
         Ok(if !r.model.use_av {
             MediaStore::Off
         } else if cached {
             let settings = feature_settings(r, registry)?;
             let cache = crate::data::feature_cache::FeatureCache::new(&data.cache, &settings);
             tracing::info!(dir = %cache.dir().display(), "frozen-encoder feature cache");
-            MediaStore::Cached(Box::new(FeatureStore { cache, model: &self.built.model, decoder: Decoder::new(data.spec.clone()), layout: self.layout.clone() }))
+            MediaStore::Cached(Box::new(FeatureStore { cache, model: &self.built.model, decoder: decoder() }))
         } else {
-            MediaStore::Decoded(Box::new(DecodedStore::new(Decoder::new(data.spec.clone()), self.layout.clone(), data.pool.len())))
+            MediaStore::Decoded(Box::new(DecodedStore::new(decoder(), data.pool.len())))
         })
     }
 
@@ -106,8 +106,8 @@ pub fn device_for(r: &crate::recipe::Recipe) -> Result<Device, RunError> {
     let dev = r.runtime.device.as_str();
     let device_err = |detail: String| RunError::Device { device: dev.to_string(), detail };
     if dev == "cpu" {
-        if r.runtime.dtype != "f32" {
-            return Err(RunError::DtypeNeedsGpu(r.runtime.dtype.clone()));
+        if r.runtime.dtype != crate::recipe::RunDtype::F32 {
+            return Err(RunError::DtypeNeedsGpu(r.runtime.dtype.to_string()));
         }
         return Ok(Device::Cpu);
     }
@@ -208,6 +208,9 @@ fn feature_settings(r: &crate::recipe::Recipe, registry: &Registry) -> Result<St
             out.push_str(&format!("random-seed={}\n", r.seed));
         }
     }
+    // Frames are decoded at the file's own size and resized per encoder (features cached
+    // before came from frames scaled once to data.width x data.height).
+    out.push_str("pixels=per-encoder-transform\n");
     out.push_str(&format!(
         "frames={:?}\nwidth={}\nheight={}\naudio_seconds={}\nglobal_frame={}\n",
         r.data.frames, r.data.width, r.data.height, r.data.audio_seconds, r.model.global_frame

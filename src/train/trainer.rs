@@ -271,8 +271,7 @@ fn run_steps(
 ) -> Result<bool, TrainError> {
     let stage_seed = mix(&[ctx.recipe.seed, k as u64 + 1]);
     let accum = stage.grad_accum.max(1);
-    let uses = |m: &str| stage.modalities.is_empty() || stage.modalities.iter().any(|x| x == m);
-    let (use_video, use_audio) = (uses("video"), uses("audio"));
+    let (use_video, use_audio) = (stage.uses(crate::recipe::Modality::Video), stage.uses(crate::recipe::Modality::Audio));
     let transcript = stage.transcript.unwrap_or(ctx.recipe.prompt.transcript);
     let every = if stage.eval_every > 0 { stage.eval_every } else { ctx.recipe.validation.every };
     let ckpt_root = ctx.run_dir.join("checkpoints");
@@ -288,7 +287,7 @@ fn run_steps(
     let depth = ctx.recipe.runtime.prefetch;
     let mut stopped_early = false;
     // f16 (GPU) trains with dynamic loss scaling; the scaler's state is checkpointed with the rest.
-    let mut scaler = (ctx.recipe.runtime.dtype == "f16").then(|| state.loss_scaler.clone().unwrap_or_default());
+    let mut scaler = (ctx.recipe.runtime.dtype == crate::recipe::RunDtype::F16).then(|| state.loss_scaler.clone().unwrap_or_default());
     std::thread::scope(|scope| -> Result<(), TrainError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared, TrainError>>(depth);
         let producer_sampler = &mut *sampler;
@@ -304,25 +303,8 @@ fn run_steps(
         for step in first..steps {
             let lr = lr_at(stage, step);
             opt.set_lr(lr);
-            let mut grads: Option<GradStore> = None;
-            let mut loss_sum = 0.0;
-            let mut last_state = None;
-            let mut epoch = 0.0;
-            for micro in 0..accum {
-                let prepared = rx.recv().map_err(|_| TrainError::Stage { stage: stage.name.clone(), message: "the data loader stopped".into() })??;
-                ctx.model.llm.reseed_dropout(mix(&[stage_seed, step as u64, micro as u64]));
-                let candle = |source| TrainError::Candle { stage: stage.name.clone(), step, source };
-                let mm = prepared.media.tokens(ctx.model, use_video, use_audio).map_err(candle)?;
-                let inputs = ctx.model.build_inputs(&prepared.prompts, mm.as_ref(), true).map_err(candle)?;
-                let loss = ctx.model.loss(&inputs, stage.loss).map_err(candle)?;
-                loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
-                let factor = scaler.as_ref().map_or(1.0, |s| s.scale) / accum as f64;
-                let scaled = if factor != 1.0 { (loss * factor).map_err(candle)? } else { loss };
-                accumulate(&mut grads, scaled.backward().map_err(candle)?, vars).map_err(candle)?;
-                last_state = Some(prepared.state);
-                epoch = prepared.epoch;
-            }
-            let value = loss_sum / accum as f64;
+            let micro = MicroBatches { stage, step, accum, seed: stage_seed, scale: scaler.as_ref().map_or(1.0, |s| s.scale), use_video, use_audio };
+            let (grads, value, last_state, epoch) = micro.run(ctx.model, &rx, vars)?;
             if !value.is_finite() {
                 return Err(TrainError::Stage { stage: stage.name.clone(), message: format!("loss became {value} at step {step}; lower `lr` or enable `grad_clip`") });
             }
@@ -385,6 +367,49 @@ fn run_steps(
     })?;
     bar.finish_and_clear();
     Ok(stopped_early)
+}
+
+/// The micro-batches of one optimiser step.
+struct MicroBatches<'s> {
+    stage: &'s Stage,
+    step: usize,
+    accum: usize,
+    seed: u64,
+    /// The f16 loss scale (1 otherwise).
+    scale: f64,
+    use_video: bool,
+    use_audio: bool,
+}
+
+impl MicroBatches<'_> {
+    /// Forward, loss and backward of each micro-batch the loader sends, gradients summed (each loss
+    /// scaled by `scale / accum`). Returns the gradients, the mean loss, and the data state and epoch
+    /// after the last micro-batch.
+    fn run(
+        &self,
+        model: &EmotionModel,
+        rx: &std::sync::mpsc::Receiver<Result<Prepared, TrainError>>,
+        vars: &[(String, Var)],
+    ) -> Result<(Option<GradStore>, f64, Option<DataState>, f64), TrainError> {
+        let (stage, step) = (self.stage, self.step);
+        let candle = |source| TrainError::Candle { stage: stage.name.clone(), step, source };
+        let mut grads: Option<GradStore> = None;
+        let (mut loss_sum, mut last_state, mut epoch) = (0.0, None, 0.0);
+        for micro in 0..self.accum {
+            let prepared = rx.recv().map_err(|_| TrainError::Stage { stage: stage.name.clone(), message: "the data loader stopped".into() })??;
+            model.llm.reseed_dropout(mix(&[self.seed, step as u64, micro as u64]));
+            let mm = prepared.media.tokens(model, self.use_video, self.use_audio).map_err(candle)?;
+            let inputs = model.build_inputs(&prepared.prompts, mm.as_ref(), true).map_err(candle)?;
+            let loss = model.loss(&inputs, stage.loss).map_err(candle)?;
+            loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
+            let factor = self.scale / self.accum as f64;
+            let scaled = if factor != 1.0 { (loss * factor).map_err(candle)? } else { loss };
+            accumulate(&mut grads, scaled.backward().map_err(candle)?, vars).map_err(candle)?;
+            last_state = Some(prepared.state);
+            epoch = prepared.epoch;
+        }
+        Ok((grads, loss_sum / self.accum as f64, last_state, epoch))
+    }
 }
 
 /// Draws one micro-batch and prepares its prompts and media (on the loader thread).

@@ -19,6 +19,28 @@ pub fn encoder_fixture(rel: &str) -> PathBuf {
     repo().join("tests/fixtures/encoders").join(rel)
 }
 
+/// A real clip fetched by `just fetch-media` (part of `bash tools/setup.sh`) into the cache.
+pub fn media(name: &str) -> PathBuf {
+    let p = emollama::storage::cache_root("").join("media").join(name);
+    assert!(p.is_file(), "{} is missing: run `just fetch-media` (part of `bash tools/setup.sh`)", p.display());
+    p
+}
+
+/// A test-split sample whose media is the fetched clip `file`, with no labels.
+pub fn media_sample(file: &str) -> emollama::data::Sample {
+    emollama::data::Sample {
+        id: file.into(),
+        split: "test".into(),
+        media: emollama::storage::Location::parse(media(file).to_str().expect("utf8")).expect("location"),
+        transcript: None,
+        label: None,
+        description: None,
+        reasoning: None,
+        valence: None,
+        openset: Vec::new(),
+    }
+}
+
 /// Runs the `emollama` binary from the repository root with extra environment variables.
 pub fn emollama(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_emollama"));

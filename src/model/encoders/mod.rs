@@ -253,6 +253,14 @@ impl FrozenEncoder {
         Ok(FeatureOutput::Pooled(features::pool(&tokens, spec.pooling)?))
     }
 
+    /// What this image encoder is fed: its input size, the manifest's resize filter, mean and std
+    /// (`None` for an audio encoder).
+    pub fn pixel_transform(&self) -> Option<crate::media::PixelTransform> {
+        let s = self.image_size?;
+        let p = &self.preprocess;
+        Some(crate::media::PixelTransform { width: s, height: s, filter: p.resize, mean: p.mean, std: p.std })
+    }
+
     /// Normalises prepared pixels in [0, 1] (batch.., 3, H, W) with the manifest's mean and std.
     pub fn normalize_pixels(&self, unit: &Tensor) -> candle_core::Result<Tensor> {
         let dev = unit.device();

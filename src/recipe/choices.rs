@@ -1,0 +1,123 @@
+//! The recipe's closed sets as enums: serde names them in recipes (an unknown value gets the loader's
+//! "expected one of … did you mean" error with file:line), and each has the methods its users need.
+
+use serde::{Deserialize, Serialize};
+
+/// `name()` and `Display` with the recipe spelling of each variant.
+macro_rules! recipe_names {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            /// The value as a recipe spells it.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+            /// Every value, as recipes spell them.
+            pub const NAMES: &'static [&'static str] = &[$($s),+];
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+/// `runtime.dtype`: the dtype of frozen weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunDtype {
+    #[default]
+    F32,
+    Bf16,
+    /// Trains with dynamic loss scaling.
+    F16,
+}
+recipe_names!(RunDtype { F32 => "f32", Bf16 => "bf16", F16 => "f16" });
+
+/// `runtime.inference_precision`: the frozen encoders' matmul arithmetic on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferencePrecision {
+    /// bf16 when the CPU has AMX or AVX512_BF16 and the build has oneDNN, else f32.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+recipe_names!(InferencePrecision { Auto => "auto", F32 => "f32", Bf16 => "bf16" });
+
+/// `model.projector`: the encoder-to-LLM projector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectorKind {
+    /// One `nn.Linear` with bias (Emotion-LLaMA's).
+    #[default]
+    Linear,
+    /// Linear, GELU, linear (LLaVA's `mlp2x_gelu`).
+    Mlp,
+}
+recipe_names!(ProjectorKind { Linear => "linear", Mlp => "mlp" });
+
+/// `prompt.instruction_set`: the default instruction pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstructionSet {
+    /// 6 labels, with the `description` task.
+    #[default]
+    Emollama,
+    /// The reference's pools verbatim (the 9-label emotion prompt, the 5 reason prompts).
+    EmotionLlama,
+}
+recipe_names!(InstructionSet { Emollama => "emollama", EmotionLlama => "emotion_llama" });
+
+/// `prompt.eval_layout`: where the multimodal tokens go at evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalLayout {
+    /// As trained: visual tokens at `<VideoHere>`, pooled ones at `<FeatureHere>`, one BOS.
+    #[default]
+    Training,
+    /// Emotion-LLaMA's `eval_emotion.py`: every multimodal token at `<VideoHere>`, `<FeatureHere>` left as
+    /// text, a literal `<s>` after BOS.
+    Reference,
+}
+recipe_names!(EvalLayout { Training => "training", Reference => "reference" });
+
+/// A stage's `modalities`: which media reach the LLM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Video,
+    Audio,
+}
+recipe_names!(Modality { Video => "video", Audio => "audio" });
+
+impl Modality {
+    pub const ALL: [Modality; 2] = [Modality::Video, Modality::Audio];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_serde() {
+        #[derive(Deserialize)]
+        struct W<T> {
+            v: T,
+        }
+        fn check<T: for<'de> Deserialize<'de> + std::fmt::Display>(names: &[&str]) {
+            for n in names {
+                let w: W<T> = toml::from_str(&format!("v = \"{n}\"")).expect("known name");
+                assert_eq!(w.v.to_string(), *n);
+            }
+        }
+        check::<RunDtype>(RunDtype::NAMES);
+        check::<InferencePrecision>(InferencePrecision::NAMES);
+        check::<ProjectorKind>(ProjectorKind::NAMES);
+        check::<InstructionSet>(InstructionSet::NAMES);
+        check::<EvalLayout>(EvalLayout::NAMES);
+        check::<Modality>(Modality::NAMES);
+        assert!(toml::from_str::<W<RunDtype>>("v = \"fp16\"").is_err());
+    }
+}
