@@ -4,6 +4,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export OMP_WAIT_POLICY := env_var_or_default("OMP_WAIT_POLICY", "passive")
 
 bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") / "release/emollama"
+cuda_target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") / "cuda"
+cuda_dir := env_var_or_default("EMOLLAMA_CUDA_DIR", env_var_or_default("XDG_CACHE_HOME", env_var("HOME") / ".cache") / "emollama/cuda")
 
 # Install prerequisites (apt packages, just, cargo-nextest); idempotent.
 setup:
@@ -36,6 +38,40 @@ check recipe *args: build
 # The whole test suite, optimised (unoptimised candle is ~170x slower).
 test:
     cargo nextest run --cargo-profile release --no-fail-fast
+
+# (No GPU needed; pinned versions, sha256-checked; ~680 MB once.)
+# The CUDA 13 toolchain from PyPI wheels into ~/.cache/emollama/cuda.
+setup-cuda:
+    bash tools/setup_cuda.sh
+
+# A100 PTX (sm_80; the driver JIT-compiles it on H100 / H200), into <target>/cuda so the CPU build stays;
+# no GPU needed to build. The binary is <target>/cuda/release/emollama.
+# Build with `--features cuda`.
+build-cuda: setup-cuda
+    source "{{cuda_dir}}/env.sh" && CARGO_TARGET_DIR="{{cuda_target}}" cargo build --release --features cuda
+
+# Without a GPU they run against the stub driver: the GPU-only tests are reported SKIP by name
+# (#[ignore]), the rest check that a missing GPU is a clear error. On a GPU machine: `just test-gpu`.
+# The CUDA build's tests (tests/gpu.rs).
+test-cuda: setup-cuda
+    source "{{cuda_dir}}/env.sh" && LD_LIBRARY_PATH="$EMOLLAMA_CUDA_STUB_LIBS" CARGO_TARGET_DIR="{{cuda_target}}" cargo nextest run --cargo-profile release --features cuda --no-fail-fast --status-level skip --test gpu
+
+# On a machine with an NVIDIA GPU (driver 580+) and a Rust toolchain: every GPU test.
+test-gpu: setup-cuda
+    source "{{cuda_dir}}/env.sh" && CARGO_TARGET_DIR="{{cuda_target}}" cargo nextest run --cargo-profile release --features cuda --no-fail-fast --run-ignored all --test gpu
+
+# The stripped CUDA binary and the parity fixtures, for a GPU machine without Rust or network:
+# dist/emollama-doctor.tar.gz (inside it: `./emollama-doctor --device cuda --fixtures fixtures`).
+doctor-bundle: setup-cuda
+    source "{{cuda_dir}}/env.sh" && CARGO_TARGET_DIR="{{cuda_target}}" cargo build --release --no-default-features --features cuda --bin emollama-doctor
+    rm -rf dist/emollama-doctor && mkdir -p dist/emollama-doctor/fixtures
+    cp "{{cuda_target}}/release/emollama-doctor" dist/emollama-doctor/ && strip dist/emollama-doctor/emollama-doctor
+    mkdir -p dist/emollama-doctor/fixtures/encoders/videomae dist/emollama-doctor/fixtures/llm
+    cp -r tests/fixtures/encoders/{hubert-layer,vit_mae,eva_vit} dist/emollama-doctor/fixtures/encoders/
+    cp -r tests/fixtures/encoders/videomae/mean_pooling dist/emollama-doctor/fixtures/encoders/videomae/
+    cp -r tests/fixtures/llm/tiny-llama-hf dist/emollama-doctor/fixtures/llm/
+    tar -C dist -czf dist/emollama-doctor.tar.gz emollama-doctor
+    du -sh dist/emollama-doctor dist/emollama-doctor.tar.gz
 
 # Without the oneDNN feature: the library's unit tests and the encoder / face parity tests on candle's own
 # matmul (the fallback every build keeps; CI runs this after `just test`).

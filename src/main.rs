@@ -27,6 +27,7 @@ enum Command {
     Judge(cli::judge::Args),
     Data(cli::data::DataArgs),
     Probe(cli::probe::Args),
+    Doctor(cli::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         Command::Judge(a) => a.run(),
         Command::Data(a) => a.run(),
         Command::Probe(a) => a.run(),
+        Command::Doctor(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

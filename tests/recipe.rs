@@ -483,7 +483,7 @@ fn unknown_values_of_closed_sets_name_file_line_and_the_choices() {
     assert!(e.contains("t.toml:4") && e.contains("did you mean `chatml`") && e.contains("auto, llama2, chatml"), "{e}");
     // Every other closed set of the schema, each on its own line.
     let cases = [
-        ("[runtime]\ndtype = \"bf61\"\n", "bf16", "f32, bf16, f16"),
+        ("[runtime]\ndtype = \"bf61\"\n", "bf16", "auto, f32, bf16, f16"),
         ("[runtime]\ninference_precision = \"bf61\"\n", "bf16", "auto, f32, bf16"),
         ("[model]\nprojector = \"linaer\"\n", "linear", "linear, mlp"),
         ("[prompt]\ninstruction_set = \"emotion-llama\"\n", "emotion_llama", "emollama, emotion_llama"),

@@ -200,7 +200,14 @@ impl Linear {
 
     /// candle's differentiable ops only (training backpropagates through here); same values as `forward`.
     pub fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.inner.forward(x)?;
+        let y = if self.inner.weight().dtype() == x.dtype() {
+            self.inner.forward(x)?
+        } else {
+            // Weights kept in another dtype than the activations (f32 trainable masters under bf16
+            // compute): cast for this product; the gradient flows back to the master.
+            let bias = self.inner.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+            candle_nn::Linear::new(self.inner.weight().to_dtype(x.dtype())?, bias).forward(x)?
+        };
         if self.gelu_erf { y.gelu_erf() } else { Ok(y) }
     }
 
@@ -209,7 +216,7 @@ impl Linear {
     fn packed(&self, rows: usize) -> Option<&onednn::PackedLinear> {
         let precision = inference_precision();
         let entry = self.packed.get_or_init(|| {
-            if !self.inner.weight().device().is_cpu() {
+            if !self.inner.weight().device().is_cpu() || self.inner.weight().dtype() != candle_core::DType::F32 {
                 return None;
             }
             match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, rows, self.gelu_erf) {

@@ -2,6 +2,7 @@
 //! and dispatches. Helpers shared by several commands live here.
 
 pub mod data;
+pub mod doctor;
 pub mod eval;
 pub mod extract;
 pub mod generate;

@@ -46,7 +46,8 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
     }
     llm.check_tokenizer(tokenizer).map_err(Box::new)?;
     let lora = recipe.model.lora.as_ref().or(llm.default_lora.as_ref().filter(|_| llm.is_pretrained()));
-    let (llm_model, vb) = llm.build(lora, varmap, seed, "llm.", false, device).map_err(Box::new)?;
+    let dtype = recipe.runtime.dtype.resolve(device.is_cuda());
+    let (llm_model, vb) = llm.build(lora, varmap, seed, "llm.", false, dtype, device).map_err(Box::new)?;
 
     if !recipe.model.global_encoder.is_empty() {
         let h = llm.config.hidden_size;

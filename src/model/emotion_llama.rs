@@ -64,6 +64,14 @@ impl EncodedFeatures {
     }
 }
 
+impl EncodedFeatures {
+    /// Every present feature in `dtype` (the projectors compute in the run's dtype).
+    pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<Self> {
+        let cast = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(dtype)).transpose();
+        Ok(Self { patches: cast(&self.patches)?, cls: cast(&self.cls)?, local: cast(&self.local)?, temporal: cast(&self.temporal)?, audio: cast(&self.audio)? })
+    }
+}
+
 /// The four encoders (each optional but the global one) and their projectors.
 pub struct EmotionLlamaEncoders {
     global: FrozenEncoder,

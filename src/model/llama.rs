@@ -100,8 +100,12 @@ impl RmsNorm {
 }
 
 impl Module for RmsNorm {
+    /// In f32 whatever the activations' dtype (as HF's `LlamaRMSNorm`), returned in that dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)
+        if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            return candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps);
+        }
+        candle_nn::ops::rms_norm_slow(&x.to_dtype(DType::F32)?, &self.weight.to_dtype(DType::F32)?, self.eps)?.to_dtype(x.dtype())
     }
 }
 
@@ -163,8 +167,9 @@ impl Attention {
         }
         let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(s.mask)?;
-        let probs = crate::model::nn::softmax_last_dim(&scores)?;
+        // The softmax in f32 whatever the compute dtype (as HF's eager attention).
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(&s.mask.to_dtype(DType::F32)?)?;
+        let probs = crate::model::nn::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
         s.linear(&self.o_proj, &out)
     }
@@ -236,6 +241,8 @@ pub struct Llama {
     rotary: Rotary,
     cfg: LlamaConfig,
     dropout_rng: DropoutRng,
+    /// The activations' dtype (`runtime.dtype`); trainable weights are f32 masters cast to it.
+    compute: DType,
 }
 
 impl Llama {
@@ -271,7 +278,22 @@ impl Llama {
             None => BaseLinear::dense_from(candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?),
         };
         let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), dropout_rng: rng })
+        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), dropout_rng: rng, compute: vb.dtype() })
+    }
+
+    /// Computes in `dtype` (f32, bf16 or f16): embeddings are cast to it, and every weight of another
+    /// dtype (the f32 trainable masters) is cast at its use.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Result<Self> {
+        if dtype != self.compute {
+            self.rotary = Rotary::new(&self.cfg, dtype, self.embed_tokens.embeddings().device())?;
+            self.compute = dtype;
+        }
+        Ok(self)
+    }
+
+    /// The activations' dtype.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -292,7 +314,7 @@ impl Llama {
 
     /// Token ids (any shape) → embeddings (shape + hidden).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)
+        self.embed_tokens.forward(ids)?.to_dtype(self.compute)
     }
 
     /// `embeds`: (batch, seq, hidden); `valid`: (batch, seq) with 1 for real positions, 0 for padding
@@ -309,6 +331,7 @@ impl Llama {
     /// Final (normed) hidden states (batch, seq, hidden): a loss over a few positions applies
     /// [`Self::lm_head`] to those rows only (the vocabulary projection dominates for large vocabularies).
     pub fn hidden_states(&self, embeds: &Tensor, valid: &Tensor, train: bool) -> Result<Tensor> {
+        let embeds = &embeds.to_dtype(self.compute)?;
         let (b, t, _) = embeds.dims3()?;
         if t > self.cfg.max_position_embeddings {
             candle_core::bail!("sequence of {t} tokens exceeds max_position_embeddings {}", self.cfg.max_position_embeddings);
@@ -379,10 +402,18 @@ impl Llama {
         self.lm_head.forward(hidden)
     }
 
+    /// Hidden states → logits in f32 whatever the compute dtype (the head's weights cast for the product):
+    /// for the loss over the few answer positions, where bf16 logits would round the gradient that every
+    /// layer receives.
+    pub fn lm_head_f32(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(&hidden.to_dtype(DType::F32)?)
+    }
+
     /// Inference with a KV cache: `embeds` (batch, t, hidden) are the positions after those already in
     /// `cache`; `valid` (batch, cached + t) marks real keys (left padding allowed: each row's positions
     /// count its real tokens only, as HF `generate` does). Returns logits (batch, t, vocab).
     pub fn forward_cached(&self, embeds: &Tensor, valid: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let embeds = &embeds.to_dtype(self.compute)?;
         let (_, t, _) = embeds.dims3()?;
         let offset = cache.len;
         if valid.dim(1)? != offset + t {

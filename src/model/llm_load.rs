@@ -222,18 +222,21 @@ impl LlmSpec {
     /// `varmap`), LoRA and random weights created in `varmap` from `seed`. `keep_quantized` (GGUF,
     /// inference only) keeps the matrices quantized. Returns the model and the `VarBuilder` for the
     /// remaining (non-LLM) parameters.
-    pub fn build(&self, lora: Option<&LoraConfig>, varmap: &VarMap, seed: u64, prefix: &str, keep_quantized: bool, dev: &Device) -> Result<(Llama, VarBuilder<'static>), LlmError> {
+    /// `dtype`: pretrained (frozen) weights are loaded in it and the LLM computes in it; new parameters
+    /// (LoRA, projectors, a random LLM's weights) are f32 master copies.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(&self, lora: Option<&LoraConfig>, varmap: &VarMap, seed: u64, prefix: &str, keep_quantized: bool, dtype: DType, dev: &Device) -> Result<(Llama, VarBuilder<'static>), LlmError> {
         let cfg = &self.config;
         let berr = |source| LlmError::Build { name: self.name.clone(), source };
         let (vb, quant): (VarBuilder<'static>, QuantStore) = match &self.source {
             Source::Random => (SeededVarMap::builder(varmap, seed, DType::F32, dev), QuantStore::new()),
             Source::HfDir(dir) => {
                 let store = TensorStore::open_hf_dir(dir)?;
-                (PretrainedBackend::builder(Arc::new(store), prefix, varmap, seed, DType::F32, dev), QuantStore::new())
+                (PretrainedBackend::builder(Arc::new(store), prefix, varmap, seed, dtype, dev), QuantStore::new())
             }
             Source::Gguf(g) => {
                 let (store, quant) = g.load(cfg, prefix, keep_quantized, dev)?;
-                (PretrainedBackend::builder(Arc::new(store), prefix, varmap, seed, DType::F32, dev), quant)
+                (PretrainedBackend::builder(Arc::new(store), prefix, varmap, seed, dtype, dev), quant)
             }
         };
         let quant_ref = if quant.is_empty() { None } else { Some(&quant) };
@@ -241,7 +244,7 @@ impl LlmSpec {
             "" => vb.clone(),
             p => vb.pp(p),
         };
-        let llm = Llama::load(cfg, lora, quant_ref, llm_vb).map_err(berr)?;
+        let llm = Llama::load(cfg, lora, quant_ref, llm_vb).and_then(|l| l.with_compute_dtype(dtype)).map_err(berr)?;
         Ok((llm, vb))
     }
 
@@ -255,7 +258,7 @@ impl LlmSpec {
             None => (None, Default::default()),
         };
         let varmap = VarMap::new();
-        let (llm, _) = self.build(lora.as_ref(), &varmap, 0, "", keep_quantized, dev)?;
+        let (llm, _) = self.build(lora.as_ref(), &varmap, 0, "", keep_quantized, DType::F32, dev)?;
         if let Some(dir) = adapter {
             super::weights::apply_adapter(&varmap, &tensors, dir)?;
         }

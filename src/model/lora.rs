@@ -181,8 +181,11 @@ impl LoraLinear {
             Some((a, b, s)) => {
                 let x = if train && self.dropout > 0.0 { seeded_dropout(x, self.dropout, &self.rng)? } else { x.clone() };
                 // x Aᵀ Bᵀ through two small matmuls (never materialise the out × in update).
-                let low = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
-                y + (low * *s)?
+                // The adapter's small low-rank product stays in f32 (its masters' dtype) whatever the
+                // activations' dtype: cheap at rank r, and it keeps the adapter's gradients precise.
+                let low = x.to_dtype(a.dtype())?.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+                let dt = y.dtype();
+                y + (low * *s)?.to_dtype(dt)?
             }
         }
     }

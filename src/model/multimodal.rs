@@ -9,7 +9,7 @@
 //!
 //! The sequence is `[BOS] prompt-with-tokens answer [EOS]`; only answer and EOS carry loss.
 
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::llama::Llama;
@@ -181,8 +181,10 @@ impl EmotionModel {
 
     /// As [`Self::encode`], with each modality switchable (a disabled one contributes no tokens).
     pub fn encode_modalities(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
+        // Encoders compute in f32; the projectors and the LLM in the run's dtype.
+        let dt = self.llm.compute_dtype();
         let (mut video, mut feature) = match &self.emotion_llama {
-            Some(el) => el.encode(media, use_video, use_audio)?,
+            Some(el) => el.project(&el.features(media, use_video, use_audio)?.to_dtype(dt)?, use_video, use_audio)?,
             None => (None, Vec::new()),
         };
         if let (true, Some(enc), Some(pp), Some(pf), Some(pv)) =
@@ -191,15 +193,15 @@ impl EmotionModel {
             let frames = media.need(ViewRole::Frames)?;
             let (b, n, c, hgt, w) = frames.dims5()?;
             let (pooled, tokens) = enc.forward_with_tokens(&frames.reshape((b * n, c, hgt, w))?)?;
-            let per_frame = pooled.reshape((b, n, ()))?;
+            let per_frame = pooled.reshape((b, n, ()))?.to_dtype(dt)?;
             let (_, t, d) = tokens.dims3()?;
-            let patches = tokens.reshape((b, n, t, d))?.mean(1)?;
+            let patches = tokens.reshape((b, n, t, d))?.mean(1)?.to_dtype(dt)?;
             video = Some(Tensor::cat(&[pp.forward(&patches)?, pf.forward(&per_frame)?], 1)?);
             feature.push(pv.forward(&per_frame.mean_keepdim(1)?)?);
         }
         if let (true, Some(enc), Some(pa)) = (use_audio, &self.audio_encoder, &self.proj_audio) {
             let steps = enc.forward(&media.audio)?;
-            feature.push(pa.forward(&steps.mean_keepdim(1)?)?);
+            feature.push(pa.forward(&steps.mean_keepdim(1)?.to_dtype(dt)?)?);
         }
         self.tokens(video, feature, media.batch_size()?)
     }
@@ -221,7 +223,7 @@ impl EmotionModel {
     /// Projects cached encoder outputs of `batch` samples into multimodal tokens.
     pub fn project_features(&self, f: &super::emotion_llama::EncodedFeatures, batch: usize, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
         let Some(el) = &self.emotion_llama else { return Ok(None) };
-        let (video, feature) = el.project(f, use_video, use_audio)?;
+        let (video, feature) = el.project(&f.to_dtype(self.llm.compute_dtype())?, use_video, use_audio)?;
         self.tokens(video, feature, batch)
     }
 
@@ -231,11 +233,12 @@ impl EmotionModel {
         }
         let h = self.llm.config().hidden_size;
         let dev = self.llm_device();
+        let dt = self.llm.compute_dtype();
         let video = match video {
-            Some(v) => v,
-            None => Tensor::zeros((b, 0, h), DType::F32, dev)?,
+            Some(v) => v.to_dtype(dt)?,
+            None => Tensor::zeros((b, 0, h), dt, dev)?,
         };
-        let feature = if feature.is_empty() { Tensor::zeros((b, 0, h), DType::F32, dev)? } else { Tensor::cat(&feature, 1)? };
+        let feature = if feature.is_empty() { Tensor::zeros((b, 0, h), dt, dev)? } else { Tensor::cat(&feature, 1)?.to_dtype(dt)? };
         Ok(Some(MmTokens { video, feature }))
     }
 
@@ -283,7 +286,12 @@ impl EmotionModel {
         for (b, row) in rows.into_iter().enumerate() {
             let len = lengths[b];
             valid[b * t_max..b * t_max + len].fill(1);
-            padded.push(if len < t_max { Tensor::cat(&[row, Tensor::zeros((t_max - len, h), DType::F32, dev)?], 0)? } else { row });
+            padded.push(if len < t_max {
+                let pad = Tensor::zeros((t_max - len, h), row.dtype(), dev)?;
+                Tensor::cat(&[row, pad], 0)?
+            } else {
+                row
+            });
             let (start, answer) = &answer_spans[b];
             for (k, &tok) in answer.iter().enumerate() {
                 // The logit at position p predicts token p + 1.
@@ -308,7 +316,8 @@ impl EmotionModel {
         let (b, t, h) = hidden.dims3()?;
         let dev = hidden.device();
         let rows = Tensor::new(inputs.target_rows.as_slice(), dev)?;
-        let picked = self.llm.lm_head(&hidden.reshape((b * t, h))?.index_select(&rows, 0)?)?;
+        // The loss in f32 whatever the compute dtype.
+        let picked = self.llm.lm_head_f32(&hidden.reshape((b * t, h))?.index_select(&rows, 0)?)?;
         let targets = Tensor::new(inputs.targets.as_slice(), dev)?;
         match reduction {
             LossReduction::TokenMean => candle_nn::loss::cross_entropy(&picked, &targets),
@@ -336,6 +345,7 @@ impl EmotionModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
     use crate::model::llama::LlamaConfig;
     use candle_nn::VarMap;
 

@@ -23,10 +23,20 @@ impl Projector {
 }
 
 impl Module for Projector {
+    /// Computes in `x`'s dtype (the run's), from the f32 master weights.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Linear(l) => l.forward(x),
-            Self::Mlp(a, b) => b.forward(&a.forward(x)?.gelu_erf()?),
+            Self::Linear(l) => linear_in(l, x),
+            Self::Mlp(a, b) => linear_in(b, &linear_in(a, x)?.gelu_erf()?),
         }
     }
+}
+
+/// `l(x)` with the weights cast to `x`'s dtype when they differ.
+fn linear_in(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    if l.weight().dtype() == x.dtype() {
+        return l.forward(x);
+    }
+    let bias = l.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+    Linear::new(l.weight().to_dtype(x.dtype())?, bias).forward(x)
 }

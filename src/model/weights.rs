@@ -120,8 +120,8 @@ pub fn hf_safetensors_files(dir: &Path) -> Result<Option<Vec<PathBuf>>, WeightsE
     }
 }
 
-/// `VarBuilder` backend: names under `prefix` (the LLM) come from `store`, except LoRA adapters; all
-/// other names are created in the seeded `VarMap`.
+/// `VarBuilder` backend: names under `prefix` (the LLM) come from `store` in the builder's dtype, except
+/// LoRA adapters; all other names are created in the seeded `VarMap`, in f32.
 pub struct PretrainedBackend {
     store: Arc<TensorStore>,
     prefix: String,
@@ -141,7 +141,8 @@ impl PretrainedBackend {
 
 impl SimpleBackend for PretrainedBackend {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let Some(key) = self.pretrained_name(name) else { return self.fresh.get(s, name, h, dtype, dev) };
+        // New parameters are f32 master copies whatever the run's dtype.
+        let Some(key) = self.pretrained_name(name) else { return self.fresh.get(s, name, h, DType::F32, dev) };
         let t = match self.store.load(key, dev) {
             Some(t) => t.map_err(|e| candle_core::Error::Msg(format!("`{}`: tensor `{key}`: {e}", self.store.origin(key))))?,
             None => candle_core::bail!("`{}`: tensor `{key}` is missing (the model config needs it)", self.store.origin(key)),
@@ -158,7 +159,7 @@ impl SimpleBackend for PretrainedBackend {
                 Some(t) => t?.to_dtype(dtype),
                 None => candle_core::bail!("`{}`: tensor `{key}` is missing", self.store.origin(key)),
             },
-            None => self.fresh.get_unchecked(name, dtype, dev),
+            None => self.fresh.get_unchecked(name, DType::F32, dev),
         }
     }
 

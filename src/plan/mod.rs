@@ -90,6 +90,8 @@ pub struct Plan {
     pub file: String,
     pub device: String,
     pub runtime_dtype: String,
+    /// Per part: LLM weights and activations (`runtime.dtype`), trainable masters, optimiser state, encoders.
+    pub dtypes: serde_json::Value,
     pub llm: LlmSummary,
     /// `emotion_llama` or `plain`.
     pub layout: String,
@@ -169,7 +171,11 @@ pub fn plan(loaded: &LoadedRecipe, registry: &Registry) -> Result<Plan, PlanErro
         recipe: r.name.clone(),
         file: loaded.path.display().to_string(),
         device: r.runtime.device.clone(),
-        runtime_dtype: r.runtime.dtype.to_string(),
+        runtime_dtype: match r.runtime.dtype {
+            crate::recipe::RunDtype::Auto => format!("auto ({} on this machine)", r.runtime.part_dtypes()["activations"].as_str().unwrap_or("?")),
+            d => d.to_string(),
+        },
+        dtypes: r.runtime.part_dtypes(),
         llm,
         layout: shapes.layout.to_string(),
         encoders: shapes.encoders.clone(),

@@ -60,6 +60,15 @@ pub fn render(p: &Plan) -> String {
     );
     let encoders: Vec<String> = p.encoders.iter().map(|e| format!("{} = {}", e.prefix.trim_start_matches("encoder."), e.plugin)).collect();
     let _ = writeln!(s, "layout {} ({}); projector {}; runtime {} on {}", p.layout, encoders.join(", "), p.projector, p.runtime_dtype, p.device);
+    let d = |k: &str| p.dtypes[k].as_str().unwrap_or("?").to_string();
+    let _ = writeln!(
+        s,
+        "dtypes: LLM weights and activations {}, trainable master weights {}, AdamW state {}, encoders {}",
+        d("llm_weights"),
+        d("trainable_master"),
+        d("optimizer_state"),
+        d("encoders")
+    );
 
     parameters_section(&mut s, p);
     stages_section(&mut s, p);

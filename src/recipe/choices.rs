@@ -22,17 +22,34 @@ macro_rules! recipe_names {
     };
 }
 
-/// `runtime.dtype`: the dtype of frozen weights and activations.
+/// `runtime.dtype`: the dtype of the frozen LLM weights and of the LLM's activations (trainable
+/// parameters and the optimiser state stay f32 master copies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunDtype {
+    /// bf16 on CUDA and on CPUs with native bf16 (AMX-BF16 or AVX512_BF16), else f32.
+    Auto,
     #[default]
     F32,
     Bf16,
     /// Trains with dynamic loss scaling.
     F16,
 }
-recipe_names!(RunDtype { F32 => "f32", Bf16 => "bf16", F16 => "f16" });
+recipe_names!(RunDtype { Auto => "auto", F32 => "f32", Bf16 => "bf16", F16 => "f16" });
+
+impl RunDtype {
+    /// The dtype on a CUDA device (`on_cuda`) or this machine's CPU (`auto` resolved).
+    pub fn resolve(self, on_cuda: bool) -> candle_core::DType {
+        use candle_core::DType;
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+            Self::Auto if on_cuda || crate::accel::cpu_has_bf16() => DType::BF16,
+            Self::Auto => DType::F32,
+        }
+    }
+}
 
 /// `runtime.inference_precision`: the frozen encoders' matmul arithmetic on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -105,6 +105,19 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The dtype of each part of the model on this run's device (`auto` resolved): what the plan and
+    /// `run_info.json` report.
+    pub fn part_dtypes(&self) -> serde_json::Value {
+        let llm = format!("{:?}", self.dtype.resolve(self.device.starts_with("cuda"))).to_lowercase();
+        serde_json::json!({
+            "llm_weights": llm,
+            "activations": llm,
+            "trainable_master": "f32",
+            "optimizer_state": "f32",
+            "encoders": "f32",
+        })
+    }
+
     /// `inference_precision` resolved on this machine (`auto` → [`crate::accel::default_precision`]).
     pub fn resolved_inference_precision(&self) -> crate::accel::Precision {
         match self.inference_precision {

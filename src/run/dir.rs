@@ -175,6 +175,8 @@ fn run_info(r: &crate::recipe::Recipe, threads: usize, recipe_sha256: &str, resu
     serde_json::json!({
         "device": r.runtime.device,
         "dtype": r.runtime.dtype,
+        // What `runtime.dtype` means on this device, part by part.
+        "dtypes": r.runtime.part_dtypes(),
         "threads": threads,
         "emollama_version": env!("CARGO_PKG_VERSION"),
         "candle_version": crate::CANDLE_VERSION,
@@ -189,3 +191,4 @@ fn run_info(r: &crate::recipe::Recipe, threads: usize, recipe_sha256: &str, resu
         "inference_backend": crate::accel::backend(),
     })
 }
+

@@ -85,8 +85,6 @@ pub enum RunError {
     NoInterruptedRun { name: String, runs_dir: String },
     #[error("checkpoint `{0}` was written by another recipe; start a new run with --fresh")]
     ForeignCheckpoint(String),
-    #[error("runtime.dtype = `{0}` needs a GPU: training on the CPU is f32 (set runtime.dtype = \"f32\" or runtime.device = \"cuda\")")]
-    DtypeNeedsGpu(String),
     #[error("runtime.device = `{device}`: {detail}")]
     Device { device: String, detail: String },
     #[error("eval.checkpoint `{path}`: {detail}")]

@@ -106,9 +106,7 @@ pub fn device_for(r: &crate::recipe::Recipe) -> Result<Device, RunError> {
     let dev = r.runtime.device.as_str();
     let device_err = |detail: String| RunError::Device { device: dev.to_string(), detail };
     if dev == "cpu" {
-        if r.runtime.dtype != crate::recipe::RunDtype::F32 {
-            return Err(RunError::DtypeNeedsGpu(r.runtime.dtype.to_string()));
-        }
+        // bf16 / f16 on a CPU without native support is slow but correct.
         return Ok(Device::Cpu);
     }
     if let Some(rest) = dev.strip_prefix("cuda") {
