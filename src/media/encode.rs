@@ -190,6 +190,20 @@ fn open_video_out(octx: &mut ffmpeg::format::context::Output, spec: &ClipSpec, c
     };
     Ok((venc, vindex, vtb))
 }
+/// One mono planar-f32 frame of `len` samples: `chunk`, zero-padded.
+fn audio_frame(chunk: &[f32], len: usize, rate: u32) -> Result<frame::Audio, String> {
+    let mut af = frame::Audio::new(Sample::F32(SampleType::Planar), len, ChannelLayout::MONO);
+    af.set_rate(rate);
+    let dst = af.data_mut(0);
+    if dst.len() < len * 4 {
+        return Err("could not allocate an audio frame".into());
+    }
+    for (i, d) in dst[..len * 4].chunks_exact_mut(4).enumerate() {
+        d.copy_from_slice(&chunk.get(i).copied().unwrap_or(0.0).to_ne_bytes());
+    }
+    Ok(af)
+}
+
 /// The AAC encoder and its stream for `spec`'s audio (resampled to a rate AAC takes).
 fn open_audio_out(octx: &mut ffmpeg::format::context::Output, spec: &ClipSpec, cflags: codec::Flags, enc_err: &dyn Fn(String) -> MediaError) -> Result<AudioOut, MediaError> {
     let acodec = encoder::find_by_name("aac")
@@ -413,18 +427,7 @@ fn write_mp4(path: &Path, tmp: &Path, spec: &ClipSpec<'_>) -> Result<(), MediaEr
             let end = (start + fs).min(a.pcm.len());
             let chunk = &a.pcm[start..end];
             let len = if a.small_last { chunk.len() } else { fs };
-            let mut af = frame::Audio::new(Sample::F32(SampleType::Planar), len, ChannelLayout::MONO);
-            af.set_rate(a.rate);
-            {
-                let dst = af.data_mut(0);
-                if dst.len() < len * 4 {
-                    return Err(enc_err("could not allocate an audio frame".into()));
-                }
-                for (i, d) in dst[..len * 4].chunks_exact_mut(4).enumerate() {
-                    let v = chunk.get(i).copied().unwrap_or(0.0);
-                    d.copy_from_slice(&v.to_ne_bytes());
-                }
-            }
+            let mut af = audio_frame(chunk, len, a.rate).map_err(enc_err)?;
             af.set_pts(Some(start as i64));
             a.enc.send_frame(&af).map_err(|e| enc_err(format!("audio encoder: {e}")))?;
             drain_packets(&mut a.enc, track, &mut octx).map_err(enc_err)?;

@@ -111,16 +111,37 @@ impl FrameEncoder {
     }
 }
 
+/// The trainable frame encoder of the plain layout and its three projectors.
+struct VideoBranch {
+    encoder: FrameEncoder,
+    patches: Projector,
+    frames: Projector,
+    video: Projector,
+}
+
+/// The trainable waveform encoder of the plain layout and its projector.
+struct AudioBranch {
+    encoder: TinyWave,
+    proj: Projector,
+}
+
+/// Encoders trained from scratch with the LLM (the quick start's); either branch may be absent.
+struct PlainEncoders {
+    video: Option<VideoBranch>,
+    audio: Option<AudioBranch>,
+}
+
+/// Which encoders feed the LLM: the two layouts a recipe can build.
+enum Encoders {
+    Plain(Box<PlainEncoders>),
+    /// Emotion-LLaMA's four frozen encoders and its token layout (256 EVA tokens at `<VideoHere>`;
+    /// local, temporal, audio and CLS tokens at `<FeatureHere>`).
+    EmotionLlama(Box<super::emotion_llama::EmotionLlamaEncoders>),
+}
+
 pub struct EmotionModel {
     pub llm: Llama,
-    video_encoder: Option<FrameEncoder>,
-    audio_encoder: Option<TinyWave>,
-    proj_patches: Option<Projector>,
-    proj_frames: Option<Projector>,
-    proj_video: Option<Projector>,
-    proj_audio: Option<Projector>,
-    /// Emotion-LLaMA's four frozen encoders and its token layout (instead of the encoders above).
-    emotion_llama: Option<super::emotion_llama::EmotionLlamaEncoders>,
+    encoders: Encoders,
     pub bos: Option<u32>,
     pub eos: u32,
 }
@@ -138,40 +159,32 @@ impl EmotionModel {
     ) -> Result<Self> {
         let h = llm.config().hidden_size;
         let p = vb.pp("projector");
-        let (proj_patches, proj_frames, proj_video) = match &video_encoder {
-            Some(v) => (
-                Some(Projector::new(projector, v.token_dim(), h, p.pp("patches"))?),
-                Some(Projector::new(projector, v.hidden_size(), h, p.pp("frames"))?),
-                Some(Projector::new(projector, v.hidden_size(), h, p.pp("video"))?),
-            ),
-            None => (None, None, None),
-        };
-        let proj_audio = match &audio_encoder {
-            Some(a) => Some(Projector::new(projector, a.hidden_size(), h, p.pp("audio"))?),
+        let video = match video_encoder {
+            Some(v) => Some(VideoBranch {
+                patches: Projector::new(projector, v.token_dim(), h, p.pp("patches"))?,
+                frames: Projector::new(projector, v.hidden_size(), h, p.pp("frames"))?,
+                video: Projector::new(projector, v.hidden_size(), h, p.pp("video"))?,
+                encoder: v,
+            }),
             None => None,
         };
-        Ok(Self { llm, video_encoder, audio_encoder, proj_patches, proj_frames, proj_video, proj_audio, emotion_llama: None, bos, eos })
+        let audio = match audio_encoder {
+            Some(a) => Some(AudioBranch { proj: Projector::new(projector, a.hidden_size(), h, p.pp("audio"))?, encoder: a }),
+            None => None,
+        };
+        Ok(Self { llm, encoders: Encoders::Plain(Box::new(PlainEncoders { video, audio })), bos, eos })
     }
 
-    /// The model with Emotion-LLaMA's encoders and token layout (256 EVA tokens at `<VideoHere>`;
-    /// local, temporal, audio and CLS tokens at `<FeatureHere>`). Media frames must be scaled to [0, 1].
+    /// The model with Emotion-LLaMA's encoders and token layout.
     pub fn with_emotion_llama(llm: Llama, encoders: super::emotion_llama::EmotionLlamaEncoders, bos: Option<u32>, eos: u32) -> Self {
-        Self {
-            llm,
-            video_encoder: None,
-            audio_encoder: None,
-            proj_patches: None,
-            proj_frames: None,
-            proj_video: None,
-            proj_audio: None,
-            emotion_llama: Some(encoders),
-            bos,
-            eos,
-        }
+        Self { llm, encoders: Encoders::EmotionLlama(Box::new(encoders)), bos, eos }
     }
 
     pub fn emotion_llama(&self) -> Option<&super::emotion_llama::EmotionLlamaEncoders> {
-        self.emotion_llama.as_ref()
+        match &self.encoders {
+            Encoders::EmotionLlama(el) => Some(el),
+            Encoders::Plain(_) => None,
+        }
     }
 
     /// Encodes and projects the media of a batch. `None` when the model has no encoders.
@@ -183,38 +196,39 @@ impl EmotionModel {
     pub fn encode_modalities(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
         // Encoders compute in f32; the projectors and the LLM in the run's dtype.
         let dt = self.llm.compute_dtype();
-        let (mut video, mut feature) = match &self.emotion_llama {
-            Some(el) => el.project(&el.features(media, use_video, use_audio)?.to_dtype(dt)?, use_video, use_audio)?,
-            None => (None, Vec::new()),
+        let (video, feature) = match &self.encoders {
+            Encoders::EmotionLlama(el) => el.project(&el.features(media, use_video, use_audio)?.to_dtype(dt)?, use_video, use_audio)?,
+            Encoders::Plain(plain) => {
+                let (mut tokens, mut feature) = (None, Vec::new());
+                if let (true, Some(v)) = (use_video, &plain.video) {
+                    let frames = media.need(ViewRole::Frames)?;
+                    let (b, n, c, hgt, w) = frames.dims5()?;
+                    let (pooled, spatial) = v.encoder.forward_with_tokens(&frames.reshape((b * n, c, hgt, w))?)?;
+                    let per_frame = pooled.reshape((b, n, ()))?.to_dtype(dt)?;
+                    let (_, t, d) = spatial.dims3()?;
+                    let patches = spatial.reshape((b, n, t, d))?.mean(1)?.to_dtype(dt)?;
+                    tokens = Some(Tensor::cat(&[v.patches.forward(&patches)?, v.frames.forward(&per_frame)?], 1)?);
+                    feature.push(v.video.forward(&per_frame.mean_keepdim(1)?)?);
+                }
+                if let (true, Some(a)) = (use_audio, &plain.audio) {
+                    let steps = a.encoder.forward(&media.audio)?;
+                    feature.push(a.proj.forward(&steps.mean_keepdim(1)?.to_dtype(dt)?)?);
+                }
+                (tokens, feature)
+            }
         };
-        if let (true, Some(enc), Some(pp), Some(pf), Some(pv)) =
-            (use_video, &self.video_encoder, &self.proj_patches, &self.proj_frames, &self.proj_video)
-        {
-            let frames = media.need(ViewRole::Frames)?;
-            let (b, n, c, hgt, w) = frames.dims5()?;
-            let (pooled, tokens) = enc.forward_with_tokens(&frames.reshape((b * n, c, hgt, w))?)?;
-            let per_frame = pooled.reshape((b, n, ()))?.to_dtype(dt)?;
-            let (_, t, d) = tokens.dims3()?;
-            let patches = tokens.reshape((b, n, t, d))?.mean(1)?.to_dtype(dt)?;
-            video = Some(Tensor::cat(&[pp.forward(&patches)?, pf.forward(&per_frame)?], 1)?);
-            feature.push(pv.forward(&per_frame.mean_keepdim(1)?)?);
-        }
-        if let (true, Some(enc), Some(pa)) = (use_audio, &self.audio_encoder, &self.proj_audio) {
-            let steps = enc.forward(&media.audio)?;
-            feature.push(pa.forward(&steps.mean_keepdim(1)?.to_dtype(dt)?)?);
-        }
         self.tokens(video, feature, media.batch_size()?)
     }
 
     /// Whether the model's encoders are frozen by construction (Emotion-LLaMA's layout), so their
     /// outputs can be cached.
     pub fn has_frozen_encoders(&self) -> bool {
-        self.emotion_llama.is_some()
+        matches!(self.encoders, Encoders::EmotionLlama(_))
     }
 
     /// The frozen encoders' outputs for every modality (`None` without Emotion-LLaMA's encoders).
     pub fn frozen_features(&self, media: &MediaBatch) -> Result<Option<super::emotion_llama::EncodedFeatures>> {
-        match &self.emotion_llama {
+        match self.emotion_llama() {
             Some(el) => Ok(Some(el.features(media, true, true)?)),
             None => Ok(None),
         }
@@ -222,7 +236,7 @@ impl EmotionModel {
 
     /// Projects cached encoder outputs of `batch` samples into multimodal tokens.
     pub fn project_features(&self, f: &super::emotion_llama::EncodedFeatures, batch: usize, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
-        let Some(el) = &self.emotion_llama else { return Ok(None) };
+        let Some(el) = self.emotion_llama() else { return Ok(None) };
         let (video, feature) = el.project(&f.to_dtype(self.llm.compute_dtype())?, use_video, use_audio)?;
         self.tokens(video, feature, batch)
     }
