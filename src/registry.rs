@@ -19,7 +19,7 @@ pub const PRETRAINED_ENCODER_ARCHITECTURES: [&str; 4] = ["hubert", "vit_mae", "v
 pub const LLM_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 /// `reason_v2` is Emotion-LLaMA's tag for the fine-grained reasoning (stage 2); its target is the same
 /// field as `reason`.
-pub const TASKS: [&str; 4] = ["emotion", "description", "reason", "reason_v2"];
+pub const TASKS: &[&str] = crate::recipe::Task::NAMES;
 
 /// Where a component's weights come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -216,7 +216,7 @@ impl Registry {
             ("projectors", s(crate::recipe::ProjectorKind::NAMES)),
             ("sources", s(&crate::data::sources::SOURCES)),
             ("datasets", self.datasets.keys().cloned().collect()),
-            ("tasks", s(&TASKS)),
+            ("tasks", s(TASKS)),
             ("metrics", s(&crate::eval::metrics::NAMES)),
             ("templates", s(&crate::model::prompt::Template::NAMES)),
         ]

@@ -97,25 +97,13 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
     if r.checkpoint.keep_last == 0 {
         err("checkpoint.keep_last", "must be at least 1 (the newest checkpoint is what a resume continues from)".into());
     }
-    if r.validation.enabled {
-        if let Err(e) = registry::check_builtin("validation metric", &r.validation.metric, &crate::recipe::VALIDATION_METRICS) {
-            err("validation.metric", e.to_string());
-        }
-        if let Ok((_, card)) = reg.dataset(&r.data.dataset)
-            && !card.splits.contains(&r.validation.split)
-        {
-            err("validation.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.validation.split, card.splits.join(", ")));
-        }
-        if !r.validation.task.is_empty()
-            && let Err(e) = registry::check_builtin("task", &r.validation.task, &registry::TASKS)
-        {
-            err("validation.task", e.to_string());
-        }
+    if r.validation.enabled
+        && let Ok((_, card)) = reg.dataset(&r.data.dataset)
+        && !card.splits.contains(&r.validation.split)
+    {
+        err("validation.split", format!("dataset `{}` has no split `{}` (splits: {})", card.name, r.validation.split, card.splits.join(", ")));
     }
     if r.eval.enabled {
-        if let Err(e) = registry::check_builtin("task", &r.eval.task, &registry::TASKS) {
-            err("eval.task", e.to_string());
-        }
         for m in &r.eval.metrics {
             if let Err(e) = registry::check_builtin("metric", m, &crate::eval::metrics::NAMES) {
                 err("eval.metrics", e.to_string());
@@ -134,11 +122,6 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
 /// Each stage's tasks, modalities, optimiser numbers, name, init and data mixture.
 fn validate_stages(r: &crate::recipe::Recipe, reg: &Registry, err: &mut dyn FnMut(&str, String), deferred: &mut Vec<Deferred>) {
     for (i, s) in r.stages.iter().enumerate() {
-        for t in &s.tasks {
-            if let Err(e) = registry::check_builtin("task", t, &registry::TASKS) {
-                err(&format!("stage[{i}].tasks"), e.to_string());
-            }
-        }
         if s.tasks.is_empty() {
             err(&format!("stage[{i}].tasks"), "a stage needs at least one task".into());
         }
@@ -180,9 +163,10 @@ fn validate_stages(r: &crate::recipe::Recipe, reg: &Registry, err: &mut dyn FnMu
             if !(d.weight > 0.0 && d.weight.is_finite()) {
                 err(&format!("{key}.weight"), format!("must be a positive number, got {}", d.weight));
             }
-            for t in d.tasks.iter().chain(d.instructions.keys()) {
-                if let Err(e) = registry::check_builtin("task", t, &registry::TASKS) {
-                    err(&format!("{key}.tasks"), e.to_string());
+            // Instruction pools are keyed by task name (the tasks themselves are an enum of the schema).
+            for t in d.instructions.keys() {
+                if let Err(e) = registry::check_builtin("task", t, registry::TASKS) {
+                    err(&format!("{key}.instructions"), e.to_string());
                 }
             }
         }

@@ -79,8 +79,11 @@ fn missing_extends_file_and_cycle_are_errors() {
 #[test]
 fn unknown_registry_names_list_the_known_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = recipe(dir.path(), "names.toml", "[model]\nllm = \"tiny-lama\"\n[[stage]]\nname = \"s\"\ntasks = [\"emotoin\"]\n");
-    check_fails(&p, &["names.toml:4", "unknown LLM plugin `tiny-lama`, did you mean `tiny-llama`?", "unknown task `emotoin`, did you mean `emotion`?"]);
+    let p = recipe(dir.path(), "names.toml", "[model]\nllm = \"tiny-lama\"\n");
+    check_fails(&p, &["names.toml:4", "unknown LLM plugin `tiny-lama`, did you mean `tiny-llama`?"]);
+    // Tasks are a closed set of the schema: refused while the recipe is read, with its index.
+    let tasks = recipe(dir.path(), "tasks.toml", "[[stage]]\nname = \"s\"\ntasks = [\"emotoin\"]\n");
+    check_fails(&tasks, &["tasks.toml:5", "stage[0].tasks[0]: unknown value `emotoin`, did you mean `emotion`?", "emotion, description, reason, reason_v2"]);
     // A closed set of the schema (an enum) is refused while the recipe is read, before any registry lookup.
     let proj = recipe(dir.path(), "proj.toml", "[model]\nprojector = \"mlpp\"\n");
     check_fails(&proj, &["proj.toml:4", "model.projector: unknown value `mlpp`, did you mean `mlp`?", "linear, mlp"]);

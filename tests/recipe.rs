@@ -490,6 +490,9 @@ fn unknown_values_of_closed_sets_name_file_line_and_the_choices() {
         ("[prompt]\neval_layout = \"refrence\"\n", "reference", "training, reference"),
         ("[data]\non_error = \"skp\"\n", "skip", "skip, fail"),
         ("[eval]\nlabel_extraction = \"nearest-end\"\n", "nearest_end", "reference, nearest_end"),
+        ("[eval]\ntask = \"reasoning\"\n", "reason", "emotion, description, reason, reason_v2"),
+        ("[validation]\nmetric = \"weighted-f1\"\n", "weighted_f1", "weighted_f1, accuracy, macro_f1"),
+        ("[validation]\ntask = \"reasonn\"\n", "reason", "emotion, description, reason, reason_v2"),
         ("[[stage]]\nname = \"s\"\nmodalities = [\"vidoe\"]\n", "video", "video, audio"),
     ];
     for (i, (table, suggestion, choices)) in cases.iter().enumerate() {
@@ -498,4 +501,8 @@ fn unknown_values_of_closed_sets_name_file_line_and_the_choices() {
         let line = if table.starts_with("[[stage]]") { 5 } else { 4 };
         assert!(e.contains(&format!("c{i}.toml:{line}")) && e.contains(&format!("did you mean `{suggestion}`")) && e.contains(choices), "{table}: {e}");
     }
+    // Earlier runs' resolved recipes wrote `validation.task = ""` for "the eval task".
+    let p = write(dir.path(), "empty.toml", "name = \"x\"\n\n[validation]\ntask = \"\"\n");
+    let r = load_recipe_with_env(&p, &[], &[]).expect("empty validation task").recipe;
+    assert_eq!((r.validation.task, r.validation_task()), (None, r.eval.task));
 }

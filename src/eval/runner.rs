@@ -69,7 +69,7 @@ pub struct EvalContext<'a> {
 /// where the predictions go.
 pub struct EvalRequest<'a> {
     pub split: &'a str,
-    pub task: &'a str,
+    pub task: crate::recipe::Task,
     pub limit: usize,
     pub predictions: &'a Path,
 }

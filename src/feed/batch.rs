@@ -3,6 +3,7 @@
 use candle_core::{Device, Result, Tensor};
 
 use crate::data::Sample;
+use crate::recipe::Task;
 use crate::data::loader::DecodedMedia;
 use crate::media::PixelView;
 use crate::model::multimodal::{MediaBatch, TokenizedPrompt};
@@ -10,20 +11,19 @@ use crate::model::prompt::{self, ChatTemplate};
 use crate::model::tokenizer::{TextTokenizer, TokenizerError};
 
 /// The answer text of `task` for `sample`, if the sample has it.
-pub fn answer_for(sample: &Sample, task: &str) -> Option<String> {
+pub fn answer_for(sample: &Sample, task: Task) -> Option<String> {
     let raw = match task {
-        "emotion" => sample.label.clone(),
-        "description" => sample.description.clone(),
-        "reason" | "reason_v2" => sample.reasoning.clone(),
-        _ => None,
+        Task::Emotion => sample.label.clone(),
+        Task::Description => sample.description.clone(),
+        Task::Reason | Task::ReasonV2 => sample.reasoning.clone(),
     }?;
     Some(prompt::normalise_answer(&raw))
 }
 
 /// Builds the full prompt string for one sample and task.
-pub fn prompt_text(sample: &Sample, task: &str, instruction: &str, template: &ChatTemplate, with_transcript: bool) -> String {
+pub fn prompt_text(sample: &Sample, task: Task, instruction: &str, template: &ChatTemplate, with_transcript: bool) -> String {
     let transcript = if with_transcript { sample.transcript.as_deref() } else { None };
-    template.wrap(&prompt::emotion_llama_instruction(transcript, task, instruction))
+    template.wrap(&prompt::emotion_llama_instruction(transcript, task.name(), instruction))
 }
 
 pub fn tokenize(tok: &TextTokenizer, prompt: &str, answer: Option<&str>) -> std::result::Result<TokenizedPrompt, TokenizerError> {

@@ -163,10 +163,9 @@ pub fn plan(loaded: &LoadedRecipe, registry: &Registry) -> Result<Plan, PlanErro
         tokenizer: if shapes.llm.word_level { "word_level".into() } else { "subword".into() },
     };
     let validation = r.validation.enabled.then(|| {
-        let task = if r.validation.task.is_empty() { &r.eval.task } else { &r.validation.task };
-        generation(loaded, registry, &shapes, &r.validation.split, task, &r.validation.metric, r.validation.limit)
+        generation(loaded, registry, &shapes, &r.validation.split, r.validation_task(), r.validation.metric.name(), r.validation.limit)
     });
-    let eval = r.eval.enabled.then(|| generation(loaded, registry, &shapes, &r.eval.split, &r.eval.task, &r.eval.metrics.join(", "), r.eval.limit));
+    let eval = r.eval.enabled.then(|| generation(loaded, registry, &shapes, &r.eval.split, r.eval.task, &r.eval.metrics.join(", "), r.eval.limit));
     Ok(Plan {
         recipe: r.name.clone(),
         file: loaded.path.display().to_string(),
@@ -242,9 +241,9 @@ fn stage_tokens(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes
         let labels = registry.dataset(dataset).map(|(_, c)| c.labels.clone()).unwrap_or_default();
         let tasks = if d.tasks.is_empty() { &stage.tasks } else { &d.tasks };
         for task in tasks {
-            let instructions = d.instructions.get(task).filter(|p| !p.is_empty()).map(Vec::as_slice).unwrap_or_else(|| r.prompt.instructions_for(task));
+            let instructions = d.instructions.get(task.name()).filter(|p| !p.is_empty()).map(Vec::as_slice).unwrap_or_else(|| r.prompt.instructions_for(*task));
             let input = TaskInput {
-                task,
+                task: task.name(),
                 instructions,
                 transcript: stage.transcript.unwrap_or(r.prompt.transcript),
                 labels: &labels,
@@ -265,14 +264,14 @@ fn stage_tokens(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes
 
 /// Validation or evaluation: the first instruction of the task (as evaluation asks), the generation
 /// budget `eval.max_new_tokens`.
-fn generation(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes, split: &str, task: &str, metric: &str, limit: usize) -> GenerationPlan {
+fn generation(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes, split: &str, task: crate::recipe::Task, metric: &str, limit: usize) -> GenerationPlan {
     let r = &loaded.recipe;
     let card = registry.dataset(&r.data.dataset).ok().map(|(_, c)| c);
     let labels = card.map(|c| c.labels.clone()).unwrap_or_default();
     let samples = card.and_then(|c| stages::split_samples(r, c, split)).map(|n| if limit > 0 { n.min(limit as u64) } else { n });
     let first: Vec<String> = r.prompt.instructions_for(task).iter().take(1).cloned().collect();
     let input = TaskInput {
-        task,
+        task: task.name(),
         instructions: &first,
         transcript: r.prompt.transcript,
         labels: &labels,

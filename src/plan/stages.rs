@@ -96,7 +96,7 @@ fn stage_run(recipe: &Recipe, registry: &Registry, stage: &Stage, global_start: 
                 dataset,
                 split: d.split.clone(),
                 weight: d.weight,
-                tasks: if d.tasks.is_empty() { stage.tasks.clone() } else { d.tasks.clone() },
+                tasks: if d.tasks.is_empty() { &stage.tasks } else { &d.tasks }.iter().map(|t| t.to_string()).collect(),
                 passes: None,
             }
         })
@@ -184,10 +184,10 @@ mod tests {
     /// The plan's step count is the trainer's for the same pairs.
     #[test]
     fn epochs_give_the_trainers_steps() {
-        let stage = Stage { epochs: 1.5, batch_size: 3, grad_accum: 2, tasks: vec!["emotion".into(), "reason".into()], ..Stage::default() };
-        let entry = |n: u64| MixtureEntry { dataset: "d".into(), split: "train".into(), weight: 1.0, tasks: stage.tasks.clone(), source: "x".into(), samples: Some(n), passes: None };
+        let stage = Stage { epochs: 1.5, batch_size: 3, grad_accum: 2, tasks: vec![crate::recipe::Task::Emotion, crate::recipe::Task::Reason], ..Stage::default() };
+        let entry = |n: u64| MixtureEntry { dataset: "d".into(), split: "train".into(), weight: 1.0, tasks: stage.tasks.iter().map(|t| t.to_string()).collect(), source: "x".into(), samples: Some(n), passes: None };
         let (steps, _) = steps_of(&stage, &[entry(7), entry(10)], 6);
-        let comp = |n: usize| Component { name: "d".into(), pairs: vec![(0, "emotion".into()); n * 2], weight: 1.0, instructions: Default::default() };
+        let comp = |n: usize| Component { name: "d".into(), pairs: vec![(0, crate::recipe::Task::Emotion); n * 2], weight: 1.0, instructions: Default::default() };
         assert_eq!(steps, Some(crate::train::trainer::stage_steps(&stage, &[comp(7), comp(10)])));
         let unknown = MixtureEntry { samples: None, ..entry(1) };
         assert_eq!(steps_of(&stage, &[unknown], 6).0, None);

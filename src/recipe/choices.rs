@@ -113,6 +113,32 @@ impl Modality {
     pub const ALL: [Modality; 2] = [Modality::Video, Modality::Audio];
 }
 
+/// A task: what the answer is (a stage's `tasks`, `eval.task`, `validation.task`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// The emotion label.
+    Emotion,
+    /// The facial expression and tone of voice.
+    Description,
+    /// The reasoning that ends in the label (Emotion-LLaMA's coarse stage).
+    Reason,
+    /// Emotion-LLaMA's tag for the fine-grained reasoning (stage 2); its target is the same field as `reason`.
+    ReasonV2,
+}
+recipe_names!(Task { Emotion => "emotion", Description => "description", Reason => "reason", ReasonV2 => "reason_v2" });
+
+/// `validation.metric`: what picks the best checkpoint (higher is better).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidationMetric {
+    #[default]
+    WeightedF1,
+    Accuracy,
+    MacroF1,
+}
+recipe_names!(ValidationMetric { WeightedF1 => "weighted_f1", Accuracy => "accuracy", MacroF1 => "macro_f1" });
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +161,8 @@ mod tests {
         check::<InstructionSet>(InstructionSet::NAMES);
         check::<EvalLayout>(EvalLayout::NAMES);
         check::<Modality>(Modality::NAMES);
+        check::<Task>(Task::NAMES);
+        check::<ValidationMetric>(ValidationMetric::NAMES);
         assert!(toml::from_str::<W<RunDtype>>("v = \"fp16\"").is_err());
     }
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::FrameSampling;
-use super::choices::{EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype};
+use super::choices::{EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, ValidationMetric};
 
 /// A whole run: data, model, prompt, training stages and evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +102,13 @@ pub struct Runtime {
     /// the CPU has AMX or AVX512_BF16 and the build has oneDNN, else f32), `f32` or `bf16`. Activations
     /// stay f32 either way; the run records what was used in run_info.json.
     pub inference_precision: InferencePrecision,
+}
+
+impl Recipe {
+    /// The task validation asks: `validation.task`, else `eval.task`.
+    pub fn validation_task(&self) -> Task {
+        self.validation.task.unwrap_or(self.eval.task)
+    }
 }
 
 impl Runtime {
@@ -305,7 +312,8 @@ static POOLS: std::sync::LazyLock<std::collections::BTreeMap<(&'static str, &'st
 
 impl Prompt {
     /// The instruction pool of `task`: the recipe's, else the instruction set's.
-    pub fn instructions_for(&self, task: &str) -> &[String] {
+    pub fn instructions_for(&self, task: Task) -> &[String] {
+        let task = task.name();
         match self.instructions.get(task) {
             Some(pool) if !pool.is_empty() => pool,
             _ => POOLS.iter().find(|((set, t), _)| *set == self.instruction_set.name() && *t == task).map(|(_, v)| v.as_slice()).unwrap_or(&[]),
@@ -360,7 +368,7 @@ pub struct StageData {
     /// Relative sampling weight: each draw picks this dataset with probability weight / sum of weights.
     pub weight: f64,
     /// Task pool for this dataset; empty = the stage's `tasks`.
-    pub tasks: Vec<String>,
+    pub tasks: Vec<Task>,
     /// Instruction pools by task for this dataset; tasks not named use `prompt.instructions`.
     pub instructions: std::collections::BTreeMap<String, Vec<String>>,
 }
@@ -394,7 +402,7 @@ pub struct Stage {
     /// Dataset mixture (`[[stage.data]]`); empty = the recipe's dataset, `train` split, the stage's tasks.
     pub data: Vec<StageData>,
     /// Tasks drawn per sample: `emotion` (label word), `description` (coarse cues), `reason` (fine reasoning ending in the label).
-    pub tasks: Vec<String>,
+    pub tasks: Vec<Task>,
     /// Optimiser steps (ignored when `epochs` > 0).
     pub steps: usize,
     /// Passes over the mixture's (sample, task) pairs; > 0 sets the steps from the data size.
@@ -440,7 +448,7 @@ impl Default for Stage {
             name: "stage".into(),
             init: "previous".into(),
             data: Vec::new(),
-            tasks: vec!["emotion".into()],
+            tasks: vec![Task::Emotion],
             steps: 100,
             epochs: 0.0,
             batch_size: 16,
@@ -487,10 +495,11 @@ impl Default for Checkpointing {
 pub struct Validation {
     pub enabled: bool,
     pub split: String,
-    /// Task asked; empty = `eval.task`.
-    pub task: String,
+    /// Task asked; none (or `""`, as earlier runs' resolved recipes wrote it) = `eval.task`.
+    #[serde(deserialize_with = "empty_task_is_none", skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
     /// `weighted_f1`, `accuracy` or `macro_f1` (higher is better).
-    pub metric: String,
+    pub metric: ValidationMetric,
     /// Validate every N optimiser steps of every stage (0 = at stage ends only); `stage.eval_every` overrides.
     pub every: usize,
     /// Validate on at most this many samples (0 = all).
@@ -501,15 +510,23 @@ pub struct Validation {
     pub select_best: bool,
 }
 
-pub const VALIDATION_METRICS: [&str; 3] = ["weighted_f1", "accuracy", "macro_f1"];
+
+/// `validation.task = ""` reads as no task (the eval task).
+fn empty_task_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Task>, D::Error> {
+    let name = String::deserialize(d)?;
+    if name.is_empty() {
+        return Ok(None);
+    }
+    Task::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&name)).map(Some)
+}
 
 impl Default for Validation {
     fn default() -> Self {
         Self {
             enabled: false,
             split: "val".into(),
-            task: String::new(),
-            metric: "weighted_f1".into(),
+            task: None,
+            metric: ValidationMetric::WeightedF1,
             every: 0,
             limit: 0,
             patience: 0,
@@ -536,7 +553,7 @@ pub struct Eval {
     pub enabled: bool,
     pub split: String,
     /// Task whose instruction is asked (`emotion` or `reason`).
-    pub task: String,
+    pub task: Task,
     pub max_new_tokens: usize,
     pub label_extraction: LabelExtraction,
     /// Metric names from the registry.
@@ -555,7 +572,7 @@ impl Default for Eval {
         Self {
             enabled: true,
             split: "test".into(),
-            task: "reason".into(),
+            task: Task::Reason,
             max_new_tokens: 40,
             label_extraction: LabelExtraction::NearestEnd,
             metrics: vec!["weighted_f1".into(), "accuracy".into(), "macro_f1".into(), "confusion_matrix".into()],

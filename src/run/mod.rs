@@ -241,7 +241,7 @@ fn evaluate_split(r: &Recipe, run_dir: &Path, data: &RunData, model: &RunModel, 
         pool: &data.pool,
         store,
     };
-    let req = EvalRequest { split: &r.eval.split, task: &r.eval.task, limit: r.eval.limit, predictions: &run_dir.join("predictions.jsonl") };
+    let req = EvalRequest { split: &r.eval.split, task: r.eval.task, limit: r.eval.limit, predictions: &run_dir.join("predictions.jsonl") };
     let items = data.split_of(r, &r.eval.split);
     let limit = if r.eval.limit > 0 { r.eval.limit.min(items.len()) } else { items.len() };
     store.warm(&data.pool, &items[..limit], device, "decode:eval", show_progress)?;

@@ -168,15 +168,13 @@ fn assign_params(varmap: &VarMap, tensors: &std::collections::HashMap<String, ca
 /// Texts the word-level tokenizer must cover: every prompt shape, instruction, label and training answer.
 fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[&Sample], labels: &[String], template: &ChatTemplate) -> Vec<String> {
     let r = &loaded.recipe;
-    let mut tasks: BTreeSet<&str> = r.stages.iter().flat_map(|s| s.tasks.iter().chain(s.data.iter().flat_map(|d| d.tasks.iter())).map(String::as_str)).collect();
-    tasks.insert(r.eval.task.as_str());
-    if !r.validation.task.is_empty() {
-        tasks.insert(r.validation.task.as_str());
-    }
+    let mut tasks: BTreeSet<crate::recipe::Task> = r.stages.iter().flat_map(|s| s.tasks.iter().chain(s.data.iter().flat_map(|d| d.tasks.iter())).copied()).collect();
+    tasks.insert(r.eval.task);
+    tasks.insert(r.validation_task());
     let mut corpus: Vec<String> = labels.to_vec();
     let extra: Vec<&String> = r.stages.iter().flat_map(|s| s.data.iter().flat_map(|d| d.instructions.values().flatten())).collect();
     for sample in train {
-        for task in &tasks {
+        for &task in &tasks {
             for instruction in r.prompt.instructions_for(task).iter().chain(extra.iter().copied()) {
                 for transcript in [true, false] {
                     corpus.push(batch::prompt_text(sample, task, instruction, template, transcript));

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 pub struct Component {
     pub name: String,
     /// (index into the run's sample pool, task) pairs whose sample has that task's answer.
-    pub pairs: Vec<(usize, String)>,
+    pub pairs: Vec<(usize, crate::recipe::Task)>,
     pub weight: f64,
     /// Instruction pool per task.
-    pub instructions: std::collections::BTreeMap<String, Vec<String>>,
+    pub instructions: std::collections::BTreeMap<crate::recipe::Task, Vec<String>>,
 }
 
 /// Position in one component: passes completed and the next index in the current pass's order.
@@ -39,7 +39,7 @@ pub struct DataState {
 pub struct Draw {
     pub component: usize,
     pub sample: usize,
-    pub task: String,
+    pub task: crate::recipe::Task,
     pub instruction: String,
 }
 
@@ -131,7 +131,7 @@ impl MixtureSampler {
             self.orders[component] = self.order(component, epoch);
         }
         let st = &mut self.state[component];
-        let (sample, task) = self.components[component].pairs[self.orders[component][st.cursor]].clone();
+        let (sample, task) = self.components[component].pairs[self.orders[component][st.cursor]];
         st.cursor += 1;
         let pool = self.components[component].instructions.get(&task).map(Vec::as_slice).unwrap_or(&[]);
         let instruction = if pool.is_empty() { String::new() } else { pool[self.rng.random_range(0..pool.len())].clone() };
@@ -144,8 +144,8 @@ mod tests {
     use super::*;
 
     fn comp(name: &str, n: usize, weight: f64) -> Component {
-        let pairs = (0..n).map(|i| (i, "emotion".to_string())).collect();
-        let instructions = [("emotion".to_string(), vec!["a".to_string(), "b".to_string(), "c".to_string()])].into();
+        let pairs = (0..n).map(|i| (i, crate::recipe::Task::Emotion)).collect();
+        let instructions = [(crate::recipe::Task::Emotion, vec!["a".to_string(), "b".to_string(), "c".to_string()])].into();
         Component { name: name.into(), pairs, weight, instructions }
     }
 

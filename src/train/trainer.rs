@@ -106,9 +106,9 @@ pub fn components(ctx: &TrainContext, stage: &Stage) -> Result<Vec<Component>, T
     for d in entries {
         let dataset = if d.dataset.is_empty() { r.data.dataset.clone() } else { d.dataset.clone() };
         let tasks = if d.tasks.is_empty() { stage.tasks.clone() } else { d.tasks.clone() };
-        let pairs: Vec<(usize, String)> = (0..ctx.pool.len())
+        let pairs: Vec<(usize, crate::recipe::Task)> = (0..ctx.pool.len())
             .filter(|&i| ctx.pool_dataset[i] == dataset && ctx.pool[i].split == d.split)
-            .flat_map(|i| tasks.iter().filter(move |t| batch::answer_for(&ctx.pool[i], t).is_some()).map(move |t| (i, t.clone())))
+            .flat_map(|i| tasks.iter().filter(move |t| batch::answer_for(&ctx.pool[i], **t).is_some()).map(move |t| (i, *t)))
             .collect();
         if pairs.is_empty() {
             return Err(TrainError::Stage {
@@ -119,8 +119,8 @@ pub fn components(ctx: &TrainContext, stage: &Stage) -> Result<Vec<Component>, T
         let instructions = tasks
             .iter()
             .map(|t| {
-                let pool = d.instructions.get(t).filter(|p| !p.is_empty()).cloned().unwrap_or_else(|| r.prompt.instructions_for(t).to_vec());
-                (t.clone(), pool)
+                let pool = d.instructions.get(t.name()).filter(|p| !p.is_empty()).cloned().unwrap_or_else(|| r.prompt.instructions_for(*t).to_vec());
+                (*t, pool)
             })
             .collect();
         out.push(Component { name: dataset, pairs, weight: d.weight, instructions });
@@ -433,8 +433,8 @@ fn prepare(
     for &j in &kept {
         let d = &draws[j];
         let sample = &pool[d.sample];
-        let text = batch::prompt_text(sample, &d.task, &d.instruction, template, transcript);
-        let answer = batch::answer_for(sample, &d.task);
+        let text = batch::prompt_text(sample, d.task, &d.instruction, template, transcript);
+        let answer = batch::answer_for(sample, d.task);
         prompts.push(batch::tokenize(tokenizer, &text, answer.as_deref()).map_err(|e| fail(e.to_string()))?);
     }
     Ok(Prepared { prompts, media, state: sampler.state(), epoch: sampler.epoch_progress() })
@@ -444,9 +444,8 @@ fn prepare(
 fn validate(ctx: &mut TrainContext, stage: &Stage, k: usize, saved: &[(String, Var)], state: &mut TrainState) -> Result<(), TrainError> {
     let Some(v) = &ctx.validation else { return Ok(()) };
     let r = ctx.recipe;
-    let task = if r.validation.task.is_empty() { r.eval.task.clone() } else { r.validation.task.clone() };
-    let outcome = run_validation(ctx, v, &task)?;
-    let value = metric_value(&outcome, &r.validation.metric);
+    let outcome = run_validation(ctx, v, r.validation_task())?;
+    let value = metric_value(&outcome, r.validation.metric);
     let improved = state.best.as_ref().is_none_or(|b| value > b.value);
     let ckpt_root = ctx.run_dir.join("checkpoints");
     if improved {
@@ -456,7 +455,7 @@ fn validate(ctx: &mut TrainContext, stage: &Stage, k: usize, saved: &[(String, V
             stage_index: k,
             step: state.step,
             global_step: state.global_step,
-            metric: r.validation.metric.clone(),
+            metric: r.validation.metric.to_string(),
             value,
             checkpoint: format!("checkpoints/{name}"),
         };
@@ -477,7 +476,7 @@ fn validate(ctx: &mut TrainContext, stage: &Stage, k: usize, saved: &[(String, V
     Ok(())
 }
 
-fn run_validation(ctx: &TrainContext, v: &Validation, task: &str) -> Result<EvalOutcome, TrainError> {
+fn run_validation(ctx: &TrainContext, v: &Validation, task: crate::recipe::Task) -> Result<EvalOutcome, TrainError> {
     let r = ctx.recipe;
     let ectx = EvalContext {
         model: ctx.model,
@@ -500,11 +499,12 @@ fn run_validation(ctx: &TrainContext, v: &Validation, task: &str) -> Result<Eval
 }
 
 /// The named metric of an evaluation (higher is better).
-pub fn metric_value(e: &EvalOutcome, metric: &str) -> f64 {
+pub fn metric_value(e: &EvalOutcome, metric: crate::recipe::ValidationMetric) -> f64 {
+    use crate::recipe::ValidationMetric;
     match metric {
-        "accuracy" => e.report.accuracy,
-        "macro_f1" => e.report.macro_f1,
-        _ => e.report.weighted_f1,
+        ValidationMetric::Accuracy => e.report.accuracy,
+        ValidationMetric::MacroF1 => e.report.macro_f1,
+        ValidationMetric::WeightedF1 => e.report.weighted_f1,
     }
 }
 
