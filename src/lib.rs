@@ -4,6 +4,7 @@
 //! LLaMA (input embeddings with spliced multimodal tokens) → loss (train) | text → label ([`eval`]).
 
 pub mod data;
+pub mod device;
 pub mod doctor;
 pub mod accel;
 pub mod eval;

@@ -200,14 +200,7 @@ impl Linear {
 
     /// candle's differentiable ops only (training backpropagates through here); same values as `forward`.
     pub fn forward_differentiable(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.inner.weight().dtype() == x.dtype() {
-            self.inner.forward(x)?
-        } else {
-            // Weights kept in another dtype than the activations (f32 trainable masters under bf16
-            // compute): cast for this product; the gradient flows back to the master.
-            let bias = self.inner.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
-            candle_nn::Linear::new(self.inner.weight().to_dtype(x.dtype())?, bias).forward(x)?
-        };
+        let y = linear_in_dtype_of(&self.inner, x)?;
         if self.gelu_erf { y.gelu_erf() } else { Ok(y) }
     }
 
@@ -242,6 +235,16 @@ impl Module for Linear {
         }
         self.forward_differentiable(x)
     }
+}
+
+/// `l(x)` computed in `x`'s dtype: weights kept in another dtype (f32 trainable masters under bf16
+/// compute) are cast for this product, and the gradient flows back to the master.
+pub fn linear_in_dtype_of(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    if l.weight().dtype() == x.dtype() {
+        return l.forward(x);
+    }
+    let bias = l.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+    candle_nn::Linear::new(l.weight().to_dtype(x.dtype())?, bias).forward(x)
 }
 
 /// `candle_nn::linear` as an [`Linear`].

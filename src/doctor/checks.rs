@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::{Check, Measured, timed};
+use super::{Check, Measured, Metric, timed};
 use crate::model::encoders::eva_vit::{EvaVit, EvaVitConfig};
 use crate::model::encoders::hubert::{HubertConfig, HubertModel};
 use crate::model::encoders::videomae::{VideoMAEConfig, VideoMAEModel};
@@ -70,45 +70,36 @@ fn hidden_states(got: &[Tensor], r: &HashMap<String, Tensor>, prefix: &str) -> R
     Ok(worst)
 }
 
+/// Builds an encoder from a fixture folder's config and weights and returns every hidden state of `input`.
+type Forward = fn(&Path, VarBuilder<'static>, &Tensor) -> Result<Vec<Tensor>, String>;
+
 /// Each encoder architecture's fixture, in f32, every hidden state within `tol` of transformers / timm.
 pub fn encoders(fixtures: &Path, dev: &Device, tol: f32) -> Vec<Check> {
-    let dir = fixtures.join("encoders");
-    let limit = f64::from(tol);
-    let passed = |worst: f32, what: &str| -> Measured { Ok((f64::from(worst), format!("every hidden state of {what}"))) };
-    vec![
-        timed("encoder hubert", "f32", "max_abs_diff", limit, || {
-            let d = dir.join("hubert-layer");
-            let cfg = HubertConfig::from_hf_file(&d.join("config.json")).map_err(err("config"))?;
-            let model = HubertModel::new(&cfg, weights(&d, dev)?).map_err(err("load"))?;
-            let r = load(&d.join("reference.safetensors"), dev)?;
-            let states = model.forward(get(&r, "input_values")?).map_err(err("forward"))?;
-            passed(hidden_states(&states, &r, "hidden_state.")?, "HuBERT (transformers HubertModel)")
-        }),
-        timed("encoder vit_mae", "f32", "max_abs_diff", limit, || {
-            let d = dir.join("vit_mae");
-            let cfg: ViTMAEConfig = json(&d.join("config.json"))?;
-            let model = ViTMAEModel::new(&cfg, weights(&d, dev)?).map_err(err("load"))?;
-            let r = load(&d.join("reference.safetensors"), dev)?;
-            let states = model.forward(get(&r, "pixel_values")?).map_err(err("forward"))?;
-            passed(hidden_states(&states, &r, "hidden_states.")?, "ViT-MAE (transformers ViTMAEModel)")
-        }),
-        timed("encoder videomae", "f32", "max_abs_diff", limit, || {
-            let d = dir.join("videomae").join("mean_pooling");
-            let cfg: VideoMAEConfig = json(&d.join("config.json"))?;
-            let model = VideoMAEModel::new(&cfg, weights(&d, dev)?).map_err(err("load"))?;
-            let r = load(&d.join("reference.safetensors"), dev)?;
-            let states = model.forward(get(&r, "pixel_values")?).map_err(err("forward"))?;
-            passed(hidden_states(&states, &r, "hidden_states.")?, "VideoMAE (transformers VideoMAEModel)")
-        }),
-        timed("encoder eva_vit", "f32", "max_abs_diff", limit, || {
-            let d = dir.join("eva_vit");
-            let cfg: EvaVitConfig = json(&d.join("config.json"))?;
-            let model = EvaVit::new(&cfg, weights(&d, dev)?).map_err(err("load"))?;
-            let r = load(&d.join("reference.safetensors"), dev)?;
-            let states = model.forward(get(&r, "pixel_values")?).map_err(err("forward"))?;
-            passed(hidden_states(&states, &r, "hidden_states.")?, "EVA ViT (timm / LAVIS)")
-        }),
-    ]
+    let hubert: Forward = |d, vb, x| {
+        let cfg = HubertConfig::from_hf_file(&d.join("config.json")).map_err(err("config"))?;
+        HubertModel::new(&cfg, vb).and_then(|m| m.forward(x)).map_err(err("HuBERT"))
+    };
+    let vit_mae: Forward = |d, vb, x| ViTMAEModel::new(&json::<ViTMAEConfig>(&d.join("config.json"))?, vb).and_then(|m| m.forward(x)).map_err(err("ViT-MAE"));
+    let videomae: Forward = |d, vb, x| VideoMAEModel::new(&json::<VideoMAEConfig>(&d.join("config.json"))?, vb).and_then(|m| m.forward(x)).map_err(err("VideoMAE"));
+    let eva: Forward = |d, vb, x| EvaVit::new(&json::<EvaVitConfig>(&d.join("config.json"))?, vb).and_then(|m| m.forward(x)).map_err(err("EVA"));
+    // (check, fixture folder, input, reference prefix, reference implementation, forward)
+    let cases: [(&str, &str, &str, &str, &str, Forward); 4] = [
+        ("encoder hubert", "hubert-layer", "input_values", "hidden_state.", "HuBERT (transformers HubertModel)", hubert),
+        ("encoder vit_mae", "vit_mae", "pixel_values", "hidden_states.", "ViT-MAE (transformers ViTMAEModel)", vit_mae),
+        ("encoder videomae", "videomae/mean_pooling", "pixel_values", "hidden_states.", "VideoMAE (transformers VideoMAEModel)", videomae),
+        ("encoder eva_vit", "eva_vit", "pixel_values", "hidden_states.", "EVA ViT (timm / LAVIS)", eva),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, folder, input, prefix, what, forward)| {
+            timed(name, "f32", Metric::MaxAbsDiff, f64::from(tol), || {
+                let d = fixtures.join("encoders").join(folder);
+                let r = load(&d.join("reference.safetensors"), dev)?;
+                let states = forward(&d, weights(&d, dev)?, get(&r, input)?)?;
+                Ok((f64::from(hidden_states(&states, &r, prefix)?), format!("every hidden state of {what}")))
+            })
+        })
+        .collect()
 }
 
 /// The tiny LLaMA of `llm/tiny-llama-hf` with its PEFT adapter, its weights in `dtype` (the adapter an f32
@@ -155,7 +146,7 @@ fn lora_outputs(c: &LoraCase) -> Result<LoraOutputs, String> {
         pairs.push((logits.i((row, ..len)).map_err(err("logits"))?, want.i((row, ..len)).map_err(err("reference"))?));
     }
     // HF's loss: position t predicts label t + 1; -100 is ignored; mean over the rest.
-    let (b, t, v) = logits.dims3().map_err(err("logits"))?;
+    let (b, t, _) = logits.dims3().map_err(err("logits"))?;
     let labels = get(&c.lora_reference, "labels")?.to_dtype(DType::I64).and_then(|l| l.to_vec2::<i64>()).map_err(err("labels"))?;
     let (mut pos, mut tgt) = (Vec::new(), Vec::new());
     for (row, lab) in labels.iter().enumerate() {
@@ -175,7 +166,6 @@ fn lora_outputs(c: &LoraCase) -> Result<LoraOutputs, String> {
         .and_then(|x| x.index_select(&Tensor::new(pos.as_slice(), dev)?, 0))
         .and_then(|x| c.model.lm_head_f32(&x))
         .map_err(err("loss"))?;
-    let _ = v;
     let loss = candle_nn::loss::cross_entropy(&picked, &Tensor::new(tgt.as_slice(), dev).map_err(err("targets"))?).map_err(err("loss"))?;
     let got_loss = loss.to_scalar::<f32>().map_err(err("loss"))?;
     let want_loss = get(&c.lora_reference, "loss")?.to_dtype(DType::F32).and_then(|l| l.flatten_all()).and_then(|l| l.to_vec1::<f32>()).map_err(err("loss"))?;

@@ -24,10 +24,37 @@ pub const BF16_BACKWARD_MIN_COSINE: f64 = 0.998;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
-    #[error("--device `{0}`: expected `cpu`, `cuda` or `cuda:N`")]
-    BadDevice(String),
     #[error("--device `{device}`: {detail}")]
     Device { device: String, detail: String },
+}
+
+/// What a check's value measures, and which side of the limit passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// The largest absolute difference from the reference: at most the limit.
+    MaxAbsDiff,
+    /// The lowest cosine similarity with the reference: at least the limit.
+    MinCosine,
+    /// Final loss / first loss: at most the limit.
+    LossRatio,
+    /// Whether the fixtures were found (1) or not (0): at least the limit.
+    Found,
+}
+
+impl Metric {
+    pub fn passes(self, value: f64, limit: f64) -> bool {
+        value.is_finite() && if matches!(self, Self::MinCosine | Self::Found) { value >= limit } else { value <= limit }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MaxAbsDiff => "max_abs_diff",
+            Self::MinCosine => "min_cosine",
+            Self::LossRatio => "loss_ratio",
+            Self::Found => "found",
+        }
+    }
 }
 
 /// One measured check.
@@ -35,8 +62,7 @@ pub enum DoctorError {
 pub struct Check {
     pub name: String,
     pub dtype: String,
-    /// What `value` measures: `max_abs_diff`, `min_cosine`, `loss_ratio`.
-    pub metric: String,
+    pub metric: Metric,
     pub value: f64,
     pub limit: f64,
     pub pass: bool,
@@ -81,28 +107,6 @@ pub struct Options {
     pub train_steps: usize,
 }
 
-/// The device named by `--device`.
-pub fn device(name: &str) -> Result<Device, DoctorError> {
-    if name == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let Some(rest) = name.strip_prefix("cuda") else { return Err(DoctorError::BadDevice(name.into())) };
-    let ordinal: usize = match rest.strip_prefix(':') {
-        Some(n) => n.parse().map_err(|_| DoctorError::BadDevice(name.into()))?,
-        None if rest.is_empty() => 0,
-        None => return Err(DoctorError::BadDevice(name.into())),
-    };
-    let _ = ordinal;
-    #[cfg(feature = "cuda")]
-    return Device::new_cuda(ordinal).map_err(|e| {
-        // candle's CUDA errors carry a backtrace after the first line.
-        let first = e.to_string().lines().next().unwrap_or_default().to_string();
-        DoctorError::Device { device: name.into(), detail: format!("{first} (is the NVIDIA driver 580+ loaded and LD_LIBRARY_PATH pointing at CUDA 13's libraries?)") }
-    });
-    #[cfg(not(feature = "cuda"))]
-    Err(DoctorError::Device { device: name.into(), detail: "this binary was built without CUDA; use a `--features cuda` build (`just build-cuda`)".into() })
-}
-
 /// Where the parity fixtures are: the given folder, `$EMOLLAMA_FIXTURES`, `fixtures/` beside the binary
 /// (a doctor bundle), or this source tree's `tests/fixtures`.
 pub fn find_fixtures(given: Option<&Path>) -> Option<PathBuf> {
@@ -123,7 +127,7 @@ pub fn find_fixtures(given: Option<&Path>) -> Option<PathBuf> {
 
 /// Runs every check on `opts.device`.
 pub fn run(opts: &Options) -> Result<Report, DoctorError> {
-    let dev = device(&opts.device)?;
+    let dev = crate::device::parse(&opts.device).map_err(|detail| DoctorError::Device { device: opts.device.clone(), detail })?;
     let environment = environment(&dev);
     let fixtures = find_fixtures(opts.fixtures.as_deref());
     let tol = if dev.is_cuda() { F32_TOL_CUDA } else { F32_TOL_CPU };
@@ -131,14 +135,14 @@ pub fn run(opts: &Options) -> Result<Report, DoctorError> {
     match &fixtures {
         Some(dir) => {
             checks.extend(checks::encoders(dir, &dev, tol));
-            checks.push(timed("llm+lora forward+backward", "f32", "max_abs_diff", f64::from(tol), || checks::llm_lora_f32(dir, &dev)));
-            checks.push(timed("llm+lora forward", "bf16", "min_cosine", BF16_MIN_COSINE, || checks::llm_lora_bf16_forward(dir, &dev)));
-            checks.push(timed("llm+lora backward", "bf16", "min_cosine", BF16_BACKWARD_MIN_COSINE, || checks::llm_lora_bf16_backward(dir, &dev)));
+            checks.push(timed("llm+lora forward+backward", "f32", Metric::MaxAbsDiff, f64::from(tol), || checks::llm_lora_f32(dir, &dev)));
+            checks.push(timed("llm+lora forward", "bf16", Metric::MinCosine, BF16_MIN_COSINE, || checks::llm_lora_bf16_forward(dir, &dev)));
+            checks.push(timed("llm+lora backward", "bf16", Metric::MinCosine, BF16_BACKWARD_MIN_COSINE, || checks::llm_lora_bf16_backward(dir, &dev)));
         }
         None => checks.push(Check {
             name: "fixtures".into(),
             dtype: "-".into(),
-            metric: "found".into(),
+            metric: Metric::Found,
             value: 0.0,
             limit: 1.0,
             pass: false,
@@ -148,7 +152,7 @@ pub fn run(opts: &Options) -> Result<Report, DoctorError> {
     }
     for dtype in [DType::F32, DType::BF16] {
         let name = if dtype == DType::F32 { "f32" } else { "bf16" };
-        checks.push(timed("train tiny quick-start model", name, "loss_ratio", train::MAX_LOSS_RATIO, || train::tiny_steps(&dev, dtype, opts.train_steps)));
+        checks.push(timed("train tiny quick-start model", name, Metric::LossRatio, train::MAX_LOSS_RATIO, || train::tiny_steps(&dev, dtype, opts.train_steps)));
     }
     let passed = checks.iter().all(|c| c.pass);
     Ok(Report { device: opts.device.clone(), environment, fixtures, checks, passed })
@@ -157,7 +161,7 @@ pub fn run(opts: &Options) -> Result<Report, DoctorError> {
 /// What a check measured: the value (compared with the limit by the check's metric) and a note.
 pub(crate) type Measured = Result<(f64, String), String>;
 
-fn timed(name: &str, dtype: &str, metric: &str, limit: f64, f: impl FnOnce() -> Measured) -> Check {
+fn timed(name: &str, dtype: &str, metric: Metric, limit: f64, f: impl FnOnce() -> Measured) -> Check {
     let t0 = Instant::now();
     let r = f();
     let seconds = t0.elapsed().as_secs_f64();
@@ -165,9 +169,7 @@ fn timed(name: &str, dtype: &str, metric: &str, limit: f64, f: impl FnOnce() -> 
         Ok((v, d)) => (v, d, true),
         Err(e) => (f64::NAN, e, false),
     };
-    // Cosines must reach the limit; differences and ratios must stay under it.
-    let within = if metric == "min_cosine" { value >= limit } else { value <= limit };
-    Check { name: name.into(), dtype: dtype.into(), metric: metric.into(), value, limit, pass: ok && within && value.is_finite(), seconds, detail }
+    Check { name: name.into(), dtype: dtype.into(), metric, value, limit, pass: ok && metric.passes(value, limit), seconds, detail }
 }
 
 fn environment(dev: &Device) -> Environment {
@@ -233,7 +235,7 @@ pub fn render(r: &Report) -> String {
         t.add_row([
             c.name.clone(),
             c.dtype.clone(),
-            c.metric.clone(),
+            c.metric.name().to_string(),
             format!("{:.3e}", c.value),
             format!("{}", c.limit as f32),
             if c.pass { "pass".into() } else { "FAIL".into() },

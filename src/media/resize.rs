@@ -46,14 +46,6 @@ pub enum Filter {
 }
 
 impl Filter {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "bilinear" => Some(Self::Bilinear),
-            "bicubic" => Some(Self::Bicubic),
-            _ => None,
-        }
-    }
-
     fn support(self) -> f64 {
         match self {
             Self::Bilinear => 1.0,
@@ -182,21 +174,19 @@ pub fn clip_normalize(rgb: &[u8], w: usize, h: usize, dev: &Device) -> Result<Te
         candle_core::bail!("cannot normalize a {w}x{h} RGB image: every side must be positive");
     }
     check_rgb_len(rgb, w, h)?;
-    let mut out = vec![0f32; rgb.len()];
-    let plane = w * h;
-    for (i, px) in rgb.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (f32::from(px[c]) / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-        }
-    }
-    Tensor::from_vec(out, (3, h, w), dev)
+    clip_transform(w, h).tensor(rgb, dev)?.squeeze(0)
+}
+
+/// The CLIP / BLIP-2 transform at `w × h` (PIL bicubic, CLIP mean and std).
+fn clip_transform(w: usize, h: usize) -> super::PixelTransform {
+    super::PixelTransform { width: w, height: h, filter: Filter::Bicubic, mean: CLIP_MEAN, std: CLIP_STD }
 }
 
 /// The EVA ViT input for one RGB image: bicubic resize to `size × size` (PIL), then CLIP normalisation
 /// → (3, size, size). Emotion-LLaMA uses `size` = 448.
 pub fn eva_preprocess(rgb: &[u8], w: usize, h: usize, size: usize, dev: &Device) -> Result<Tensor> {
-    let resized = if w == size && h == size { rgb.to_vec() } else { resize_bicubic_rgb(rgb, w, h, size, size)? };
-    clip_normalize(&resized, size, size, dev)
+    let t = clip_transform(size, size);
+    t.tensor(&t.resize(rgb, w, h)?, dev)?.squeeze(0)
 }
 
 #[cfg(test)]

@@ -114,12 +114,6 @@ impl EmotionLlamaEncoders {
         })
     }
 
-    /// The `<VideoHere>` tokens (batch, 256, hidden) and the `<FeatureHere>` tokens (batch, k, hidden) of a
-    /// batch; a disabled modality contributes none.
-    pub fn encode(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<(Option<Tensor>, Vec<Tensor>)> {
-        self.project(&self.features(media, use_video, use_audio)?, use_video, use_audio)
-    }
-
     /// What each encoder is fed: its role and its own transform (size, filter, mean and std).
     pub fn views(&self) -> Result<Vec<PixelView>> {
         let view = |role: ViewRole, enc: &FrozenEncoder| -> Result<PixelView> {

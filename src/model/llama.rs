@@ -168,7 +168,7 @@ impl Attention {
         let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // The softmax in f32 whatever the compute dtype (as HF's eager attention).
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(&s.mask.to_dtype(DType::F32)?)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(s.mask)?;
         let probs = crate::model::nn::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
         s.linear(&self.o_proj, &out)
@@ -337,7 +337,7 @@ impl Llama {
             candle_core::bail!("sequence of {t} tokens exceeds max_position_embeddings {}", self.cfg.max_position_embeddings);
         }
         let positions = Tensor::arange(0u32, t as u32, embeds.device())?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
-        let mask = attention_mask(valid, 0, embeds.dtype())?;
+        let mask = attention_mask(valid, 0)?;
         let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train, generate: false };
         let mut x = embeds.clone();
         for layer in &self.layers {
@@ -428,7 +428,7 @@ impl Llama {
         // Position of each key = number of real keys before it (padding gets 0, never attended).
         let counts = valid.to_dtype(DType::F32)?.cumsum(1)?;
         let positions = (counts - 1.0)?.clamp(0.0, f64::MAX)?.narrow(1, offset, t)?.to_dtype(DType::U32)?;
-        let mask = attention_mask(valid, offset, embeds.dtype())?;
+        let mask = attention_mask(valid, offset)?;
         let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train: false, generate: true };
         let mut x = embeds.clone();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -456,7 +456,8 @@ impl KvCache {
 /// Additive mask (batch, 1, queries, keys) over `valid` (batch, keys): the queries are the positions from
 /// `offset` on (earlier ones are cached); query i (absolute offset + i) sees key j when j <= offset + i and
 /// key j is not padding.
-fn attention_mask(valid: &Tensor, offset: usize, dtype: DType) -> Result<Tensor> {
+/// In f32 whatever the compute dtype: it is added to the scores of the f32 softmax.
+fn attention_mask(valid: &Tensor, offset: usize) -> Result<Tensor> {
     let (b, keys) = valid.dims2()?;
     let t = keys - offset;
     let dev = valid.device();
@@ -465,8 +466,8 @@ fn attention_mask(valid: &Tensor, offset: usize, dtype: DType) -> Result<Tensor>
     let causal = qi.broadcast_ge(&kj)?;
     let allowed = causal.reshape((1, 1, t, keys))?.broadcast_mul(&valid.to_dtype(DType::U8)?.reshape((b, 1, 1, keys))?)?;
     // A large finite negative keeps fully-masked (padding) query rows free of NaN.
-    let neg = Tensor::new(-1e9f32, dev)?.to_dtype(dtype)?.broadcast_as((b, 1, t, keys))?;
-    let zero = Tensor::zeros((b, 1, t, keys), dtype, dev)?;
+    let neg = Tensor::new(-1e9f32, dev)?.broadcast_as((b, 1, t, keys))?;
+    let zero = Tensor::zeros((b, 1, t, keys), DType::F32, dev)?;
     allowed.where_cond(&zero, &neg)
 }
 

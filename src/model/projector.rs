@@ -3,6 +3,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::accel::linear_in_dtype_of;
+
 pub use crate::recipe::ProjectorKind;
 
 /// `linear`: one `nn.Linear` with bias, as Emotion-LLaMA's `feats_llama_proj*`; `mlp`: Linear-GELU-Linear
@@ -26,17 +28,9 @@ impl Module for Projector {
     /// Computes in `x`'s dtype (the run's), from the f32 master weights.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Linear(l) => linear_in(l, x),
-            Self::Mlp(a, b) => linear_in(b, &linear_in(a, x)?.gelu_erf()?),
+            Self::Linear(l) => linear_in_dtype_of(l, x),
+            Self::Mlp(a, b) => linear_in_dtype_of(b, &linear_in_dtype_of(a, x)?.gelu_erf()?),
         }
     }
 }
 
-/// `l(x)` with the weights cast to `x`'s dtype when they differ.
-fn linear_in(l: &Linear, x: &Tensor) -> Result<Tensor> {
-    if l.weight().dtype() == x.dtype() {
-        return l.forward(x);
-    }
-    let bias = l.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
-    Linear::new(l.weight().to_dtype(x.dtype())?, bias).forward(x)
-}

@@ -233,7 +233,10 @@ fn resolve_llm(recipe: &Recipe, registry: &Registry, warnings: &mut Vec<String>)
             (None, Some(c)) => (c.clone(), format!("manifest `{}` [config]", path.display())),
             (None, None) => return Err(PlanError::NoLlmConfig { llm: name.into(), manifest: path.display().to_string() }),
         };
-        let template = Template::from_name(&m.template).unwrap_or(Template::Llama2);
+        let template = Template::from_name(&m.template).ok_or_else(|| PlanError::Build {
+            component: format!("LLM `{name}` (`{}`)", path.display()),
+            detail: format!("unknown template `{}`; known: {}", m.template, Template::NAMES.join(", ")),
+        })?;
         (config, from, pretrained, template, m.system_prompt.clone(), m.lora.clone(), matches!(m.tokenizer, TokenizerSpec::CorpusWordLevel))
     } else {
         let p = Path::new(name);

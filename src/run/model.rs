@@ -103,23 +103,8 @@ impl RunModel {
 
 /// The device a recipe asks for, if this build has it.
 pub fn device_for(r: &crate::recipe::Recipe) -> Result<Device, RunError> {
-    let dev = r.runtime.device.as_str();
-    let device_err = |detail: String| RunError::Device { device: dev.to_string(), detail };
-    if dev == "cpu" {
-        // bf16 / f16 on a CPU without native support is slow but correct.
-        return Ok(Device::Cpu);
-    }
-    if let Some(rest) = dev.strip_prefix("cuda") {
-        let ordinal: usize = rest.strip_prefix(':').map(|n| n.parse().unwrap_or(usize::MAX)).unwrap_or(0);
-        if ordinal == usize::MAX {
-            return Err(device_err("expected `cuda` or `cuda:N`".into()));
-        }
-        #[cfg(feature = "cuda")]
-        return Device::new_cuda(ordinal).map_err(|e| device_err(e.to_string()));
-        #[cfg(not(feature = "cuda"))]
-        return Err(device_err(format!("GPU {ordinal}: this binary was built without CUDA; rebuild with `cargo build --release --features cuda`")));
-    }
-    Err(device_err("expected `cpu`, `cuda` or `cuda:N`".into()))
+    // bf16 / f16 on a CPU without native support is slow but correct.
+    crate::device::parse(&r.runtime.device).map_err(|detail| RunError::Device { device: r.runtime.device.clone(), detail })
 }
 
 /// Where `eval.checkpoint` points: the parameters file, and the run directory's tokenizer when there is one.

@@ -261,17 +261,6 @@ impl FrozenEncoder {
         Some(crate::media::PixelTransform { width: s, height: s, filter: p.resize, mean: p.mean, std: p.std })
     }
 
-    /// Normalises prepared pixels in [0, 1] (batch.., 3, H, W) with the manifest's mean and std.
-    pub fn normalize_pixels(&self, unit: &Tensor) -> candle_core::Result<Tensor> {
-        let dev = unit.device();
-        let rank = unit.rank();
-        let mut shape = vec![1usize; rank];
-        shape[rank - 3] = 3;
-        let mean = Tensor::new(&self.preprocess.mean, dev)?.reshape(shape.clone())?;
-        let std = Tensor::new(&self.preprocess.std, dev)?.reshape(shape)?;
-        unit.broadcast_sub(&mean)?.broadcast_div(&std)
-    }
-
     /// Prepares a (batch, samples) waveform: the manifest's per-utterance normalisation.
     pub fn prepare_audio(&self, wave: &Tensor) -> candle_core::Result<Tensor> {
         if self.preprocess.normalize { hubert::normalize_waveform(wave) } else { Ok(wave.clone()) }
