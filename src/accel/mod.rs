@@ -19,6 +19,8 @@
 
 #[cfg(feature = "onednn")]
 pub mod onednn;
+pub mod frozen_linear;
+pub use frozen_linear::frozen_linear;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -240,10 +242,18 @@ impl Module for Linear {
 /// `l(x)` computed in `x`'s dtype: weights kept in another dtype (f32 trainable masters under bf16
 /// compute) are cast for this product, and the gradient flows back to the master.
 pub fn linear_in_dtype_of(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    let bias = l.bias().map(|b| if b.dtype() == x.dtype() { Ok(b.clone()) } else { b.to_dtype(x.dtype()) }).transpose()?;
+    // A frozen weight (neither a variable nor computed from one) gets no gradient: see `frozen_linear`.
+    if !l.weight().track_op() {
+        let y = frozen_linear(x, l.weight())?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b),
+            None => Ok(y),
+        };
+    }
     if l.weight().dtype() == x.dtype() {
         return l.forward(x);
     }
-    let bias = l.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
     candle_nn::Linear::new(l.weight().to_dtype(x.dtype())?, bias).forward(x)
 }
 

@@ -48,6 +48,7 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
     let lora = recipe.model.lora.as_ref().or(llm.default_lora.as_ref().filter(|_| llm.is_pretrained()));
     let dtype = recipe.runtime.dtype.resolve(device.is_cuda());
     let (llm_model, vb) = llm.build(lora, varmap, seed, "llm.", false, dtype, device).map_err(Box::new)?;
+    let llm_model = llm_model.with_activation_checkpointing(recipe.runtime.activation_checkpointing);
 
     if !recipe.model.global_encoder.is_empty() {
         let h = llm.config.hidden_size;

@@ -14,6 +14,9 @@ use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 
+use candle_core::backprop::GradStore;
+
+use super::autograd::{BlockFn, CheckpointGrads, Checkpointed};
 use super::lora::{BaseLinear, DropoutRng, LoraConfig, LoraLinear};
 pub use super::llm_config::{LlamaConfig, OneOrMany, RopeScaling};
 
@@ -109,17 +112,17 @@ impl Module for RmsNorm {
     }
 }
 
-/// Per-call inputs shared by every layer.
-struct Step<'a> {
-    rotary: &'a Rotary,
-    mask: &'a Tensor,
-    positions: &'a Tensor,
+/// Per-call inputs shared by every layer (owned: a checkpointed layer keeps them for its recomputation).
+struct Step {
+    rotary: Rotary,
+    mask: Tensor,
+    positions: Tensor,
     train: bool,
     /// KV-cached generation: nothing backpropagates, so frozen linears may take the oneDNN path.
     generate: bool,
 }
 
-impl Step<'_> {
+impl Step {
     fn linear(&self, l: &LoraLinear, x: &Tensor) -> Result<Tensor> {
         if self.generate { l.forward_inference(x) } else { l.forward_t(x, self.train) }
     }
@@ -155,8 +158,8 @@ impl Attention {
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = s.rotary.apply(&split(s.linear(&self.q_proj, x)?, self.heads)?, s.positions)?;
-        let mut k = s.rotary.apply(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, s.positions)?;
+        let q = s.rotary.apply(&split(s.linear(&self.q_proj, x)?, self.heads)?, &s.positions)?;
+        let mut k = s.rotary.apply(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, &s.positions)?;
         let mut v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?.contiguous()?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -168,7 +171,7 @@ impl Attention {
         let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // The softmax in f32 whatever the compute dtype (as HF's eager attention).
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(s.mask)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(&s.mask)?;
         let probs = crate::model::nn::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
         s.linear(&self.o_proj, &out)
@@ -225,6 +228,17 @@ impl Block {
         })
     }
 
+    /// The trainable tensors (variables) of this layer: LoRA adapters, or every weight of a model trained
+    /// from scratch.
+    fn variables(&self) -> Vec<Tensor> {
+        let a = &self.self_attn;
+        let m = &self.mlp;
+        let mut out: Vec<Tensor> = [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj].iter().flat_map(|l| l.tensors()).collect();
+        out.extend([self.input_layernorm.weight.clone(), self.post_attention_layernorm.weight.clone()]);
+        out.retain(|t| t.is_variable());
+        out
+    }
+
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, s, cache)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, s)?
@@ -243,6 +257,9 @@ pub struct Llama {
     dropout_rng: DropoutRng,
     /// The activations' dtype (`runtime.dtype`); trainable weights are f32 masters cast to it.
     compute: DType,
+    /// Training keeps only each layer's input and recomputes the layer in the backward pass.
+    checkpointing: bool,
+    checkpoint_grads: CheckpointGrads,
 }
 
 impl Llama {
@@ -278,7 +295,7 @@ impl Llama {
             None => BaseLinear::dense_from(candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?),
         };
         let rotary = Rotary::new(cfg, vb.dtype(), vb.device())?;
-        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), dropout_rng: rng, compute: vb.dtype() })
+        Ok(Self { embed_tokens, layers, norm, lm_head, rotary, cfg: cfg.clone(), dropout_rng: rng, compute: vb.dtype(), checkpointing: false, checkpoint_grads: CheckpointGrads::default() })
     }
 
     /// Computes in `dtype` (f32, bf16 or f16): embeddings are cast to it, and every weight of another
@@ -289,6 +306,32 @@ impl Llama {
             self.compute = dtype;
         }
         Ok(self)
+    }
+
+    /// Activation checkpointing for training (`runtime.activation_checkpointing`): a layer's activations
+    /// live only while its backward runs, for one more forward pass of compute. Gradients reach the
+    /// parameters through [`Self::backward`].
+    pub fn with_activation_checkpointing(mut self, on: bool) -> Self {
+        self.checkpointing = on;
+        self
+    }
+
+    pub fn activation_checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// `loss.backward()` plus the gradients the checkpointed layers computed on the way.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.checkpoint_grads.clear();
+        let mut grads = loss.backward()?;
+        self.checkpoint_grads.merge_into(&mut grads)?;
+        Ok(grads)
+    }
+
+    fn checkpointed(&self, layer: &Block, x: &Tensor, step: &Arc<Step>) -> Result<Tensor> {
+        let (block, step) = (layer.clone(), step.clone());
+        let f: BlockFn = Arc::new(move |x: &Tensor| block.forward(x, &step, None));
+        Checkpointed::new(f, layer.variables(), self.checkpoint_grads.clone(), self.dropout_rng.clone()).apply(x)
     }
 
     /// The activations' dtype.
@@ -338,10 +381,10 @@ impl Llama {
         }
         let positions = Tensor::arange(0u32, t as u32, embeds.device())?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
         let mask = attention_mask(valid, 0)?;
-        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train, generate: false };
+        let step = Arc::new(Step { rotary: self.rotary.clone(), mask, positions, train, generate: false });
         let mut x = embeds.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, &step, None)?;
+            x = if self.checkpointing && train { self.checkpointed(layer, &x, &step)? } else { layer.forward(&x, &step, None)? };
         }
         self.norm.forward(&x)
     }
@@ -429,7 +472,7 @@ impl Llama {
         let counts = valid.to_dtype(DType::F32)?.cumsum(1)?;
         let positions = (counts - 1.0)?.clamp(0.0, f64::MAX)?.narrow(1, offset, t)?.to_dtype(DType::U32)?;
         let mask = attention_mask(valid, offset)?;
-        let step = Step { rotary: &self.rotary, mask: &mask, positions: &positions, train: false, generate: true };
+        let step = Step { rotary: self.rotary.clone(), mask, positions, train: false, generate: true };
         let mut x = embeds.clone();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &step, Some(slot))?;
@@ -590,6 +633,59 @@ mod tests {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
             let n = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
             assert!(n > 0.0, "zero gradient for {name}");
+        }
+        Ok(())
+    }
+
+    /// Activation checkpointing changes memory, not numbers: same loss and the same gradients for the
+    /// LoRA adapters (with dropout, whose masks the recomputation must draw again) and for the input.
+    #[test]
+    fn activation_checkpointing_gives_the_same_loss_and_gradients() -> Result<()> {
+        use crate::model::weights::{PretrainedBackend, TensorStore};
+        let dev = Device::Cpu;
+        let cfg = LlamaConfig { num_hidden_layers: 3, ..tiny() };
+        let seeded = VarMap::new();
+        Llama::new(&cfg, crate::model::init::SeededVarMap::builder(&seeded, 4, DType::F32, &dev))?;
+        let tensors: HashMap<String, Tensor> = {
+            let data = seeded.data().lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+            data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+        };
+        let store = Arc::new(TensorStore::Memory { origin: "test".into(), tensors });
+        let lora = LoraConfig { r: 4, lora_alpha: 8.0, lora_dropout: 0.2, target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()] };
+        let vm = VarMap::new();
+        let plain = Llama::load(&cfg, Some(&lora), None, PretrainedBackend::builder(store, "", &vm, 5, DType::F32, &dev))?;
+        // B starts at zero: give the adapters values so every path carries gradient.
+        for (name, var) in vm.data().lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?.iter() {
+            var.set(&Tensor::randn(0f32, 0.3, var.shape(), &dev)?)?;
+            assert!(name.contains(".lora_"), "only adapters are variables: {name}");
+        }
+        let checkpointed = plain.clone().with_activation_checkpointing(true);
+        let scale = candle_core::Var::ones((1, 1, 32), DType::F32, &dev)?;
+        let ids = Tensor::new(&[[1u32, 5, 7, 9, 11]], &dev)?;
+        let valid = Tensor::ones((1, 5), DType::U8, &dev)?;
+        let targets = Tensor::new(&[5u32, 7, 9, 11, 2], &dev)?;
+        let run = |m: &Llama| -> Result<(f32, candle_core::backprop::GradStore)> {
+            m.reseed_dropout(11);
+            let embeds = m.embed(&ids)?.broadcast_mul(scale.as_tensor())?;
+            let logits = m.forward_embeds_t(&embeds, &valid, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits.squeeze(0)?, &targets)?;
+            Ok((loss.to_scalar::<f32>()?, m.backward(&loss)?))
+        };
+        let (la, ga) = run(&plain)?;
+        let (lb, gb) = run(&checkpointed)?;
+        assert_eq!(la, lb);
+        let data = vm.data().lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        // The layers really were checkpointed: the outer backward alone reaches no adapter.
+        let logits = checkpointed.forward_embeds_t(&checkpointed.embed(&ids)?.broadcast_mul(scale.as_tensor())?, &valid, true)?;
+        let outer = candle_nn::loss::cross_entropy(&logits.squeeze(0)?, &targets)?.backward()?;
+        assert!(data.values().all(|v| outer.get(v.as_tensor()).is_none()));
+        assert!(outer.get(scale.as_tensor()).is_some());
+        assert_eq!(data.len(), 3 * 3 * 2);
+        for (name, var) in data.iter().map(|(k, v)| (k.as_str(), v.as_tensor())).chain([("input scale", scale.as_tensor())]) {
+            let (a, b) = (ga.get(var).unwrap_or_else(|| panic!("{name}: no gradient")), gb.get(var).unwrap_or_else(|| panic!("{name}: no gradient with checkpointing")));
+            let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let norm = a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(norm > 0.0 && diff <= 1e-6 * norm.max(1.0), "{name}: gradients differ by {diff} (max {norm})");
         }
         Ok(())
     }

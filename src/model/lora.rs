@@ -155,6 +155,19 @@ impl LoraLinear {
         Ok(Self { base, adapter, dropout, rng })
     }
 
+    /// Every tensor of the layer: the base weight and bias (dense), the adapter's A and B.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        if let BaseLinear::Dense(l) = &self.base {
+            out.push(l.weight().clone());
+            out.extend(l.bias().cloned());
+        }
+        if let Some((a, b, _)) = &self.adapter {
+            out.extend([a.clone(), b.clone()]);
+        }
+        out
+    }
+
     /// `W + (α/r) B A`: the plain linear layer to export.
     pub fn merged(&self) -> Result<Linear> {
         let base = self.base.dense()?;

@@ -102,6 +102,10 @@ pub struct Runtime {
     /// the CPU has AMX or AVX512_BF16 and the build has oneDNN, else f32), `f32` or `bf16`. Activations
     /// stay f32 either way; the run records what was used in run_info.json.
     pub inference_precision: InferencePrecision,
+    /// Training keeps only each LLM layer's input and recomputes the layer during the backward pass
+    /// (one more forward pass of compute; the LLM's activations shrink to about one layer's). For a
+    /// 7B LLM on a machine with little memory.
+    pub activation_checkpointing: bool,
 }
 
 impl Recipe {
@@ -148,6 +152,7 @@ impl Default for Runtime {
             auto_resume: true,
             feature_cache: true,
             inference_precision: InferencePrecision::Auto,
+            activation_checkpointing: false,
         }
     }
 }

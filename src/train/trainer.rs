@@ -166,19 +166,17 @@ fn load_init(varmap: &VarMap, path: &Path, device: &Device) -> Result<usize, Str
 }
 
 /// Sums gradients of micro-batches.
+/// Adds the parameters' gradients of one backward pass to `total`. Only the parameters' entries are kept:
+/// the rest of a backward pass's store (every intermediate tensor's gradient) is dropped here.
 fn accumulate(total: &mut Option<GradStore>, grads: GradStore, vars: &[(String, Var)]) -> candle_core::Result<()> {
-    match total {
-        None => *total = Some(grads),
-        Some(t) => {
-            for (_, v) in vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    let sum = match t.get(v.as_tensor()) {
-                        Some(prev) => (prev + g)?,
-                        None => g.clone(),
-                    };
-                    t.insert(v.as_tensor(), sum);
-                }
-            }
+    let t = total.get_or_insert_with(GradStore::default);
+    for (_, v) in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let sum = match t.get(v.as_tensor()) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            t.insert(v.as_tensor(), sum);
         }
     }
     Ok(())
@@ -404,7 +402,7 @@ impl MicroBatches<'_> {
             loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
             let factor = self.scale / self.accum as f64;
             let scaled = if factor != 1.0 { (loss * factor).map_err(candle)? } else { loss };
-            accumulate(&mut grads, scaled.backward().map_err(candle)?, vars).map_err(candle)?;
+            accumulate(&mut grads, model.llm.backward(&scaled).map_err(candle)?, vars).map_err(candle)?;
             last_state = Some(prepared.state);
             epoch = prepared.epoch;
         }
