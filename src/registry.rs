@@ -28,6 +28,9 @@ pub enum Weights {
     /// Freshly initialised from the run's seed (trained by the recipe's stages).
     #[default]
     Random,
+    /// Seeded random values, frozen like pretrained weights and made tensor by tensor in the run's dtype
+    /// (`model::init::SeededTensors`): the real sizes without a download, for benchmarks and tests.
+    Seeded { seed: u64 },
     /// A local HF model directory or `.gguf` file (relative to the manifest; `~/` is the home directory).
     Path { path: String },
     /// A Hugging Face repository at a revision; `files` may name a `.gguf` file or extra files to fetch.
@@ -109,7 +112,8 @@ pub enum TokenizerSpec {
     CorpusWordLevel,
     /// The weights' own: `tokenizer.json` of the HF directory, or the GGUF metadata.
     Pretrained,
-    /// A `tokenizer.json` file (relative to the manifest).
+    /// A `tokenizer.json` file, or a `.gguf` file's vocabulary (relative to the manifest; `~/` the home
+    /// directory, `{models}/` the models cache).
     File { path: String },
 }
 

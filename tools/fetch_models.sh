@@ -44,3 +44,34 @@ for p in sorted(pathlib.Path(sys.argv[1]).glob("*.toml")):
         print(m["name"], w["package"], w["version"], w["sha256"], w["file"])
 PY
 )
+
+# Files inside a pinned source distribution on PyPI (no wheel has them): the archive is downloaded once,
+# checked against its sha256, and only the named members are kept.
+fetch_sdist() { # name url sha256 member...
+  local name=$1 url=$2 sha=$3; shift 3
+  local missing=0 m
+  for m in "$@"; do [[ -f "$CACHE/$name/$(basename "$m")" ]] || missing=1; done
+  if [[ $missing == 0 ]]; then echo "$name: $CACHE/$name (cached)"; return; fi
+  local tmp; tmp=$(mktemp -d); trap 'rm -rf "$tmp"' RETURN
+  echo "$name: downloading $(basename "$url")"
+  if ! curl -fsSL --retry 3 -o "$tmp/sdist.tar.gz" "$url"; then
+    echo "error: could not download $url (network? PyPI?)" >&2; return 1
+  fi
+  local got; got=$(sha256sum "$tmp/sdist.tar.gz" | cut -d' ' -f1)
+  if [[ "$got" != "$sha" ]]; then
+    echo "error: $url has sha256 $got, expected $sha" >&2; return 1
+  fi
+  mkdir -p "$CACHE/$name"
+  tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "$@"
+  for m in "$@"; do mv "$tmp/$m" "$CACHE/$name/"; done
+  echo "$name: $CACHE/$name"
+}
+
+# LLaMA-1/2's SentencePiece vocabulary (32,000 pieces with scores) as llama.cpp ships it for its tokenizer
+# tests, with those tests' inputs and expected ids; the tokenizer of the seeded real-size LLaMA-2-7B
+# (plugins/llms/llama-2-7b-seeded.toml). llama.cpp is MIT; the vocabulary is Meta's LLaMA tokenizer.
+LCP=llama_cpp_python-0.3.36/vendor/llama.cpp/models
+fetch_sdist llama-spm-vocab \
+  https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz \
+  832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e \
+  "$LCP/ggml-vocab-llama-spm.gguf" "$LCP/ggml-vocab-llama-spm.gguf.inp" "$LCP/ggml-vocab-llama-spm.gguf.out"

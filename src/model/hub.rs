@@ -40,10 +40,13 @@ pub fn models_cache() -> PathBuf {
     }
 }
 
-fn expand(path: &str, base: &Path) -> PathBuf {
-    let p = match path.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
-        None => PathBuf::from(path),
+/// A manifest's file path: `~/` is the home directory, `{models}/` the models cache (where `just
+/// fetch-models` puts registry files), a relative path is relative to `base` (the manifest's folder).
+pub fn expand(path: &str, base: &Path) -> PathBuf {
+    let p = match (path.strip_prefix("~/"), path.strip_prefix("{models}/")) {
+        (Some(rest), _) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        (_, Some(rest)) => models_cache().join(rest),
+        _ => PathBuf::from(path),
     };
     if p.is_absolute() { p } else { base.join(p) }
 }
@@ -63,11 +66,11 @@ fn classify(name: &str, p: PathBuf) -> Result<LocalWeights, HubError> {
 }
 
 /// Resolves `weights` of manifest `name` (read from `manifest_path`) to local files, downloading when
-/// the source allows. `Random` has no files.
+/// the source allows. `Random` and `Seeded` have no files.
 pub fn resolve(name: &str, manifest_path: &Path, weights: &Weights) -> Result<Option<LocalWeights>, HubError> {
     let base = manifest_path.parent().unwrap_or(Path::new("."));
     match weights {
-        Weights::Random => Ok(None),
+        Weights::Random | Weights::Seeded { .. } => Ok(None),
         Weights::Path { path } => classify(name, expand(path, base)).map(Some),
         Weights::Hf { repo, revision, files } => hf(name, repo, revision, files).map(Some),
         Weights::Url { url, sha256 } => from_url(name, url, sha256.as_deref()).map(Some),
@@ -93,7 +96,7 @@ pub fn resolve_cached(name: &str, manifest_path: &Path, weights: &Weights) -> Op
     let base = manifest_path.parent().unwrap_or(Path::new("."));
     let in_models_cache = |fname: &str| classify(name, models_cache().join(name).join(fname)).ok();
     match weights {
-        Weights::Random => None,
+        Weights::Random | Weights::Seeded { .. } => None,
         Weights::Path { path } => classify(name, expand(path, base)).ok(),
         Weights::Hf { repo, revision, files } => {
             let cached = hub_cache().repo(hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision.clone()));

@@ -3,6 +3,11 @@
 //! candle's CPU RNG cannot be seeded, so a `VarMap` initialises differently on every run. This backend
 //! creates each parameter in the `VarMap` from the same `Init` hints, but draws the values from a ChaCha
 //! stream keyed by (seed, parameter name): a run is reproducible and independent of build order.
+//!
+//! [`SeededTensors`] makes frozen weights the same way (`[weights] source = "seeded"`): plain tensors,
+//! not variables, created directly in the requested dtype in chunks of [`CHUNK`] values (each chunk its
+//! own stream, keyed by name and chunk index, generated in parallel), so a 7B model in bf16 never
+//! exists in f32.
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::init::{FanInOut, NormalOrUniform};
@@ -45,8 +50,9 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-fn values(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let n = shape.elem_count();
+/// `count.elem_count()` values of `init` (a Kaiming hint takes its fans from `fans`).
+fn values(init: Init, count: &Shape, fans: &Shape, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let n = count.elem_count();
     let uniform = |rng: &mut ChaCha8Rng, lo: f64, up: f64| (0..n).map(|_| (lo + (up - lo) * rng.random::<f64>()) as f32).collect();
     let gauss = |rng: &mut ChaCha8Rng, mean: f64, std: f64| (0..n).map(|_| (mean + std * normal(rng)) as f32).collect();
     match init {
@@ -55,7 +61,7 @@ fn values(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Vec<f32> {
         Init::Randn { mean, stdev } => gauss(rng, mean, stdev),
         Init::Kaiming { dist, fan, non_linearity } => {
             let fan = match fan {
-                FanInOut::FanIn | FanInOut::FanOut => fan.for_shape(shape),
+                FanInOut::FanIn | FanInOut::FanOut => fan.for_shape(fans),
             };
             let std = non_linearity.gain() / (fan.max(1) as f64).sqrt();
             match dist {
@@ -69,12 +75,57 @@ fn values(init: Init, shape: &Shape, rng: &mut ChaCha8Rng) -> Vec<f32> {
     }
 }
 
+/// Values per independently seeded chunk of a [`SeededTensors`] tensor.
+pub const CHUNK: usize = 1 << 20;
+
+/// Frozen random weights keyed by (seed, name): `[weights] source = "seeded"`.
+pub struct SeededTensors {
+    pub seed: u64,
+}
+
+impl SeededTensors {
+    pub fn builder(seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Self { seed }), dtype, device.clone())
+    }
+}
+
+/// The tensor `name` of shape `shape` drawn from `init`, in `dtype`, without an f32 copy of the whole.
+pub fn seeded_tensor(seed: u64, name: &str, shape: &Shape, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let n = shape.elem_count();
+    let chunk = |i: usize| -> Vec<f32> {
+        let len = CHUNK.min(n - i * CHUNK);
+        values(init, &Shape::from(len), shape, &mut rng_for(seed, &format!("{name}#{i}")))
+    };
+    let chunks = n.div_ceil(CHUNK);
+    let t = match dtype {
+        DType::BF16 => Tensor::from_vec((0..chunks).into_par_iter().flat_map_iter(|i| chunk(i).into_iter().map(half::bf16::from_f32)).collect::<Vec<_>>(), shape.clone(), dev)?,
+        DType::F16 => Tensor::from_vec((0..chunks).into_par_iter().flat_map_iter(|i| chunk(i).into_iter().map(half::f16::from_f32)).collect::<Vec<_>>(), shape.clone(), dev)?,
+        _ => Tensor::from_vec((0..chunks).into_par_iter().flat_map_iter(chunk).collect::<Vec<_>>(), shape.clone(), dev)?.to_dtype(dtype)?,
+    };
+    Ok(t)
+}
+
+impl SimpleBackend for SeededTensors {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        seeded_tensor(self.seed, name, &s, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        candle_core::bail!("seeded weights: `{name}` was asked for without a shape")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
 impl SimpleBackend for SeededVarMap {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         if self.varmap.data().lock().map(|d| d.contains_key(name)).unwrap_or(false) {
             return self.varmap.get(s, name, h, dtype, dev);
         }
-        let t = Tensor::from_vec(values(h, &s, &mut rng_for(self.seed, name)), s.clone(), dev)?.to_dtype(dtype)?;
+        let t = Tensor::from_vec(values(h, &s, &s, &mut rng_for(self.seed, name)), s.clone(), dev)?.to_dtype(dtype)?;
         self.varmap.get(s, name, Init::Const(0.0), dtype, dev)?;
         let data = self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
         match data.get(name) {
@@ -109,6 +160,40 @@ mod tests {
         };
         assert_eq!(make(1)?, make(1)?);
         assert_ne!(make(1)?, make(2)?);
+        Ok(())
+    }
+
+    #[test]
+    fn seeded_tensors_are_reproducible_made_in_their_dtype_and_follow_the_hint() -> Result<()> {
+        let dev = Device::Cpu;
+        // Over a chunk boundary: 1.5 chunks.
+        let shape = Shape::from((3, CHUNK / 2));
+        let hint = Init::Randn { mean: 0.0, stdev: 0.02 };
+        let a = seeded_tensor(9, "w", &shape, hint, DType::BF16, &dev)?;
+        assert_eq!(a.dtype(), DType::BF16);
+        let f = seeded_tensor(9, "w", &shape, hint, DType::F32, &dev)?;
+        let diff = (a.to_dtype(DType::F32)? - f.to_dtype(DType::BF16)?.to_dtype(DType::F32)?)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "bf16 values are the f32 draws rounded");
+        let v = f.flatten_all()?.to_vec1::<f32>()?;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!(mean.abs() < 1e-4 && (std - 0.02).abs() < 1e-4, "mean {mean}, std {std}");
+        // The chunks are independent draws, and so are other names and seeds.
+        let chunk = |i: usize| v[i * CHUNK..i * CHUNK + 8].to_vec();
+        assert_ne!(chunk(0), chunk(1));
+        assert_ne!(seeded_tensor(9, "w2", &shape, hint, DType::F32, &dev)?.flatten_all()?.narrow(0, 0, 8)?.to_vec1::<f32>()?, chunk(0));
+        assert_ne!(seeded_tensor(8, "w", &shape, hint, DType::F32, &dev)?.flatten_all()?.narrow(0, 0, 8)?.to_vec1::<f32>()?, chunk(0));
+        // A Kaiming hint takes its fan from the whole tensor, not the chunk.
+        let k = seeded_tensor(1, "k", &Shape::from((4, 4096)), candle_nn::init::DEFAULT_KAIMING_NORMAL, DType::F32, &dev)?;
+        let kv = k.flatten_all()?.to_vec1::<f32>()?;
+        let kstd = (kv.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / kv.len() as f64).sqrt();
+        // candle's default hint: normal, fan-in, ReLU gain √2.
+        assert!((kstd - 2f64.sqrt() / 64.0).abs() < 1e-3, "kaiming std {kstd}");
+        // Frozen: plain tensors.
+        let vb = SeededTensors::builder(9, DType::BF16, &dev);
+        let t = vb.get_with_hints((3, CHUNK / 2), "w", hint)?;
+        assert!(!t.is_variable());
+        assert_eq!(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?, a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     }
 }

@@ -52,6 +52,8 @@ pub struct LlmSpec {
 
 enum Source {
     Random,
+    /// Frozen seeded random weights (`[weights] source = "seeded"`).
+    Seeded(u64),
     HfDir(PathBuf),
     Gguf(Box<GgufFile>),
 }
@@ -103,6 +105,10 @@ impl LlmSpec {
         match hub::resolve(name, path, &m.weights).map_err(Box::new)? {
             Some(local) => Self::from_local(name, local, declared),
             None => {
+                let source = match m.weights {
+                    crate::registry::Weights::Seeded { seed } => Source::Seeded(seed),
+                    _ => Source::Random,
+                };
                 let config = declared.config.ok_or_else(|| invalid("random weights need a [config] table".into()))?;
                 config.validate().map_err(invalid)?;
                 Ok(Self {
@@ -114,7 +120,7 @@ impl LlmSpec {
                     default_lora: declared.default_lora,
                     tokenizer: declared.tokenizer,
                     base_dir: declared.base_dir,
-                    source: Source::Random,
+                    source,
                 })
             }
         }
@@ -165,15 +171,23 @@ impl LlmSpec {
             (TokenizerSpec::CorpusWordLevel, _) => return Ok(None),
             (TokenizerSpec::Pretrained, Source::Gguf(g)) => g.tokenizer()?,
             (TokenizerSpec::Pretrained, Source::HfDir(dir)) => self.hf_tokenizer(&dir.join("tokenizer.json"), Some(dir), eos)?,
-            (TokenizerSpec::Pretrained, Source::Random) => {
+            (TokenizerSpec::Pretrained, Source::Random | Source::Seeded(_)) => {
                 return Err(LlmError::Invalid { name: self.name.clone(), detail: "random weights have no pretrained tokenizer; use kind = \"corpus_word_level\" or \"file\"".into() });
+            }
+            // A GGUF file as the vocabulary (e.g. llama.cpp's `ggml-vocab-llama-spm.gguf`).
+            (TokenizerSpec::File { path }, _) if path.ends_with(".gguf") => {
+                let file = hub::expand(path, &self.base_dir);
+                if !file.is_file() {
+                    return Err(LlmError::Invalid { name: self.name.clone(), detail: format!("tokenizer `{}` is missing (registry vocabularies: `just fetch-models`)", file.display()) });
+                }
+                GgufFile::open(&file)?.tokenizer()?
             }
             (TokenizerSpec::File { path }, src) => {
                 let dir = match src {
                     Source::HfDir(d) => Some(d.as_path()),
                     _ => None,
                 };
-                self.hf_tokenizer(&self.base_dir.join(path), dir, eos)?
+                self.hf_tokenizer(&hub::expand(path, &self.base_dir), dir, eos)?
             }
         };
         self.check_tokenizer(&tok)?;
@@ -230,6 +244,10 @@ impl LlmSpec {
         let berr = |source| LlmError::Build { name: self.name.clone(), source };
         let (vb, quant): (VarBuilder<'static>, QuantStore) = match &self.source {
             Source::Random => (SeededVarMap::builder(varmap, seed, DType::F32, dev), QuantStore::new()),
+            Source::Seeded(weights_seed) => {
+                let store = TensorStore::Seeded { seed: *weights_seed };
+                (PretrainedBackend::builder(Arc::new(store), prefix, varmap, seed, dtype, dev), QuantStore::new())
+            }
             Source::HfDir(dir) => {
                 let store = TensorStore::open_hf_dir(dir)?;
                 (PretrainedBackend::builder(Arc::new(store), prefix, varmap, seed, dtype, dev), QuantStore::new())
@@ -274,7 +292,7 @@ impl LlmSpec {
     /// The `tokenizer.json` file behind the tokenizer, when there is one.
     pub fn tokenizer_json(&self) -> Option<PathBuf> {
         match (&self.tokenizer, &self.source) {
-            (TokenizerSpec::File { path }, _) => Some(self.base_dir.join(path)),
+            (TokenizerSpec::File { path }, _) => Some(hub::expand(path, &self.base_dir)),
             (TokenizerSpec::Pretrained, Source::HfDir(d)) => Some(d.join("tokenizer.json")).filter(|p| p.is_file()),
             _ => None,
         }
@@ -284,6 +302,7 @@ impl LlmSpec {
     pub fn describe(&self) -> String {
         match &self.source {
             Source::Random => "random (trained from scratch)".into(),
+            Source::Seeded(seed) => format!("seeded random weights (seed {seed}, frozen)"),
             Source::HfDir(d) => d.display().to_string(),
             Source::Gguf(g) => g.path.display().to_string(),
         }

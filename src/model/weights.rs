@@ -37,6 +37,8 @@ pub enum TensorStore {
     Safetensors { shards: Vec<(PathBuf, MmapedSafetensors)>, index: HashMap<String, usize> },
     /// Tensors already in memory (dequantized GGUF), all from `origin`.
     Memory { origin: PathBuf, tensors: HashMap<String, Tensor> },
+    /// Seeded random values made on request in the requested shape (`[weights] source = "seeded"`).
+    Seeded { seed: u64 },
 }
 
 impl TensorStore {
@@ -70,6 +72,7 @@ impl TensorStore {
         match self {
             Self::Safetensors { index, .. } => index.contains_key(name),
             Self::Memory { tensors, .. } => tensors.contains_key(name),
+            Self::Seeded { .. } => true,
         }
     }
 
@@ -82,6 +85,7 @@ impl TensorStore {
                 None => shards.first().and_then(|s| s.0.parent()).map(|d| d.display().to_string()).unwrap_or_default(),
             },
             Self::Memory { origin, .. } => origin.display().to_string(),
+            Self::Seeded { seed } => format!("seeded random weights (seed {seed})"),
         }
     }
 
@@ -89,14 +93,17 @@ impl TensorStore {
         match self {
             Self::Safetensors { index, .. } => index.keys().cloned().collect(),
             Self::Memory { tensors, .. } => tensors.keys().cloned().collect(),
+            Self::Seeded { .. } => Vec::new(),
         }
     }
 
-    /// The tensor in its stored dtype, or None when absent.
+    /// The tensor in its stored dtype, or None when absent (seeded weights have no stored shape: see
+    /// [`PretrainedBackend`]).
     pub fn load(&self, name: &str, dev: &Device) -> Option<candle_core::Result<Tensor>> {
         match self {
             Self::Safetensors { shards, index } => index.get(name).map(|&i| shards[i].1.load(name, dev)),
             Self::Memory { tensors, .. } => tensors.get(name).map(|t| t.to_device(dev)),
+            Self::Seeded { .. } => None,
         }
     }
 }
@@ -143,6 +150,9 @@ impl SimpleBackend for PretrainedBackend {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         // New parameters are f32 master copies whatever the run's dtype.
         let Some(key) = self.pretrained_name(name) else { return self.fresh.get(s, name, h, DType::F32, dev) };
+        if let TensorStore::Seeded { seed } = &*self.store {
+            return super::init::seeded_tensor(*seed, key, &s, h, dtype, dev);
+        }
         let t = match self.store.load(key, dev) {
             Some(t) => t.map_err(|e| candle_core::Error::Msg(format!("`{}`: tensor `{key}`: {e}", self.store.origin(key))))?,
             None => candle_core::bail!("`{}`: tensor `{key}` is missing (the model config needs it)", self.store.origin(key)),

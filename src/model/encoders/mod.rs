@@ -88,13 +88,14 @@ impl FrozenEncoder {
     /// `seed`) on `device`.
     pub fn load(manifest_path: &Path, m: &EncoderManifest, seed: u64, device: &Device) -> Result<Self, EncoderError> {
         let local = crate::model::hub::resolve(&m.name, manifest_path, &m.weights).map_err(Box::new)?;
-        match local {
-            None => {
+        match (local, &m.weights) {
+            (None, crate::registry::Weights::Seeded { seed }) => Self::build(manifest_path, m, None, crate::model::init::SeededTensors::builder(*seed, DType::F32, device)),
+            (None, _) => {
                 let varmap = VarMap::new();
                 let vb = crate::model::init::SeededVarMap::builder(&varmap, seed, DType::F32, device);
                 Self::build(manifest_path, m, None, vb)
             }
-            Some(local) => {
+            (Some(local), _) => {
                 let probe = probe_tensor(&m.architecture).ok_or_else(|| EncoderError::Manifest {
                     encoder: m.name.clone(),
                     manifest: manifest_path.display().to_string(),
