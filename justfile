@@ -63,11 +63,11 @@ test-gpu: setup-cuda
 # The stripped CUDA binary and the parity fixtures, for a GPU machine without Rust or network:
 # dist/emollama-doctor.tar.gz (inside it: `./emollama-doctor --device cuda --fixtures fixtures`).
 doctor-bundle: setup-cuda
-    # Stripped, the binary is 60.4 MiB, mostly candle's CUDA kernels (31 MiB of sm_80 MoE / quantized
-    # fatbin, 18 MiB of PTX); the tarball is 16 MiB.
-    source "{{cuda_dir}}/env.sh" && CARGO_TARGET_DIR="{{cuda_target}}" cargo build --release --no-default-features --features cuda --bin emollama-doctor
+    # The `doctor` profile (fat LTO, stripped) leaves out candle's quantized / MoE CUDA kernels, which the
+    # doctor never calls (a 31 MiB sm_80 fatbin in a plain release build, 60.4 MiB in all).
+    source "{{cuda_dir}}/env.sh" && CARGO_TARGET_DIR="{{cuda_target}}" cargo build --profile doctor --no-default-features --features cuda --bin emollama-doctor
     rm -rf dist/emollama-doctor && mkdir -p dist/emollama-doctor/fixtures
-    cp "{{cuda_target}}/release/emollama-doctor" dist/emollama-doctor/ && strip dist/emollama-doctor/emollama-doctor
+    cp "{{cuda_target}}/doctor/emollama-doctor" dist/emollama-doctor/ && strip dist/emollama-doctor/emollama-doctor
     # Only the fixture files doctor reads (1.4 MiB).
     for d in encoders/hubert-layer encoders/vit_mae encoders/eva_vit encoders/videomae/mean_pooling; do \
         mkdir -p "dist/emollama-doctor/fixtures/$d" && cp tests/fixtures/$d/{config.json,model.safetensors,reference.safetensors} "dist/emollama-doctor/fixtures/$d/"; done
@@ -95,6 +95,11 @@ bench: build
     bash tools/bench/encoders_vs_torch.sh
     bash tools/bench/feature_cache.sh
     cargo run --release --example face_bench | python3 tools/bench/write_section.py BENCHMARKS.md
+
+# The model of mer2024_finetune at its real size (LLaMA-2-7B bf16 + the four encoders, seeded random weights) on
+# this CPU, phase by phase on a real clip: seconds, peak RSS, gradient census, 16 tokens (~20 GiB, ~30 min here).
+bench-real-size:
+    cargo run --release --example real_size_bench -- recipes/bench/real_size.toml 2 | python3 tools/bench/write_section.py BENCHMARKS.md
 
 # Only the face front-end benchmark (per sampled frame on two real clips; ~1 minute).
 bench-faces:

@@ -50,7 +50,7 @@ fn a_run_feeds_each_emotion_llama_encoder_what_extract_feeds_it() {
     let temporal = encoder(&registry, "videomae-tiny", None);
     let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
     let el = EmotionLlamaEncoders::new(global, Some(local), Some(temporal), None, emollama::recipe::ProjectorKind::Linear, 16, vb).expect("encoders");
-    let views = el.views().expect("views");
+    let views = el.views();
     let roles: Vec<ViewRole> = views.iter().map(|v| v.role).collect();
     assert_eq!(roles, [ViewRole::Global, ViewRole::Local, ViewRole::Temporal]);
     assert_eq!((views[0].transform.width, views[1].transform.width, views[2].transform.width), (64, 32, 64));

@@ -85,6 +85,17 @@ pub fn reuse_large_buffers() {
     }
 }
 
+/// Hands the heap's free memory back to the system, after dropping a large model: with the thresholds of
+/// [`reuse_large_buffers`] glibc keeps freed buffers in the process, so a released model would still
+/// count in the resident memory (and in what the kernel sees as available).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Makes oneDNN's OpenMP threads sleep between calls instead of spinning, by re-executing the current
 /// program with `OMP_WAIT_POLICY=passive` when the variable is unset (libgomp reads it once, when it is
 /// loaded, before `main`). Spinning OpenMP workers steal both cores from candle's rayon threads between
@@ -211,7 +222,8 @@ impl Linear {
     fn packed(&self, rows: usize) -> Option<&onednn::PackedLinear> {
         let precision = inference_precision();
         let entry = self.packed.get_or_init(|| {
-            if !self.inner.weight().device().is_cpu() || self.inner.weight().dtype() != candle_core::DType::F32 {
+            // bf16 / f16 weights (frozen encoders kept in the run's dtype) are packed like f32 ones.
+            if !self.inner.weight().device().is_cpu() || !self.inner.weight().dtype().is_float() {
                 return None;
             }
             match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, rows, self.gelu_erf) {

@@ -1,8 +1,9 @@
 //! Building the multimodal model from a recipe's plugin names.
 
 use candle_core::Device;
-use candle_nn::VarMap;
+use candle_nn::{VarBuilder, VarMap};
 
+use super::lora::LoraConfig;
 
 use super::llm_load::LlmSpec;
 use super::cnn::{CnnConfig, TinyCnn};
@@ -45,18 +46,11 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
         return Err(BuildError::Plugin { plugin: llm.name.clone(), path: String::new(), message: "vocab_size 0: set it from the tokenizer before building".into() });
     }
     llm.check_tokenizer(tokenizer).map_err(Box::new)?;
-    let lora = recipe.model.lora.as_ref().or(llm.default_lora.as_ref().filter(|_| llm.is_pretrained()));
-    let dtype = recipe.runtime.dtype.resolve(device.is_cuda());
-    let (llm_model, vb) = llm.build(lora, varmap, seed, "llm.", false, dtype, device).map_err(Box::new)?;
-    let llm_model = llm_model.with_activation_checkpointing(recipe.runtime.activation_checkpointing);
-
     if !recipe.model.global_encoder.is_empty() {
-        let h = llm.config.hidden_size;
-        let el = emotion_llama_encoders(recipe, registry, h, &vb, seed, device)?;
-        let views = el.views()?;
-        let model = EmotionModel::with_emotion_llama(llm_model, el, tokenizer.bos, tokenizer.eos);
-        return Ok(Built { model, lora: lora.cloned(), views });
+        let el = emotion_llama_encoders(recipe, registry, llm.config.hidden_size, varmap, seed, device)?;
+        return assemble_emotion_llama(recipe, llm, tokenizer, el, varmap, seed, device);
     }
+    let (llm_model, vb, lora) = build_llm(recipe, llm, varmap, seed, device)?;
     let mut views = Vec::new();
     let video = match recipe.model.video_encoder.as_str() {
         "" => None,
@@ -81,7 +75,26 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
         }
     };
     let model = EmotionModel::new(llm_model, video, audio, recipe.model.projector, vb.clone(), tokenizer.bos, tokenizer.eos)?;
-    Ok(Built { model, lora: lora.cloned(), views })
+    Ok(Built { model, lora, views })
+}
+
+/// The LLM with the recipe's adapter (or the manifest's default for a pretrained LLM), dtype and
+/// checkpointing; the `VarBuilder` for the other new parameters; the adapter in use.
+fn build_llm(recipe: &Recipe, llm: &LlmSpec, varmap: &VarMap, seed: u64, device: &Device) -> Result<(super::llama::Llama, VarBuilder<'static>, Option<LoraConfig>), BuildError> {
+    let lora = recipe.model.lora.as_ref().or(llm.default_lora.as_ref().filter(|_| llm.is_pretrained()));
+    let dtype = recipe.runtime.dtype.resolve(device.is_cuda());
+    let (model, vb) = llm.build(lora, varmap, seed, "llm.", false, dtype, device).map_err(Box::new)?;
+    Ok((model.with_activation_checkpointing(recipe.runtime.activation_checkpointing), vb, lora.cloned()))
+}
+
+/// The Emotion-LLaMA model from its encoders (built first, see [`emotion_llama_encoders`]) and the LLM.
+/// Built in two steps so a caller can run the encoders and release them before the LLM is loaded.
+pub fn assemble_emotion_llama(recipe: &Recipe, llm: &LlmSpec, tokenizer: &TextTokenizer, el: EmotionLlamaEncoders, varmap: &VarMap, seed: u64, device: &Device) -> Result<Built, BuildError> {
+    llm.check_tokenizer(tokenizer).map_err(Box::new)?;
+    let views = el.views();
+    let (llm_model, _, lora) = build_llm(recipe, llm, varmap, seed, device)?;
+    let model = EmotionModel::with_emotion_llama(llm_model, el, tokenizer.bos, tokenizer.eos);
+    Ok(Built { model, lora, views })
 }
 
 /// A trainable frame encoder's input: its `image_size` (else the recipe's `data.width` x `data.height`),
@@ -92,10 +105,12 @@ fn frame_transform(m: &EncoderManifest, recipe: &Recipe) -> PixelTransform {
     PixelTransform { width, height, filter: m.preprocess.resize, mean: m.preprocess.mean, std: m.preprocess.std }
 }
 
-/// Emotion-LLaMA's encoders: pretrained weights load frozen outside the run's parameters; `random` ones
-/// (the tiny CPU variants) are initialised in the run's `VarMap` under `encoder.<view>.` (frozen too:
-/// their outputs are detached).
-fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, vb: &candle_nn::VarBuilder, seed: u64, device: &Device) -> Result<EmotionLlamaEncoders, BuildError> {
+/// Emotion-LLaMA's encoders and their projectors (to an LLM of width `hidden`): pretrained and seeded
+/// weights load frozen outside the run's parameters; `random` ones (the tiny CPU variants) are
+/// initialised in the run's `VarMap` under `encoder.<view>.` (frozen too: their outputs are detached).
+/// The projectors are created in `varmap` from `seed`, by name, as if the LLM had been built first.
+pub fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, varmap: &VarMap, seed: u64, device: &Device) -> Result<EmotionLlamaEncoders, BuildError> {
+    let vb = &super::init::SeededVarMap::builder(varmap, seed, candle_core::DType::F32, device);
     let load = |name: &str, view: &str, arch: &str| -> Result<Option<FrozenEncoder>, BuildError> {
         if name.is_empty() {
             return Ok(None);
@@ -107,7 +122,7 @@ fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, v
         }
         let enc = match m.weights {
             Weights::Random => FrozenEncoder::build(path, m, None, vb.pp(format!("encoder.{view}"))),
-            _ => FrozenEncoder::load(path, m, seed, device),
+            _ => FrozenEncoder::load_in(path, m, seed, recipe.runtime.dtype.resolve(device.is_cuda()), device),
         };
         enc.map(Some).map_err(|e| perr(e.to_string()))
     };

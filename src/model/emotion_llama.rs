@@ -72,12 +72,20 @@ impl EncodedFeatures {
     }
 }
 
-/// The four encoders (each optional but the global one) and their projectors.
-pub struct EmotionLlamaEncoders {
+/// The four frozen encoders (each optional but the global one).
+struct Frozen {
     global: FrozenEncoder,
     local: Option<FrozenEncoder>,
     temporal: Option<FrozenEncoder>,
     audio: Option<FrozenEncoder>,
+}
+
+/// The four encoders and their projectors. The encoders can be released once their features are computed
+/// (cached), leaving the projectors: see [`Self::release_encoders`].
+pub struct EmotionLlamaEncoders {
+    frozen: Option<Frozen>,
+    /// What each encoder is fed, kept past a release.
+    views: Vec<PixelView>,
     llama_proj: Projector,
     cls_proj: Projector,
     local_proj: Option<Projector>,
@@ -101,47 +109,47 @@ impl EmotionLlamaEncoders {
         let proj = |enc: &Option<FrozenEncoder>, name: &str| -> Result<Option<Projector>> {
             enc.as_ref().map(|e| Projector::new(projector, e.hidden_size, hidden, p.pp(name))).transpose()
         };
+        let frozen = Frozen { global, local, temporal, audio };
         Ok(Self {
             llama_proj: Projector::new(projector, 4 * g, hidden, p.pp("llama_proj"))?,
             cls_proj: Projector::new(projector, g, hidden, p.pp("cls_tk_llama_proj"))?,
-            local_proj: proj(&local, "feats_llama_proj1")?,
-            temporal_proj: proj(&temporal, "feats_llama_proj2")?,
-            audio_proj: proj(&audio, "feats_llama_proj3")?,
-            global,
-            local,
-            temporal,
-            audio,
+            local_proj: proj(&frozen.local, "feats_llama_proj1")?,
+            temporal_proj: proj(&frozen.temporal, "feats_llama_proj2")?,
+            audio_proj: proj(&frozen.audio, "feats_llama_proj3")?,
+            views: frozen.views()?,
+            frozen: Some(frozen),
         })
     }
 
     /// What each encoder is fed: its role and its own transform (size, filter, mean and std).
-    pub fn views(&self) -> Result<Vec<PixelView>> {
-        let view = |role: ViewRole, enc: &FrozenEncoder| -> Result<PixelView> {
-            let transform = enc.pixel_transform().ok_or_else(|| candle_core::Error::Msg(format!("encoder `{}` ({} view) has no input size", enc.name, role.name())))?;
-            Ok(PixelView { role, transform })
-        };
-        let mut out = vec![view(ViewRole::Global, &self.global)?];
-        if let Some(e) = &self.local {
-            out.push(view(ViewRole::Local, e)?);
-        }
-        if let Some(e) = &self.temporal {
-            out.push(view(ViewRole::Temporal, e)?);
-        }
-        Ok(out)
+    pub fn views(&self) -> Vec<PixelView> {
+        self.views.clone()
+    }
+
+    /// Frees the frozen encoders' weights (their features are computed, or cached): the projectors stay,
+    /// [`Self::features`] is an error from now on.
+    pub fn release_encoders(&mut self) {
+        self.frozen = None;
+        crate::accel::release_free_memory();
+    }
+
+    fn frozen(&self) -> Result<&Frozen> {
+        self.frozen.as_ref().ok_or_else(|| candle_core::Error::Msg("the frozen encoders were released: features must come from the feature cache".into()))
     }
 
     /// The frozen encoders' outputs, before the projectors (detached): what the feature cache keeps. Each
     /// view's pixels are already transformed for its encoder (see [`Self::views`]).
     pub fn features(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<EncodedFeatures> {
+        let f = self.frozen()?;
         let mut out = EncodedFeatures::default();
         if use_video {
-            let spec = FeatureSpec { pooling: Pooling::Merge4, ..self.global.features.clone() };
-            let Some(Pooled::Merged { patches, cls }) = pooled(&self.global, media.need(ViewRole::Global)?, &spec)? else {
-                candle_core::bail!("encoder `{}` did not give merged patch tokens", self.global.name);
+            let spec = FeatureSpec { pooling: Pooling::Merge4, ..f.global.features.clone() };
+            let Some(Pooled::Merged { patches, cls }) = pooled(&f.global, media.need(ViewRole::Global)?, &spec)? else {
+                candle_core::bail!("encoder `{}` did not give merged patch tokens", f.global.name);
             };
             out.patches = Some(patches.detach());
             out.cls = Some(cls.detach());
-            if let Some(enc) = &self.local {
+            if let Some(enc) = &f.local {
                 let frames = media.need(ViewRole::Local)?;
                 let (b, n, c, h, w) = frames.dims5()?;
                 let Some(Pooled::One(per_frame)) = pooled(enc, &frames.reshape((b * n, c, h, w))?, &enc.features)? else {
@@ -149,19 +157,19 @@ impl EmotionLlamaEncoders {
                 };
                 out.local = Some(per_frame.detach().reshape((b, n, ()))?.mean(1)?);
             }
-            if let Some(enc) = &self.temporal {
-                let Some(Pooled::One(f)) = pooled(enc, media.need(ViewRole::Temporal)?, &enc.features)? else {
+            if let Some(enc) = &f.temporal {
+                let Some(Pooled::One(t)) = pooled(enc, media.need(ViewRole::Temporal)?, &enc.features)? else {
                     candle_core::bail!("encoder `{}`: the temporal view needs a pooled feature per clip", enc.name);
                 };
-                out.temporal = Some(f.detach());
+                out.temporal = Some(t.detach());
             }
         }
-        if use_audio && let Some(enc) = &self.audio {
+        if use_audio && let Some(enc) = &f.audio {
             let x = enc.prepare_audio(&media.audio)?;
-            let Some(Pooled::One(f)) = pooled(enc, &x, &enc.features)? else {
+            let Some(Pooled::One(a)) = pooled(enc, &x, &enc.features)? else {
                 candle_core::bail!("encoder `{}`: the audio view needs a pooled feature per clip", enc.name);
             };
-            out.audio = Some(f.detach());
+            out.audio = Some(a.detach());
         }
         Ok(out)
     }
@@ -193,6 +201,23 @@ impl EmotionLlamaEncoders {
             feature.push(cls);
         }
         Ok((video, feature))
+    }
+}
+
+impl Frozen {
+    fn views(&self) -> Result<Vec<PixelView>> {
+        let view = |role: ViewRole, enc: &FrozenEncoder| -> Result<PixelView> {
+            let transform = enc.pixel_transform().ok_or_else(|| candle_core::Error::Msg(format!("encoder `{}` ({} view) has no input size", enc.name, role.name())))?;
+            Ok(PixelView { role, transform })
+        };
+        let mut out = vec![view(ViewRole::Global, &self.global)?];
+        if let Some(e) = &self.local {
+            out.push(view(ViewRole::Local, e)?);
+        }
+        if let Some(e) = &self.temporal {
+            out.push(view(ViewRole::Temporal, e)?);
+        }
+        Ok(out)
     }
 }
 

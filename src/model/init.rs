@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::init::{FanInOut, NormalOrUniform};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
@@ -89,13 +89,23 @@ impl SeededTensors {
     }
 }
 
+/// What a pretrained-like weight asked for without an init gets: HF's `initializer_range` normal.
+pub const UNHINTED: Init = Init::Randn { mean: 0.0, stdev: 0.02 };
+
 /// The tensor `name` of shape `shape` drawn from `init`, in `dtype`, without an f32 copy of the whole.
+/// A tensor requested without an init hint (`Const(0)`, what `VarBuilder::get` passes) that is not a bias
+/// is drawn from [`UNHINTED`] instead: zeros there (patch embeddings, fused q/k/v, a weight-normed conv's
+/// `weight_g`, where zeros make 0/0) are nothing like a trained model.
 pub fn seeded_tensor(seed: u64, name: &str, shape: &Shape, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
     use rayon::prelude::*;
+    let init = match init {
+        Init::Const(c) if c == 0.0 && !name.ends_with("bias") => UNHINTED,
+        other => other,
+    };
     let n = shape.elem_count();
     let chunk = |i: usize| -> Vec<f32> {
         let len = CHUNK.min(n - i * CHUNK);
-        values(init, &Shape::from(len), shape, &mut rng_for(seed, &format!("{name}#{i}")))
+        fast_values(init, len, shape, &mut rng_for(seed, &format!("{name}#{i}")))
     };
     let chunks = n.div_ceil(CHUNK);
     let t = match dtype {
@@ -104,6 +114,40 @@ pub fn seeded_tensor(seed: u64, name: &str, shape: &Shape, init: Init, dtype: DT
         _ => Tensor::from_vec((0..chunks).into_par_iter().flat_map_iter(chunk).collect::<Vec<_>>(), shape.clone(), dev)?.to_dtype(dtype)?,
     };
     Ok(t)
+}
+
+/// `n` values of `init` in f32 arithmetic, both outputs of each Box-Muller pair used: several times
+/// faster than [`values`] (which keeps the f64 stream trained models were initialised from), for the
+/// billions of values of a seeded real-size model.
+fn fast_values(init: Init, n: usize, fans: &Shape, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    // A uniform in [0, 1) with 24 random bits.
+    let unit = |rng: &mut ChaCha8Rng| (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0);
+    let (normal, a, b) = match init {
+        Init::Const(c) => return vec![c as f32; n],
+        Init::Uniform { lo, up } => (false, lo as f32, up as f32),
+        Init::Randn { mean, stdev } => (true, mean as f32, stdev as f32),
+        Init::Kaiming { dist, fan, non_linearity } => {
+            let std = (non_linearity.gain() / (fan.for_shape(fans).max(1) as f64).sqrt()) as f32;
+            match dist {
+                NormalOrUniform::Uniform => (false, -3f32.sqrt() * std, 3f32.sqrt() * std),
+                NormalOrUniform::Normal => (true, 0.0, std),
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(n + 1);
+    if !normal {
+        out.extend((0..n).map(|_| a + (b - a) * unit(rng)));
+        return out;
+    }
+    while out.len() < n {
+        let u1 = 1.0 - unit(rng);
+        let r = (-2.0 * u1.ln()).sqrt() * b;
+        let (sin, cos) = (std::f32::consts::TAU * unit(rng)).sin_cos();
+        out.push(a + r * cos);
+        out.push(a + r * sin);
+    }
+    out.truncate(n);
+    out
 }
 
 impl SimpleBackend for SeededTensors {
@@ -189,6 +233,11 @@ mod tests {
         let kstd = (kv.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / kv.len() as f64).sqrt();
         // candle's default hint: normal, fan-in, ReLU gain √2.
         assert!((kstd - 2f64.sqrt() / 64.0).abs() < 1e-3, "kaiming std {kstd}");
+        // Asked for without a hint: a normal of std 0.02 (HF's initializer_range), biases zero.
+        let w = seeded_tensor(3, "proj.weight", &Shape::from((64, 64)), Init::Const(0.0), DType::F32, &dev)?.flatten_all()?.to_vec1::<f32>()?;
+        let wstd = (w.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+        assert!((wstd - 0.02).abs() < 2e-3, "unhinted std {wstd}");
+        assert!(seeded_tensor(3, "proj.bias", &Shape::from(64), Init::Const(0.0), DType::F32, &dev)?.to_vec1::<f32>()?.iter().all(|&x| x == 0.0));
         // Frozen: plain tensors.
         let vb = SeededTensors::builder(9, DType::BF16, &dev);
         let t = vb.get_with_hints((3, CHUNK / 2), "w", hint)?;

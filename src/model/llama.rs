@@ -166,7 +166,8 @@ impl Attention {
                 k = Tensor::cat(&[pk, &k], 2)?;
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
-            *slot = Some((k.clone(), v.clone()));
+            // Detached: a cached key computed from trainable weights would keep this step's graph alive.
+            *slot = Some((k.detach(), v.detach()));
         }
         let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -456,7 +457,10 @@ impl Llama {
     /// `cache`; `valid` (batch, cached + t) marks real keys (left padding allowed: each row's positions
     /// count its real tokens only, as HF `generate` does). Returns logits (batch, t, vocab).
     pub fn forward_cached(&self, embeds: &Tensor, valid: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let embeds = &embeds.to_dtype(self.compute)?;
+        // Nothing backpropagates through generation: inputs, layer outputs and cached keys are detached,
+        // or trainable parameters (LoRA, projected media tokens) would record a graph that the KV cache
+        // keeps alive across every step (for a 7B over a 466-token prompt, ~0.3 GiB per layer).
+        let embeds = &embeds.to_dtype(self.compute)?.detach();
         let (_, t, _) = embeds.dims3()?;
         let offset = cache.len;
         if valid.dim(1)? != offset + t {
@@ -475,7 +479,7 @@ impl Llama {
         let step = Step { rotary: self.rotary.clone(), mask, positions, train: false, generate: true };
         let mut x = embeds.clone();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &step, Some(slot))?;
+            x = layer.forward(&x, &step, Some(slot))?.detach();
         }
         cache.len += t;
         self.lm_head.forward_inference(&self.norm.forward(&x)?)
@@ -615,6 +619,23 @@ mod tests {
         }
         let diff = (full - Tensor::cat(&parts, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-4, "generation logits differ by {diff}");
+        Ok(())
+    }
+
+    /// Generation records no graph even when the embeddings come from trainable parameters (projected media
+    /// tokens): otherwise the KV cache would keep every step's activations alive.
+    #[test]
+    fn kv_cached_generation_records_no_graph() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let model = Llama::new(&tiny(), crate::model::init::SeededVarMap::builder(&vm, 2, DType::F32, &dev))?;
+        let scale = candle_core::Var::ones((1, 1, 32), DType::F32, &dev)?;
+        let embeds = model.embed(&Tensor::new(&[[1u32, 5, 7]], &dev)?)?.broadcast_mul(scale.as_tensor())?;
+        assert!(embeds.track_op());
+        let mut cache = KvCache::new();
+        let logits = model.forward_cached(&embeds, &Tensor::ones((1, 3), DType::U8, &dev)?, &mut cache)?;
+        assert!(!logits.track_op());
+        assert!(cache.layers.iter().flatten().all(|(k, v)| !k.track_op() && !v.track_op()));
         Ok(())
     }
 

@@ -179,17 +179,20 @@ impl LoraLinear {
 
     /// `train`: apply the adapter's dropout (inference never does).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_with_base(x, train, self.base.forward(x)?)
+        self.with_adapter(x, train, self.base.forward(x)?, self.adapter.clone())
     }
 
     /// Inference only (generation): the base through [`BaseLinear::forward_inference`]; no gradient
     /// reaches `x` through the base.
     pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with_base(x, false, self.base.forward_inference(x)?)
+        // The adapter detached: no graph is recorded for what never backpropagates.
+        let adapter = self.adapter.as_ref().map(|(a, b, s)| (a.detach(), b.detach(), *s));
+        self.with_adapter(x, false, self.base.forward_inference(x)?, adapter)
     }
 
-    fn forward_with_base(&self, x: &Tensor, train: bool, y: Tensor) -> Result<Tensor> {
-        match &self.adapter {
+    /// `y` (the base's product) plus the adapter's low-rank update of `x`.
+    fn with_adapter(&self, x: &Tensor, train: bool, y: Tensor, adapter: Option<(Tensor, Tensor, f64)>) -> Result<Tensor> {
+        match &adapter {
             None => Ok(y),
             Some((a, b, s)) => {
                 let x = if train && self.dropout > 0.0 { seeded_dropout(x, self.dropout, &self.rng)? } else { x.clone() };

@@ -135,7 +135,24 @@ pub fn plan(loaded: &LoadedRecipe, registry: &Registry) -> Result<Plan, PlanErro
         }
         let tokens = stage_tokens(loaded, registry, &shapes, stage);
         let seq_len = tokens.iter().map(|t| t.total).max().unwrap_or(0);
-        let load = StageLoad { stage: &stage.name, trainable, frozen: total_params - trainable, batch_size: stage.batch_size, seq_len };
+        // Frozen encoders keep their weight matrices in the run's dtype and the rest (norms, biases,
+        // convolutions, position embeddings) in f32, as `FrozenEncoder::load_in` does; trainable encoders
+        // are f32 masters.
+        let frozen_f32: u64 = shapes
+            .params
+            .iter()
+            .filter(|(n, d)| n.starts_with("encoder.") && !stage.trainable.iter().any(|g| crate::train::optim::glob_match(g, n)) && !(d.len() == 2 && n.ends_with(".weight")))
+            .map(|(_, d)| d.iter().product::<usize>() as u64)
+            .sum();
+        let load = StageLoad {
+            stage: &stage.name,
+            trainable,
+            frozen: total_params - trainable - frozen_f32,
+            frozen_f32,
+            batch_size: stage.batch_size,
+            seq_len,
+            checkpointing: r.runtime.activation_checkpointing,
+        };
         memory.extend(DTYPES.iter().map(|d| memory::estimate(&shapes.llm.config, &load, d)));
         stage_plans.push(StagePlan {
             run,
@@ -305,6 +322,6 @@ fn estimate_notes(word_level: bool) -> Vec<String> {
             tokens::TRANSCRIPT_WORDS,
             tokens::ANSWER_WORDS
         ),
-        "memory: frozen weights at the dtype; trainable weights, gradients and AdamW moments in f32 (16 bytes per parameter); activations (estimate) b*T*L*(10h + 4i + 2aT)*bytes + b*T*V*8 for the stage's longest sequence T and micro-batch b; frozen encoders (no gradient) not included".into(),
+        "memory: frozen weights at the dtype (the encoders' norms, biases, convolutions and position embeddings in f32); trainable weights, gradients and AdamW moments in f32 (16 bytes per parameter); activations (estimate) b*T*L*(10h + 4i + 2aT)*bytes + b*T*V*8 (+ V*h*4 for the f32 loss head in bf16 / f16) for the stage's longest sequence T and micro-batch b (with runtime.activation_checkpointing: b*T*L*h*bytes + 2*b*T*(10h + 4i + 2aT)*bytes in place of the layers' term); frozen encoders' activations (no gradient) not included".into(),
     ]
 }

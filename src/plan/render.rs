@@ -63,11 +63,13 @@ pub fn render(p: &Plan) -> String {
     let d = |k: &str| p.dtypes[k].as_str().unwrap_or("?").to_string();
     let _ = writeln!(
         s,
-        "dtypes: LLM weights and activations {}, trainable master weights {}, AdamW state {}, encoders {}",
+        "dtypes: LLM weights and activations {}, trainable master weights {}, AdamW state {}, frozen encoders' weight matrices {} (other weights {}, activations {})",
         d("llm_weights"),
         d("trainable_master"),
         d("optimizer_state"),
-        d("encoders")
+        d("encoder_weight_matrices"),
+        d("encoder_other_weights"),
+        d("encoder_activations")
     );
 
     parameters_section(&mut s, p);

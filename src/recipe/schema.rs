@@ -125,7 +125,9 @@ impl Runtime {
             "activations": llm,
             "trainable_master": "f32",
             "optimizer_state": "f32",
-            "encoders": "f32",
+            "encoder_weight_matrices": llm,
+            "encoder_other_weights": "f32",
+            "encoder_activations": "f32",
         })
     }
 

@@ -83,13 +83,47 @@ fn probe_tensor(architecture: &str) -> Option<&'static str> {
     }
 }
 
+/// A backend whose weight matrices (rank-2 `*.weight`: every Linear layer of these encoders, which hold
+/// nearly all their parameters) come in `dtype`; everything else (norms, biases, convolutions, position
+/// embeddings) as asked. The layers compute in f32 and cast each matrix at use (oneDNN packs it once).
+struct MatricesIn<B> {
+    inner: B,
+    dtype: DType,
+}
+
+impl<B: candle_nn::var_builder::SimpleBackend> candle_nn::var_builder::SimpleBackend for MatricesIn<B> {
+    fn get(&self, s: candle_core::Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let matrix = s.rank() == 2 && name.ends_with(".weight");
+        self.inner.get(s, name, h, if matrix { self.dtype } else { dtype }, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.inner.get_unchecked(name, dtype, dev)?;
+        if t.rank() == 2 && name.ends_with(".weight") { t.to_dtype(self.dtype) } else { Ok(t) }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+fn matrices_in<B: candle_nn::var_builder::SimpleBackend + 'static>(inner: B, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(MatricesIn { inner, dtype }), DType::F32, device.clone())
+}
+
 impl FrozenEncoder {
     /// Loads the manifest's weights (downloading them if the source says so; `random` initialises from
-    /// `seed`) on `device`.
+    /// `seed`) on `device`, all in f32.
     pub fn load(manifest_path: &Path, m: &EncoderManifest, seed: u64, device: &Device) -> Result<Self, EncoderError> {
+        Self::load_in(manifest_path, m, seed, DType::F32, device)
+    }
+
+    /// As [`Self::load`], the pretrained or seeded weight matrices kept in `matrix_dtype` (the run's
+    /// `runtime.dtype`; bf16 halves an encoder's memory). Activations stay f32.
+    pub fn load_in(manifest_path: &Path, m: &EncoderManifest, seed: u64, matrix_dtype: DType, device: &Device) -> Result<Self, EncoderError> {
         let local = crate::model::hub::resolve(&m.name, manifest_path, &m.weights).map_err(Box::new)?;
         match (local, &m.weights) {
-            (None, crate::registry::Weights::Seeded { seed }) => Self::build(manifest_path, m, None, crate::model::init::SeededTensors::builder(*seed, DType::F32, device)),
+            (None, crate::registry::Weights::Seeded { seed }) => Self::build(manifest_path, m, None, matrices_in(crate::model::init::SeededTensors { seed: *seed }, matrix_dtype, device)),
             (None, _) => {
                 let varmap = VarMap::new();
                 let vb = crate::model::init::SeededVarMap::builder(&varmap, seed, DType::F32, device);
@@ -104,7 +138,7 @@ impl FrozenEncoder {
                 let ckpt = Checkpoint::read(&local, device)?.rooted_at(probe, &["ln_vision."])?;
                 let origin = ckpt.origin.display().to_string();
                 let config_json = ckpt.config_json.clone();
-                let vb = VarBuilder::from_tensors(ckpt.tensors, DType::F32, device);
+                let vb = matrices_in(ckpt.tensors, matrix_dtype, device);
                 Self::build(manifest_path, m, config_json.as_deref(), vb).map_err(|e| match e {
                     EncoderError::Candle { source, .. } => EncoderError::Load { path: origin, detail: source.to_string() },
                     other => other,
