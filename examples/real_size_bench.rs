@@ -161,16 +161,22 @@ fn main() -> anyhow::Result<()> {
             let loss = model.loss(&inputs, stage.loss)?;
             let grads = model.llm.backward(&loss)?;
             let (mut with_grad, mut nonzero, mut outside) = (0usize, 0usize, 0usize);
+            let mut zeros: Vec<(usize, String)> = Vec::new();
             for (name, v) in &all {
                 let Some(g) = grads.get(v.as_tensor()) else { continue };
                 let n = g.ne(0f32)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
                 if vars.iter().any(|(t, _)| t == name) {
                     with_grad += v.elem_count();
                     nonzero += n;
+                    if n < v.elem_count() && !name.contains("lora_A") {
+                        zeros.push((v.elem_count() - n, name.clone()));
+                    }
                 } else {
                     outside += v.elem_count();
                 }
             }
+            zeros.sort_by(|a, b| b.cmp(a));
+            eprintln!("[real-size] step {step}: exact-zero gradient entries outside LoRA A, largest first: {:?}", zeros.iter().take(8).collect::<Vec<_>>());
             opt.step(&grads, stage.grad_clip)?;
             Ok((loss.to_scalar::<f32>()?, inputs.embeds.dim(1)?, with_grad, nonzero, outside))
         })?;
@@ -216,9 +222,13 @@ fn main() -> anyhow::Result<()> {
     for (step, loss, with_grad, nonzero, outside) in &census {
         println!("| {step} | {loss:.4} | {with_grad} | {nonzero} | {outside} |");
     }
+    let lora_a: usize = vars.iter().filter(|(n, _)| n.contains("lora_A")).map(|(_, v)| v.elem_count()).sum();
+    let last = census.last().map(|c| c.3).unwrap_or(0);
     println!(
-        "\nTrainable (`{}`): **{trainable}** parameters. At step 1 LoRA's B is zero (PEFT's initialisation), so the gradient of every A is exactly zero; from step 2 on every trainable parameter has a non-zero gradient.",
-        stage.trainable.join("`, `")
+        "\nTrainable (`{}`): **{trainable}** parameters, and exactly these get a gradient. At step 1 LoRA's B is zero (PEFT's initialisation), so the gradient of every A ({lora_a} parameters) is exactly zero; at step {} {} of the {trainable} gradient entries are exactly zero (the stderr log lists the tensors holding them).",
+        stage.trainable.join("`, `"),
+        census.len(),
+        trainable - last,
     );
     println!("\nGenerated {} tokens: {:?} (random weights: the text is meaningless).", generated.len(), tokenizer.decode(&generated).unwrap_or_default());
     println!(

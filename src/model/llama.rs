@@ -482,7 +482,7 @@ impl Llama {
             x = layer.forward(&x, &step, Some(slot))?.detach();
         }
         cache.len += t;
-        self.lm_head.forward_inference(&self.norm.forward(&x)?)
+        Ok(self.lm_head.forward_inference(&self.norm.forward(&x)?)?.detach())
     }
 }
 

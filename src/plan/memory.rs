@@ -39,6 +39,9 @@ pub struct MemoryEstimate {
     pub stage: String,
     pub dtype: String,
     pub frozen_weights: u64,
+    /// Frozen parameters kept in f32 whatever the dtype (the encoders' norms, biases, convolutions and
+    /// position embeddings), included in `frozen_weights`.
+    pub frozen_f32_params: u64,
     /// Trainable weights, gradients and AdamW moments (f32).
     pub trainable_state: u64,
     /// Estimate (see the module doc).
@@ -82,6 +85,7 @@ pub fn estimate(cfg: &LlamaConfig, load: &StageLoad, dtype: &str) -> MemoryEstim
         stage: load.stage.to_string(),
         dtype: dtype.to_string(),
         frozen_weights,
+        frozen_f32_params: load.frozen_f32,
         trainable_state,
         activations,
         total: frozen_weights + trainable_state + activations,
