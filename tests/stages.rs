@@ -260,9 +260,7 @@ fn unreadable_clips_are_skipped_or_stop_the_run_by_policy() {
 #[test]
 fn activation_checkpointing_trains_the_same_parameters() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let stage = || {
-        format!(
-            r#"[model.lora]
+    let stage = r#"[model.lora]
 r = 4
 lora_alpha = 8.0
 lora_dropout = 0.1
@@ -280,13 +278,11 @@ lr = 2e-3
 warmup_steps = 1
 log_every = 1
 trainable = ["*"]
-"#
-        )
-    };
+"#;
     let mut params = Vec::new();
     let mut losses = Vec::new();
     for (name, ck) in [("plain", false), ("ckpt", true)] {
-        let recipe = write(dir.path(), name, &stage());
+        let recipe = write(dir.path(), name, stage);
         let out = Command::new(env!("CARGO_BIN_EXE_emollama"))
             .args(["run", recipe.to_str().expect("utf8"), "--no-progress", "--fresh", "--set", &format!("runtime.activation_checkpointing={ck}")])
             .output()
