@@ -13,6 +13,7 @@ pub mod feed;
 pub mod media;
 pub mod model;
 pub mod plan;
+pub mod predict;
 pub mod progress;
 pub mod recipe;
 pub mod registry;

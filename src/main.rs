@@ -28,6 +28,7 @@ enum Command {
     Data(cli::data::DataArgs),
     Probe(cli::probe::Args),
     Doctor(cli::doctor::Args),
+    Predict(cli::predict::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +40,8 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let result = match cli.command {
+        // Its own exit statuses: 3 when some clips failed.
+        Command::Predict(a) => return a.run_with_status(),
         Command::Run(a) => a.run(),
         Command::Recipe(a) => a.run(),
         Command::Registry(a) => a.run(),

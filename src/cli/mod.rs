@@ -8,6 +8,7 @@ pub mod extract;
 pub mod generate;
 pub mod judge;
 pub mod merge;
+pub mod predict;
 pub mod probe;
 pub mod recipe;
 pub mod registry;

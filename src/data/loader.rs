@@ -23,11 +23,50 @@ pub struct DecodedMedia {
     pub faces: Option<FaceSummary>,
 }
 
-/// What the face front end found in a clip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// What the face front end found in a clip: the main face's track over the sampled frames.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FaceSummary {
     pub frames_with_face: usize,
+    /// The emotion peak frame (index among the sampled frames).
     pub peak: Option<usize>,
+    /// The sampled frames' times, in seconds.
+    pub frame_times_s: Vec<f64>,
+    /// The main face's mean box over the frames where it was found, as fractions of the frame:
+    /// `[xmin, ymin, xmax, ymax]`.
+    pub mean_box: Option<[f32; 4]>,
+    /// The main face's mean detection score.
+    pub mean_score: Option<f32>,
+    /// The expression network's most probable label at the peak frame (when it scores faces).
+    pub peak_expression: Option<String>,
+}
+
+impl FaceSummary {
+    pub fn of(faces: &crate::media::face::ClipFaces) -> Self {
+        let main: Vec<&crate::media::face::Detection> = faces.frames.iter().filter_map(|f| f.main.and_then(|m| f.detections.get(m))).collect();
+        let n = main.len() as f32;
+        let (fw, fh) = (faces.frame_w.max(1) as f32, faces.frame_h.max(1) as f32);
+        let mean_box = (!main.is_empty()).then(|| {
+            let mut b = [0f32; 4];
+            for d in &main {
+                for (k, v) in d.bbox.iter().enumerate() {
+                    b[k] += v / if k % 2 == 0 { fw } else { fh } / n;
+                }
+            }
+            b
+        });
+        let peak_expression = faces.peak.and_then(|p| faces.frames.get(p)).and_then(|f| f.expression).map(|probs| {
+            let best = probs.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+            crate::media::face::expression::FER_LABELS[best].to_string()
+        });
+        Self {
+            frames_with_face: faces.faces_found(),
+            peak: faces.peak,
+            frame_times_s: faces.frames.iter().map(|f| f.timestamp_s).collect(),
+            mean_box,
+            mean_score: (!main.is_empty()).then(|| main.iter().map(|d| d.score).sum::<f32>() / n),
+            peak_expression,
+        }
+    }
 }
 
 /// How to decode.
@@ -167,6 +206,6 @@ fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::me
         num_frames: n,
         audio,
         audio_missing: clip.audio.missing,
-        faces: Some(FaceSummary { frames_with_face: faces.faces_found(), peak: faces.peak }),
+        faces: Some(FaceSummary::of(&faces)),
     })
 }

@@ -8,6 +8,7 @@ pub mod loader;
 pub mod sample;
 pub mod sources;
 pub mod synth;
+pub mod transcript_cache;
 
 pub use card::DatasetCard;
 pub use sample::Sample;

@@ -97,10 +97,7 @@ pub fn evaluate(ctx: &EvalContext, items: &[usize], req: &EvalRequest) -> Result
     for i in labelled.into_iter().take(take) {
         let sample = &ctx.pool[i];
         let text = batch::prompt_text(sample, req.task, instruction, &ctx.template, ctx.recipe.prompt.transcript);
-        let prompt = match ctx.recipe.prompt.eval_layout {
-            crate::recipe::EvalLayout::Reference => batch::tokenize_reference_eval(ctx.tokenizer, &text)?,
-            crate::recipe::EvalLayout::Training => batch::tokenize(ctx.tokenizer, &text, None)?,
-        };
+        let prompt = batch::tokenize_eval(ctx.tokenizer, &text, ctx.recipe.prompt.eval_layout)?;
         let media = match ctx.store.batch(ctx.pool, &[i], ctx.device) {
             Ok((media, _)) => media,
             // Unreadable under `on_error = "skip"`: reported with the skipped samples, not scored.

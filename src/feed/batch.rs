@@ -41,6 +41,14 @@ pub fn tokenize_reference_eval(tok: &TextTokenizer, prompt: &str) -> std::result
     TokenizedPrompt::from_segments(&prompt::split_reference_eval(&text), Vec::new(), |t| tok.encode(t))
 }
 
+/// An evaluation prompt in the recipe's `prompt.eval_layout` (as training lays it out, or the reference's).
+pub fn tokenize_eval(tok: &TextTokenizer, prompt: &str, layout: crate::recipe::EvalLayout) -> std::result::Result<TokenizedPrompt, TokenizerError> {
+    match layout {
+        crate::recipe::EvalLayout::Reference => tokenize_reference_eval(tok, prompt),
+        crate::recipe::EvalLayout::Training => tokenize(tok, prompt, None),
+    }
+}
+
 /// Stacks decoded media into tensors: each view (batch, n, 3, h, w), the global one (batch, 3, h, w),
 /// normalised by its encoder's transform; audio (batch, samples). `views` are the decoder's, in order.
 pub fn media_batch(items: &[&DecodedMedia], views: &[PixelView], device: &Device) -> Result<MediaBatch> {

@@ -2,6 +2,7 @@
 
 pub mod autograd;
 pub mod build;
+pub mod class_scores;
 pub mod chat;
 pub mod cnn;
 pub mod emotion_llama;

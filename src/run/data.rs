@@ -41,28 +41,7 @@ impl RunData {
                 }
             }
         }
-        let face = match &r.front_end.face {
-            Some(opts) => {
-                let fe = crate::media::face::FaceFrontEnd::new(opts)?;
-                tracing::info!(detector = %opts.detector, scorer = %opts.scorer, peak = ?opts.peak, missing = ?opts.missing, "face front end");
-                Some(std::sync::Arc::new(fe))
-            }
-            None => None,
-        };
-        let spec = DecodeSpec {
-            sampling: r.data.frames.clone(),
-            width: r.data.width,
-            height: r.data.height,
-            // The model's views, set once it is built (`RunModel::media_store`).
-            views: Vec::new(),
-            audio_len: (r.data.audio_seconds * crate::media::AUDIO_SAMPLE_RATE as f32).round() as usize,
-            on_error: r.data.on_error,
-            threads,
-            show_progress,
-            storage: storage.clone(),
-            face,
-            global_frame: r.model.global_frame,
-        };
+        let spec = decode_spec(r, storage, threads, show_progress)?;
         Ok(Self { pool, pool_dataset, labels: card.labels.clone(), spec, cache })
     }
 
@@ -70,6 +49,33 @@ impl RunData {
     pub fn split_of(&self, r: &crate::recipe::Recipe, split: &str) -> Vec<usize> {
         (0..self.pool.len()).filter(|&i| self.pool_dataset[i] == r.data.dataset && self.pool[i].split == split).collect()
     }
+}
+
+/// How a recipe's clips are decoded (the face front end included), for any file: the model's views are
+/// set once it is built (`RunModel::media_store`, `predict`).
+pub fn decode_spec(r: &crate::recipe::Recipe, storage: std::sync::Arc<Storage>, threads: usize, show_progress: bool) -> Result<DecodeSpec, RunError> {
+    let face = match &r.front_end.face {
+        Some(opts) => {
+            let fe = crate::media::face::FaceFrontEnd::new(opts)?;
+            tracing::info!(detector = %opts.detector, scorer = %opts.scorer, peak = ?opts.peak, missing = ?opts.missing, "face front end");
+            Some(std::sync::Arc::new(fe))
+        }
+        None => None,
+    };
+    Ok(DecodeSpec {
+        sampling: r.data.frames.clone(),
+        width: r.data.width,
+        height: r.data.height,
+        // The model's views, set once it is built (`RunModel::media_store`).
+        views: Vec::new(),
+        audio_len: (r.data.audio_seconds * crate::media::AUDIO_SAMPLE_RATE as f32).round() as usize,
+        on_error: r.data.on_error,
+        threads,
+        show_progress,
+        storage,
+        face,
+        global_frame: r.model.global_frame,
+    })
 }
 
 /// (dataset, split) pairs the run reads: each stage's data, validation and evaluation.

@@ -141,7 +141,7 @@ fn load_params(varmap: &VarMap, dir: &Path, device: &Device) -> Result<(), RunEr
 
 /// Writes `tensors` into the model's parameters of the same names; a tensor the model does not have is
 /// an error about `what`.
-fn assign_params(varmap: &VarMap, tensors: &std::collections::HashMap<String, candle_core::Tensor>, source: &Path, what: &str) -> Result<(), RunError> {
+pub fn assign_params(varmap: &VarMap, tensors: &std::collections::HashMap<String, candle_core::Tensor>, source: &Path, what: &str) -> Result<(), RunError> {
     let vars: Vec<(String, candle_core::Var)> =
         crate::train::optim::select(varmap, &["*".to_string()]).into_iter().filter(|(n, _)| tensors.contains_key(n)).collect();
     if vars.len() != tensors.len() {
@@ -176,7 +176,7 @@ fn tokenizer_corpus(loaded: &LoadedRecipe, train: &[&Sample], labels: &[String],
 /// Everything besides the media that the frozen encoders' outputs depend on (the feature cache key):
 /// each encoder's manifest text (architecture, config, weights reference), the seed of random weights,
 /// the preprocessing and the global view's frame.
-fn feature_settings(r: &crate::recipe::Recipe, registry: &Registry) -> Result<String, RunError> {
+pub fn feature_settings(r: &crate::recipe::Recipe, registry: &Registry) -> Result<String, RunError> {
     let mut out = String::new();
     for (view, name) in [("global", &r.model.global_encoder), ("local", &r.model.local_encoder), ("temporal", &r.model.temporal_encoder), ("audio", &r.model.audio_encoder)] {
         if name.is_empty() {
