@@ -251,6 +251,9 @@ fn prepare(ctx: &Context, clip: &Clip) -> Result<Prepared, String> {
         return Err(format!("unknown extension of `{name}`: expected one of {}", inputs::MEDIA_EXTENSIONS.join(", ")));
     }
     let local = ctx.storage.local(&clip.media).map_err(|e| format!("fetching: {e}"))?;
+    if !local.is_file() {
+        return Err(format!("`{}` does not exist", local.display()));
+    }
     let media_hash = crate::storage::cache::sha256_file(&local).map_err(|e| format!("reading `{}`: {e}", local.display()))?;
     timings.fetch_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
