@@ -96,7 +96,7 @@ pub fn evaluate(ctx: &EvalContext, items: &[usize], req: &EvalRequest) -> Result
     let (mut truth, mut pred, mut unparsed) = (Vec::new(), Vec::new(), 0);
     for i in labelled.into_iter().take(take) {
         let sample = &ctx.pool[i];
-        let text = batch::prompt_text(sample, req.task, instruction, &ctx.template, ctx.recipe.prompt.transcript);
+        let text = batch::prompt_text(sample, req.task, instruction, &ctx.template, ctx.recipe.prompt.transcript.included());
         let prompt = batch::tokenize_eval(ctx.tokenizer, &text, ctx.recipe.prompt.eval_layout)?;
         let media = match ctx.store.batch(ctx.pool, &[i], ctx.device) {
             Ok((media, _)) => media,

@@ -160,7 +160,7 @@ pub fn plan(loaded: &LoadedRecipe, registry: &Registry) -> Result<Plan, PlanErro
             trainable_params: trainable,
             frozen_params: total_params - trainable,
             modalities: crate::recipe::Modality::ALL.iter().filter(|m| stage.uses(**m)).map(|m| m.to_string()).collect(),
-            transcript: stage.transcript.unwrap_or(r.prompt.transcript),
+            transcript: stage.transcript.unwrap_or(r.prompt.transcript.included()),
             tokens,
         });
     }
@@ -262,7 +262,7 @@ fn stage_tokens(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes
             let input = TaskInput {
                 task: task.name(),
                 instructions,
-                transcript: stage.transcript.unwrap_or(r.prompt.transcript),
+                transcript: stage.transcript.unwrap_or(r.prompt.transcript.included()),
                 labels: &labels,
                 multimodal: mm,
                 generate: None,
@@ -290,7 +290,7 @@ fn generation(loaded: &LoadedRecipe, registry: &Registry, shapes: &ModelShapes, 
     let input = TaskInput {
         task: task.name(),
         instructions: &first,
-        transcript: r.prompt.transcript,
+        transcript: r.prompt.transcript.included(),
         labels: &labels,
         multimodal: multimodal(shapes, r.model.use_av, true, true),
         generate: Some(r.eval.max_new_tokens),

@@ -192,7 +192,7 @@ pub fn predict(model: &PredictModel, clips: &[Clip], opts: &PredictOptions, sink
         features,
         transcripts: TranscriptCache::new(&cache_root),
         candidates,
-        wants_transcript: r.prompt.transcript,
+        wants_transcript: r.prompt.transcript.included(),
     };
     let mut summary = PredictSummary { clips: clips.len(), described: model.described.clone(), ..Default::default() };
     let bar = crate::progress::bar(clips.len() as u64, "predict", opts.show_progress);
@@ -353,7 +353,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine)
     timings.asr_s = t.elapsed().as_secs_f64();
     line.transcript_source = Some(if transcript.is_none() { TranscriptSource::None } else { source });
     line.transcript = transcript.clone();
-    let in_prompt = if r.prompt.transcript { transcript.as_deref() } else { None };
+    let in_prompt = if r.prompt.transcript.included() { transcript.as_deref() } else { None };
 
     let t = Instant::now();
     let mm = tokens(ctx, &p).map_err(|e| format!("encoding: {e}"))?;

@@ -139,6 +139,62 @@ pub enum ValidationMetric {
 }
 recipe_names!(ValidationMetric { WeightedF1 => "weighted_f1", Accuracy => "accuracy", MacroF1 => "macro_f1" });
 
+/// `prompt.transcript`: whether the prompt carries "The person in video says: …", and where the words
+/// come from: `true` (the dataset's transcripts), `false` (none) or `"asr"` (speech-to-text of each clip's
+/// audio, cached per clip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TranscriptSetting {
+    Off,
+    #[default]
+    Dataset,
+    Asr,
+}
+
+impl TranscriptSetting {
+    /// Whether the prompt carries a transcript line.
+    pub fn included(self) -> bool {
+        self != Self::Off
+    }
+
+    pub fn asr(self) -> bool {
+        self == Self::Asr
+    }
+}
+
+impl Serialize for TranscriptSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Off => s.serialize_bool(false),
+            Self::Dataset => s.serialize_bool(true),
+            Self::Asr => s.serialize_str("asr"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TranscriptSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TranscriptSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true (the dataset's transcripts), false (none) or \"asr\" (speech-to-text)")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(if v { TranscriptSetting::Dataset } else { TranscriptSetting::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "asr" => Ok(TranscriptSetting::Asr),
+                    "true" => Ok(TranscriptSetting::Dataset),
+                    "false" => Ok(TranscriptSetting::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::FrameSampling;
-use super::choices::{EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, ValidationMetric};
+use super::choices::{EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
 
 /// A whole run: data, model, prompt, training stages and evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,8 +273,9 @@ impl Default for Model {
 pub struct Prompt {
     /// `auto` (the LLM manifest's), `llama2` (`[INST] ... [/INST]`, Emotion-LLaMA's) or `chatml`.
     pub template: PromptTemplate,
-    /// Include "The person in video says: ..." with the transcript.
-    pub transcript: bool,
+    /// Include "The person in video says: ..." with the transcript: `true` (the dataset's), `false`, or
+    /// `"asr"` (speech-to-text of each clip's audio with Whisper tiny.en, cached per clip).
+    pub transcript: TranscriptSetting,
     /// Default instruction pools: `emollama` (6 labels, with the `description` task) or `emotion_llama`
     /// (the reference's pools verbatim: the 9-label emotion prompt, the 5 reason prompts).
     pub instruction_set: InstructionSet,
@@ -332,7 +333,7 @@ impl Default for Prompt {
     fn default() -> Self {
         Self {
             template: PromptTemplate::Auto,
-            transcript: true,
+            transcript: TranscriptSetting::Dataset,
             instruction_set: InstructionSet::Emollama,
             instructions: Default::default(),
             eval_layout: EvalLayout::Training,

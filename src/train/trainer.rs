@@ -270,7 +270,7 @@ fn run_steps(
     let stage_seed = mix(&[ctx.recipe.seed, k as u64 + 1]);
     let accum = stage.grad_accum.max(1);
     let (use_video, use_audio) = (stage.uses(crate::recipe::Modality::Video), stage.uses(crate::recipe::Modality::Audio));
-    let transcript = stage.transcript.unwrap_or(ctx.recipe.prompt.transcript);
+    let transcript = stage.transcript.unwrap_or(ctx.recipe.prompt.transcript.included());
     let every = if stage.eval_every > 0 { stage.eval_every } else { ctx.recipe.validation.every };
     let ckpt_root = ctx.run_dir.join("checkpoints");
     let bar = crate::progress::bar(steps as u64, &format!("train:{}", stage.name), ctx.show_progress);
