@@ -92,7 +92,8 @@ fn silence_and_empty_audio_give_an_empty_transcript() {
         })
         .collect();
     let text = t.transcribe(&hiss).expect("hiss");
-    println!("faint noise: {text:?}");
+    let w = t.decode_window(&hiss).expect("decode");
+    println!("faint noise: {text:?} (no-speech probability {:.3}, {} tokens)", w.no_speech_prob, w.tokens.len());
     assert!(asr::normalized_words(&text).len() <= 3, "faint noise transcribed as {text:?}");
 }
 
@@ -106,6 +107,19 @@ fn long_audio_is_transcribed_window_by_window() {
     let text = transcriber().transcribe(&long).expect("transcribe");
     let wer = asr::word_error_rate(&format!("{JFK} {JFK}"), &text);
     assert!(wer <= 0.10, "WER {wer:.3}: {text:?}");
+}
+
+#[test]
+fn a_transcriber_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Transcriber>();
+    let samples = jfk_samples();
+    let texts: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| transcriber().transcribe(&samples).expect("transcribe"))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(texts[0], texts[1]);
+    assert!(asr::word_error_rate(JFK, &texts[0]) <= 0.10, "{texts:?}");
 }
 
 #[test]

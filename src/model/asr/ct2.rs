@@ -378,3 +378,76 @@ pub fn check_encoder_positions(m: &Ct2Model) -> Result<(), AsrError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend(u16::try_from(s.len() + 1).expect("short").to_le_bytes());
+        out.extend(s.as_bytes());
+        out.push(0);
+    }
+
+    /// A small format-6 file: a 2x3 f16 matrix, an i16 scalar, and an alias of the matrix.
+    fn sample() -> Vec<u8> {
+        let mut b = 6u32.to_le_bytes().to_vec();
+        string(&mut b, "WhisperSpec");
+        b.extend(3u32.to_le_bytes());
+        b.extend(2u32.to_le_bytes());
+        string(&mut b, "m/weight");
+        b.push(2);
+        b.extend(2u32.to_le_bytes());
+        b.extend(3u32.to_le_bytes());
+        b.push(4);
+        b.extend(12u32.to_le_bytes());
+        for v in [1.0f32, -2.0, 0.5, 0.0, 3.0, 65504.0] {
+            b.extend(half::f16::from_f32(v).to_le_bytes());
+        }
+        string(&mut b, "m/num_heads");
+        b.push(0);
+        b.push(2);
+        b.extend(2u32.to_le_bytes());
+        b.extend((-6i16).to_le_bytes());
+        b.extend(1u32.to_le_bytes());
+        string(&mut b, "tied/weight");
+        string(&mut b, "m/weight");
+        b
+    }
+
+    #[test]
+    fn reads_tensors_scalars_and_aliases() {
+        let m = Ct2Model::parse(Path::new("x.bin"), sample()).expect("parse");
+        assert_eq!((m.spec.as_str(), m.revision), ("WhisperSpec", 3));
+        assert_eq!(m.names().collect::<Vec<_>>(), ["m/num_heads", "m/weight"]);
+        let t = m.tensor("tied/weight", &Device::Cpu).expect("alias").to_dtype(DType::F32).expect("f32");
+        assert_eq!(t.to_vec2::<f32>().expect("2d"), [[1.0, -2.0, 0.5], [0.0, 3.0, 65504.0]]);
+        assert_eq!(m.scalar("m/num_heads").expect("scalar"), -6);
+        assert!(m.scalar("m/weight").is_err() && m.tensor("m/num_heads", &Device::Cpu).is_err());
+        assert!(m.tensor("nope", &Device::Cpu).expect_err("missing").to_string().contains("no variable `nope`"));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_naming_the_file_never_a_panic() {
+        let b = sample();
+        for cut in 0..b.len() {
+            let err = Ct2Model::parse(Path::new("/m/model.bin"), b[..cut].to_vec()).expect_err("truncated");
+            let msg = err.to_string();
+            assert!(msg.starts_with("`/m/model.bin`") && msg.contains("truncated"), "cut {cut}: {msg}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_sizes_and_unknown_dtypes_are_refused() {
+        let mut b = sample();
+        // The matrix's byte count (after version, spec, revision, count, name, rank, dims, dtype).
+        let at = 4 + 2 + 12 + 4 + 4 + 2 + 9 + 1 + 8 + 1;
+        b[at..at + 4].copy_from_slice(&10u32.to_le_bytes());
+        let msg = Ct2Model::parse(Path::new("m.bin"), b).expect_err("size").to_string();
+        assert!(msg.contains("do not hold a F16 tensor of shape [2, 3]"), "{msg}");
+        let mut b = sample();
+        b[at - 1] = 9;
+        let msg = Ct2Model::parse(Path::new("m.bin"), b).expect_err("dtype").to_string();
+        assert!(msg.contains("unknown dtype id 9"), "{msg}");
+    }
+}

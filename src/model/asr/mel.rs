@@ -124,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn filterbank_has_whispers_shape_and_unit_area_triangles() {
+    fn filterbank_has_whispers_shape_and_no_empty_band() {
         let f = mel_filters(SAMPLE_RATE, N_FFT, 80);
         assert_eq!(f.len(), 80 * 201);
         assert!(f.iter().all(|v| v.is_finite() && *v >= 0.0));
