@@ -170,7 +170,10 @@ impl Transcriber {
 
     /// 16 kHz mono f32 `samples` of any length to text: consecutive 30 s windows (the last one
     /// zero-padded), each decoded greedily without timestamps, the windows' texts joined with a space.
-    /// Empty or silent audio gives an empty string; non-finite samples are an error.
+    /// Empty or silent audio gives an empty string; non-finite samples are an error. The windows do not
+    /// overlap (no timestamp-based seeking), so a word cut by a 30 s boundary may be lost or garbled.
+    /// Whisper's no-speech rule keeps a confident short hallucination on noise (tiny.en hears "you" in
+    /// faint hiss): callers wanting stricter gating can use [`Transcriber::decode_window`]'s statistics.
     pub fn transcribe(&self, samples: &[f32]) -> Result<String, AsrError> {
         if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
             return Err(AsrError::Input(format!("sample {i} of {} is {} (expected finite 16 kHz mono audio)", samples.len(), samples[i])));
