@@ -144,7 +144,7 @@ fn main() -> anyhow::Result<()> {
     let model = &built.model;
     let template = llm.chat_template(emollama::model::prompt::Template::chosen(r.prompt.template, llm.template));
     let instruction = r.prompt.instructions_for(task).first().context("no reason_v2 instruction")?.clone();
-    let text = batch::prompt_text(&sample, task, &instruction, &template, r.prompt.transcript);
+    let text = batch::prompt_text(&sample, task, &instruction, &template, r.prompt.transcript.included());
     let answer = batch::answer_for(&sample, task);
     let prompt = batch::tokenize(&tokenizer, &text, answer.as_deref())?;
     let vars = optim::select(&varmap, &stage.trainable);

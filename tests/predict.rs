@@ -204,3 +204,114 @@ fn wav_header(samples: u32) -> Vec<u8> {
     h.extend_from_slice(&data.to_le_bytes());
     h
 }
+
+/// The tiny Emotion-LLaMA layout with the face front end (peak frame for the global view), trained one
+/// step: enough to check what `predict` reports about real clips.
+fn train_with_faces(tmp: &Path, cache: &Path) -> PathBuf {
+    let recipe = tmp.join("faces.toml");
+    let body = format!(
+        r#"extends = [{base:?}]
+name = "faces"
+
+[runtime]
+runs_dir = {runs:?}
+
+[data.synth]
+seed = 3
+train = 8
+val = 4
+test = 4
+
+[model]
+global_frame = "peak"
+
+[[stage]]
+name = "one"
+tasks = ["emotion"]
+steps = 1
+batch_size = 4
+lr = 1e-3
+warmup_steps = 0
+trainable = ["projector.*"]
+
+[validation]
+enabled = false
+
+[eval]
+max_new_tokens = 8
+
+[front_end.face]
+"#,
+        base = repo().join("recipes/quickstart_emotion_llama_tiny.toml").display().to_string(),
+        runs = tmp.join("runs").display().to_string(),
+    );
+    std::fs::write(&recipe, body).expect("recipe");
+    let o = emollama(cache, &["run", recipe.to_str().expect("utf8"), "--no-progress"]);
+    assert!(o.status.success(), "{}", text(&o));
+    std::fs::read_dir(tmp.join("runs")).expect("runs").flatten().map(|e| e.path()).find(|p| p.is_dir()).expect("run dir")
+}
+
+#[test]
+fn real_clips_get_faces_the_peak_frame_and_an_asr_transcript_and_a_killed_batch_resumes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("cache");
+    let run = train_with_faces(tmp.path(), &cache);
+    let folder = tmp.path().join("real");
+    std::fs::create_dir_all(&folder).expect("folder");
+    for f in ["WolfgangLanger_Pexels.mp4", "carphone_pristine.mp4", "jfk.wav", "no_face.mp4", "single_face.mp4"] {
+        std::os::unix::fs::symlink(common::media(f), folder.join(f)).expect("link");
+    }
+    // Whisper comes from the models cache (`just fetch-models`), which the test's XDG_CACHE_HOME hides.
+    let asr = emollama::model::asr::default_model_dir();
+    assert!(asr.join("model.bin").is_file(), "{} is missing: run `just fetch-models`", asr.display());
+    let out = tmp.path().join("real.jsonl");
+    let args = [
+        "predict", "--model", run.to_str().expect("utf8"), "--input", folder.to_str().expect("utf8"), "--out", out.to_str().expect("utf8"),
+        "--transcript", "asr", "--asr-model", asr.to_str().expect("utf8"), "--batch", "1", "--no-progress",
+    ];
+    // Killed once the first clip is written; the rerun predicts only the others.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emollama")).args(args).current_dir(repo()).env("XDG_CACHE_HOME", &cache).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&out).map(|t| t.lines().count()).unwrap_or(0) < 1 && t0.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let first = std::fs::read_to_string(&out).expect("output").lines().filter(|l| l.ends_with('}')).count();
+    assert!((1..5).contains(&first), "killed after {first} clips");
+    let o = emollama(&cache, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("finished before (skipped) ┆ {first} ")), "{}", text(&o));
+    let got = lines(&out);
+    assert_eq!(got.len(), 5, "{got:?}");
+    let line = |id: &str| got.iter().find(|l| l["id"] == id).unwrap_or_else(|| panic!("no line for {id}")).clone();
+    for l in &got {
+        assert_eq!(l["ok"], true, "{l}");
+        assert_eq!(l["scores"].as_object().map(|s| s.len()), Some(6), "{l}");
+        assert!(l["reasoning"].is_string() && l["timings"]["total_s"].as_f64().is_some(), "{l}");
+    }
+    // A face in every sampled frame; the peak in the laughing half of the clip (crying 0-8 s, laughing 9-19 s).
+    let w = line("WolfgangLanger_Pexels");
+    assert_eq!(w["faces"]["frames_with_face"], 16, "{w}");
+    let peak = w["peak_frame_s"].as_f64().expect("peak frame time");
+    assert!(peak > 0.0 && peak < 19.7, "{w}");
+    assert_eq!(w["modalities"], serde_json::json!(["video", "audio"]));
+    assert!(w["faces"]["mean_box"].is_array() && w["faces"]["peak_expression"].is_string(), "{w}");
+    // Silent audio: no words.
+    assert_eq!(w["transcript_source"], "none", "{w}");
+    let n = line("no_face");
+    assert_eq!(n["faces"]["frames_with_face"], 0, "{n}");
+    assert!(n["peak_frame_s"].is_null(), "{n}");
+    let c = line("carphone_pristine");
+    assert_eq!(c["modalities"], serde_json::json!(["video"]), "no audio stream: video only: {c}");
+    assert!(c["faces"]["frames_with_face"].as_u64().unwrap_or(0) >= 12, "{c}");
+    let j = line("jfk");
+    assert_eq!(j["modalities"], serde_json::json!(["audio"]), "an audio file: audio only: {j}");
+    assert_eq!(j["transcript_source"], "asr");
+    let wer = emollama::model::asr::word_error_rate(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.",
+        j["transcript"].as_str().expect("transcript"),
+    );
+    assert!(wer <= 0.10, "WER {wer}: {j}");
+    assert!(j["faces"].is_null(), "{j}");
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use emollama::predict::{self, PredictOptions, PredictTask, TranscriptMode};
 
 /// The emotion, the class probabilities and the reasoning for each clip of a file, a folder, a
@@ -40,6 +40,9 @@ pub struct Args {
     /// prompt carries a transcript and a speech model is installed), asr (required), none.
     #[arg(long, value_enum, default_value = "auto")]
     transcript: TranscriptArg,
+    /// The speech-to-text model's folder (default: Whisper tiny.en where `just fetch-models` puts it).
+    #[arg(long)]
+    asr_model: Option<PathBuf>,
     /// Overrides of the model's recipe, e.g. `--set runtime.device=cuda`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -92,6 +95,25 @@ impl Args {
             TranscriptArg::Asr => TranscriptMode::Asr,
             TranscriptArg::None => TranscriptMode::None,
         };
+        // Speech-to-text: required with --transcript asr, used by `auto` when the model's prompt carries
+        // a transcript and the model is installed.
+        let wants_asr = match mode {
+            TranscriptMode::Asr => true,
+            TranscriptMode::Auto => r.prompt.transcript.included(),
+            TranscriptMode::None => false,
+        };
+        let asr_dir = self.asr_model.clone().unwrap_or_else(emollama::model::asr::default_model_dir);
+        let asr = match (wants_asr, mode) {
+            (false, _) => None,
+            (true, TranscriptMode::Asr) => Some(emollama::model::asr::Transcriber::load(&asr_dir, &candle_core::Device::Cpu).with_context(|| "--transcript asr")?),
+            (true, _) => match emollama::model::asr::Transcriber::load(&asr_dir, &candle_core::Device::Cpu) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no speech-to-text: clips without a given transcript get none");
+                    None
+                }
+            },
+        };
         let opts = PredictOptions {
             task: match self.task {
                 TaskArg::Emotion => PredictTask::Emotion,
@@ -103,7 +125,7 @@ impl Args {
             batch: self.batch.max(1),
             max_seconds: self.max_seconds,
             transcript: mode,
-            asr: None,
+            asr: asr.as_ref().map(|a| a as &dyn predict::SpeechToText),
             show_progress,
         };
         let mut sink = predict::output::LineSink::open(self.out.as_deref())?;

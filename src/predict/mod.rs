@@ -87,6 +87,15 @@ pub trait SpeechToText: Sync {
     fn fingerprint(&self) -> String;
 }
 
+impl SpeechToText for crate::model::asr::Transcriber {
+    fn transcribe(&self, samples: &[f32]) -> Result<String, String> {
+        crate::model::asr::Transcriber::transcribe(self, samples).map_err(|e| e.to_string())
+    }
+    fn fingerprint(&self) -> String {
+        crate::model::asr::Transcriber::fingerprint(self).to_string()
+    }
+}
+
 pub struct PredictOptions<'a> {
     pub task: PredictTask,
     pub use_video: bool,

@@ -41,6 +41,9 @@ impl RunData {
                 }
             }
         }
+        if r.prompt.transcript.asr() {
+            transcribe_pool(&mut pool, &storage, &cache, r.data.on_error, show_progress)?;
+        }
         let spec = decode_spec(r, storage, threads, show_progress)?;
         Ok(Self { pool, pool_dataset, labels: card.labels.clone(), spec, cache })
     }
@@ -49,6 +52,42 @@ impl RunData {
     pub fn split_of(&self, r: &crate::recipe::Recipe, split: &str) -> Vec<usize> {
         (0..self.pool.len()).filter(|&i| self.pool_dataset[i] == r.data.dataset && self.pool[i].split == split).collect()
     }
+}
+
+/// `prompt.transcript = "asr"`: each sample's transcript becomes Whisper tiny.en's transcript of its
+/// audio (cached by model and file content, so each clip is transcribed once). A clip whose audio cannot be
+/// read is an error under `data.on_error = "fail"`, else it keeps no transcript (logged).
+fn transcribe_pool(pool: &mut [Sample], storage: &Storage, cache: &std::path::Path, on_error: crate::recipe::OnError, show_progress: bool) -> Result<(), RunError> {
+    let asr = crate::model::asr::Transcriber::load(&crate::model::asr::default_model_dir(), &candle_core::Device::Cpu)?;
+    let transcripts = crate::data::transcript_cache::TranscriptCache::new(cache);
+    let bar = crate::progress::bar(pool.len() as u64, "speech-to-text", show_progress);
+    let mut fresh = 0;
+    for s in pool.iter_mut() {
+        let mut one = || -> Result<String, String> {
+            let path = storage.local(&s.media).map_err(|e| e.to_string())?;
+            let key = format!("{}:{}", asr.fingerprint(), crate::storage::cache::sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+            if let Some(t) = transcripts.get(&key) {
+                return Ok(t);
+            }
+            let audio = crate::media::decode_audio(&path).map_err(|e| e.to_string())?;
+            let text = asr.transcribe(&audio.samples).map_err(|e| e.to_string())?;
+            transcripts.put(&key, &text);
+            fresh += 1;
+            Ok(text)
+        };
+        match one() {
+            Ok(t) => s.transcript = Some(t).filter(|t| !t.is_empty()),
+            Err(e) if on_error == crate::recipe::OnError::Skip => {
+                tracing::warn!(sample = %s.id, error = %e, "no speech-to-text transcript");
+                s.transcript = None;
+            }
+            Err(e) => return Err(RunError::Params(format!("speech-to-text of sample `{}` ({}): {e}", s.id, s.media))),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    tracing::info!(samples = pool.len(), transcribed = fresh, cached = pool.len() - fresh, "speech-to-text transcripts");
+    Ok(())
 }
 
 /// How a recipe's clips are decoded (the face front end included), for any file: the model's views are

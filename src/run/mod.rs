@@ -61,6 +61,8 @@ pub enum RunError {
     Adapter(#[from] crate::model::lora::AdapterError),
     #[error(transparent)]
     Input(#[from] crate::feed::inputs::InputError),
+    #[error("prompt.transcript = \"asr\": {0}")]
+    Asr(#[from] crate::model::asr::AsrError),
     #[error(transparent)]
     Checkpoint(#[from] crate::train::checkpoint::CheckpointError),
     #[error(transparent)]
