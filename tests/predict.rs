@@ -13,8 +13,19 @@ fn emollama(cache: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_emollama")).args(args).current_dir(repo()).env("XDG_CACHE_HOME", cache).output().expect("spawn emollama")
 }
 
+/// stdout and stderr, without the log's colour escapes.
 fn text(o: &Output) -> String {
-    format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    let all = format!("{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let mut out = String::with_capacity(all.len());
+    let mut chars = all.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
@@ -314,4 +325,60 @@ fn real_clips_get_faces_the_peak_frame_and_an_asr_transcript_and_a_killed_batch_
     );
     assert!(wer <= 0.10, "WER {wer}: {j}");
     assert!(j["faces"].is_null(), "{j}");
+}
+
+#[test]
+fn prompt_transcript_asr_transcribes_a_runs_samples_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("cache");
+    let asr = emollama::model::asr::default_model_dir();
+    assert!(asr.join("model.bin").is_file(), "{} is missing: run `just fetch-models`", asr.display());
+    let recipe = tmp.path().join("asr.toml");
+    let body = format!(
+        r#"extends = [{base:?}]
+name = "asr"
+
+[runtime]
+runs_dir = {runs:?}
+threads = 2
+
+[data.synth]
+seed = 5
+train = 6
+val = 0
+test = 2
+
+[prompt]
+transcript = "asr"
+
+[validation]
+enabled = false
+
+[[stage]]
+name = "s"
+tasks = ["emotion"]
+steps = 1
+batch_size = 2
+"#,
+        base = repo().join("recipes/base/tiny.toml").display().to_string(),
+        runs = tmp.path().join("runs").display().to_string(),
+    );
+    std::fs::write(&recipe, body).expect("recipe");
+    // EMOLLAMA_CACHE points the models cache (Whisper) at the real one while XDG_CACHE_HOME isolates the rest.
+    let models = asr.parent().and_then(Path::parent).expect("cache root");
+    let run = |fresh: &str| {
+        Command::new(env!("CARGO_BIN_EXE_emollama"))
+            .args(["run", recipe.to_str().expect("utf8"), "--no-progress", fresh])
+            .current_dir(repo())
+            .env("XDG_CACHE_HOME", &cache)
+            .env("EMOLLAMA_CACHE", models)
+            .output()
+            .expect("spawn")
+    };
+    let o = run("--fresh");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("transcribed=8") && text(&o).contains("cached=0"), "{}", text(&o));
+    let o = run("--fresh");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("transcribed=0") && text(&o).contains("cached=8"), "transcribed once: {}", text(&o));
 }
