@@ -28,6 +28,7 @@ enum Command {
     Data(cli::data::DataArgs),
     Probe(cli::probe::Args),
     Doctor(cli::doctor::Args),
+    Import(cli::import::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         Command::Data(a) => a.run(),
         Command::Probe(a) => a.run(),
         Command::Doctor(a) => a.run(),
+        Command::Import(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

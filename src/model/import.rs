@@ -56,11 +56,11 @@ impl SourceFormat {
 pub enum ImportError {
     #[error(transparent)]
     Pth(#[from] PthError),
-    #[error("`{path}`: {} tensor(s) a {format} checkpoint does not have: {}; is it another format (`emollama import --help`)?", names.len(), list(names))]
+    #[error("`{path}`: {} tensor(s) that the `{format}` format does not have: {}; is it another format (`emollama import --help`)?", names.len(), list(names))]
     Unknown { path: String, format: &'static str, names: Vec<String> },
     #[error("`{path}`: {} tensor(s) map to parameters the recipe's model does not have: {}{hint}", names.len(), list(names))]
     NotInModel { path: String, names: Vec<String>, hint: String },
-    #[error("`{path}`: {} parameter(s) of the recipe's model that a {format} checkpoint holds are missing: {}", names.len(), list(names))]
+    #[error("`{path}`: {} parameter(s) of the recipe's model that the `{format}` format holds are missing: {}", names.len(), list(names))]
     Missing { path: String, format: &'static str, names: Vec<String> },
     #[error("`{path}`: LoRA tensor `{source_name}` has rank {got} (shape {shape:?}), the recipe's LoRA r = {r}: set `model.lora.r = {got}` (with its `lora_alpha`) in the recipe, or `--set model.lora.r={got}`")]
     LoraRank { path: String, source_name: String, shape: Vec<usize>, got: usize, r: usize },
