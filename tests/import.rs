@@ -26,7 +26,7 @@ fn s(p: &Path) -> &str {
 
 /// Runs `emollama` in `cwd` with its cache under `cache`.
 fn emollama(cwd: &Path, cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_emollama")).args(args).current_dir(cwd).env("XDG_CACHE_HOME", cache).output().expect("spawn emollama")
+    Command::new(env!("CARGO_BIN_EXE_emollama")).args(args).current_dir(cwd).env("XDG_CACHE_HOME", cache).env("NO_COLOR", "1").output().expect("spawn emollama")
 }
 
 fn stderr(o: &Output) -> String {
@@ -36,7 +36,12 @@ fn stderr(o: &Output) -> String {
 /// The tiny Emotion-LLaMA recipe with the fixtures' LoRA (r 4, alpha 8 on q_proj, v_proj), a small
 /// synthetic dataset and short answers; `lora = false` leaves the LoRA out.
 fn recipe(dir: &Path, lora: bool) -> PathBuf {
-    let path = dir.join(if lora { "tiny.toml" } else { "tiny_no_lora.toml" });
+    recipe_with(dir, if lora { "tiny.toml" } else { "tiny_no_lora.toml" }, lora, "")
+}
+
+/// [`recipe`] at `dir/file` with `extra` appended (e.g. its own `[[stage]]`, replacing the base's).
+fn recipe_with(dir: &Path, file: &str, lora: bool, extra: &str) -> PathBuf {
+    let path = dir.join(file);
     let lora_table = if lora { "[model.lora]\nr = 4\nlora_alpha = 8.0\nlora_dropout = 0.0\ntarget_modules = [\"q_proj\", \"v_proj\"]\n" } else { "" };
     let body = format!(
         r#"extends = [{base:?}]
@@ -59,6 +64,7 @@ enabled = false
 [eval]
 task = "emotion"
 max_new_tokens = 6
+{extra}
 "#,
         base = s(&repo().join("recipes/quickstart_emotion_llama_tiny.toml")),
         runs = s(&dir.join("runs")),
@@ -183,7 +189,21 @@ fn emotion_llama_import_equals_the_pth_and_predicts_like_our_own_checkpoint() {
 #[test]
 fn minigpt_v2_fp16_import_is_where_stage_one_starts() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let recipe = recipe(tmp.path(), true);
+    // One training stage at a learning rate too small to move an f32 weight: what it exports is where it started.
+    let stage = r#"
+[[stage]]
+name = "from-minigpt"
+tasks = ["emotion"]
+steps = 1
+batch_size = 2
+lr = 1e-30
+min_lr = 1e-30
+warmup_steps = 0
+weight_decay = 0.0
+grad_clip = 0.0
+trainable = ["llm.*.lora_*", "projector.*"]
+"#;
+    let recipe = recipe_with(tmp.path(), "stage.toml", true, stage);
     let out = tmp.path().join("minigpt");
     let o = import(tmp.path(), "minigpt-v2", &fixture("minigpt_v2.pth"), &recipe, &out);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -199,6 +219,19 @@ fn minigpt_v2_fp16_import_is_where_stage_one_starts() {
     assert!(written.recipe.eval.checkpoint.is_empty());
     let o = emollama(tmp.path(), &tmp.path().join("cache"), &["recipe", "check", s(&out.join("recipe.toml"))]);
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // Stage 1 of the written recipe starts from the imported llama_proj and LoRA.
+    let o = emollama(tmp.path(), &tmp.path().join("cache"), &["run", s(&out.join("recipe.toml")), "--no-progress", "--set", "eval.enabled=false"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("init from checkpoint") && err.contains("params=10"), "{err}");
+    let run = run_dir(&tmp.path().join("runs"), "imp-from-minigpt-v2-");
+    let exported = load_tensors(&run.join("checkpoints/01-from-minigpt.safetensors"));
+    let imported = load_tensors(&out.join("params.safetensors"));
+    for (name, t) in &imported {
+        assert_eq!(max_diff(&exported[name], t), 0.0, "{name}: stage 1 did not start from the import");
+    }
+    assert!(exported.keys().any(|k| k.starts_with("projector.feats_llama_proj1.")), "the new projectors train too");
 
     // Emotion-LLaMA's format needs the three feature projectors and the CLS one, which MiniGPT-v2 lacks...
     let o = import(tmp.path(), "emotion-llama", &fixture("minigpt_v2.pth"), &recipe, &tmp.path().join("x"));
