@@ -161,12 +161,84 @@ pub enum Value {
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    Tuple(Rc<Vec<Value>>),
-    List(Rc<RefCell<Vec<Value>>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Tuple(Rc<Items>),
+    List(Rc<RefCell<Items>>),
+    Dict(Rc<RefCell<Pairs>>),
     Global(Global),
     Storage(Rc<StorageRef>),
     Tensor(Rc<TensorRef>),
+}
+
+/// The items of a tuple or list. Containers are dropped without recursion ([`dismantle`]), so a pickle
+/// nested a million deep cannot overflow the stack.
+#[derive(Debug, Default)]
+pub struct Items(pub Vec<Value>);
+
+/// The entries of a dict, in insertion order.
+#[derive(Debug, Default)]
+pub struct Pairs(pub Vec<(Value, Value)>);
+
+impl std::ops::Deref for Items {
+    type Target = Vec<Value>;
+    fn deref(&self) -> &Vec<Value> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Items {
+    fn deref_mut(&mut self) -> &mut Vec<Value> {
+        &mut self.0
+    }
+}
+
+impl std::ops::Deref for Pairs {
+    type Target = Vec<(Value, Value)>;
+    fn deref(&self) -> &Vec<(Value, Value)> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pairs {
+    fn deref_mut(&mut self) -> &mut Vec<(Value, Value)> {
+        &mut self.0
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        dismantle(std::mem::take(&mut self.0));
+    }
+}
+
+impl Drop for Pairs {
+    fn drop(&mut self) {
+        dismantle(std::mem::take(&mut self.0).into_iter().flat_map(|(k, v)| [k, v]).collect());
+    }
+}
+
+/// Drops values iteratively: a container this is the last owner of gives up its items to the work list
+/// before it is dropped (empty), so nesting depth never becomes recursion depth.
+fn dismantle(mut work: Vec<Value>) {
+    while let Some(v) = work.pop() {
+        match v {
+            Value::Tuple(rc) => {
+                if let Ok(mut items) = Rc::try_unwrap(rc) {
+                    work.append(&mut items.0);
+                }
+            }
+            Value::List(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.append(&mut cell.into_inner().0);
+                }
+            }
+            Value::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.extend(std::mem::take(&mut cell.into_inner().0).into_iter().flat_map(|(k, v)| [k, v]));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Value {
@@ -352,7 +424,7 @@ impl Machine<'_> {
         let Value::Global(g) = callable else { return Err(self.err(format!("REDUCE of a {}", callable.kind()))) };
         match g {
             Global::OrderedDict => {
-                let d = Rc::new(RefCell::new(Vec::new()));
+                let d = Rc::new(RefCell::new(Pairs::default()));
                 if let Some(items) = args.first() {
                     let Value::List(items) = items else { return Err(self.err("OrderedDict(...) of something but a list of pairs")) };
                     for pair in items.borrow().iter() {
@@ -529,7 +601,7 @@ impl Machine<'_> {
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.stack.push(Value::Tuple(Rc::new(Items(items))));
                 }
                 0x85..=0x87 => {
                     let n = usize::from(op - 0x84);
@@ -537,7 +609,7 @@ impl Machine<'_> {
                         return Err(self.err("TUPLE with too few items"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.stack.push(Value::Tuple(Rc::new(Items(items))));
                 }
                 b'0' => {
                     self.pop()?;
@@ -702,6 +774,10 @@ impl Checkpoint {
         let entry_name = format!("{}data/{}", self.prefix, t.storage.key);
         let mut entry = self.archive.by_name(&entry_name).map_err(|e| terr(format!("storage `{entry_name}`: {e}")))?;
         let want = (t.storage.numel as u64).checked_mul(es as u64).ok_or_else(|| terr("storage size overflows".into()))?;
+        // torch.save stores storages uncompressed; a compressed one could inflate past what the file holds.
+        if entry.compression() != zip::CompressionMethod::Stored {
+            return Err(terr(format!("storage `{entry_name}` is compressed ({:?}); torch.save stores them uncompressed", entry.compression())));
+        }
         if entry.size() != want {
             return Err(terr(format!("storage `{entry_name}` holds {} bytes, its pickle says {want}", entry.size())));
         }
@@ -772,6 +848,24 @@ mod tests {
         assert_eq!(refuse(b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."), "posix.system");
         assert_eq!(refuse(b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x011\x85R."), "builtins.eval");
         assert_eq!(refuse(b"\x80\x02cposix\nsystem\n."), "posix.system");
+    }
+
+    #[test]
+    fn deep_nesting_neither_recurses_nor_overflows() {
+        let n = 1_000_000;
+        // A tuple nested n deep (TUPLE1 over and over), and a list nested n deep (n lists, n - 1 APPENDs).
+        let mut tuple = b"\x80\x02)".to_vec();
+        tuple.extend(std::iter::repeat_n(0x85u8, n));
+        tuple.push(b'.');
+        let mut list = b"\x80\x02".to_vec();
+        list.extend(std::iter::repeat_n(b']', n));
+        list.extend(std::iter::repeat_n(b'a', n - 1));
+        list.push(b'.');
+        for bytes in [tuple, list] {
+            let v = unpickle(&bytes, "deep").expect("parses");
+            assert!(matches!(v, Value::Tuple(_) | Value::List(_)));
+            drop(v);
+        }
     }
 
     #[test]
