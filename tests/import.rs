@@ -276,6 +276,12 @@ fn pickles_with_foreign_globals_are_refused_by_name_and_never_run() {
     assert!(!o.status.success() && stderr(&o).contains("legacy (pre-1.6, non-zip)"), "{}", stderr(&o));
     let o = import(tmp.path(), "emotion-llama", &fixture("expected.safetensors"), &recipe, &tmp.path().join("st"));
     assert!(!o.status.success() && stderr(&o).contains("not a PyTorch checkpoint"), "{}", stderr(&o));
+    // A bare pickle (what `pickle.dump` writes) is not torch.save's format either, and is not run.
+    let bare = tmp.path().join("bare.pkl");
+    std::fs::write(&bare, b"\x80\x02cposix\nsystem\nX\x1b\x00\x00\x00touch emollama_import_pwned\x85R.").expect("write");
+    let o = import(tmp.path(), "emotion-llama", &bare, &recipe, &tmp.path().join("bare"));
+    assert!(!o.status.success() && stderr(&o).contains("a bare pickle"), "{}", stderr(&o));
+    assert!(!tmp.path().join("emollama_import_pwned").exists(), "the payload ran");
 }
 
 #[test]

@@ -20,6 +20,10 @@ use candle_core::{DType, Device, Tensor};
 /// The globals accepted besides the `torch.<Kind>Storage` types (see [`Elem`]).
 pub const ALLOWED_GLOBALS: [&str; 3] = ["torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter", "collections.OrderedDict"];
 
+/// How a legacy (pre-1.6) `torch.save` file starts: protocol 2, then the pickled magic number
+/// 0x1950a86a20f9469cfc6c.
+const LEGACY_MAGIC: [u8; 14] = *b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+
 /// The largest `data.pkl` read (a state dict's pickle is kilobytes to a few megabytes).
 const MAX_PICKLE_BYTES: u64 = 1 << 30;
 
@@ -703,12 +707,20 @@ impl Checkpoint {
         let p = path.display().to_string();
         let io = |source| PthError::Io { path: p.clone(), source };
         let mut file = std::fs::File::open(path).map_err(io)?;
-        let mut magic = [0u8; 4];
-        let n = file.read(&mut magic).map_err(io)?;
-        if n == 4 && magic == *b"PK\x03\x04" {
+        let mut magic = [0u8; LEGACY_MAGIC.len()];
+        let mut n = 0;
+        while n < magic.len() {
+            match file.read(&mut magic[n..]).map_err(io)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if magic.starts_with(b"PK\x03\x04") {
             // The zip format.
-        } else if n >= 2 && magic[0] == 0x80 {
+        } else if n == magic.len() && magic == LEGACY_MAGIC {
             return Err(PthError::Legacy { path: p });
+        } else if n > 0 && magic[0] == 0x80 {
+            return Err(PthError::NotCheckpoint { path: p, detail: "a bare pickle, not torch.save's zip archive".into() });
         } else {
             return Err(PthError::NotCheckpoint { path: p, detail: "it is not a zip archive".into() });
         }
