@@ -52,8 +52,10 @@ pub struct Args {
     /// recipes/emotion_llama/stage1.toml for minigpt-v2).
     #[arg(long)]
     recipe: Option<PathBuf>,
+    /// Override a key of --recipe, e.g. `--set model.lora.r=8` (repeatable); kept in the written recipe.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// No progress bar while the tensors are read.
     #[arg(long)]
     no_progress: bool,
 }
