@@ -29,6 +29,7 @@ enum Command {
     Probe(cli::probe::Args),
     Doctor(cli::doctor::Args),
     Predict(cli::predict::Args),
+    Import(cli::import::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         Command::Data(a) => a.run(),
         Command::Probe(a) => a.run(),
         Command::Doctor(a) => a.run(),
+        Command::Import(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod eval;
 pub mod extract;
 pub mod generate;
+pub mod import;
 pub mod judge;
 pub mod merge;
 pub mod predict;
