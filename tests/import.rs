@@ -175,6 +175,32 @@ fn emotion_llama_import_equals_the_pth_and_predicts_like_our_own_checkpoint() {
     assert_eq!(imported.lines().count(), 6, "{imported}");
     assert_eq!(imported, written_by_us, "the imported model predicts exactly what our own checkpoint of the same values does");
 
+    // `emollama predict --model DIR` (the imported directory) answers as the same values written by us.
+    let synth = std::fs::read_dir(cache.join("emollama")).expect("cache").flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("synth-"))).expect("synthetic dataset");
+    let clips: Vec<String> = std::fs::read_to_string(synth.join("manifest.jsonl")).expect("manifest").lines().filter(|l| l.contains("\"split\":\"test\"")).take(2).map(str::to_string).collect();
+    let manifest = tmp.path().join("clips.jsonl");
+    std::fs::write(&manifest, clips.iter().map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).expect("json");
+        format!("{}\n", serde_json::json!({"id": v["id"], "path": synth.join(v["file"].as_str().expect("file")), "transcript": v["transcript"]}))
+    }).collect::<String>()).expect("manifest");
+    let predict = |model: &Path, extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["predict", "--model", s(model), "--input", s(&manifest), "--no-progress"];
+        args.extend_from_slice(extra);
+        let o = emollama(tmp.path(), &cache, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("line")).collect()
+    };
+    let by_import = predict(&out, &[]);
+    let set = format!("eval.checkpoint={}", s(&ours_dir));
+    let by_ours = predict(&recipe, &["--set", &set]);
+    assert_eq!(by_import.len(), 2);
+    for (a, b) in by_import.iter().zip(&by_ours) {
+        assert_eq!(a["ok"], true, "{a}");
+        for k in ["label", "scores", "reasoning", "emotion_prompt_scores"] {
+            assert_eq!(a[k], b[k], "{k}: {a} vs {b}");
+        }
+    }
+
     // The import took effect: the model as the recipe builds it (fresh projectors and LoRA) answers otherwise.
     std::fs::remove_dir_all(run_dir(&runs, "imp-eval-")).expect("rm");
     let o = emollama(tmp.path(), &cache, &["eval", s(&recipe), "--no-progress"]);

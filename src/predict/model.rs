@@ -72,7 +72,9 @@ impl PredictModel {
     /// Loads `model` with `sets` (`KEY=VALUE` overrides of its recipe, e.g. `runtime.device=cuda`).
     pub fn open(model: &Path, sets: &[String]) -> Result<Self, PredictError> {
         let mut at = locate(model)?;
-        let loaded = crate::recipe::load_recipe(&at.recipe, sets).map_err(|e| bad(model, e))?;
+        let mut loaded = crate::recipe::load_recipe(&at.recipe, sets).map_err(|e| bad(model, e))?;
+        // Nothing trains here (as `emollama eval`): a recipe's stages neither build nor change the model.
+        loaded.recipe.stages.clear();
         let r = &loaded.recipe;
         let start = at.recipe.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let registry = Registry::discover(start).map_err(|e| bad(model, e))?;
@@ -98,12 +100,16 @@ impl PredictModel {
         let template = llm.chat_template(Template::chosen(r.prompt.template, llm.template));
         let tokenizer = match llm.tokenizer().map_err(|e| bad(model, e))? {
             Some(t) => t,
-            None => {
-                let path = at.tokenizer.clone().ok_or_else(|| {
-                    bad(model, format!("LLM `{}` builds its vocabulary from the training data, and no tokenizer.json was found: give the run directory that trained it", llm.name))
-                })?;
-                TextTokenizer::from_file(&path).map_err(|e| bad(&path, e))?
-            }
+            None => match &at.tokenizer {
+                Some(path) => TextTokenizer::from_file(path).map_err(|e| bad(path, e))?,
+                // No saved vocabulary (an imported or recipe-only model): built from the recipe's
+                // training data exactly as its runs and `emollama eval` build it.
+                None => {
+                    tracing::info!(llm = %llm.name, "building the word-level vocabulary from the recipe's training data, as its runs do");
+                    let data = crate::run::data::RunData::load(r, &registry, threads, false).map_err(|e| bad(model, format!("its vocabulary comes from the training data: {e}")))?;
+                    crate::run::model::corpus_tokenizer(&loaded, &data, &template).map_err(|e| bad(model, e))?
+                }
+            },
         };
         if llm.config.vocab_size == 0 {
             llm.config.vocab_size = tokenizer.vocab_size();

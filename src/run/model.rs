@@ -46,11 +46,7 @@ impl RunModel {
             None if eval_from.as_ref().is_some_and(|(_, t)| t.is_some()) => {
                 TextTokenizer::from_file(eval_from.as_ref().and_then(|(_, t)| t.as_deref()).unwrap_or(&saved_tokenizer))?
             }
-            None => {
-                let train: Vec<&Sample> = data.pool.iter().filter(|s| s.split == "train").collect();
-                let corpus = tokenizer_corpus(loaded, &train, &data.labels, &template);
-                TextTokenizer::from_corpus(corpus.iter().map(String::as_str))?
-            }
+            None => corpus_tokenizer(loaded, data, &template)?,
         };
         tokenizer.save(&saved_tokenizer)?;
         if llm.config.vocab_size == 0 {
@@ -148,6 +144,14 @@ pub fn assign_params(varmap: &VarMap, tensors: &std::collections::HashMap<String
         return Err(RunError::ForeignParams(what.to_string()));
     }
     crate::train::trainer::assign(&vars, tensors, &source.display().to_string()).map_err(RunError::Params)
+}
+
+/// The word-level vocabulary a run builds from its training samples' texts (for LLMs whose manifest says
+/// `corpus_word_level`): the same data and template give the same vocabulary.
+pub fn corpus_tokenizer(loaded: &LoadedRecipe, data: &RunData, template: &ChatTemplate) -> Result<TextTokenizer, RunError> {
+    let train: Vec<&Sample> = data.pool.iter().filter(|s| s.split == "train").collect();
+    let corpus = tokenizer_corpus(loaded, &train, &data.labels, template);
+    Ok(TextTokenizer::from_corpus(corpus.iter().map(String::as_str))?)
 }
 
 /// Texts the word-level tokenizer must cover: every prompt shape, instruction, label and training answer.
