@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod doctor;
 pub mod accel;
 pub mod eval;

@@ -56,7 +56,9 @@ impl Args {
         }
         let show = super::show_progress(loaded.recipe.runtime.progress, self.no_progress);
         let summary = emollama::run::run(&loaded, &registry, show, &mode).with_context(|| format!("running `{}`", recipe.display()))?;
-        println!("{}", emollama::run::summary_table(&summary));
+        if summary.leader {
+            println!("{}", emollama::run::summary_table(&summary));
+        }
         Ok(())
     }
 }

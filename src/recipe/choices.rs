@@ -63,6 +63,22 @@ pub enum InferencePrecision {
 }
 recipe_names!(InferencePrecision { Auto => "auto", F32 => "f32", Bf16 => "bf16" });
 
+/// `runtime.distributed`: data-parallel training over several processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distributed {
+    /// From the launcher: `mpi` under `mpirun` (or `srun` with PMI), `nccl` under `torchrun` / Slurm on
+    /// CUDA, else one process.
+    #[default]
+    Auto,
+    None,
+    /// Open MPI (CPU clusters; any device).
+    Mpi,
+    /// NCCL between CUDA devices (build feature `nccl`).
+    Nccl,
+}
+recipe_names!(Distributed { Auto => "auto", None => "none", Mpi => "mpi", Nccl => "nccl" });
+
 /// `model.projector`: the encoder-to-LLM projector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

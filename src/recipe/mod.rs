@@ -7,7 +7,7 @@ pub mod load;
 pub mod schema;
 pub mod suggest;
 
-pub use choices::{EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
+pub use choices::{Distributed, EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
 pub use error::RecipeError;
 pub use load::{load_recipe, LoadedRecipe};
 pub use schema::*;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::FrameSampling;
-use super::choices::{EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
+use super::choices::{Distributed, EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
 
 /// A whole run: data, model, prompt, training stages and evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +106,11 @@ pub struct Runtime {
     /// (one more forward pass of compute; the LLM's activations shrink to about one layer's). For a
     /// 7B LLM on a machine with little memory.
     pub activation_checkpointing: bool,
+    /// Data-parallel training: `auto` (from the launcher: mpirun, torchrun, Slurm), `none`, `mpi` or `nccl`.
+    pub distributed: Distributed,
+    /// Seconds a rank waits for the others at a collective before the group stops with an error naming
+    /// the ranks that did not arrive (a rank that died or hangs).
+    pub distributed_timeout_s: f64,
 }
 
 impl Recipe {
@@ -155,6 +160,8 @@ impl Default for Runtime {
             feature_cache: true,
             inference_precision: InferencePrecision::Auto,
             activation_checkpointing: false,
+            distributed: Distributed::Auto,
+            distributed_timeout_s: 300.0,
         }
     }
 }

@@ -14,8 +14,10 @@ pub struct RunDir {
     pub dir: PathBuf,
     /// Continuing an interrupted run.
     pub resuming: bool,
-    /// Held until the run ends (also when the process is killed).
-    _lock: File,
+    /// Held until the run ends (also when the process is killed); rank 0's only in a group.
+    _lock: Option<File>,
+    /// Rank 0 (or the only process): the one that writes the run directory.
+    pub leader: bool,
     /// The checkpoint a resume continues from.
     pub found: Option<Found>,
     /// The training state to continue from (fresh for a new run).
@@ -60,7 +62,26 @@ impl RunDir {
         crate::accel::set_inference(r.runtime.resolved_inference_precision(), threads);
         let info = run_info(r, threads, &recipe_sha256, found.as_ref().map(|f| f.dir.as_path()));
         write_atomic(&dir.join("run_info.json"), &serde_json::to_vec_pretty(&info)?)?;
-        Ok(Self { dir, resuming, _lock: lock, found, state, log, threads })
+        Ok(Self { dir, resuming, _lock: Some(lock), leader: true, found, state, log, threads })
+    }
+
+    /// Another rank of a distributed run: the directory rank 0 opened (and the checkpoint it resumes
+    /// from, found the same way); writes nothing there but its own log, `rank-K.log`.
+    pub fn follow(r: &crate::recipe::Recipe, dir: PathBuf, resuming: bool, rank: usize) -> Result<Self, RunError> {
+        use sha2::Digest;
+        let recipe_sha256 = hex::encode(sha2::Sha256::digest(canonical(r)?.as_bytes()));
+        let found = if resuming { checkpoint::latest(&dir.join("checkpoints")) } else { None };
+        let state = match &found {
+            Some(f) => f.state.clone(),
+            None => TrainState::new(recipe_sha256),
+        };
+        let log_path = dir.join(format!("rank-{rank}.log"));
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+        let line = serde_json::json!({ "kind": "rank", "rank": rank, "pid": std::process::id(), "resuming": resuming });
+        std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes()).map_err(io(&log_path))?;
+        let threads = if r.runtime.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { r.runtime.threads };
+        crate::accel::set_inference(r.runtime.resolved_inference_precision(), threads);
+        Ok(Self { dir, resuming, _lock: None, leader: false, found, state, log, threads })
     }
 }
 

@@ -24,6 +24,7 @@ use self::data::RunData;
 use self::dir::RunDir;
 use self::model::RunModel;
 use crate::data::loader::Skipped;
+use crate::dist::Group;
 use crate::data::sources;
 use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate};
 use crate::feed::inputs::MediaStore;
@@ -61,6 +62,8 @@ pub enum RunError {
     Adapter(#[from] crate::model::lora::AdapterError),
     #[error(transparent)]
     Input(#[from] crate::feed::inputs::InputError),
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     #[error("prompt.transcript = \"asr\": {0}")]
     Asr(#[from] crate::model::asr::AsrError),
     #[error(transparent)]
@@ -126,6 +129,9 @@ pub struct RunSummary {
     pub feature_cache: Option<crate::data::feature_cache::CacheStats>,
     pub skipped: Vec<Skipped>,
     pub timings: Timings,
+    /// Rank 0 (or the only process); another rank of a group prints no summary.
+    #[serde(skip)]
+    pub leader: bool,
 }
 
 /// How `run` picks its run directory.
@@ -146,16 +152,44 @@ pub enum Resume {
 pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resume: &Resume) -> Result<RunSummary, RunError> {
     let t0 = Instant::now();
     let r = &loaded.recipe;
+    // Data-parallel ranks (one process unless a launcher started a group): rank 0 opens and writes the
+    // run directory, the others follow it.
+    let group = Group::join(r.runtime.distributed, &r.runtime.device, r.runtime.distributed_timeout_s)?;
     let device = model::device_for(r)?;
-    let mut run_dir = RunDir::open(r, resume)?;
+    let show_progress = show_progress && group.is_leader();
+    let mut run_dir = if group.is_leader() {
+        let d = RunDir::open(r, resume)?;
+        group.broadcast(&(d.dir.clone(), d.resuming), "the run directory")?;
+        d
+    } else {
+        let (dir, resuming): (PathBuf, bool) = group.broadcast(&(PathBuf::new(), false), "the run directory")?;
+        RunDir::follow(r, dir, resuming, group.rank)?
+    };
+    if group.is_distributed() && group.is_leader() {
+        tracing::info!(ranks = group.world, library = group.library(), "data-parallel run: rank 0 writes the run directory, rank K logs to rank-K.log");
+    }
+    // Rank 0 first: generated data and downloads land once, the others then read them from the cache.
+    if !group.is_leader() {
+        group.barrier("loading the data")?;
+    }
     let data = RunData::load(r, registry, run_dir.threads, show_progress)?;
+    if group.is_leader() {
+        group.barrier("loading the data")?;
+    }
     let data_s = t0.elapsed().as_secs_f64();
     let model = RunModel::build(loaded, registry, &run_dir, &data, &device)?;
     // Unreadable clips are found (and skipped, by `data.on_error`) when first used.
     let store = model.media_store(r, registry, &data)?;
 
     let t_train = Instant::now();
-    let state = train_stages(r, &mut run_dir, &data, &model, &store, &device, show_progress)?;
+    let state = train_stages(r, &mut run_dir, &data, &model, &store, &device, show_progress, &group)?;
+    if !group.is_leader() {
+        // Evaluation and the run's records are rank 0's.
+        group.barrier("the end of training")?;
+        let timings = Timings { data_s, train_s: t_train.elapsed().as_secs_f64(), eval_s: 0.0, total_s: t0.elapsed().as_secs_f64() };
+        return Ok(RunSummary { leader: false, ..summary_of(loaded, &run_dir, &data, &state, &store, None, timings) });
+    }
+    group.barrier("the end of training")?;
     select_and_export(r, &run_dir.dir, &model, &state, &device)?;
     let train_s = t_train.elapsed().as_secs_f64();
 
@@ -163,10 +197,16 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resu
     let eval = if r.eval.enabled { Some(evaluate_split(r, &run_dir.dir, &data, &model, &store, &device, show_progress)?) } else { None };
     let eval_s = t_eval.elapsed().as_secs_f64();
 
-    let summary = RunSummary {
+    let summary = summary_of(loaded, &run_dir, &data, &state, &store, eval, Timings { data_s, train_s, eval_s, total_s: t0.elapsed().as_secs_f64() });
+    finish(&run_dir.dir, &summary)?;
+    Ok(summary)
+}
+
+fn summary_of(loaded: &LoadedRecipe, run_dir: &RunDir, data: &RunData, state: &TrainState, store: &MediaStore, eval: Option<EvalOutcome>, timings: Timings) -> RunSummary {
+    RunSummary {
         run_dir: run_dir.dir.clone(),
         recipe: loaded.path.display().to_string(),
-        use_av: r.model.use_av,
+        use_av: loaded.recipe.model.use_av,
         train_samples: data.pool.iter().filter(|s| s.split == "train").count(),
         audio_missing: store.audio_missing(),
         stages: state.reports.clone(),
@@ -174,14 +214,14 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resu
         best: state.best.clone(),
         feature_cache: store.cache_stats(),
         skipped: store.skipped(),
-        timings: Timings { data_s, train_s, eval_s, total_s: t0.elapsed().as_secs_f64() },
-    };
-    finish(&run_dir.dir, &summary)?;
-    Ok(summary)
+        timings,
+        leader: true,
+    }
 }
 
 /// The stages still to run (all of them for a new run), each checkpointed; the report is redrawn after each.
-fn train_stages(r: &Recipe, run: &mut RunDir, data: &RunData, model: &RunModel, store: &MediaStore, device: &Device, show_progress: bool) -> Result<TrainState, RunError> {
+#[allow(clippy::too_many_arguments)]
+fn train_stages(r: &Recipe, run: &mut RunDir, data: &RunData, model: &RunModel, store: &MediaStore, device: &Device, show_progress: bool, group: &Group) -> Result<TrainState, RunError> {
     let state = run.state.clone();
     if state.stage_index >= r.stages.len() {
         return Ok(state);
@@ -204,6 +244,7 @@ fn train_stages(r: &Recipe, run: &mut RunDir, data: &RunData, model: &RunModel, 
         validation,
         initial: model.initial.clone(),
         resume_from: run.found.as_ref().map(|f| f.dir.clone()),
+        group,
         after_stage: &|| {
             if let Err(e) = crate::report::write_report(&dir) {
                 tracing::warn!(error = %e, "run report not written");

@@ -48,7 +48,9 @@ impl RunModel {
             }
             None => corpus_tokenizer(loaded, data, &template)?,
         };
-        tokenizer.save(&saved_tokenizer)?;
+        if run.leader {
+            tokenizer.save(&saved_tokenizer)?;
+        }
         if llm.config.vocab_size == 0 {
             llm.config.vocab_size = tokenizer.vocab_size();
         }

@@ -139,6 +139,16 @@ impl MixtureSampler {
     }
 }
 
+impl MixtureSampler {
+    /// One rank's shard of the next global batch of `world × batch` draws: the whole batch is drawn (every
+    /// rank follows the one seeded stream) and rank `rank` keeps its slice, so the shards are disjoint and
+    /// together are the single-process stream's batch.
+    pub fn next_shard(&mut self, batch: usize, rank: usize, world: usize) -> Vec<Draw> {
+        let global: Vec<Draw> = (0..batch * world).map(|_| self.next_draw()).collect();
+        global.into_iter().skip(rank * batch).take(batch).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +183,19 @@ mod tests {
         assert!((share - 0.75).abs() < 0.03, "share of y {share}");
         let first_pass: std::collections::BTreeSet<usize> = draws.iter().filter(|d| d.component == 0).take(5).map(|d| d.sample).collect();
         assert_eq!(first_pass.len(), 5);
+    }
+
+    #[test]
+    fn rank_shards_are_disjoint_and_make_up_the_single_process_stream() {
+        let make = || MixtureSampler::new(vec![comp("x", 7, 0.5), comp("y", 5, 1.5)], 9);
+        let mut single = make();
+        let mut ranks: Vec<MixtureSampler> = (0..3).map(|_| make()).collect();
+        for _ in 0..10 {
+            let whole = single.next_shard(12, 0, 1);
+            let shards: Vec<Vec<Draw>> = ranks.iter_mut().enumerate().map(|(r, s)| s.next_shard(4, r, 3)).collect();
+            assert_eq!(shards.concat(), whole, "the ranks' shards, in rank order, are the single process's batch");
+            // Disjoint positions of one stream: every rank continues from the same state.
+            assert!(ranks.windows(2).all(|w| w[0].state() == w[1].state()) && ranks[0].state() == single.state());
+        }
     }
 }

@@ -40,6 +40,8 @@ pub enum TrainError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("validation: {0}")]
     Validation(Box<crate::eval::runner::EvalError>),
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
 }
 
 impl From<crate::eval::runner::EvalError> for TrainError {
@@ -77,6 +79,10 @@ pub struct TrainContext<'a> {
     pub resume_from: Option<PathBuf>,
     /// Called after each stage's checkpoint is written (the run redraws its report there).
     pub after_stage: &'a dyn Fn(),
+    /// The data-parallel group (one process: a group of one). Each rank trains on its shard of every
+    /// global batch; gradients are summed over the ranks before clipping and the step; only rank 0
+    /// writes checkpoints, validation results and the log.
+    pub group: &'a crate::dist::Group,
 }
 
 /// One prepared micro-batch and the data state after it.
@@ -225,7 +231,10 @@ pub fn train(ctx: &mut TrainContext, mut state: TrainState) -> Result<TrainState
         let stopped_early = run_steps(ctx, stage, k, steps, &mut sampler, &mut opt, &vars, &saved, &mut state)?;
         // Stage end: export, report, boundary checkpoint (parameters only; the next stage starts fresh).
         let export = ctx.run_dir.join("checkpoints").join(format!("{:02}-{}.safetensors", k + 1, stage.name));
-        save_params(&vars, &export)?;
+        let leader = ctx.group.is_leader();
+        if leader {
+            save_params(&vars, &export)?;
+        }
         state.reports.push(StageReport {
             name: stage.name.clone(),
             steps: state.step,
@@ -236,15 +245,20 @@ pub fn train(ctx: &mut TrainContext, mut state: TrainState) -> Result<TrainState
             checkpoint: export.display().to_string(),
             stopped_early,
         });
+        // Every rank records what it trained: the ranks of a group must agree bit for bit.
+        let line = serde_json::json!({ "kind": "stage_end", "stage": stage.name, "stage_index": k, "global_step": state.global_step, "rank": ctx.group.rank, "params_sha256": params_sha256(&vars).map_err(|source| TrainError::Candle { stage: stage.name.clone(), step: state.step, source })? });
+        writeln!(ctx.log, "{line}").map_err(|source| TrainError::Io { path: "log.jsonl".into(), source })?;
         state.stage_index += 1;
         state.step = 0;
         state.optimizer_t = 0;
         state.data = None;
         state.evals_since_best = 0;
-        let name = checkpoint::step_name(state.global_step);
-        checkpoint::write(&ckpt_root, &name, &tensors_of(&saved), None, &state)?;
-        checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(&state).as_deref())?;
-        (ctx.after_stage)();
+        if leader {
+            let name = checkpoint::step_name(state.global_step);
+            checkpoint::write(&ckpt_root, &name, &tensors_of(&saved), None, &state)?;
+            checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(&state).as_deref())?;
+            (ctx.after_stage)();
+        }
         tracing::info!(stage = %stage.name, loss = state.loss.last, seconds = state.loss.seconds, "stage done");
     }
     Ok(state)
@@ -282,6 +296,7 @@ fn run_steps(
     let template = ctx.template.clone();
     let stage_name = stage.name.clone();
     let batch_size = stage.batch_size;
+    let shard = (ctx.group.rank, ctx.group.world);
     let depth = ctx.recipe.runtime.prefetch;
     let mut stopped_early = false;
     // f16 (GPU) trains with dynamic loss scaling; the scaler's state is checkpointed with the rest.
@@ -291,7 +306,7 @@ fn run_steps(
         let producer_sampler = &mut *sampler;
         scope.spawn(move || {
             for _ in 0..(steps - first) * accum {
-                let r = prepare(producer_sampler, batch_size, pool, store, tokenizer, &template, transcript, device, &stage_name);
+                let r = prepare(producer_sampler, batch_size, shard, pool, store, tokenizer, &template, transcript, device, &stage_name);
                 let stop = r.is_err();
                 if tx.send(r).is_err() || stop {
                     break;
@@ -301,7 +316,7 @@ fn run_steps(
         for step in first..steps {
             let lr = lr_at(stage, step);
             opt.set_lr(lr);
-            let micro = MicroBatches { stage, step, accum, seed: stage_seed, scale: scaler.as_ref().map_or(1.0, |s| s.scale), use_video, use_audio };
+            let micro = MicroBatches { stage, step, accum, seed: stage_seed, scale: scaler.as_ref().map_or(1.0, |s| s.scale), use_video, use_audio, group: ctx.group };
             let (grads, value, last_state, epoch) = micro.run(ctx.model, &rx, vars)?;
             if !value.is_finite() {
                 return Err(TrainError::Stage { stage: stage.name.clone(), message: format!("loss became {value} at step {step}; lower `lr` or enable `grad_clip`") });
@@ -310,6 +325,9 @@ fn run_steps(
                 return Err(TrainError::Stage { stage: stage.name.clone(), message: "no gradients (empty batch)".into() });
             };
             let candle = |source| TrainError::Candle { stage: stage.name.clone(), step, source };
+            if ctx.group.is_distributed() {
+                all_reduce_grads(ctx.group, &mut grads, vars, &format!("the gradients of stage `{}` step {}", stage.name, step + 1))?;
+            }
             let apply = match &mut scaler {
                 Some(s) => {
                     let finite = optim::unscale(&mut grads, vars, s.scale).map_err(candle)?;
@@ -345,16 +363,24 @@ fn run_steps(
             }
             let last = step + 1 == steps;
             if ctx.validation.is_some() && (last || (every > 0 && (step + 1).is_multiple_of(every))) {
-                validate(ctx, stage, k, saved, state)?;
-                let patience = ctx.recipe.validation.patience;
-                if patience > 0 && state.evals_since_best >= patience && !last {
-                    tracing::info!(stage = %stage.name, step = step + 1, patience, "early stopping: no validation improvement");
+                // Rank 0 validates; every rank follows its early-stopping decision.
+                let mut stop = false;
+                if ctx.group.is_leader() {
+                    validate(ctx, stage, k, saved, state)?;
+                    let patience = ctx.recipe.validation.patience;
+                    stop = patience > 0 && state.evals_since_best >= patience && !last;
+                }
+                if ctx.group.is_distributed() {
+                    stop = ctx.group.broadcast(&stop, "the early-stopping decision")?;
+                }
+                if stop {
+                    tracing::info!(stage = %stage.name, step = step + 1, "early stopping: no validation improvement");
                     stopped_early = true;
                     break;
                 }
             }
             let every_ckpt = ctx.recipe.checkpoint.every;
-            if !last && every_ckpt > 0 && state.global_step.is_multiple_of(every_ckpt) {
+            if ctx.group.is_leader() && !last && every_ckpt > 0 && state.global_step.is_multiple_of(every_ckpt) {
                 let name = checkpoint::step_name(state.global_step);
                 checkpoint::write(&ckpt_root, &name, &tensors_of(saved), Some(&opt.state_tensors()), state)?;
                 checkpoint::prune(&ckpt_root, ctx.recipe.checkpoint.keep_last, best_name(state).as_deref())?;
@@ -377,6 +403,7 @@ struct MicroBatches<'s> {
     scale: f64,
     use_video: bool,
     use_audio: bool,
+    group: &'s crate::dist::Group,
 }
 
 impl MicroBatches<'_> {
@@ -399,8 +426,23 @@ impl MicroBatches<'_> {
             let mm = prepared.media.tokens(model, self.use_video, self.use_audio).map_err(candle)?;
             let inputs = model.build_inputs(&prepared.prompts, mm.as_ref(), true).map_err(candle)?;
             let loss = model.loss(&inputs, stage.loss).map_err(candle)?;
-            loss_sum += loss.to_scalar::<f32>().map_err(candle)? as f64;
-            let factor = self.scale / self.accum as f64;
+            let local = loss.to_scalar::<f32>().map_err(candle)? as f64;
+            // This rank's share of the global batch's loss: its answer tokens (token_mean) or samples
+            // (sample_mean) over the whole group's, so the summed gradients equal one process's over the
+            // whole batch. One process: a share of exactly 1.
+            let weight = match stage.loss {
+                crate::recipe::LossReduction::TokenMean => inputs.targets.len(),
+                crate::recipe::LossReduction::SampleMean => prompts_len(&prepared),
+            } as f64;
+            let share = if self.group.is_distributed() {
+                let sums = self.group.sum_f64(&[weight, local * weight], &format!("the loss weights of stage `{}` step {}", stage.name, step + 1))?;
+                loss_sum += sums[1] / sums[0];
+                weight / sums[0]
+            } else {
+                loss_sum += local;
+                1.0
+            };
+            let factor = self.scale * share / self.accum as f64;
             let scaled = if factor != 1.0 { (loss * factor).map_err(candle)? } else { loss };
             accumulate(&mut grads, model.llm.backward(&scaled).map_err(candle)?, vars).map_err(candle)?;
             last_state = Some(prepared.state);
@@ -410,11 +452,48 @@ impl MicroBatches<'_> {
     }
 }
 
+/// sha256 over the parameters' values (f32 bytes, in name order).
+fn params_sha256(vars: &[(String, Var)]) -> candle_core::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, v) in vars {
+        h.update(name.as_bytes());
+        for x in v.as_tensor().to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+            h.update(x.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn prompts_len(p: &Prepared) -> usize {
+    p.prompts.len()
+}
+
+/// Sums the parameters' gradients over the ranks (a parameter without a gradient on this rank takes
+/// part as zeros, so every rank sends the same layout).
+fn all_reduce_grads(group: &crate::dist::Group, grads: &mut GradStore, vars: &[(String, Var)], what: &str) -> Result<(), TrainError> {
+    let candle = |e: candle_core::Error| TrainError::Dist(e.into());
+    let local: Vec<Tensor> = vars
+        .iter()
+        .map(|(_, v)| match grads.get(v.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect::<candle_core::Result<_>>()
+        .map_err(candle)?;
+    let summed = group.all_reduce_sum(&local, what)?;
+    for ((_, v), g) in vars.iter().zip(summed) {
+        grads.insert(v.as_tensor(), g);
+    }
+    Ok(())
+}
+
 /// Draws one micro-batch and prepares its prompts and media (on the loader thread).
 #[allow(clippy::too_many_arguments)]
 fn prepare(
     sampler: &mut MixtureSampler,
     batch_size: usize,
+    (rank, world): (usize, usize),
     pool: &[Sample],
     store: &MediaStore,
     tokenizer: &TextTokenizer,
@@ -424,7 +503,7 @@ fn prepare(
     stage: &str,
 ) -> Result<Prepared, TrainError> {
     let fail = |message: String| TrainError::Stage { stage: stage.to_string(), message };
-    let draws: Vec<_> = (0..batch_size).map(|_| sampler.next_draw()).collect();
+    let draws = sampler.next_shard(batch_size, rank, world);
     let idx: Vec<usize> = draws.iter().map(|d| d.sample).collect();
     let (media, kept) = store.batch(pool, &idx, device).map_err(|source| TrainError::Input { stage: stage.to_string(), source: Box::new(source) })?;
     let mut prompts = Vec::with_capacity(kept.len());
