@@ -31,6 +31,11 @@ build:
 run recipe *args: build
     {{bin}} run {{recipe}} {{args}}
 
+# Data-parallel training on N local ranks over Open MPI, e.g. `just run-dist 2 recipes/quickstart.toml`
+# (as root, Open MPI needs OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1).
+run-dist n recipe *args: build
+    mpirun -n {{n}} --oversubscribe {{bin}} run {{recipe}} {{args}}
+
 # Validate a recipe.
 check recipe *args: build
     {{bin}} recipe check {{recipe}} {{args}}
@@ -52,9 +57,9 @@ build-cuda: setup-cuda
 
 # Without a GPU they run against the stub driver: the GPU-only tests are reported SKIP by name
 # (#[ignore]), the rest check that a missing GPU is a clear error. On a GPU machine: `just test-gpu`.
-# The CUDA build's tests (tests/gpu.rs).
+# The CUDA build's tests (tests/gpu.rs), built with NCCL (`--features nccl`: data-parallel training on GPUs).
 test-cuda: setup-cuda
-    source "{{cuda_dir}}/env.sh" && LD_LIBRARY_PATH="$EMOLLAMA_CUDA_STUB_LIBS" CARGO_TARGET_DIR="{{cuda_target}}" cargo nextest run --cargo-profile release --features cuda --no-fail-fast --status-level skip --test gpu
+    source "{{cuda_dir}}/env.sh" && LD_LIBRARY_PATH="$EMOLLAMA_CUDA_STUB_LIBS" CARGO_TARGET_DIR="{{cuda_target}}" cargo nextest run --cargo-profile release --features cuda,nccl --no-fail-fast --status-level skip --test gpu
 
 # On a machine with an NVIDIA GPU (driver 580+) and a Rust toolchain: every GPU test.
 test-gpu: setup-cuda

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 DEST="${EMOLLAMA_CUDA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/emollama/cuda}"
-STAMP="cuda-13.0.88-cublas-13.1.0.3-v1"
+STAMP="cuda-13.0.88-cublas-13.1.0.3-nccl-2.30.7-v2"
 if [[ -f "$DEST/.complete" && "$(cat "$DEST/.complete")" == "$STAMP" ]]; then
     echo "CUDA toolchain already installed in $DEST"
     exit 0
@@ -29,8 +29,9 @@ nvidia-cuda-cccl==13.0.85 --hash=sha256:e0da7ad981f3a8aff08241b5bfc1af868742a63e
 nvidia-cuda-nvrtc==13.0.88 --hash=sha256:ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575
 nvidia-cublas==13.1.0.3 --hash=sha256:ee8722c1f0145ab246bccb9e452153b5e0515fd094c3678df50b2a0888b8b171
 nvidia-curand==10.4.0.35 --hash=sha256:1aee33a5da6e1db083fe2b90082def8915f30f3248d5896bcec36a579d941bfc
+nvidia-nccl-cu13==2.30.7 --hash=sha256:cefa7fdb9710efd0f39c5f1be1d61ff6fc9a996c451265bd7fbdcf9455ed4b50
 REQS
-echo "downloading the CUDA 13 wheels (about 680 MB) into $DEST ..."
+echo "downloading the CUDA 13 wheels (about 900 MB) into $DEST ..."
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes --only-binary=:all: \
     --target "$DEST.partial/site" -r "$REQ"
 
@@ -42,6 +43,12 @@ for lib in cudart nvrtc cublas cublasLt curand; do
     [[ -n "$real" ]] || { echo "error: lib$lib.so.* not found under $CU/lib" >&2; exit 1; }
     ln -sf "$(basename "$real")" "$CU/lib/lib$lib.so"
 done
+# NCCL (feature `nccl`) lives in its own wheel folder: link it where the linker and nvcc look.
+NCCL="$DEST.partial/site/nvidia/nccl"
+[[ -f "$NCCL/lib/libnccl.so.2" ]] || { echo "error: libnccl.so.2 not found under $NCCL/lib" >&2; exit 1; }
+ln -sf ../../nccl/lib/libnccl.so.2 "$CU/lib/libnccl.so.2"
+ln -sf libnccl.so.2 "$CU/lib/libnccl.so"
+for h in "$NCCL"/include/nccl*.h; do ln -sf "../../nccl/include/$(basename "$h")" "$CU/include/$(basename "$h")"; done
 
 # A link-time stub of the driver: every entry point of cuda.h returns CUDA_ERROR_STUB_LIBRARY (34).
 mkdir -p "$CU/lib/stubs"
