@@ -228,7 +228,7 @@ impl<'a> Predictor<'a> {
     }
 
     /// Text-only chat with the loaded LLM (no media tokens): the chat template around `user` (with
-    /// `system` when given, else the model's), generated with `gen`; `on_token` as in generation.
+    /// `system` when given, else the model's), generated with `sampling`; `on_token` as in generation.
     pub fn chat(&self, system: Option<&str>, user: &str, sampling: &GenerateOptions, seed: u64, on_token: &mut dyn FnMut(u32) -> bool) -> Result<ChatAnswer, String> {
         let m = self.ctx.model;
         let text = match system {

@@ -280,6 +280,11 @@ fn queue_error(e: std::sync::mpsc::TrySendError<Job>) -> ApiError {
 async fn predict(State(s): State<Arc<AppState>>, Query(q): Query<PredictQuery>, req: Request) -> Result<Response, ApiError> {
     let deadline = Instant::now() + s.config.timeout;
     authorize(&s, req.headers())?;
+    // Refused before reading a byte when the client announces too much.
+    let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > s.config.max_upload_bytes.saturating_add(MULTIPART_SLACK as u64)) {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the upload is larger than the limit of {} bytes (--max-upload-mb)", s.config.max_upload_bytes)));
+    }
     let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let received = if ctype.starts_with("multipart/form-data") {
         receive_multipart(&s, req).await?
@@ -408,15 +413,13 @@ struct ChatRequest {
 const CHAT_MAX_TOKENS: usize = 1024;
 
 /// OpenAI's chat completions, text only: the system message and the last user message through the
-/// model's chat template (earlier turns are not part of the prompt). Greedy unless a temperature is given.
+/// model's chat template (earlier turns are not part of the prompt). Greedy unless a temperature is given;
+/// `stream: true` answers with OpenAI's `chat.completion.chunk` events.
 async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let deadline = Instant::now() + s.config.timeout;
     authorize(&s, &headers)?;
     let bytes = axum::body::to_bytes(body, JSON_LIMIT).await.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the JSON body: {e}")))?;
     let req: ChatRequest = serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the JSON body: {e}")))?;
-    if req.stream {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "`stream: true` is not supported by this endpoint; the page streams predictions with POST /v1/predict?stream=true"));
-    }
     if let Some(m) = req.model.as_deref().filter(|m| !m.is_empty() && *m != s.model.recipe_name && *m != s.model.llm) {
         tracing::debug!(requested = m, "chat: the loaded model answers whatever `model` names");
     }
@@ -440,8 +443,13 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) ->
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     s.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _guard = InFlight(s.clone());
+    let guard = InFlight(s.clone());
     s.jobs.try_send(Job::Chat { system, user, sampling, seed: req.seed.unwrap_or(0), cancel: cancel.clone(), updates: tx }).map_err(queue_error)?;
+    let n = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if req.stream {
+        return Ok(stream_chat(rx, deadline, cancel, guard, format!("chatcmpl-{n}"), s.model.recipe_name.clone(), created).into_response());
+    }
     let answer = loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(ChatUpdate::Token(_))) => {}
@@ -453,8 +461,7 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) ->
             }
         }
     };
-    let n = s.next_id.fetch_add(1, Ordering::Relaxed);
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    drop(guard);
     Ok(axum::Json(serde_json::json!({
         "id": format!("chatcmpl-{n}"),
         "object": "chat.completion",
@@ -472,6 +479,48 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) ->
         },
     }))
     .into_response())
+}
+
+enum ChatStream {
+    Running(tokio::sync::mpsc::UnboundedReceiver<ChatUpdate>, InFlight),
+    Finishing,
+    Ended,
+}
+
+/// OpenAI's streamed chat: `chat.completion.chunk` events with the new text, then `[DONE]`.
+fn stream_chat(
+    rx: tokio::sync::mpsc::UnboundedReceiver<ChatUpdate>,
+    deadline: Instant,
+    cancel: Arc<AtomicBool>,
+    guard: InFlight,
+    id: String,
+    model: String,
+    created: u64,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
+        let v = serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        SseEvent::default().data(v.to_string())
+    };
+    let stream = futures::stream::unfold(ChatStream::Running(rx, guard), move |st| {
+        let (cancel, chunk) = (cancel.clone(), chunk.clone());
+        async move {
+            match st {
+                ChatStream::Ended => None,
+                ChatStream::Finishing => Some((Ok(SseEvent::default().data("[DONE]")), ChatStream::Ended)),
+                ChatStream::Running(mut rx, guard) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(ChatUpdate::Token(t))) => Some((Ok(chunk(serde_json::json!({"role": "assistant", "content": t}), None)), ChatStream::Running(rx, guard))),
+                    Ok(Some(ChatUpdate::Done(Ok(a)))) => Some((Ok(chunk(serde_json::json!({}), Some(if a.finished { "stop" } else { "length" }))), ChatStream::Finishing)),
+                    Ok(Some(ChatUpdate::Done(Err(e)))) => Some((Ok(sse_error(StatusCode::INTERNAL_SERVER_ERROR, &e)), ChatStream::Ended)),
+                    Ok(None) => Some((Ok(sse_error(StatusCode::SERVICE_UNAVAILABLE, "the model thread stopped")), ChatStream::Ended)),
+                    Err(_) => {
+                        cancel.store(true, Ordering::Relaxed);
+                        Some((Ok(sse_error(StatusCode::GATEWAY_TIMEOUT, "no answer within the server's --timeout")), ChatStream::Ended))
+                    }
+                },
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[cfg(test)]
