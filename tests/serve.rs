@@ -581,6 +581,8 @@ async fn a_browser_uploads_a_real_clip_and_sees_the_label_probabilities_reasonin
         let stages = c.execute("return [...document.querySelectorAll('#stages li')].map(li => li.dataset.stage)", vec![]).await.expect("stages");
         assert_eq!(stages, serde_json::json!(["upload", "decoding", "faces", "encoders", "scores", "generation"]));
         let out = test_output();
+        c.set_window_size(1000, 1250).await.expect("window");
+        c.execute("document.getElementById('result-h').scrollIntoView()", vec![]).await.expect("scroll");
         std::fs::write(out.join("serve-page.png"), c.screenshot().await.expect("screenshot")).expect("write screenshot");
         // A narrow window (a phone): nothing wider than the viewport.
         c.set_window_size(380, 1400).await.expect("narrow");

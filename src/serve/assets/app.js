@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const STAGES = { decoding: "Decoding the clip", faces: "Finding faces", transcript: "Transcribing the speech", encoders: "Encoding video and audio", scores: "Scoring the classes", generation: "Generating the reasoning" };
+const STAGES = { upload: "Uploading", decoding: "Decoding the clip", faces: "Finding faces", transcript: "Transcribing the speech", encoders: "Encoding video and audio", scores: "Scoring the classes", generation: "Generating the reasoning" };
 
 function authHeaders() {
   const t = $("token").value.trim();
