@@ -215,7 +215,7 @@ impl<'a> Predictor<'a> {
                         Err(e) => tracing::warn!(clip = %clip.id, error = %e, "no contact sheet"),
                     }
                 }
-                run_model(ctx, clip, p, &mut line, on)
+                run_model(ctx, clip, p, &mut line, on, true)
             });
         match result {
             Ok(()) => line.ok = true,
@@ -352,7 +352,7 @@ pub fn predict(model: &PredictModel, clips: &[Clip], opts: &PredictOptions, sink
                 if sink.is_done(&line.key) {
                     return Ok(None);
                 }
-                run_model(&ctx, clip, p, &mut line, &mut |_| true).map(Some)
+                run_model(&ctx, clip, p, &mut line, &mut |_| true, false).map(Some)
             });
             match result {
                 Ok(None) => summary.resumed += 1,
@@ -463,7 +463,8 @@ fn no_modality(ctx: &Context, info: &crate::media::ProbeInfo, model_video: bool,
 }
 
 /// The model's part: transcript, tokens, scores, reasoning.
-fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine, on: &mut OnEvent) -> Result<(), String> {
+/// With `stream_tokens`, each generated token's text goes to `on` as it comes.
+fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine, on: &mut OnEvent, stream_tokens: bool) -> Result<(), String> {
     let t_clip = Instant::now();
     let m = ctx.model;
     let r = m.recipe();
@@ -533,6 +534,9 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
         // Each new id's text: the decoded text so far minus what was sent (word pieces join correctly).
         let (mut so_far, mut sent, mut cancelled) = (Vec::new(), 0usize, false);
         let mut on_token = |id: u32| {
+            if !stream_tokens {
+                return true;
+            }
             so_far.push(id);
             let Ok(text) = m.tokenizer.decode(&so_far) else { return true };
             if text.len() > sent && text.is_char_boundary(sent) {
