@@ -134,6 +134,16 @@ impl Drop for InFlight {
     }
 }
 
+/// Takes a slot (the running request or a queued one), or 429 when all are taken.
+fn admit(s: &Arc<AppState>) -> Result<InFlight, ApiError> {
+    let before = s.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(s.clone());
+    if before > s.config.queue {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "the model is busy and its queue is full: try again shortly"));
+    }
+    Ok(guard)
+}
+
 #[derive(Deserialize, Default)]
 struct PredictQuery {
     #[serde(default)]
@@ -213,7 +223,15 @@ async fn receive_multipart(s: &Arc<AppState>, req: Request) -> Result<Received, 
                 got = true;
             }
             "transcript" => {
-                let t = field.text().await.map_err(multipart_error)?;
+                // Read with a bound: a huge text field must not fill the memory.
+                let mut t = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    t.extend_from_slice(&chunk);
+                    if t.len() > TRANSCRIPT_LIMIT {
+                        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the transcript is over {TRANSCRIPT_LIMIT} bytes")));
+                    }
+                }
+                let t = String::from_utf8(t).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the transcript is not UTF-8 text"))?;
                 transcript = clean_transcript(t)?;
             }
             other => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown multipart field `{other}`: expected `file` and optionally `transcript`"))),
@@ -280,6 +298,9 @@ fn queue_error(e: std::sync::mpsc::TrySendError<Job>) -> ApiError {
 async fn predict(State(s): State<Arc<AppState>>, Query(q): Query<PredictQuery>, req: Request) -> Result<Response, ApiError> {
     let deadline = Instant::now() + s.config.timeout;
     authorize(&s, req.headers())?;
+    // Counted from arrival: with every slot (the running request and the queue) taken, refused before
+    // the body is read, so uploads in progress are bounded too (disk: (queue + 1) × the upload limit).
+    let guard = admit(&s)?;
     // Refused before reading a byte when the client announces too much.
     let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > s.config.max_upload_bytes.saturating_add(MULTIPART_SLACK as u64)) {
@@ -297,8 +318,6 @@ async fn predict(State(s): State<Arc<AppState>>, Query(q): Query<PredictQuery>, 
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let Received { dir, file, id, input, transcript } = received;
-    s.in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = InFlight(s.clone());
     s.jobs.try_send(Job::Predict { dir, file, id, input, transcript, cancel: cancel.clone(), updates: tx }).map_err(queue_error)?;
     if q.stream {
         return Ok(stream_prediction(rx, deadline, cancel, guard).into_response());
@@ -442,8 +461,7 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) ->
     let sampling = GenerateOptions { temperature, top_p: req.top_p.unwrap_or(1.0), ..GenerateOptions::greedy(max_new_tokens) };
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    s.in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = InFlight(s.clone());
+    let guard = admit(&s)?;
     s.jobs.try_send(Job::Chat { system, user, sampling, seed: req.seed.unwrap_or(0), cancel: cancel.clone(), updates: tx }).map_err(queue_error)?;
     let n = s.next_id.fetch_add(1, Ordering::Relaxed);
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
