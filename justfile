@@ -36,6 +36,15 @@ run recipe *args: build
 run-dist n recipe *args: build
     mpirun -n {{n}} --oversubscribe {{bin}} run {{recipe}} {{args}}
 
+# The web demo and HTTP API on http://127.0.0.1:8080/, e.g. `just serve runs/my-run` (see README, "Serving").
+serve model *args: build
+    {{bin}} serve --model {{model}} {{args}}
+
+# The serve tests alone: API, limits, 50 concurrent requests, and the page in headless chromium
+# (screenshots in <target>/release/test-output/).
+test-serve:
+    cargo nextest run --cargo-profile release --no-fail-fast --test serve
+
 # Validate a recipe.
 check recipe *args: build
     {{bin}} recipe check {{recipe}} {{args}}

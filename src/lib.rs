@@ -20,6 +20,7 @@ pub mod recipe;
 pub mod registry;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod storage;
 pub mod train;
 pub mod validate;

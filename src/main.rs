@@ -30,6 +30,7 @@ enum Command {
     Doctor(cli::doctor::Args),
     Predict(cli::predict::Args),
     Import(cli::import::Args),
+    Serve(cli::serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         Command::Probe(a) => a.run(),
         Command::Doctor(a) => a.run(),
         Command::Import(a) => a.run(),
+        Command::Serve(a) => a.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -120,14 +120,18 @@ fn two_ranks_train_like_one_process_with_the_doubled_batch() {
 
 /// Starts a 2-rank run and returns (mpirun, run directory, rank 1's pid) once rank 0 logged `steps` steps.
 fn start_and_wait(tmp: &Path, recipe: &Path, name: &str, steps: usize) -> (std::process::Child, PathBuf, u32) {
-    let child = mpirun().args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mpirun");
+    let mut child = mpirun().args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mpirun");
     let t0 = Instant::now();
     loop {
-        assert!(t0.elapsed() < Duration::from_secs(120), "the run did not start");
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the run did not reach step {steps} within 120 s");
+        }
         if let Some(d) = std::fs::read_dir(tmp.join(format!("runs-{name}"))).ok().and_then(|mut r| r.next()).and_then(|e| e.ok()).map(|e| e.path()) {
             let log = std::fs::read_to_string(d.join("log.jsonl")).unwrap_or_default();
             let rank1 = std::fs::read_to_string(d.join("rank-1.log")).unwrap_or_default();
-            let pid = rank1.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["kind"] == "rank").filter_map(|v| v["pid"].as_u64()).last();
+            let pid = rank1.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["kind"] == "rank").filter_map(|v| v["pid"].as_u64()).next_back();
             if let (Some(pid), true) = (pid, log.lines().filter(|l| l.contains("\"kind\":\"train\"")).count() >= steps) {
                 return (child, d, pid as u32);
             }

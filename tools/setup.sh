@@ -5,7 +5,8 @@
 set -euo pipefail
 
 APT_PACKAGES=(pkg-config clang libclang-dev libdnnl-dev libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
-              libswresample-dev ffmpeg fonts-dejavu-core python3-venv g++ libopenmpi-dev openmpi-bin)
+              libswresample-dev ffmpeg fonts-dejavu-core python3-venv g++ libopenmpi-dev openmpi-bin
+              chromium chromium-driver)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found. Install Rust first: https://rustup.rs (then open a new shell)" >&2

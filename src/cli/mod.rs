@@ -16,6 +16,7 @@ pub mod registry;
 pub mod report;
 pub mod run;
 pub mod score;
+pub mod serve;
 
 use std::io::IsTerminal;
 use std::path::Path;

@@ -35,9 +35,22 @@ pub fn generate_one(
     opts: &GenerateOptions,
     rng: &mut impl Rng,
 ) -> Result<Vec<u32>> {
+    generate_one_streaming(model, prompt, mm, opts, rng, &mut |_| true)
+}
+
+/// [`generate_one`] calling `on_token` with each new id as soon as it is chosen (the same ids, in
+/// order); `on_token` returning `false` stops generation there (the ids so far are returned).
+pub fn generate_one_streaming(
+    model: &EmotionModel,
+    prompt: &TokenizedPrompt,
+    mm: Option<&MmTokens>,
+    opts: &GenerateOptions,
+    rng: &mut impl Rng,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
     let inputs = model.build_inputs(std::slice::from_ref(prompt), mm, false)?;
     let t = inputs.embeds.dim(1)?;
-    let mut out = decode(&model.llm, inputs.embeds, vec![vec![1; t]], model.eos, &[model.eos], opts, rng)?;
+    let mut out = decode(&model.llm, inputs.embeds, vec![vec![1; t]], model.eos, &[model.eos], opts, rng, on_token)?;
     Ok(out.pop().unwrap_or_default())
 }
 
@@ -58,13 +71,24 @@ pub fn generate_ids_batch(llm: &Llama, prompts: &[Vec<u32>], pad: u32, eos: &[u3
         valid.push(std::iter::repeat_n(0u8, padding).chain(std::iter::repeat_n(1u8, p.len())).collect());
     }
     let embeds = llm.embed(&Tensor::from_vec(ids, (b, longest), llm.device())?)?;
-    decode(llm, embeds, valid, pad, eos, opts, rng)
+    decode(llm, embeds, valid, pad, eos, opts, rng, &mut |_| true)
 }
 
 /// The decoding loop behind both entry points: `embeds` (batch, t, hidden) is the prompt, `valid` marks
 /// its real (non-padding) positions per row. Each step feeds one token per row through the KV cache; a
-/// finished row is fed `pad` until every row is done.
-fn decode(llm: &Llama, embeds: Tensor, mut valid: Vec<Vec<u8>>, pad: u32, eos: &[u32], opts: &GenerateOptions, rng: &mut impl Rng) -> Result<Vec<Vec<u32>>> {
+/// finished row is fed `pad` until every row is done. `on_token` sees each id appended to row 0 (a
+/// batch of one streams); its `false` ends generation after that id.
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    llm: &Llama,
+    embeds: Tensor,
+    mut valid: Vec<Vec<u8>>,
+    pad: u32,
+    eos: &[u32],
+    opts: &GenerateOptions,
+    rng: &mut impl Rng,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> Result<Vec<Vec<u32>>> {
     let b = valid.len();
     let dev = llm.device().clone();
     let mut step = embeds;
@@ -80,6 +104,7 @@ fn decode(llm: &Llama, embeds: Tensor, mut valid: Vec<Vec<u8>>, pad: u32, eos: &
         let mask = Tensor::from_vec(flat, (b, cache.len + t), &dev)?;
         let logits = llm.forward_cached(&step, &mask, &mut cache)?.i((.., t - 1))?.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
         let mut next = Vec::with_capacity(b);
+        let mut stop = false;
         for (row, mut l) in logits.into_iter().enumerate() {
             if done[row] {
                 next.push(pad);
@@ -91,10 +116,13 @@ fn decode(llm: &Llama, embeds: Tensor, mut valid: Vec<Vec<u8>>, pad: u32, eos: &
                 done[row] = true;
             } else {
                 out[row].push(tok);
+                if row == 0 && !on_token(tok) {
+                    stop = true;
+                }
             }
             next.push(tok);
         }
-        if done.iter().all(|d| *d) {
+        if stop || done.iter().all(|d| *d) {
             break;
         }
         for v in valid.iter_mut() {

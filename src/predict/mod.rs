@@ -28,7 +28,7 @@ use crate::data::loader::{DecodeSpec, DecodedMedia};
 use crate::data::transcript_cache::TranscriptCache;
 use crate::feed::batch;
 use crate::model::class_scores;
-use crate::model::generate::{GenerateOptions, generate_one};
+use crate::model::generate::{GenerateOptions, generate_one_streaming};
 use crate::model::multimodal::{MediaBatch, MmTokens};
 use crate::model::prompt;
 use crate::recipe::Task;
@@ -145,6 +145,134 @@ impl PredictSummary {
     }
 }
 
+/// What happens to one clip, as it happens ([`Predictor::predict_clip`]).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stage begins (`decoding`, `faces`, `transcript`, `encoders`, `scores`, `generation`), with a
+    /// line for people.
+    Stage { stage: &'static str, detail: String },
+    /// The next piece of the generated reasoning (text appended to what came before).
+    Token(String),
+    /// The contact sheet of the sampled frames, face boxes, crops and peak frame (PNG bytes), when the
+    /// model has a face front end.
+    ContactSheet(Vec<u8>),
+}
+
+/// The callback's `false` cancels the clip (its line gets the error `cancelled`).
+pub type OnEvent<'f> = dyn FnMut(Event) -> bool + 'f;
+
+const CANCELLED: &str = "cancelled";
+
+fn emit(on: &mut OnEvent, e: Event) -> Result<(), String> {
+    if on(e) { Ok(()) } else { Err(CANCELLED.into()) }
+}
+
+fn stage(on: &mut OnEvent, stage: &'static str, detail: impl Into<String>) -> Result<(), String> {
+    emit(on, Event::Stage { stage, detail: detail.into() })
+}
+
+/// The model and options ready for clips, one at a time: what `predict` runs per clip, callable on
+/// its own (`emollama serve`) with progress events and the reasoning streamed token by token.
+pub struct Predictor<'a> {
+    ctx: Context<'a>,
+}
+
+/// How [`Predictor::predict_clip`] treats a clip.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClipOptions {
+    /// Refuse files whose extension is not a media one (the batch does; a server that named the file
+    /// itself probes the content instead).
+    pub check_extension: bool,
+    /// Also make the contact sheet ([`Event::ContactSheet`]).
+    pub contact_sheet: bool,
+}
+
+impl<'a> Predictor<'a> {
+    pub fn new(model: &'a PredictModel, opts: &'a PredictOptions<'a>) -> Result<Self, PredictError> {
+        Ok(Self { ctx: Context::new(model, opts)? })
+    }
+
+    pub fn model(&self) -> &PredictModel {
+        self.ctx.model
+    }
+
+    /// Predicts one clip: the same line as `predict` writes for it (`ok`, or `error` saying why).
+    pub fn predict_clip(&self, clip: &Clip, how: ClipOptions, on: &mut OnEvent) -> PredictionLine {
+        let ctx = &self.ctx;
+        let mut line = PredictionLine { id: clip.id.clone(), input: clip.media.to_string(), ..Default::default() };
+        let result = stage(on, "decoding", "fetching, probing and decoding the clip")
+            .and_then(|_| prepare(ctx, clip, how.check_extension))
+            .and_then(|p| {
+                line.key = clip_key(ctx, clip, &p);
+                if let Some(f) = &p.decoded.faces {
+                    let peak = f.peak.and_then(|i| f.frame_times_s.get(i)).map(|t| format!("; peak frame at {t:.2} s")).unwrap_or_default();
+                    stage(on, "faces", format!("a face in {} of {} sampled frames{peak}", f.frames_with_face, f.frame_times_s.len()))?;
+                }
+                if how.contact_sheet && p.use_video {
+                    match contact_sheet(ctx, &p.local, &clip.id) {
+                        Ok(Some(png)) => emit(on, Event::ContactSheet(png))?,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(clip = %clip.id, error = %e, "no contact sheet"),
+                    }
+                }
+                run_model(ctx, clip, p, &mut line, on, true)
+            });
+        match result {
+            Ok(()) => line.ok = true,
+            Err(e) => {
+                tracing::warn!(clip = %clip.id, error = %e, "clip failed");
+                line.error = Some(e);
+            }
+        }
+        line
+    }
+
+    /// Text-only chat with the loaded LLM (no media tokens): the chat template around `user` (with
+    /// `system` when given, else the model's), generated with `sampling`; `on_token` as in generation.
+    pub fn chat(&self, system: Option<&str>, user: &str, sampling: &GenerateOptions, seed: u64, on_token: &mut dyn FnMut(u32) -> bool) -> Result<ChatAnswer, String> {
+        let m = self.ctx.model;
+        let text = match system {
+            Some(s) => m.template.kind.wrap(Some(s), user),
+            None => m.template.wrap(user),
+        };
+        let prompt = batch::tokenize_eval(&m.tokenizer, &text, crate::recipe::EvalLayout::Training).map_err(|e| format!("tokenizing the prompt: {e}"))?;
+        let prompt_tokens = prompt.pieces.iter().map(|p| match p {
+            crate::model::multimodal::Piece::Text(t) => t.len(),
+            _ => 0,
+        }).sum();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let ids = crate::model::generate::generate_one_streaming(&m.built.model, &prompt, None, sampling, &mut rng, on_token).map_err(|e| format!("generation: {e}"))?;
+        let text = m.tokenizer.decode(&ids).map_err(|e| format!("decoding the answer: {e}"))?;
+        Ok(ChatAnswer { text, prompt_tokens, completion_tokens: ids.len(), finished: ids.len() < sampling.max_new_tokens })
+    }
+
+    /// Decodes `ids` as text (for streaming: the text grows as ids are added).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
+        self.ctx.model.tokenizer.decode(ids).map_err(|e| e.to_string())
+    }
+}
+
+/// What [`Predictor::chat`] generated.
+#[derive(Debug, Clone)]
+pub struct ChatAnswer {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Ended by the model (EOS), not by the token limit.
+    pub finished: bool,
+}
+
+/// The contact sheet of `path` under the model's face front end (`None` without one): decoded again at
+/// the detection size, as `emollama probe --faces` makes it.
+fn contact_sheet(ctx: &Context, path: &std::path::Path, title: &str) -> Result<Option<Vec<u8>>, String> {
+    let Some(fe) = &ctx.spec.face else { return Ok(None) };
+    let (w, h) = fe.detect_size_of(path).map_err(|e| e.to_string())?;
+    let video = crate::media::decode_video(path, &ctx.spec.sampling, w, h).map_err(|e| e.to_string())?;
+    let faces = fe.process(&video, ctx.spec.width as usize, ctx.spec.height as usize).map_err(|e| e.to_string())?;
+    let title = format!("{title}: a face in {} of {} sampled frames", faces.faces_found(), faces.frames.len());
+    crate::report::face_sheet::contact_sheet(&video, &faces, &title).map(Some).map_err(|e| e.to_string())
+}
+
 /// The per-model state shared by every clip.
 struct Context<'a> {
     model: &'a PredictModel,
@@ -172,9 +300,8 @@ struct Prepared {
     timings: ClipTimings,
 }
 
-/// Predicts every clip of `clips` into `sink`, skipping those it finished before.
-pub fn predict(model: &PredictModel, clips: &[Clip], opts: &PredictOptions, sink: &mut LineSink) -> Result<PredictSummary, PredictError> {
-    let t0 = Instant::now();
+impl<'a> Context<'a> {
+    fn new(model: &'a PredictModel, opts: &'a PredictOptions<'a>) -> Result<Self, PredictError> {
     let r = model.recipe();
     let cache_root = crate::storage::cache_root(&r.runtime.cache_dir);
     let storage = Storage::new(r.storage.clone(), &cache_root).map_err(|e| PredictError::Setup(e.to_string()))?;
@@ -193,7 +320,7 @@ pub fn predict(model: &PredictModel, clips: &[Clip], opts: &PredictOptions, sink
     if opts.transcript == TranscriptMode::Asr && opts.asr.is_none() {
         return Err(PredictError::Setup("--transcript asr: no speech-to-text model is loaded".into()));
     }
-    let ctx = Context {
+    Ok(Context {
         model,
         opts,
         spec,
@@ -202,13 +329,20 @@ pub fn predict(model: &PredictModel, clips: &[Clip], opts: &PredictOptions, sink
         transcripts: TranscriptCache::new(&cache_root),
         candidates,
         wants_transcript: r.prompt.transcript.included(),
-    };
+    })
+    }
+}
+
+/// Predicts every clip of `clips` into `sink`, skipping those it finished before.
+pub fn predict(model: &PredictModel, clips: &[Clip], opts: &PredictOptions, sink: &mut LineSink) -> Result<PredictSummary, PredictError> {
+    let t0 = Instant::now();
+    let ctx = Context::new(model, opts)?;
     let mut summary = PredictSummary { clips: clips.len(), described: model.described.clone(), ..Default::default() };
     let bar = crate::progress::bar(clips.len() as u64, "predict", opts.show_progress);
     for chunk in clips.chunks(opts.batch.max(1)) {
         // Fetch, probe and decode the chunk's clips in parallel; then the model, one clip at a time.
         let prepared: Vec<Result<Prepared, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|c| s.spawn(|| prepare(&ctx, c))).collect();
+            let handles: Vec<_> = chunk.iter().map(|c| s.spawn(|| prepare(&ctx, c, true))).collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("the decoder thread panicked".into()))).collect()
         });
         for (clip, prep) in chunk.iter().zip(prepared) {
@@ -218,7 +352,7 @@ pub fn predict(model: &PredictModel, clips: &[Clip], opts: &PredictOptions, sink
                 if sink.is_done(&line.key) {
                     return Ok(None);
                 }
-                run_model(&ctx, clip, p, &mut line).map(Some)
+                run_model(&ctx, clip, p, &mut line, &mut |_| true, false).map(Some)
             });
             match result {
                 Ok(None) => summary.resumed += 1,
@@ -252,11 +386,11 @@ fn clip_key(ctx: &Context, clip: &Clip, p: &Prepared) -> String {
 }
 
 /// Fetch, probe, decode: everything before the model (runs on a worker thread).
-fn prepare(ctx: &Context, clip: &Clip) -> Result<Prepared, String> {
+fn prepare(ctx: &Context, clip: &Clip, check_extension: bool) -> Result<Prepared, String> {
     let mut timings = ClipTimings::default();
     let t = Instant::now();
     let name = clip.media.file_name();
-    if !inputs::is_media(&name) {
+    if check_extension && !inputs::is_media(&name) {
         return Err(format!("unknown extension of `{name}`: expected one of {}", inputs::MEDIA_EXTENSIONS.join(", ")));
     }
     let local = ctx.storage.local(&clip.media).map_err(|e| format!("fetching: {e}"))?;
@@ -329,7 +463,8 @@ fn no_modality(ctx: &Context, info: &crate::media::ProbeInfo, model_video: bool,
 }
 
 /// The model's part: transcript, tokens, scores, reasoning.
-fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine) -> Result<(), String> {
+/// With `stream_tokens`, each generated token's text goes to `on` as it comes.
+fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine, on: &mut OnEvent, stream_tokens: bool) -> Result<(), String> {
     let t_clip = Instant::now();
     let m = ctx.model;
     let r = m.recipe();
@@ -341,6 +476,9 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine)
     }
     // The transcript: given, else speech-to-text (cached per model and file).
     let t = Instant::now();
+    if clip.transcript.is_none() && ctx.opts.transcript != TranscriptMode::None && ctx.opts.asr.is_some() && (ctx.wants_transcript || ctx.opts.transcript == TranscriptMode::Asr) {
+        stage(on, "transcript", "speech-to-text of the audio")?;
+    }
     let (transcript, source) = match (&clip.transcript, ctx.opts.transcript, ctx.opts.asr) {
         (_, TranscriptMode::None, _) => (None, TranscriptSource::None),
         (Some(given), _, _) => (Some(given.clone()), TranscriptSource::Given),
@@ -364,6 +502,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine)
     line.transcript = transcript.clone();
     let in_prompt = if r.prompt.transcript.included() { transcript.as_deref() } else { None };
 
+    stage(on, "encoders", "the video and audio encoders and projectors")?;
     let t = Instant::now();
     let mm = tokens(ctx, &p).map_err(|e| format!("encoding: {e}"))?;
     line.modalities = [("video", p.use_video && mm.is_some()), ("audio", p.use_audio && mm.is_some())].iter().filter(|x| x.1).map(|x| x.0).collect();
@@ -378,6 +517,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine)
     // The direct question: the class words after the emotion instruction.
     let mut emotion_scores = None;
     if ctx.opts.task.scores() {
+        stage(on, "scores", "the likelihood of each class word")?;
         let t = Instant::now();
         let text = m.template.wrap(&prompt::emotion_llama_instruction(in_prompt, Task::Emotion.name(), first_instruction(r, Task::Emotion)));
         emotion_scores = Some(score(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?)?);
@@ -390,7 +530,26 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine)
         let text = m.template.wrap(&prompt::emotion_llama_instruction(in_prompt, task.name(), first_instruction(r, task)));
         let prompt = batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(r.seed);
-        let ids = generate_one(&m.built.model, &prompt, mm.as_ref(), &GenerateOptions::greedy(r.eval.max_new_tokens), &mut rng).map_err(|e| format!("generation: {e}"))?;
+        stage(on, "generation", "the reasoning, token by token")?;
+        // Each new id's text: the decoded text so far minus what was sent (word pieces join correctly).
+        let (mut so_far, mut sent, mut cancelled) = (Vec::new(), 0usize, false);
+        let mut on_token = |id: u32| {
+            if !stream_tokens {
+                return true;
+            }
+            so_far.push(id);
+            let Ok(text) = m.tokenizer.decode(&so_far) else { return true };
+            if text.len() > sent && text.is_char_boundary(sent) {
+                let delta = text[sent..].to_string();
+                sent = text.len();
+                cancelled = !on(Event::Token(delta));
+            }
+            !cancelled
+        };
+        let ids = generate_one_streaming(&m.built.model, &prompt, mm.as_ref(), &GenerateOptions::greedy(r.eval.max_new_tokens), &mut rng, &mut on_token).map_err(|e| format!("generation: {e}"))?;
+        if cancelled {
+            return Err(CANCELLED.into());
+        }
         let generated = m.tokenizer.decode(&ids).map_err(|e| format!("decoding the answer: {e}"))?;
         timings.generate_s = t.elapsed().as_secs_f64();
         if let Some(l) = crate::eval::extract::extract_label(&generated, &labels, r.eval.label_extraction) {
