@@ -119,6 +119,8 @@ fn two_ranks_train_like_one_process_with_the_doubled_batch() {
 }
 
 /// Starts a 2-rank run and returns (mpirun, run directory, rank 1's pid) once rank 0 logged `steps` steps.
+// The child is returned to the caller, which waits for it.
+#[allow(clippy::zombie_processes)]
 fn start_and_wait(tmp: &Path, recipe: &Path, name: &str, steps: usize) -> (std::process::Child, PathBuf, u32) {
     let mut child = mpirun().args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mpirun");
     let t0 = Instant::now();
