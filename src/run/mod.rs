@@ -147,7 +147,7 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resu
     let t0 = Instant::now();
     let r = &loaded.recipe;
     let device = model::device_for(r)?;
-    let mut run_dir = RunDir::open(r, resume)?;
+    let mut run_dir = RunDir::open(r, loaded.lock.as_ref(), resume)?;
     let data = RunData::load(r, registry, run_dir.threads, show_progress)?;
     let data_s = t0.elapsed().as_secs_f64();
     let model = RunModel::build(loaded, registry, &run_dir, &data, &device)?;
