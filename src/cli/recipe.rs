@@ -81,10 +81,19 @@ impl Args {
 /// the recipe otherwise).
 fn warn_unpinned(loaded: &LoadedRecipe) {
     for f in loaded.unpinned_remote() {
-        eprintln!(
-            "warning: remote base {} is not pinned, so its content may change under this recipe; pin it in `extends`:\n  {{ uri = \"{}\", sha256 = \"{}\" }}",
-            f.name, f.name, f.sha256
-        );
+        let parent = f.named_by.as_deref().unwrap_or("the recipe");
+        if emollama::recipe::remote::is_remote_uri(parent) {
+            // The pin belongs in a file this user may not own.
+            eprintln!(
+                "warning: remote base {} (sha256 {}) is not pinned by {parent}, which names it, so its content may change under this recipe; ask the maintainers of {parent} to pin it, and lock this recipe (`emollama recipe lock`)",
+                f.name, f.sha256
+            );
+        } else {
+            eprintln!(
+                "warning: remote base {} is not pinned, so its content may change under this recipe; pin it in the `extends` of {parent}:\n  {{ uri = \"{}\", sha256 = \"{}\" }}",
+                f.name, f.name, f.sha256
+            );
+        }
     }
     for f in loaded.file_records.iter().filter(|f| f.from_cache) {
         eprintln!("warning: remote base {} was read from the local cache (its server could not be reached)", f.name);

@@ -15,7 +15,8 @@ pub struct Difference {
     pub b_from: String,
 }
 
-/// Every leaf key whose value differs, in the order of `a`'s resolved recipe, then keys only `b` has.
+/// Every leaf key whose value differs, in key order (tables alphabetically, array elements by index),
+/// then keys only `b` has.
 pub fn diff(a: &LoadedRecipe, b: &LoadedRecipe) -> Result<Vec<Difference>, RecipeError> {
     let fa = flatten_recipe(a)?;
     let fb = flatten_recipe(b)?;

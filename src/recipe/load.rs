@@ -62,6 +62,8 @@ pub struct FileRecord {
     pub sha256: String,
     /// The `sha256` pin of the `extends` entry that named it, if any.
     pub pin: Option<String>,
+    /// The file whose `extends` named it first (`None` for the top file).
+    pub named_by: Option<String>,
     /// Read from the local cache because its server could not be reached.
     pub from_cache: bool,
 }
@@ -97,9 +99,10 @@ impl LoadedRecipe {
         "default".to_string()
     }
 
-    /// Remote bases read without a `sha256` pin.
+    /// Remote bases read without a `sha256` pin whose content may change (an `hf://` base at a commit
+    /// cannot).
     pub fn unpinned_remote(&self) -> impl Iterator<Item = &FileRecord> {
-        self.file_records.iter().filter(|f| f.is_remote() && f.pin.is_none())
+        self.file_records.iter().filter(|f| f.is_remote() && f.pin.is_none() && !super::remote::is_immutable_uri(&f.name))
     }
 }
 
@@ -370,7 +373,8 @@ impl Resolver {
             }
             Target::Remote(r) => {
                 tracing::debug!(uri = %r.uri(), "reading remote recipe base");
-                let fetched = self.fetcher_mut().fetch(r).map_err(|m| extends_err(format!("{}: {m}", r.uri())))?;
+                let pin = via.as_ref().and_then(|v| v.pin);
+                let fetched = self.fetcher_mut().fetch(r, pin).map_err(|m| extends_err(format!("{}: {m}", r.uri())))?;
                 if fetched.from_cache {
                     tracing::warn!(uri = %r.uri(), sha256 = fetched.sha256, "remote base read from the local cache (server unreachable)");
                 }
@@ -413,6 +417,7 @@ impl Resolver {
             local: (!is_remote).then_some(canonical),
             sha256,
             pin,
+            named_by: via.as_ref().map(|v| v.from.display().to_string()),
             from_cache,
         });
         self.out.push(SourceFile { path: display, text, dict });

@@ -189,19 +189,20 @@ impl Fetcher {
         Ok(s)
     }
 
-    /// The text of `r`: from its server (then cached), else, when the server cannot be reached, the cached
-    /// copy. Errors name what went wrong (the caller adds the URI and the naming file).
-    pub fn fetch(&mut self, r: &RemoteRef) -> Result<Fetched, String> {
+    /// The text of `r`: from its server (then cached, unless it does not match `pin`: the cache keeps the
+    /// last accepted content), else, when the server cannot be reached, the cached copy. Errors name what
+    /// went wrong (the caller adds the URI and the naming file).
+    pub fn fetch(&mut self, r: &RemoteRef, pin: Option<&str>) -> Result<Fetched, String> {
         let (bytes, from_cache) = match &r.store {
             Store::Hf { repo, revision } => fetch_hf(repo, revision, &r.segs.join("/"), self.cfg.retries)?,
-            _ => self.fetch_storage(r)?,
+            _ => self.fetch_storage(r, pin)?,
         };
         let sha256 = sha256_hex(&bytes);
         let text = String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
         Ok(Fetched { text, sha256, from_cache })
     }
 
-    fn fetch_storage(&mut self, r: &RemoteRef) -> Result<(Vec<u8>, bool), String> {
+    fn fetch_storage(&mut self, r: &RemoteRef, pin: Option<&str>) -> Result<(Vec<u8>, bool), String> {
         let storage = self.storage()?;
         let loc = r.location();
         let uri = r.uri();
@@ -216,6 +217,7 @@ impl Fetcher {
         })();
         match online {
             Ok(Ok(bytes)) if bytes.len() as u64 > MAX_RECIPE_BYTES => Err(too_big(bytes.len() as u64)),
+            Ok(Ok(bytes)) if pin.is_some_and(|p| !p.eq_ignore_ascii_case(&sha256_hex(&bytes))) => Ok((bytes, false)),
             Ok(Ok(bytes)) => {
                 if let Err(e) = storage.cache().put(&uri, &bytes, None) {
                     tracing::warn!(uri, error = %e, "cannot cache the remote recipe; it will need the server next time");
@@ -262,6 +264,11 @@ fn hub_cache() -> hf_hub::Cache {
 
 fn hf_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// Whether the content behind `uri` can never change: an `hf://` URI at a full commit hash.
+pub fn is_immutable_uri(uri: &str) -> bool {
+    matches!(RemoteRef::parse(uri), Ok(RemoteRef { store: Store::Hf { revision, .. }, .. }) if is_commit(&revision))
 }
 
 /// A full commit hash: the revision can never move, so a cached copy is final.
@@ -342,6 +349,8 @@ mod tests {
         assert!(root.resolve("gs://b/x.toml").unwrap_err().contains("unsupported scheme"));
         // An absolute remote URI starts a new root.
         assert_eq!(root.resolve("https://other/x/y.toml").unwrap().uri(), "https://other/x/y.toml");
+        assert!(is_immutable_uri("hf://o/r@0123456789abcdef0123456789abcdef01234567/a.toml"));
+        assert!(!is_immutable_uri("hf://o/r@main/a.toml") && !is_immutable_uri("s3://b/a.toml"));
         let hf = RemoteRef::parse("hf://o/r@main/recipes/a.toml").unwrap();
         assert_eq!(hf.resolve("b.toml").unwrap().uri(), "hf://o/r@main/recipes/b.toml");
     }
