@@ -417,3 +417,17 @@ fn hf_bases_from_the_hub_cache() {
     let err = fails(emollama(&cache, &["recipe", "check", norev.to_str().expect("utf8")], &[]), "hf without revision");
     assert!(err.contains("hf://owner/repo@REVISION/path.toml"), "{err}");
 }
+
+#[test]
+fn a_base_reached_twice_is_checked_against_each_pin() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let common_base = write(tmp.path(), "common.toml", "seed = 4\n");
+    let sha = sha256(&std::fs::read_to_string(&common_base).expect("read"));
+    write(tmp.path(), "a.toml", "extends = [\"common.toml\"]\n");
+    let top = write(tmp.path(), "top.toml", &format!("extends = [\"a.toml\", {{ uri = \"./common.toml\", sha256 = \"{}\" }}]\n", "f".repeat(64)));
+    let err = emollama::recipe::load::load_recipe_with_env(&top, &[], &[]).expect_err("second pin").to_string();
+    assert!(err.contains(&sha) && err.contains(&"f".repeat(64)) && err.contains("top.toml:1"), "{err}");
+    let ok_top = write(tmp.path(), "ok.toml", &format!("extends = [\"a.toml\", {{ uri = \"common.toml\", sha256 = \"{sha}\" }}]\n"));
+    let loaded = emollama::recipe::load::load_recipe_with_env(&ok_top, &[], &[]).expect("matching pin");
+    assert_eq!(loaded.recipe.seed, 4);
+}

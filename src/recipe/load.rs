@@ -363,6 +363,14 @@ impl Resolver {
             return Err(RecipeError::ExtendsCycle { chain });
         }
         if self.done.contains(&canonical) {
+            // Reached again (diamond): a pin on this path must match too.
+            let read = self.records.iter().find(|f| f.local.as_ref() == Some(&canonical) || (f.is_remote() && Path::new(&f.name) == canonical));
+            if let (Some(v), Some(f)) = (&via, read)
+                && let Some(p) = v.pin
+                && !p.eq_ignore_ascii_case(&f.sha256)
+            {
+                return Err(RecipeError::PinMismatch { from: v.from.to_path_buf(), line: v.line, uri: f.name.clone(), pinned: p.to_ascii_lowercase(), actual: f.sha256.clone() });
+            }
             return Ok(());
         }
         let (text, sha256, from_cache) = match &target {

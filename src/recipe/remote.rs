@@ -207,9 +207,11 @@ impl Fetcher {
         let loc = r.location();
         let uri = r.uri();
         let online = (|| {
-            // The size first, so a huge object is refused before it is downloaded.
-            match storage.size(&loc)? {
-                Some(n) if n > MAX_RECIPE_BYTES => return Ok(Err(too_big(n))),
+            // The size first, so a huge object is refused before it is downloaded; a server that
+            // cannot answer a HEAD is still read (and the length checked after).
+            match storage.size(&loc) {
+                Ok(Some(n)) if n > MAX_RECIPE_BYTES => return Ok(Err(too_big(n))),
+                Err(e) if e.is_outage() => return Err(e),
                 _ => {}
             }
             let bytes = storage.read(&loc)?;
