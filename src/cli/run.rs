@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use emollama::recipe::LoadedRecipe;
+use emollama::recipe::lock::{self, LockRecord};
 use emollama::registry::Registry;
 use emollama::run::Resume;
 
@@ -31,6 +33,10 @@ pub struct Args {
     /// With --dry-run: the plan as JSON.
     #[arg(long, requires = "dry_run")]
     json: bool,
+    /// Rewrite RECIPE.lock from the bases, manifests and dataset cards as they are now, instead of
+    /// refusing a recipe whose lock no longer matches.
+    #[arg(long)]
+    relock: bool,
 }
 
 impl Args {
@@ -49,7 +55,8 @@ impl Args {
         if self.dry_run {
             return print_plan(&recipe, &self.sets, self.json);
         }
-        let (loaded, registry) = super::load_checked(&recipe, &self.sets)?;
+        let (mut loaded, registry) = super::load_checked(&recipe, &self.sets)?;
+        loaded.lock = Some(check_lock(&recipe, &loaded, &registry, self.relock)?);
         if loaded.recipe.runtime.threads > 0 {
             // SAFETY: set before any worker thread exists (tensor thread pools start lazily).
             unsafe { std::env::set_var("RAYON_NUM_THREADS", loaded.recipe.runtime.threads.to_string()) };
@@ -60,6 +67,47 @@ impl Args {
             println!("{}", emollama::run::summary_table(&summary));
         }
         Ok(())
+    }
+}
+
+/// The recipe's lock, checked: a lock file that no longer matches is an error naming every change,
+/// unless `relock` (then it is rewritten). Without a lock file the run records what it used.
+fn check_lock(recipe: &Path, loaded: &LoadedRecipe, registry: &Registry, relock: bool) -> Result<LockRecord> {
+    let now = lock::compute(loaded, registry)?;
+    let existing = match lock::read(recipe) {
+        Ok(l) => l,
+        // A lock this build cannot read is replaced when asked to.
+        Err(e) if relock => {
+            tracing::warn!(error = %e, "replacing the unreadable lock file");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match existing {
+        Some(locked) => {
+            let changes = lock::differences(&locked, &now);
+            if changes.is_empty() {
+                return Ok(LockRecord { file: Some(lock::lock_path(recipe)), lock: now });
+            }
+            if !relock {
+                bail!(
+                    "`{}` no longer matches its lock {}:\n  {}\nreview the changes, then run `emollama recipe lock {}` (or pass --relock)",
+                    recipe.display(),
+                    lock::lock_path(recipe).display(),
+                    changes.join("\n  "),
+                    recipe.display()
+                );
+            }
+            let path = lock::write(recipe, &now)?;
+            tracing::warn!(lock = %path.display(), changes = %changes.join("; "), "lock rewritten (--relock)");
+            Ok(LockRecord { file: Some(path), lock: now })
+        }
+        None if relock => {
+            let path = lock::write(recipe, &now)?;
+            tracing::info!(lock = %path.display(), "lock written (--relock)");
+            Ok(LockRecord { file: Some(path), lock: now })
+        }
+        None => Ok(LockRecord { file: None, lock: now }),
     }
 }
 

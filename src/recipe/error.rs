@@ -81,6 +81,16 @@ pub enum RecipeError {
     /// same file.
     #[error("`extends` cycle: {}", chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" → "))]
     ExtendsCycle { chain: Vec<PathBuf> },
+    /// An `extends` entry that cannot be used: a remote base that cannot be read, a relative path
+    /// leaving a remote base's root, a local path named by a remote base, a malformed pin.
+    #[error("{}: `extends` entry `{entry}`: {message}", loc(from, line.unwrap_or(0), 0))]
+    Extends { from: PathBuf, line: Option<usize>, entry: String, message: String },
+    /// A pinned base whose content is not the pinned content.
+    #[error(
+        "{}: `extends` base {uri} has sha256 {actual}, but it is pinned to sha256 {pinned}: its content changed since it was pinned; review the change, then update the pin's `sha256` (or point `uri` at the pinned version)",
+        loc(from, line.unwrap_or(0), 0)
+    )]
+    PinMismatch { from: PathBuf, line: Option<usize>, uri: String, pinned: String, actual: String },
     /// A malformed `--set` argument.
     #[error("invalid --set argument `{arg}`: {reason} (expected KEY=VALUE, e.g. --set runtime.threads=2)")]
     BadSet { arg: String, reason: String },

@@ -41,16 +41,68 @@ pub struct LoadedRecipe {
     /// Every recipe file read, in merge order: bases first, the top file last. Each file appears
     /// once, even if reached through several parents.
     pub files: Vec<PathBuf>,
+    /// What was read of each file in `files` (same order): content hash, pin, remote or local.
+    pub file_records: Vec<FileRecord>,
+    /// The lock this recipe was checked against (set by `run`; recorded in `run_info.json`).
+    pub lock: Option<super::lock::LockRecord>,
     /// Text and parsed data of each file in `files` (for locating keys in later errors).
     sources: Vec<SourceFile>,
     /// Keys set by environment variables and `--set`, in increasing priority.
     overrides: Vec<Override>,
 }
 
+/// One recipe file read while loading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// The path (lexically normalised) or remote URI, as shown in errors.
+    pub name: String,
+    /// The canonical local path; `None` for a remote base.
+    pub local: Option<PathBuf>,
+    /// sha256 of the file's bytes, lower-case hex.
+    pub sha256: String,
+    /// The `sha256` pin of the `extends` entry that named it, if any.
+    pub pin: Option<String>,
+    /// The file whose `extends` named it first (`None` for the top file).
+    pub named_by: Option<String>,
+    /// Read from the local cache because its server could not be reached.
+    pub from_cache: bool,
+}
+
+impl FileRecord {
+    pub fn is_remote(&self) -> bool {
+        self.local.is_none()
+    }
+}
+
 impl LoadedRecipe {
     /// The fully resolved recipe as TOML; loading this text again gives an equal [`Recipe`].
     pub fn to_toml(&self) -> Result<String, RecipeError> {
         toml::to_string_pretty(&self.recipe).map_err(|e| RecipeError::Serialize { message: e.to_string() })
+    }
+
+    /// Where the value of `key_path` (`model.llm`, `stage[1].lr`) came from: the `--set` argument or
+    /// environment variable that set it last, else `file:line` of the last recipe file that sets it
+    /// (the file alone when the line cannot be found), else `default`.
+    pub fn origin_of(&self, key_path: &str) -> String {
+        let segs = parse_key_path(key_path);
+        if let Some(ov) = self.overrides.iter().rev().find(|ov| is_prefix(&ov.path, &segs)) {
+            return ov.origin.clone();
+        }
+        for src in self.sources.iter().rev() {
+            if covers(&src.dict, &segs) {
+                return match find_line_in(&scan_entries(&src.text), &segs) {
+                    Some(line) => format!("{}:{line}", src.path.display()),
+                    None => src.path.display().to_string(),
+                };
+            }
+        }
+        "default".to_string()
+    }
+
+    /// Remote bases read without a `sha256` pin whose content may change (an `hf://` base at a commit
+    /// cannot).
+    pub fn unpinned_remote(&self) -> impl Iterator<Item = &FileRecord> {
+        self.file_records.iter().filter(|f| f.is_remote() && f.pin.is_none() && !super::remote::is_immutable_uri(&f.name))
     }
 }
 
@@ -108,7 +160,9 @@ pub fn load_recipe_with_env(
     env: &[(String, String)],
 ) -> Result<LoadedRecipe, RecipeError> {
     let set_args = sets.iter().map(|a| parse_set(a)).collect::<Result<Vec<_>, _>>()?;
-    let sources = resolve_files(path)?;
+    let storage_sets: Vec<(Vec<Seg>, Value)> =
+        set_args.iter().filter(|(_, segs, _)| matches!(segs.first(), Some(Seg::Key(k)) if k == "storage")).map(|(_, s, v)| (s.clone(), v.clone())).collect();
+    let (sources, file_records) = resolve_files(path, storage_sets)?;
     tracing::debug!(files = ?sources.iter().map(|s| &s.path).collect::<Vec<_>>(), "recipe files");
 
     let mut errors: Vec<(usize, KeyError)> = Vec::new();
@@ -166,6 +220,8 @@ pub fn load_recipe_with_env(
             recipe,
             path: path.to_path_buf(),
             files: sources.iter().map(|s| s.path.clone()).collect(),
+            file_records,
+            lock: None,
             sources,
             overrides,
         }),
@@ -246,32 +302,60 @@ pub fn find_key_line(file_text: &str, key_path: &str) -> Option<usize> {
 // Files and `extends`
 
 struct Resolver {
-    /// (canonical, display) of the files on the current `extends` chain.
+    /// (canonical path or URI, display) of the files on the current `extends` chain.
     stack: Vec<(PathBuf, PathBuf)>,
     done: HashSet<PathBuf>,
     out: Vec<SourceFile>,
+    records: Vec<FileRecord>,
+    /// `--set storage.*` arguments: they apply to reading remote bases too.
+    storage_sets: Vec<(Vec<Seg>, Value)>,
+    /// Made when the first remote base is met, from the top file's `[storage]` and `runtime.cache_dir`.
+    fetcher: Option<super::remote::Fetcher>,
 }
 
-fn resolve_files(top: &Path) -> Result<Vec<SourceFile>, RecipeError> {
-    let mut r = Resolver { stack: Vec::new(), done: HashSet::new(), out: Vec::new() };
-    r.visit(top, None)?;
-    Ok(r.out)
+/// The file an `extends` entry was read from, and what it asked for.
+struct Via<'a> {
+    from: &'a Path,
+    line: Option<usize>,
+    entry: &'a str,
+    pin: Option<&'a str>,
+}
+
+/// A recipe file to read.
+enum Target {
+    Local(PathBuf),
+    Remote(super::remote::RemoteRef),
+}
+
+fn resolve_files(top: &Path, storage_sets: Vec<(Vec<Seg>, Value)>) -> Result<(Vec<SourceFile>, Vec<FileRecord>), RecipeError> {
+    let mut r = Resolver { stack: Vec::new(), done: HashSet::new(), out: Vec::new(), records: Vec::new(), storage_sets, fetcher: None };
+    r.visit(Target::Local(top.to_path_buf()), None)?;
+    Ok((r.out, r.records))
 }
 
 impl Resolver {
-    /// `from`: the file naming `io_path` in its `extends`, and the line of that key.
-    fn visit(&mut self, io_path: &Path, from: Option<(&Path, Option<usize>)>) -> Result<(), RecipeError> {
-        let display = normalize(io_path);
-        let canonical = match std::fs::canonicalize(io_path) {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(match from {
-                    Some((from, line)) if e.kind() == std::io::ErrorKind::NotFound => {
-                        RecipeError::ExtendsMissing { from: from.to_path_buf(), line, missing: display }
+    /// `via`: the file naming `target` in its `extends`, the line of that key and the entry.
+    fn visit(&mut self, target: Target, via: Option<Via>) -> Result<(), RecipeError> {
+        let extends_err = |message: String| match &via {
+            Some(v) => RecipeError::Extends { from: v.from.to_path_buf(), line: v.line, entry: v.entry.to_string(), message },
+            None => RecipeError::Extends { from: PathBuf::from("recipe"), line: None, entry: String::new(), message },
+        };
+        let (canonical, display, is_remote) = match &target {
+            Target::Local(io_path) => {
+                let display = normalize(io_path);
+                match std::fs::canonicalize(io_path) {
+                    Ok(c) => (c, display, false),
+                    Err(e) => {
+                        return Err(match &via {
+                            Some(v) if e.kind() == std::io::ErrorKind::NotFound => {
+                                RecipeError::ExtendsMissing { from: v.from.to_path_buf(), line: v.line, missing: display }
+                            }
+                            _ => RecipeError::Io { path: display, source: e },
+                        });
                     }
-                    _ => RecipeError::Io { path: display, source: e },
-                });
+                }
             }
+            Target::Remote(r) => (PathBuf::from(r.uri()), PathBuf::from(r.uri()), true),
         };
         if let Some(pos) = self.stack.iter().position(|(c, _)| *c == canonical) {
             let mut chain: Vec<PathBuf> = self.stack[pos..].iter().map(|(_, d)| d.clone()).collect();
@@ -279,24 +363,113 @@ impl Resolver {
             return Err(RecipeError::ExtendsCycle { chain });
         }
         if self.done.contains(&canonical) {
+            // Reached again (diamond): a pin on this path must match too.
+            let read = self.records.iter().find(|f| f.local.as_ref() == Some(&canonical) || (f.is_remote() && Path::new(&f.name) == canonical));
+            if let (Some(v), Some(f)) = (&via, read)
+                && let Some(p) = v.pin
+                && !p.eq_ignore_ascii_case(&f.sha256)
+            {
+                return Err(RecipeError::PinMismatch { from: v.from.to_path_buf(), line: v.line, uri: f.name.clone(), pinned: p.to_ascii_lowercase(), actual: f.sha256.clone() });
+            }
             return Ok(());
         }
-        let text = read_recipe_file(io_path).map_err(|e| RecipeError::Io { path: display.clone(), source: e })?;
+        let (text, sha256, from_cache) = match &target {
+            Target::Local(io_path) => {
+                let text = read_recipe_file(io_path).map_err(|e| RecipeError::Io { path: display.clone(), source: e })?;
+                let sha = super::remote::sha256_hex(text.as_bytes());
+                (text, sha, false)
+            }
+            Target::Remote(r) => {
+                tracing::debug!(uri = %r.uri(), "reading remote recipe base");
+                let pin = via.as_ref().and_then(|v| v.pin);
+                let fetched = self.fetcher_mut().fetch(r, pin).map_err(|m| extends_err(format!("{}: {m}", r.uri())))?;
+                if fetched.from_cache {
+                    tracing::warn!(uri = %r.uri(), sha256 = fetched.sha256, "remote base read from the local cache (server unreachable)");
+                }
+                (fetched.text, fetched.sha256, fetched.from_cache)
+            }
+        };
+        let pin = match via.as_ref().and_then(|v| v.pin) {
+            Some(p) => {
+                let p = p.to_ascii_lowercase();
+                if p != sha256 {
+                    let v = via.as_ref().map(|v| (v.from.to_path_buf(), v.line)).unwrap_or_default();
+                    return Err(RecipeError::PinMismatch { from: v.0, line: v.1, uri: display.display().to_string(), pinned: p, actual: sha256 });
+                }
+                Some(p)
+            }
+            None => None,
+        };
         let dict = parse_toml(&display, &text)?;
+        if self.stack.is_empty() && self.fetcher.is_none() {
+            self.fetcher = Some(self.make_fetcher(&dict));
+        }
         let extends = extends_of(&dict, &display, &text)?;
         if !extends.is_empty() {
             let line = find_key_line(&text, "extends");
-            let dir = io_path.parent().unwrap_or(Path::new(""));
             self.stack.push((canonical.clone(), display.clone()));
-            for rel in &extends {
-                self.visit(&dir.join(rel), Some((&display, line)))?;
+            for (entry, entry_pin) in &extends {
+                let next_via = Via { from: &display, line, entry, pin: entry_pin.as_deref() };
+                let next = match &target {
+                    Target::Remote(r) => r.resolve(entry).map(Target::Remote),
+                    Target::Local(io_path) => local_entry(io_path, entry),
+                };
+                let next = next.map_err(|message| RecipeError::Extends { from: display.clone(), line, entry: entry.clone(), message })?;
+                self.visit(next, Some(next_via))?;
             }
             self.stack.pop();
         }
-        self.done.insert(canonical);
+        self.done.insert(canonical.clone());
+        self.records.push(FileRecord {
+            name: display.display().to_string(),
+            local: (!is_remote).then_some(canonical),
+            sha256,
+            pin,
+            named_by: via.as_ref().map(|v| v.from.display().to_string()),
+            from_cache,
+        });
         self.out.push(SourceFile { path: display, text, dict });
         Ok(())
     }
+
+    fn fetcher_mut(&mut self) -> &mut super::remote::Fetcher {
+        self.fetcher.get_or_insert_with(|| super::remote::Fetcher::new(Default::default(), crate::storage::cache_root("")))
+    }
+
+    /// Remote bases are read with the top file's `[storage]` settings (and `--set storage.*`), cached
+    /// under its `runtime.cache_dir`. A bad value there falls back to the defaults here; the full load
+    /// reports it.
+    fn make_fetcher(&self, top: &Dict) -> super::remote::Fetcher {
+        let mut layer = Dict::new();
+        for key in ["storage", "runtime"] {
+            if let Some(v) = top.get(key) {
+                layer.insert(key.to_string(), v.clone());
+            }
+        }
+        let mut fig = Figment::from(LayerProvider { name: "top recipe".into(), file: None, dict: layer });
+        for (segs, v) in &self.storage_sets {
+            fig = fig.merge(LayerProvider { name: "--set".into(), file: None, dict: nest(segs, v.clone()) });
+        }
+        let cfg = fig.extract_inner::<crate::storage::StorageConfig>("storage").unwrap_or_default();
+        let cache_dir = fig.extract_inner::<String>("runtime.cache_dir").unwrap_or_default();
+        super::remote::Fetcher::new(cfg, crate::storage::cache_root(&cache_dir))
+    }
+}
+
+/// The base named by `entry` in the local file `io_path`: a remote URI, `file://PATH`, or a path
+/// relative to the file's folder.
+fn local_entry(io_path: &Path, entry: &str) -> Result<Target, String> {
+    if super::remote::is_remote_uri(entry) {
+        return super::remote::RemoteRef::parse(entry).map(Target::Remote);
+    }
+    if let Some(p) = entry.strip_prefix("file://") {
+        return Ok(Target::Local(PathBuf::from(p)));
+    }
+    if let Some((scheme, _)) = entry.split_once("://") {
+        return Err(format!("unsupported scheme `{scheme}` (use a relative path, s3://, http(s):// or hf://)"));
+    }
+    let dir = io_path.parent().unwrap_or(Path::new(""));
+    Ok(Target::Local(dir.join(entry)))
 }
 
 fn parse_toml(path: &Path, text: &str) -> Result<Dict, RecipeError> {
@@ -318,29 +491,51 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn extends_of(dict: &Dict, path: &Path, text: &str) -> Result<Vec<String>, RecipeError> {
-    let bad = |found: &Value, help: Option<String>| RecipeError::Invalid {
+/// The entries of `extends`: `"path"`, `"s3://..."`, or `{ uri = "...", sha256 = "..." }` (pinned).
+fn extends_of(dict: &Dict, path: &Path, text: &str) -> Result<Vec<(String, Option<String>)>, RecipeError> {
+    let bad = |message: String, help: Option<String>| RecipeError::Invalid {
         errors: vec![KeyError {
             file: Some(path.to_path_buf()),
             origin: path.display().to_string(),
             line: find_key_line(text, "extends"),
             key_path: "extends".into(),
-            message: format!("expected an array of file paths (strings), found {}", value_kind(found)),
+            message,
             suggestion: None,
             help,
         }],
     };
+    let expected = |found: &Value| format!("expected an array of file paths, URIs or {{ uri = \"...\", sha256 = \"...\" }} tables, found {}", value_kind(found));
+    let item = |v: &Value| -> Result<(String, Option<String>), RecipeError> {
+        match v {
+            Value::String(_, s) => Ok((s.clone(), None)),
+            Value::Dict(_, d) => {
+                if let Some(k) = d.keys().find(|k| !["uri", "sha256"].contains(&k.as_str())) {
+                    return Err(bad(format!("unknown key `{k}` in an `extends` entry"), Some("valid keys: uri, sha256".into())));
+                }
+                let uri = match d.get("uri") {
+                    Some(Value::String(_, s)) => s.clone(),
+                    _ => return Err(bad("an `extends` table needs `uri = \"...\"` (a path or URI)".into(), None)),
+                };
+                let sha = match d.get("sha256") {
+                    None => None,
+                    Some(Value::String(_, s)) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Some(s.to_ascii_lowercase()),
+                    Some(other) => {
+                        return Err(bad(
+                            format!("the pin of `{uri}` is not a sha256 (64 hex digits): {other:?}"),
+                            Some("`emollama recipe check` prints the pin of each unpinned remote base".into()),
+                        ));
+                    }
+                };
+                Ok((uri, sha))
+            }
+            other => Err(bad(expected(other), None)),
+        }
+    };
     match dict.get("extends") {
         None => Ok(Vec::new()),
-        Some(Value::Array(_, items)) => items
-            .iter()
-            .map(|v| match v {
-                Value::String(_, s) => Ok(s.clone()),
-                other => Err(bad(other, None)),
-            })
-            .collect(),
-        Some(v @ Value::String(_, s)) => Err(bad(v, Some(format!("write extends = [{s:?}]")))),
-        Some(other) => Err(bad(other, None)),
+        Some(Value::Array(_, items)) => items.iter().map(item).collect(),
+        Some(v @ Value::String(_, s)) => Err(bad(expected(v), Some(format!("write extends = [{s:?}]")))),
+        Some(other) => Err(bad(expected(other), None)),
     }
 }
 

@@ -13,10 +13,11 @@ use super::choices::{Distributed, EvalLayout, InferencePrecision, InstructionSet
 pub struct Recipe {
     /// Run name; the run directory is `<runs_dir>/<name>-<timestamp>`.
     pub name: String,
-    /// Other recipe files this one builds on (paths relative to this file); later entries and this
-    /// file win. Resolved at load time, so the resolved recipe shows it empty.
+    /// Other recipe files this one builds on (paths relative to this file, `s3://`, `http(s)://` or
+    /// `hf://owner/repo@revision/path.toml` URIs, optionally pinned: `{ uri = "...", sha256 = "..." }`);
+    /// later entries and this file win. Resolved at load time, so the resolved recipe shows it empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub extends: Vec<String>,
+    pub extends: Vec<Extend>,
     /// Seed for data order, initialisation, dropout and sampling.
     pub seed: u64,
     pub runtime: Runtime,
@@ -35,6 +36,18 @@ pub struct Recipe {
     /// Optional processing between decoding and the encoders (face crops, peak frame).
     #[serde(skip_serializing_if = "FrontEnd::is_off")]
     pub front_end: FrontEnd,
+}
+
+/// One `extends` entry: a path or URI, or a table with the URI and the sha256 its content must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Extend {
+    Path(String),
+    Pinned {
+        uri: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
 }
 
 /// `[front_end]`: what happens to decoded frames before the encoders see them.

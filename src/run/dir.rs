@@ -30,7 +30,7 @@ pub struct RunDir {
 impl RunDir {
     /// Opens (or creates) the run directory of `r`, locks it, finds the checkpoint to resume from and writes
     /// the run's records.
-    pub fn open(r: &crate::recipe::Recipe, resume: &Resume) -> Result<Self, RunError> {
+    pub fn open(r: &crate::recipe::Recipe, recipe_lock: Option<&crate::recipe::lock::LockRecord>, resume: &Resume) -> Result<Self, RunError> {
         use sha2::Digest;
         let text = canonical(r)?;
         let recipe_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
@@ -60,7 +60,7 @@ impl RunDir {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
         let threads = if r.runtime.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { r.runtime.threads };
         crate::accel::set_inference(r.runtime.resolved_inference_precision(), threads);
-        let info = run_info(r, threads, &recipe_sha256, found.as_ref().map(|f| f.dir.as_path()));
+        let info = run_info(r, threads, &recipe_sha256, found.as_ref().map(|f| f.dir.as_path()), recipe_lock);
         write_atomic(&dir.join("run_info.json"), &serde_json::to_vec_pretty(&info)?)?;
         Ok(Self { dir, resuming, _lock: Some(lock), leader: true, found, state, log, threads })
     }
@@ -189,7 +189,7 @@ fn truncate_log(path: &Path, global_step: usize) -> Result<(), RunError> {
 }
 
 /// The device, dtype, versions and source commit of a run (`run_info.json`).
-fn run_info(r: &crate::recipe::Recipe, threads: usize, recipe_sha256: &str, resumed_from: Option<&Path>) -> serde_json::Value {
+fn run_info(r: &crate::recipe::Recipe, threads: usize, recipe_sha256: &str, resumed_from: Option<&Path>, lock: Option<&crate::recipe::lock::LockRecord>) -> serde_json::Value {
     let git = |args: &[&str]| {
         std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
@@ -210,6 +210,9 @@ fn run_info(r: &crate::recipe::Recipe, threads: usize, recipe_sha256: &str, resu
         "resumed_from": resumed_from.map(|p| p.display().to_string()),
         "inference_precision": r.runtime.resolved_inference_precision().name(),
         "inference_backend": crate::accel::backend(),
+        // The bases, manifests and dataset cards (sha256) the recipe was checked against; `file` is its
+        // lock file, null when it has none.
+        "recipe_lock": lock,
     })
 }
 

@@ -158,7 +158,7 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resu
     let device = model::device_for(r)?;
     let show_progress = show_progress && group.is_leader();
     let mut run_dir = if group.is_leader() {
-        let d = RunDir::open(r, resume)?;
+        let d = RunDir::open(r, loaded.lock.as_ref(), resume)?;
         group.broadcast(&(d.dir.clone(), d.resuming), "the run directory")?;
         d
     } else {
