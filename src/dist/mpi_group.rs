@@ -122,17 +122,9 @@ impl Collective for MpiGroup {
         self.arrive(what);
         let f64s = tensors.iter().any(|t| t.dtype() == DType::F64);
         let flat_dtype = if f64s { DType::F64 } else { DType::F32 };
-        let flat: Vec<Tensor> = tensors.iter().map(|t| t.to_dtype(flat_dtype)?.flatten_all()?.to_device(&candle_core::Device::Cpu)).collect::<candle_core::Result<_>>()?;
-        let all = if flat.is_empty() { return Ok(Vec::new()) } else { Tensor::cat(&flat, 0)? };
+        let Some(all) = super::flatten(tensors, flat_dtype, &candle_core::Device::Cpu)? else { return Ok(Vec::new()) };
         let summed = if f64s { Tensor::new(self.reduce(&all.to_vec1::<f64>()?, what), &candle_core::Device::Cpu)? } else { Tensor::new(self.reduce(&all.to_vec1::<f32>()?, what), &candle_core::Device::Cpu)? };
-        let mut out = Vec::with_capacity(tensors.len());
-        let mut at = 0;
-        for t in tensors {
-            let n = t.elem_count();
-            out.push(summed.narrow(0, at, n)?.reshape(t.shape())?.to_dtype(t.dtype())?.to_device(t.device())?);
-            at += n;
-        }
-        Ok(out)
+        Ok(super::unflatten(&summed, tensors)?)
     }
 
     fn broadcast(&self, bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, DistError> {

@@ -110,20 +110,9 @@ impl CustomOp1 for AllReduce<'_> {
 
 impl Collective for NcclGroup {
     fn all_reduce_sum(&self, tensors: &[Tensor], what: &str) -> Result<Vec<Tensor>, DistError> {
-        let flat: Vec<Tensor> = tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()?.to_device(&self.device)).collect::<candle_core::Result<_>>()?;
-        if flat.is_empty() {
-            return Ok(Vec::new());
-        }
-        let all = Tensor::cat(&flat, 0)?.contiguous()?;
+        let Some(all) = super::flatten(tensors, DType::F32, &self.device)? else { return Ok(Vec::new()) };
         let summed = all.apply_op1_no_bwd(&AllReduce(&self.comm)).map_err(|e| DistError::Collective(format!("{what}: {e}")))?;
-        let mut out = Vec::with_capacity(tensors.len());
-        let mut at = 0;
-        for t in tensors {
-            let n = t.elem_count();
-            out.push(summed.narrow(0, at, n)?.reshape(t.shape())?.to_dtype(t.dtype())?.to_device(t.device())?);
-            at += n;
-        }
-        Ok(out)
+        Ok(super::unflatten(&summed, tensors)?)
     }
 
     fn broadcast(&self, bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, DistError> {

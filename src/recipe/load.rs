@@ -19,6 +19,7 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 
 use super::error::{KeyError, RecipeError};
+use super::remote::MAX_RECIPE_BYTES;
 use super::schema::Recipe;
 use super::suggest::suggest;
 
@@ -1320,10 +1321,6 @@ fn parse_quoted(s: &str) -> Option<(String, &str)> {
     None
 }
 
-
-/// The largest recipe file read (recipes are a few KB; a bound keeps a shared recipe that `extends`
-/// `/dev/zero` or a huge file from exhausting memory).
-pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
 
 /// A recipe file's text: a regular file of at most [`MAX_RECIPE_BYTES`], valid UTF-8.
 fn read_recipe_file(path: &Path) -> std::io::Result<String> {

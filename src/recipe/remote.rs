@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::storage::{Location, Storage, StorageConfig};
 
-use super::load::MAX_RECIPE_BYTES;
+/// The largest recipe file read (recipes are a few KB; a bound keeps a shared recipe that `extends`
+/// `/dev/zero` or a huge file from exhausting memory).
+pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
 
 /// Where a remote base lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

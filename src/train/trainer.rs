@@ -245,9 +245,11 @@ pub fn train(ctx: &mut TrainContext, mut state: TrainState) -> Result<TrainState
             checkpoint: export.display().to_string(),
             stopped_early,
         });
-        // Every rank records what it trained: the ranks of a group must agree bit for bit.
-        let line = serde_json::json!({ "kind": "stage_end", "stage": stage.name, "stage_index": k, "global_step": state.global_step, "rank": ctx.group.rank, "params_sha256": params_sha256(&vars).map_err(|source| TrainError::Candle { stage: stage.name.clone(), step: state.step, source })? });
-        writeln!(ctx.log, "{line}").map_err(|source| TrainError::Io { path: "log.jsonl".into(), source })?;
+        // In a group every rank records what it trained: the ranks must agree bit for bit.
+        if ctx.group.is_distributed() {
+            let line = serde_json::json!({ "kind": "stage_end", "stage": stage.name, "stage_index": k, "global_step": state.global_step, "rank": ctx.group.rank, "params_sha256": params_sha256(&vars).map_err(|source| TrainError::Candle { stage: stage.name.clone(), step: state.step, source })? });
+            writeln!(ctx.log, "{line}").map_err(|source| TrainError::Io { path: "log.jsonl".into(), source })?;
+        }
         state.stage_index += 1;
         state.step = 0;
         state.optimizer_t = 0;

@@ -61,3 +61,50 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     (a - b).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0)).and_then(|d| d.to_scalar::<f32>()).expect("difference")
 }
+
+/// Trains the tiny Emotion-LLaMA layout with the face front end (the peak frame for the global view) one
+/// step, with `XDG_CACHE_HOME = cache`; returns its run directory. Enough to check what `predict` and
+/// `serve` report about real clips (faces, peak frame, scores, a short reasoning of `max_new_tokens`).
+pub fn train_with_faces(tmp: &Path, cache: &Path, max_new_tokens: usize) -> PathBuf {
+    let recipe = tmp.join("faces.toml");
+    let body = format!(
+        r#"extends = [{base:?}]
+name = "faces"
+
+[runtime]
+runs_dir = {runs:?}
+
+[data.synth]
+seed = 3
+train = 8
+val = 4
+test = 4
+
+[model]
+global_frame = "peak"
+
+[[stage]]
+name = "one"
+tasks = ["emotion"]
+steps = 1
+batch_size = 4
+lr = 1e-3
+warmup_steps = 0
+trainable = ["projector.*"]
+
+[validation]
+enabled = false
+
+[eval]
+max_new_tokens = {max_new_tokens}
+
+[front_end.face]
+"#,
+        base = repo().join("recipes/quickstart_emotion_llama_tiny.toml").display().to_string(),
+        runs = tmp.join("runs").display().to_string(),
+    );
+    std::fs::write(&recipe, body).expect("recipe");
+    let o = Command::new(env!("CARGO_BIN_EXE_emollama")).args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).current_dir(repo()).env("XDG_CACHE_HOME", cache).output().expect("spawn");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_dir(tmp.join("runs")).expect("runs").flatten().map(|e| e.path()).find(|p| p.is_dir()).expect("run dir")
+}

@@ -29,14 +29,25 @@ pub fn free_port() -> u16 {
 }
 
 impl Moto {
-    /// Starts a server on a free port.
+    /// Starts a server on a free port. `free_port` can hand two tests running in parallel the same port;
+    /// the server that loses it exits at once, so another port is tried.
     pub fn start() -> Moto {
-        Moto::start_on(free_port())
+        for _ in 0..8 {
+            if let Some(m) = Moto::try_start_on(free_port()) {
+                return m;
+            }
+        }
+        panic!("moto_server could not get a free local port in 8 tries");
     }
 
     /// Starts a server on `port` and waits until it accepts connections.
     pub fn start_on(port: u16) -> Moto {
-        let child = Command::new(binary())
+        Moto::try_start_on(port).unwrap_or_else(|| panic!("moto_server exited at start on 127.0.0.1:{port}: is the port taken?"))
+    }
+
+    /// A server on `port` once it listens; `None` when it exited (the port was taken).
+    fn try_start_on(port: u16) -> Option<Moto> {
+        let mut child = Command::new(binary())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -44,10 +55,18 @@ impl Moto {
             .unwrap_or_else(|e| panic!("cannot start `{} -H 127.0.0.1 -p {port}` ({e}): run `just setup`, which installs moto[server] from PyPI", binary()));
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return None;
+            }
             assert!(t0.elapsed() < Duration::from_secs(60), "moto_server did not listen on 127.0.0.1:{port} within 60 s");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Moto { child: Some(child), port }
+        // Something listens: make sure it is this server, not another test's on the same port.
+        std::thread::sleep(Duration::from_millis(300));
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return None;
+        }
+        Some(Moto { child: Some(child), port })
     }
 
     pub fn endpoint(&self) -> String {
