@@ -176,6 +176,17 @@ fn post_json(server: &Server, path: &str, body: &serde_json::Value, token: Optio
 }
 
 /// The upload folders the servers made under `tmpdir` that still exist.
+/// Upload folders (`req-N`) still there after waiting up to 10 s: a request's folder is removed just after
+/// its answer is sent.
+fn leftover_requests(tmpdir: &Path) -> Vec<PathBuf> {
+    let reqs = || -> Vec<PathBuf> { leftover_uploads(tmpdir).into_iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("req-"))).collect() };
+    let t0 = Instant::now();
+    while !reqs().is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reqs()
+}
+
 fn leftover_uploads(tmpdir: &Path) -> Vec<PathBuf> {
     let mut left = Vec::new();
     for d in std::fs::read_dir(tmpdir).expect("tmpdir").flatten().filter(|e| e.file_name().to_string_lossy().starts_with("emollama-serve-")) {
@@ -332,7 +343,7 @@ fn the_api_answers_what_predict_writes_and_refuses_bad_requests_with_clear_4xx()
     assert!(r.text().contains("text only"), "{}", r.text());
 
     // Every upload deleted after use; the private folder itself is removed on SIGTERM.
-    let left: Vec<PathBuf> = leftover_uploads(&tmpdir).into_iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("req-"))).collect();
+    let left = leftover_requests(&tmpdir);
     assert!(left.is_empty(), "upload folders left behind: {left:?}");
     let log = server.log();
     let status = server.stop();
@@ -463,7 +474,8 @@ fn fifty_concurrent_requests_finish_or_get_429_with_bounded_memory() {
     eprintln!("50 concurrent requests: {ok} answered, {busy} got 429 in {seconds:.1} s; server peak RSS (VmHWM) {:.0} MiB (after loading {:.0} MiB)", peak as f64 / 1024.0, before as f64 / 1024.0);
     assert!(peak < 2 * 1024 * 1024, "peak RSS {peak} KiB: memory not bounded");
     assert!(peak < before + 1024 * 1024, "peak {peak} KiB against {before} KiB after loading");
-    assert!(leftover_uploads(&tmpdir).iter().all(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("req-"))), "{:?}", leftover_uploads(&tmpdir));
+    let left = leftover_requests(&tmpdir);
+    assert!(left.is_empty(), "upload folders left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
