@@ -133,6 +133,43 @@ impl Group {
         serde_json::from_slice(&got).map_err(|e| DistError::Collective(format!("{what}: {e}")))
     }
 
+    /// Every rank's value, in rank order, on rank 0 (`None` on the others). Built on the sum: each rank
+    /// writes its bytes into its own segment of a zero vector, so the sum is exact and one implementation
+    /// serves both libraries.
+    pub fn gather<T: serde::Serialize + serde::de::DeserializeOwned>(&self, value: &T, what: &str) -> Result<Option<Vec<T>>, DistError> {
+        let err = |e: serde_json::Error| DistError::Collective(format!("{what}: {e}"));
+        let mine = serde_json::to_vec(value).map_err(err)?;
+        if self.collective.is_none() {
+            return Ok(Some(vec![serde_json::from_slice(&mine).map_err(err)?]));
+        }
+        let mut lens = vec![0f64; self.world];
+        lens[self.rank] = mine.len() as f64;
+        let lens: Vec<usize> = self.sum_f64(&lens, what)?.into_iter().map(|v| v as usize).collect();
+        let start: usize = lens[..self.rank].iter().sum();
+        let mut flat = vec![0f32; lens.iter().sum()];
+        for (slot, &b) in flat[start..].iter_mut().zip(&mine) {
+            *slot = b as f32;
+        }
+        let summed = self.all_reduce_sum(&[Tensor::new(flat.as_slice(), &candle_core::Device::Cpu)?], what)?[0].to_vec1::<f32>()?;
+        if !self.is_leader() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(self.world);
+        let mut at = 0;
+        for n in lens {
+            let bytes: Vec<u8> = summed[at..at + n].iter().map(|&v| v as u8).collect();
+            out.push(serde_json::from_slice(&bytes).map_err(err)?);
+            at += n;
+        }
+        Ok(Some(out))
+    }
+
+    /// The part of `items` this rank takes (every `world`-th, from its rank): the shards are disjoint and
+    /// cover `items`; [`interleave`] puts gathered shards back in order.
+    pub fn shard<T: Clone>(&self, items: &[T]) -> Vec<T> {
+        items.iter().skip(self.rank).step_by(self.world).cloned().collect()
+    }
+
     pub fn barrier(&self, what: &str) -> Result<(), DistError> {
         match &self.collective {
             Some(c) => c.barrier(what),
@@ -143,6 +180,14 @@ impl Group {
     pub fn library(&self) -> &'static str {
         self.collective.as_ref().map_or("none", |c| c.library())
     }
+}
+
+/// The shards of [`Group::shard`] (in rank order) merged back into the order of the items they came from.
+pub fn interleave<T>(shards: Vec<Vec<T>>) -> Vec<T> {
+    let world = shards.len();
+    let total: usize = shards.iter().map(Vec::len).sum();
+    let mut iters: Vec<_> = shards.into_iter().map(Vec::into_iter).collect();
+    (0..total).filter_map(|j| iters[j % world].next()).collect()
 }
 
 /// `tensors` as one flat tensor of `dtype` on `device` (what a library sums in one call); `None` when empty.
@@ -164,4 +209,27 @@ fn unflatten(summed: &Tensor, like: &[Tensor]) -> candle_core::Result<Vec<Tensor
         at += n;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_disjoint_cover_the_items_and_interleave_back() {
+        let items: Vec<usize> = (0..11).collect();
+        for world in 1..5 {
+            let shards: Vec<Vec<usize>> = (0..world).map(|rank| Group { rank, world, local_rank: 0, collective: None }.shard(&items)).collect();
+            let mut all: Vec<usize> = shards.concat();
+            all.sort();
+            assert_eq!(all, items, "world {world}: the shards cover the items once each");
+            assert_eq!(interleave(shards), items, "world {world}");
+        }
+    }
+
+    #[test]
+    fn gather_in_one_process_is_the_value() {
+        let g = Group::single();
+        assert_eq!(g.gather(&vec![1, 2, 3], "test").unwrap(), Some(vec![vec![1, 2, 3]]));
+    }
 }

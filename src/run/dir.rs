@@ -65,16 +65,9 @@ impl RunDir {
         Ok(Self { dir, resuming, _lock: Some(lock), leader: true, found, state, log, threads })
     }
 
-    /// Another rank of a distributed run: the directory rank 0 opened (and the checkpoint it resumes
-    /// from, found the same way); writes nothing there but its own log, `rank-K.log`.
-    pub fn follow(r: &crate::recipe::Recipe, dir: PathBuf, resuming: bool, rank: usize) -> Result<Self, RunError> {
-        use sha2::Digest;
-        let recipe_sha256 = hex::encode(sha2::Sha256::digest(canonical(r)?.as_bytes()));
-        let found = if resuming { checkpoint::latest(&dir.join("checkpoints")) } else { None };
-        let state = match &found {
-            Some(f) => f.state.clone(),
-            None => TrainState::new(recipe_sha256),
-        };
+    /// Another rank of a distributed run: the directory rank 0 opened, the checkpoint it resumes from and
+    /// its training state (as rank 0 found them); writes nothing there but its own log, `rank-K.log`.
+    pub fn follow(r: &crate::recipe::Recipe, dir: PathBuf, resuming: bool, rank: usize, found: Option<Found>, state: TrainState) -> Result<Self, RunError> {
         let log_path = dir.join(format!("rank-{rank}.log"));
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
         let line = serde_json::json!({ "kind": "rank", "rank": rank, "pid": std::process::id(), "resuming": resuming });

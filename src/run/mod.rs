@@ -26,12 +26,12 @@ use self::model::RunModel;
 use crate::data::loader::Skipped;
 use crate::dist::Group;
 use crate::data::sources;
-use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate};
+use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate_in};
 use crate::feed::inputs::MediaStore;
 use crate::recipe::{LoadedRecipe, Recipe};
 use crate::registry::Registry;
 use crate::storage::write_atomic;
-use crate::train::checkpoint::{StageReport, TrainState};
+use crate::train::checkpoint::{BestCheckpoint, StageReport, TrainState};
 use crate::train::trainer::{TrainContext, Validation, train};
 
 pub use self::model::eval_checkpoint;
@@ -157,13 +157,16 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resu
     let group = Group::join(r.runtime.distributed, &r.runtime.device, r.runtime.distributed_timeout_s)?;
     let device = model::device_for(r)?;
     let show_progress = show_progress && group.is_leader();
+    // The others take rank 0's directory and the checkpoint it resumes from (its verified state), so
+    // every rank continues from the same point without scanning the checkpoints again.
     let mut run_dir = if group.is_leader() {
         let d = RunDir::open(r, loaded.lock.as_ref(), resume)?;
-        group.broadcast(&(d.dir.clone(), d.resuming), "the run directory")?;
+        group.broadcast(&(d.dir.clone(), d.resuming, d.found.as_ref().map(|f| f.dir.clone()), d.state.clone()), "the run directory")?;
         d
     } else {
-        let (dir, resuming): (PathBuf, bool) = group.broadcast(&(PathBuf::new(), false), "the run directory")?;
-        RunDir::follow(r, dir, resuming, group.rank)?
+        let blank = (PathBuf::new(), false, None::<PathBuf>, crate::train::checkpoint::TrainState::new(String::new()));
+        let (dir, resuming, found, state) = group.broadcast(&blank, "the run directory")?;
+        RunDir::follow(r, dir, resuming, group.rank, found.map(|dir| crate::train::checkpoint::Found { dir, state: state.clone() }), state)?
     };
     if group.is_distributed() && group.is_leader() {
         tracing::info!(ranks = group.world, library = group.library(), "data-parallel run: rank 0 writes the run directory, rank K logs to rank-K.log");
@@ -183,19 +186,20 @@ pub fn run(loaded: &LoadedRecipe, registry: &Registry, show_progress: bool, resu
 
     let t_train = Instant::now();
     let state = train_stages(r, &mut run_dir, &data, &model, &store, &device, show_progress, &group)?;
-    if !group.is_leader() {
-        // Evaluation and the run's records are rank 0's.
-        group.barrier("the end of training")?;
-        let timings = Timings { data_s, train_s: t_train.elapsed().as_secs_f64(), eval_s: 0.0, total_s: t0.elapsed().as_secs_f64() };
-        return Ok(RunSummary { leader: false, ..summary_of(loaded, &run_dir, &data, &state, &store, None, timings) });
-    }
     group.barrier("the end of training")?;
-    select_and_export(r, &run_dir.dir, &model, &state, &device)?;
+    // Rank 0 chose the best validation point (it scored the gathered shards); every rank evaluates with it.
+    let best = group.broadcast(&state.best, "the best checkpoint")?;
+    select_and_export(r, &run_dir.dir, &model, best.as_ref(), &device, group.is_leader())?;
     let train_s = t_train.elapsed().as_secs_f64();
 
     let t_eval = Instant::now();
-    let eval = if r.eval.enabled { Some(evaluate_split(r, &run_dir.dir, &data, &model, &store, &device, show_progress)?) } else { None };
+    let eval = if r.eval.enabled { evaluate_split(r, &run_dir.dir, &data, &model, &store, &device, show_progress, &group)? } else { None };
     let eval_s = t_eval.elapsed().as_secs_f64();
+    if !group.is_leader() {
+        // The run's records are rank 0's.
+        let timings = Timings { data_s, train_s, eval_s, total_s: t0.elapsed().as_secs_f64() };
+        return Ok(RunSummary { leader: false, ..summary_of(loaded, &run_dir, &data, &state, &store, None, timings) });
+    }
 
     let summary = summary_of(loaded, &run_dir, &data, &state, &store, eval, Timings { data_s, train_s, eval_s, total_s: t0.elapsed().as_secs_f64() });
     finish(&run_dir.dir, &summary)?;
@@ -256,12 +260,12 @@ fn train_stages(r: &Recipe, run: &mut RunDir, data: &RunData, model: &RunModel, 
 
 /// After training: the best validation checkpoint's parameters when `validation.select_best`, and the LoRA
 /// adapter in PEFT's layout.
-fn select_and_export(r: &Recipe, run_dir: &Path, model: &RunModel, state: &TrainState, device: &Device) -> Result<(), RunError> {
-    if let (true, Some(best)) = (r.validation.select_best, &state.best) {
+fn select_and_export(r: &Recipe, run_dir: &Path, model: &RunModel, best: Option<&BestCheckpoint>, device: &Device, leader: bool) -> Result<(), RunError> {
+    if let (true, Some(best)) = (r.validation.select_best, best) {
         tracing::info!(checkpoint = %best.checkpoint, metric = %best.metric, value = best.value, "evaluating with the best validation checkpoint");
         model.load_checkpoint(&run_dir.join(&best.checkpoint), device)?;
     }
-    if let Some(lora) = &model.built.lora {
+    if let (true, Some(lora)) = (leader, &model.built.lora) {
         let params: Vec<(String, candle_core::Tensor)> =
             crate::train::optim::select(&model.varmap, &["llm.*.lora_*".to_string()]).into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let dir = run_dir.join("adapter");
@@ -271,8 +275,10 @@ fn select_and_export(r: &Recipe, run_dir: &Path, model: &RunModel, state: &Train
     Ok(())
 }
 
-/// The final evaluation over `eval.split` (its media decoded first, with a progress bar).
-fn evaluate_split(r: &Recipe, run_dir: &Path, data: &RunData, model: &RunModel, store: &MediaStore, device: &Device, show_progress: bool) -> Result<EvalOutcome, RunError> {
+/// The final evaluation over `eval.split` (its media decoded first, with a progress bar), sharded over
+/// the ranks of a group: the outcome on rank 0, `None` on the others.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_split(r: &Recipe, run_dir: &Path, data: &RunData, model: &RunModel, store: &MediaStore, device: &Device, show_progress: bool, group: &Group) -> Result<Option<EvalOutcome>, RunError> {
     let ctx = EvalContext {
         model: &model.built.model,
         tokenizer: &model.tokenizer,
@@ -284,11 +290,9 @@ fn evaluate_split(r: &Recipe, run_dir: &Path, data: &RunData, model: &RunModel, 
         pool: &data.pool,
         store,
     };
-    let req = EvalRequest { split: &r.eval.split, task: r.eval.task, limit: r.eval.limit, predictions: &run_dir.join("predictions.jsonl") };
+    let req = EvalRequest { split: &r.eval.split, task: r.eval.task, limit: r.eval.limit, predictions: &run_dir.join("predictions.jsonl"), warm: Some("decode:eval") };
     let items = data.split_of(r, &r.eval.split);
-    let limit = if r.eval.limit > 0 { r.eval.limit.min(items.len()) } else { items.len() };
-    store.warm(&data.pool, &items[..limit], device, "decode:eval", show_progress)?;
-    Ok(evaluate(&ctx, &items, &req)?)
+    Ok(evaluate_in(&ctx, &items, &req, group)?)
 }
 
 /// The run's last records: skipped samples, `metrics.json`, the report.

@@ -20,7 +20,7 @@ use super::optim::{self, GroupedAdamW};
 use super::sampler::{Component, DataState, MixtureSampler, mix};
 use super::schedule::lr_at;
 use crate::data::Sample;
-use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate};
+use crate::eval::runner::{EvalContext, EvalOutcome, EvalRequest, evaluate_in};
 use crate::model::multimodal::{EmotionModel, TokenizedPrompt};
 use crate::model::prompt::ChatTemplate;
 use crate::model::tokenizer::TextTokenizer;
@@ -365,10 +365,11 @@ fn run_steps(
             }
             let last = step + 1 == steps;
             if ctx.validation.is_some() && (last || (every > 0 && (step + 1).is_multiple_of(every))) {
-                // Rank 0 validates; every rank follows its early-stopping decision.
+                // Every rank validates its shard, rank 0 scores the whole; every rank follows its
+                // early-stopping decision.
                 let mut stop = false;
+                validate(ctx, stage, k, saved, state)?;
                 if ctx.group.is_leader() {
-                    validate(ctx, stage, k, saved, state)?;
                     let patience = ctx.recipe.validation.patience;
                     stop = patience > 0 && state.evals_since_best >= patience && !last;
                 }
@@ -519,11 +520,12 @@ fn prepare(
     Ok(Prepared { prompts, media, state: sampler.state(), epoch: sampler.epoch_progress() })
 }
 
-/// Scores the validation split, logs it, and keeps the parameters as `best-*` when they improve.
+/// Scores the validation split (sharded over the ranks), logs it, and keeps the parameters as `best-*`
+/// when they improve (rank 0; the other ranks only generate their shard).
 fn validate(ctx: &mut TrainContext, stage: &Stage, k: usize, saved: &[(String, Var)], state: &mut TrainState) -> Result<(), TrainError> {
     let Some(v) = &ctx.validation else { return Ok(()) };
     let r = ctx.recipe;
-    let outcome = run_validation(ctx, v, r.validation_task())?;
+    let Some(outcome) = run_validation(ctx, v, r.validation_task())? else { return Ok(()) };
     let value = metric_value(&outcome, r.validation.metric);
     let improved = state.best.as_ref().is_none_or(|b| value > b.value);
     let ckpt_root = ctx.run_dir.join("checkpoints");
@@ -555,7 +557,7 @@ fn validate(ctx: &mut TrainContext, stage: &Stage, k: usize, saved: &[(String, V
     Ok(())
 }
 
-fn run_validation(ctx: &TrainContext, v: &Validation, task: crate::recipe::Task) -> Result<EvalOutcome, TrainError> {
+fn run_validation(ctx: &TrainContext, v: &Validation, task: crate::recipe::Task) -> Result<Option<EvalOutcome>, TrainError> {
     let r = ctx.recipe;
     let ectx = EvalContext {
         model: ctx.model,
@@ -568,13 +570,10 @@ fn run_validation(ctx: &TrainContext, v: &Validation, task: crate::recipe::Task)
         pool: ctx.pool,
         store: ctx.store,
     };
-    let req = EvalRequest { split: &r.validation.split, task, limit: r.validation.limit, predictions: &ctx.run_dir.join("validation_predictions.jsonl") };
-    if let MediaStore::Decoded(_) = ctx.store {
-        // Decode the validation clips in parallel once (they stay in memory), not one by one.
-        let n = if r.validation.limit > 0 { r.validation.limit.min(v.samples.len()) } else { v.samples.len() };
-        ctx.store.warm(ctx.pool, &v.samples[..n], ctx.device, "decode:val", false).map_err(|source| TrainError::Input { stage: "validation".into(), source: Box::new(source) })?;
-    }
-    Ok(evaluate(&ectx, &v.samples, &req)?)
+    // Decoded clips stay in memory: decode the validation clips in parallel once, not one by one.
+    let warm = matches!(ctx.store, MediaStore::Decoded(_)).then_some("decode:val");
+    let req = EvalRequest { split: &r.validation.split, task, limit: r.validation.limit, predictions: &ctx.run_dir.join("validation_predictions.jsonl"), warm };
+    Ok(evaluate_in(&ectx, &v.samples, &req, ctx.group)?)
 }
 
 /// The named metric of an evaluation (higher is better).
