@@ -85,7 +85,13 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
             Err(e) => err(key, e.to_string()),
         }
     }
-    if !r.model.global_encoder.is_empty() || !r.model.local_encoder.is_empty() || !r.model.temporal_encoder.is_empty() {
+    match r.model.family {
+        crate::recipe::Family::VideoLlama2Av => validate_videollama2_av(r, reg, &mut err),
+        crate::recipe::Family::Plain if !r.model.global_encoder.is_empty() => err("model.global_encoder", "model.family = \"plain\" takes no global encoder: empty it, or set family = \"emotion_llama\"".into()),
+        crate::recipe::Family::EmotionLlama if r.model.global_encoder.is_empty() => err("model.global_encoder", "model.family = \"emotion_llama\" needs the global encoder (an eva_vit encoder)".into()),
+        _ => {}
+    }
+    if r.model.family() != crate::recipe::Family::VideoLlama2Av && (!r.model.global_encoder.is_empty() || !r.model.local_encoder.is_empty() || !r.model.temporal_encoder.is_empty()) {
         validate_emotion_llama(r, reg, &mut err);
     }
     if let Some(face) = &r.front_end.face {
@@ -181,6 +187,30 @@ fn source_unavailable(key: String, card: &crate::data::DatasetCard, roots: &std:
     }
     let rooted = !card.root.trim().is_empty() || roots.get(&card.name).is_some_and(|r| !r.trim().is_empty());
     (card.source != "synth" && !rooted).then(|| Deferred::NoRoot { key, dataset: card.name.clone() })
+}
+
+/// VideoLLaMA2.1-AV's layout: a `siglip` video encoder and a `beats` audio encoder (either may be empty),
+/// no Emotion-LLaMA views, the `mlp` (mlp2x_gelu) audio projector.
+fn validate_videollama2_av(r: &crate::recipe::Recipe, reg: &Registry, err: &mut impl FnMut(&str, String)) {
+    for (key, name) in [("model.global_encoder", &r.model.global_encoder), ("model.local_encoder", &r.model.local_encoder), ("model.temporal_encoder", &r.model.temporal_encoder)] {
+        if !name.is_empty() {
+            err(key, "must be empty with model.family = \"videollama2_av\" (its towers are video_encoder and audio_encoder)".into());
+        }
+    }
+    if r.model.video_encoder.is_empty() && r.model.audio_encoder.is_empty() {
+        err("model.video_encoder", "model.family = \"videollama2_av\" needs a video_encoder (siglip) or an audio_encoder (beats)".into());
+    }
+    if r.model.projector != crate::recipe::ProjectorKind::Mlp {
+        err("model.projector", "VideoLLaMA2-AV's audio projector is `mlp` (mlp2x_gelu): set model.projector = \"mlp\"".into());
+    }
+    for (key, name, arch) in [("model.video_encoder", &r.model.video_encoder, "siglip"), ("model.audio_encoder", &r.model.audio_encoder, "beats")] {
+        match reg.encoder(name) {
+            _ if name.is_empty() => {}
+            Ok((_, m)) if m.architecture != arch => err(key, format!("encoder `{name}` has architecture `{}`; model.family = \"videollama2_av\" takes `{arch}` here", m.architecture)),
+            Ok(_) => {}
+            Err(e) => err(key, e.to_string()),
+        }
+    }
 }
 
 /// Emotion-LLaMA's layout: a global encoder, no `video_encoder`, each view of its architecture, and the

@@ -23,7 +23,7 @@ pub fn answer_for(sample: &Sample, task: Task) -> Option<String> {
 /// Builds the full prompt string for one sample and task.
 pub fn prompt_text(sample: &Sample, task: Task, instruction: &str, template: &ChatTemplate, with_transcript: bool) -> String {
     let transcript = if with_transcript { sample.transcript.as_deref() } else { None };
-    template.wrap(&prompt::emotion_llama_instruction(transcript, task.name(), instruction))
+    template.prompt(transcript, task.name(), instruction)
 }
 
 pub fn tokenize(tok: &TextTokenizer, prompt: &str, answer: Option<&str>) -> std::result::Result<TokenizedPrompt, TokenizerError> {

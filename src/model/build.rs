@@ -8,13 +8,15 @@ use super::lora::LoraConfig;
 use super::llm_load::LlmSpec;
 use super::cnn::{CnnConfig, TinyCnn};
 use super::emotion_llama::EmotionLlamaEncoders;
+use super::encoders::beats::{Beats, BeatsConfig};
+use super::videollama2_av::VideoLlama2AvEncoders;
 use super::encoders::FrozenEncoder;
 use super::multimodal::{EmotionModel, FrameEncoder};
 use super::tokenizer::TextTokenizer;
 use super::vit::{TinyVit, VitConfig};
 use super::wave::{TinyWave, WaveConfig};
 use crate::media::{PixelTransform, PixelView, ViewRole};
-use crate::recipe::Recipe;
+use crate::recipe::{Family, Recipe};
 use crate::registry::{EncoderManifest, Registry, RegistryError, Weights};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +48,18 @@ pub fn build_model(recipe: &Recipe, registry: &Registry, llm: &LlmSpec, tokenize
         return Err(BuildError::Plugin { plugin: llm.name.clone(), path: String::new(), message: "vocab_size 0: set it from the tokenizer before building".into() });
     }
     llm.check_tokenizer(tokenizer).map_err(Box::new)?;
-    if !recipe.model.global_encoder.is_empty() {
-        let el = emotion_llama_encoders(recipe, registry, llm.config.hidden_size, varmap, seed, device)?;
-        return assemble_emotion_llama(recipe, llm, tokenizer, el, varmap, seed, device);
+    match recipe.model.family() {
+        Family::EmotionLlama => {
+            let el = emotion_llama_encoders(recipe, registry, llm.config.hidden_size, varmap, seed, device)?;
+            return assemble_emotion_llama(recipe, llm, tokenizer, el, varmap, seed, device);
+        }
+        Family::VideoLlama2Av => {
+            let av = videollama2_av_encoders(recipe, registry, llm.config.hidden_size, varmap, seed, device)?;
+            let views = av.views();
+            let (llm_model, _, lora) = build_llm(recipe, llm, varmap, seed, device)?;
+            return Ok(Built { model: EmotionModel::with_videollama2_av(llm_model, av, tokenizer.bos, tokenizer.eos), lora, views });
+        }
+        Family::Plain | Family::Auto => {}
     }
     let (llm_model, vb, lora) = build_llm(recipe, llm, varmap, seed, device)?;
     let mut views = Vec::new();
@@ -132,6 +143,65 @@ pub fn emotion_llama_encoders(recipe: &Recipe, registry: &Registry, hidden: usiz
     let temporal = load(&model.temporal_encoder, "temporal", "videomae")?;
     let audio = load(&model.audio_encoder, "audio", "hubert")?;
     Ok(EmotionLlamaEncoders::new(global, local, temporal, audio, model.projector, hidden, vb.clone())?)
+}
+
+/// VideoLLaMA2.1-AV's towers, connector and audio projector (to an LLM of width `hidden`). SigLIP is frozen:
+/// pretrained weights load outside the run's parameters, random ones under `encoder.video.` (their outputs
+/// detached). BEATs is trainable like the reference's stages 2 and 3: its parameters are the run's, under
+/// `encoder.audio.`, from its checkpoint when the manifest names one (else from `seed`). The connector
+/// (`projector.video.`) and the audio projector (`projector.audio.`) are new, from `seed`.
+pub fn videollama2_av_encoders(recipe: &Recipe, registry: &Registry, hidden: usize, varmap: &VarMap, seed: u64, device: &Device) -> Result<VideoLlama2AvEncoders, BuildError> {
+    let vb = super::init::SeededVarMap::builder(varmap, seed, candle_core::DType::F32, device);
+    let m = &recipe.model;
+    let siglip = match m.video_encoder.as_str() {
+        "" => None,
+        name => {
+            let (path, man) = registry.encoder(name)?;
+            let perr = |message: String| BuildError::Plugin { plugin: name.to_string(), path: path.display().to_string(), message };
+            if man.architecture != "siglip" {
+                return Err(perr(format!("model.family = \"videollama2_av\" takes a `siglip` video encoder (this one is `{}`)", man.architecture)));
+            }
+            let enc = match man.weights {
+                Weights::Random => FrozenEncoder::build(path, man, None, vb.pp("encoder.video")),
+                _ => FrozenEncoder::load_in(path, man, seed, recipe.runtime.dtype.resolve(device.is_cuda()), device),
+            };
+            Some(enc.map_err(|e| perr(e.to_string()))?)
+        }
+    };
+    let beats = match m.audio_encoder.as_str() {
+        "" => None,
+        name => {
+            let (path, man) = registry.encoder(name)?;
+            let perr = |message: String| BuildError::Plugin { plugin: name.to_string(), path: path.display().to_string(), message };
+            let cfg: BeatsConfig = arch_config(man, path, "beats")?;
+            if !matches!(man.weights, Weights::Random) {
+                let n = preload_beats(name, path, man, varmap, device).map_err(perr)?;
+                tracing::info!(encoder = name, tensors = n, "BEATs weights loaded as trainable parameters (encoder.audio.*)");
+            }
+            let beats = Beats::new(&cfg, vb.pp("encoder.audio")).map_err(|e| perr(e.to_string()))?;
+            Some((beats, man.preprocess.audio_clips, man.preprocess.sample_rate))
+        }
+    };
+    Ok(VideoLlama2AvEncoders::new(siglip, beats, m.projector, hidden, vb.clone())?)
+}
+
+/// Puts a BEATs checkpoint's tensors into `varmap` under `encoder.audio.`, where building BEATs then finds
+/// them. The AudioSet classifier (`predictor.*`) is not on the feature path and stays out.
+fn preload_beats(name: &str, path: &std::path::Path, man: &EncoderManifest, varmap: &VarMap, device: &Device) -> Result<usize, String> {
+    let local = super::hub::resolve(name, path, &man.weights).map_err(|e| e.to_string())?.ok_or("the manifest names no weights")?;
+    let ckpt = super::encoders::checkpoint::Checkpoint::read(&local, device).map_err(|e| e.to_string())?.rooted_at("patch_embedding.weight", &[]).map_err(|e| e.to_string())?;
+    let data = varmap.data();
+    let mut data = data.lock().map_err(|_| "the parameter map is poisoned".to_string())?;
+    let mut n = 0;
+    for (k, t) in ckpt.tensors {
+        if k.starts_with("predictor.") {
+            continue;
+        }
+        let var = candle_core::Var::from_tensor(&t.to_dtype(candle_core::DType::F32).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        data.insert(format!("encoder.audio.{k}"), var);
+        n += 1;
+    }
+    Ok(n)
 }
 
 pub(crate) fn arch_config<T: serde::de::DeserializeOwned>(m: &EncoderManifest, path: &std::path::Path, want: &str) -> Result<T, BuildError> {

@@ -286,7 +286,7 @@ impl LlmSpec {
     /// The chat template of `kind` with this model's system prompt (ChatML only: Emotion-LLaMA's LLaMA-2
     /// prompt has none).
     pub fn chat_template(&self, kind: Template) -> ChatTemplate {
-        ChatTemplate { kind, system: self.system_prompt.clone().filter(|_| kind == Template::Chatml) }
+        ChatTemplate { kind, system: self.system_prompt.clone().filter(|_| kind == Template::Chatml), turn: Default::default() }
     }
 
     /// The `tokenizer.json` file behind the tokenizer, when there is one.

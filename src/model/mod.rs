@@ -26,6 +26,7 @@ pub mod prompt;
 pub mod pth;
 pub mod shapes;
 pub mod tokenizer;
+pub mod videollama2_av;
 pub mod vit;
 pub mod wave;
 pub mod weights;

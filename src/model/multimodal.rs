@@ -137,6 +137,8 @@ enum Encoders {
     /// Emotion-LLaMA's four frozen encoders and its token layout (256 EVA tokens at `<VideoHere>`;
     /// local, temporal, audio and CLS tokens at `<FeatureHere>`).
     EmotionLlama(Box<super::emotion_llama::EmotionLlamaEncoders>),
+    /// VideoLLaMA2.1-AV's SigLIP → STC connector and BEATs → MLP, every token at `<video>` (video first).
+    VideoLlama2Av(Box<super::videollama2_av::VideoLlama2AvEncoders>),
 }
 
 pub struct EmotionModel {
@@ -180,10 +182,15 @@ impl EmotionModel {
         Self { llm, encoders: Encoders::EmotionLlama(Box::new(encoders)), bos, eos }
     }
 
+    /// The model with VideoLLaMA2.1-AV's encoders, connector and token layout.
+    pub fn with_videollama2_av(llm: Llama, encoders: super::videollama2_av::VideoLlama2AvEncoders, bos: Option<u32>, eos: u32) -> Self {
+        Self { llm, encoders: Encoders::VideoLlama2Av(Box::new(encoders)), bos, eos }
+    }
+
     pub fn emotion_llama(&self) -> Option<&super::emotion_llama::EmotionLlamaEncoders> {
         match &self.encoders {
             Encoders::EmotionLlama(el) => Some(el),
-            Encoders::Plain(_) => None,
+            Encoders::Plain(_) | Encoders::VideoLlama2Av(_) => None,
         }
     }
 
@@ -198,6 +205,10 @@ impl EmotionModel {
         let dt = self.llm.compute_dtype();
         let (video, feature) = match &self.encoders {
             Encoders::EmotionLlama(el) => el.project(&el.features(media, use_video, use_audio)?.to_dtype(dt)?, use_video, use_audio)?,
+            Encoders::VideoLlama2Av(av) => {
+                let (video, audio) = av.tokens(media, use_video, use_audio, dt)?;
+                (video, audio.into_iter().collect())
+            }
             Encoders::Plain(plain) => {
                 let (mut tokens, mut feature) = (None, Vec::new());
                 if let (true, Some(v)) = (use_video, &plain.video) {

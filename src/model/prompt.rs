@@ -55,17 +55,51 @@ impl Template {
     }
 }
 
+/// How the user turn lays out the multimodal tokens, the transcript and the instruction: the family's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TurnLayout {
+    /// Emotion-LLaMA's `<video><VideoHere></video> <feature><FeatureHere></feature> {transcript} [task] {instruction}`.
+    #[default]
+    EmotionLlama,
+    /// VideoLLaMA2's `<video>\n{question}`: every multimodal token (video, then audio) where `<video>` is,
+    /// then the transcript line and the instruction.
+    VideoLlama2,
+}
+
+impl TurnLayout {
+    pub fn of(family: crate::recipe::Family) -> Self {
+        match family {
+            crate::recipe::Family::VideoLlama2Av => Self::VideoLlama2,
+            _ => Self::EmotionLlama,
+        }
+    }
+}
+
 /// A template with the model's system prompt (ChatML models have a default one; Emotion-LLaMA's
-/// LLaMA-2 prompt has none).
+/// LLaMA-2 prompt has none) and the family's user-turn layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatTemplate {
     pub kind: Template,
     pub system: Option<String>,
+    pub turn: TurnLayout,
 }
 
 impl ChatTemplate {
     pub fn wrap(&self, user: &str) -> String {
         self.kind.wrap(self.system.as_deref(), user)
+    }
+
+    /// The wrapped prompt of one sample: its transcript (if given), the task's name and instruction.
+    pub fn prompt(&self, transcript: Option<&str>, task: &str, instruction: &str) -> String {
+        match self.turn {
+            TurnLayout::EmotionLlama => self.wrap(&emotion_llama_instruction(transcript, task, instruction)),
+            TurnLayout::VideoLlama2 => self.wrap(&videollama2_instruction(transcript, instruction)),
+        }
+    }
+
+    pub fn with_turn(mut self, turn: TurnLayout) -> Self {
+        self.turn = turn;
+        self
     }
 }
 
@@ -86,6 +120,16 @@ pub enum Segment {
     Feature,
     /// Video and feature tokens together (the reference evaluation layout).
     AllMultimodal,
+}
+
+/// The VideoLLaMA2 user turn (`'<video>\n' + question`): the video then the audio tokens at `<video>`,
+/// the question being the transcript line (when given) and the instruction.
+pub fn videollama2_instruction(transcript: Option<&str>, instruction: &str) -> String {
+    let character_line = match transcript {
+        Some(t) => format!("The person in video says: {t}. "),
+        None => String::new(),
+    };
+    format!("{VIDEO_PLACEHOLDER}{FEATURE_PLACEHOLDER}\n{character_line}{instruction}")
 }
 
 /// Splits a prompt at the placeholders, keeping their order.
@@ -164,7 +208,7 @@ mod tests {
 
     #[test]
     fn chatml_has_the_reference_system_turn() {
-        let t = ChatTemplate { kind: Template::Chatml, system: Some("You are a helpful assistant.".into()) };
+        let t = ChatTemplate { kind: Template::Chatml, system: Some("You are a helpful assistant.".into()), turn: TurnLayout::EmotionLlama };
         assert_eq!(
             t.wrap("Hi"),
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"

@@ -98,7 +98,9 @@ pub fn shapes(recipe: &Recipe, registry: &Registry) -> Result<ModelShapes, PlanE
     let llama = Llama::load(&llm.config, llm.lora.as_ref(), None, vb.pp("llm")).map_err(cerr(&format!("LLM `{}`", llm.name)))?;
     let hidden = llm.config.hidden_size;
     let m = &recipe.model;
-    let (layout, encoders, tokens) = if !m.global_encoder.is_empty() {
+    let (layout, encoders, tokens) = if m.family() == crate::recipe::Family::VideoLlama2Av {
+        videollama2_av(recipe, registry, &vb, hidden)?
+    } else if !m.global_encoder.is_empty() {
         let mut infos = Vec::new();
         let mut frozen = |plugin: &str, view: &str| -> Result<Option<FrozenEncoder>, PlanError> {
             if plugin.is_empty() {
@@ -170,6 +172,57 @@ pub fn shapes(recipe: &Recipe, registry: &Registry) -> Result<ModelShapes, PlanE
         ));
     }
     Ok(ModelShapes { params: rec.take(), llm, layout, encoders, tokens, warnings })
+}
+
+/// VideoLLaMA2.1-AV's towers through the recorder: SigLIP (frozen), BEATs (trainable, `encoder.audio`),
+/// the STC connector and the audio projector. Video tokens: the connector's grid over the sampled frames;
+/// audio tokens: BEATs' patches over the fbank of the selected (padded) audio.
+fn videollama2_av(recipe: &Recipe, registry: &Registry, vb: &candle_nn::VarBuilder, hidden: usize) -> Result<(&'static str, Vec<EncoderInfo>, MultimodalTokens), PlanError> {
+    use crate::model::encoders::beats::{Beats, BeatsConfig};
+    let m = &recipe.model;
+    let cerr = |what: String| move |e: candle_core::Error| PlanError::Build { component: what.clone(), detail: e.to_string() };
+    let mut infos = Vec::new();
+    let mut tokens = MultimodalTokens::default();
+    let siglip = match m.video_encoder.as_str() {
+        "" => None,
+        name => {
+            let (enc, info) = frozen_encoder(registry, name, "video", vb)?;
+            infos.push(info);
+            let side = enc.image_size.unwrap_or(0) / siglip_patch(&enc).max(1);
+            match frame_count(&recipe.data.frames) {
+                Some(n) => tokens.video_here = crate::model::stc::StcConfig::new(enc.hidden_size, hidden).output_tokens(n, side * side),
+                None => return Err(PlanError::Build { component: "data.frames".into(), detail: "VideoLLaMA2's connector takes a fixed number of frames: use `{ mode = \"midpoints\", n = 16 }`".into() }),
+            }
+            Some(enc)
+        }
+    };
+    let beats = match m.audio_encoder.as_str() {
+        "" => None,
+        name => {
+            let (path, man) = registry.encoder(name)?;
+            let cfg: BeatsConfig = crate::model::build::arch_config(man, path, "beats").map_err(plugin_err(name))?;
+            let beats = Beats::new(&cfg, vb.pp("encoder.audio")).map_err(cerr(format!("encoder `{name}`")))?;
+            let seconds = man.preprocess.audio_clips.map_or(f64::from(recipe.data.audio_seconds), |c| c.pad_to_seconds);
+            // Kaldi frames of 25 ms every 10 ms (snip_edges), then 16×16 patches over 128 mel bins.
+            let samples = (seconds * f64::from(man.preprocess.sample_rate)) as usize;
+            let (win, hop) = (man.preprocess.sample_rate as usize / 40, man.preprocess.sample_rate as usize / 100);
+            let frames = if samples >= win { 1 + (samples - win) / hop } else { 0 };
+            let (tp, fp) = cfg.patch_grid(frames, 128);
+            tokens.feature_audio = tp * fp;
+            infos.push(EncoderInfo { prefix: "encoder.audio".into(), plugin: name.into(), architecture: man.architecture.clone(), hidden_size: cfg.encoder_embed_dim, image_size: None, frozen: false });
+            Some((beats, man.preprocess.audio_clips, man.preprocess.sample_rate))
+        }
+    };
+    crate::model::videollama2_av::VideoLlama2AvEncoders::new(siglip, beats, m.projector, hidden, vb.clone()).map_err(cerr("VideoLLaMA2-AV connector and projector".into()))?;
+    Ok(("videollama2_av", infos, tokens))
+}
+
+/// SigLIP's patch size (the video tower's token grid is image / patch per side).
+fn siglip_patch(enc: &FrozenEncoder) -> usize {
+    match &enc.model {
+        encoders::Model::Siglip(s) => s.config().patch_size,
+        _ => 1,
+    }
 }
 
 fn plugin_err(name: &str) -> impl Fn(crate::model::build::BuildError) -> PlanError + '_ {
@@ -253,7 +306,7 @@ fn resolve_llm(recipe: &Recipe, registry: &Registry, warnings: &mut Vec<String>)
         config,
         config_from,
         pretrained,
-        template: ChatTemplate { kind, system: system.filter(|_| kind == Template::Chatml) },
+        template: ChatTemplate { kind, system: system.filter(|_| kind == Template::Chatml), turn: crate::model::prompt::TurnLayout::of(recipe.model.family()) },
         word_level,
         lora,
     })

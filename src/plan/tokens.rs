@@ -89,7 +89,7 @@ pub fn task_tokens(llm: &LlmInfo, input: &TaskInput) -> TaskTokens {
     let prompt_text = pool
         .iter()
         .map(|instruction| {
-            let p = llm.template.wrap(&prompt::emotion_llama_instruction(None, input.task, instruction));
+            let p = llm.template.prompt(None, input.task, instruction);
             let segments = if input.reference_layout { prompt::split_reference_eval(&format!("<s>{p}")) } else { prompt::split_placeholders(&p) };
             segments.iter().map(|s| if let Segment::Text(t) = s { text_tokens(t, word_level) } else { 0 }).sum::<usize>()
         })

@@ -519,7 +519,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
     if ctx.opts.task.scores() {
         stage(on, "scores", "the likelihood of each class word")?;
         let t = Instant::now();
-        let text = m.template.wrap(&prompt::emotion_llama_instruction(in_prompt, Task::Emotion.name(), first_instruction(r, Task::Emotion)));
+        let text = m.template.prompt(in_prompt, Task::Emotion.name(), first_instruction(r, Task::Emotion));
         emotion_scores = Some(score(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?)?);
         timings.scores_s += t.elapsed().as_secs_f64();
     }
@@ -527,7 +527,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
         let t = Instant::now();
         // The run's evaluation task when it asks for reasoning, else `reason`.
         let task = if matches!(r.eval.task, Task::Reason | Task::ReasonV2) { r.eval.task } else { Task::Reason };
-        let text = m.template.wrap(&prompt::emotion_llama_instruction(in_prompt, task.name(), first_instruction(r, task)));
+        let text = m.template.prompt(in_prompt, task.name(), first_instruction(r, task));
         let prompt = batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(r.seed);
         stage(on, "generation", "the reasoning, token by token")?;
@@ -574,7 +574,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
             Some(s) => s,
             None => {
                 let t = Instant::now();
-                let text = m.template.wrap(&prompt::emotion_llama_instruction(in_prompt, Task::Emotion.name(), first_instruction(r, Task::Emotion)));
+                let text = m.template.prompt(in_prompt, Task::Emotion.name(), first_instruction(r, Task::Emotion));
                 let s = score(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?)?;
                 timings.scores_s += t.elapsed().as_secs_f64();
                 s

@@ -97,7 +97,7 @@ impl PredictModel {
         crate::accel::set_inference(r.runtime.resolved_inference_precision(), threads);
 
         let mut llm = LlmSpec::resolve(&registry, &r.model.llm).map_err(|e| bad(model, e))?;
-        let template = llm.chat_template(Template::chosen(r.prompt.template, llm.template));
+        let template = llm.chat_template(Template::chosen(r.prompt.template, llm.template)).with_turn(crate::model::prompt::TurnLayout::of(r.model.family()));
         let tokenizer = match llm.tokenizer().map_err(|e| bad(model, e))? {
             Some(t) => t,
             None => match &at.tokenizer {

@@ -79,6 +79,24 @@ pub enum Distributed {
 }
 recipe_names!(Distributed { Auto => "auto", None => "none", Mpi => "mpi", Nccl => "nccl" });
 
+/// `model.family`: which architecture family the encoders, connector and token layout follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// `emotion_llama` when `model.global_encoder` is set, else `plain` (recipes written before the key).
+    #[default]
+    Auto,
+    /// Trainable per-frame and waveform encoders (the tiny quick-start layout).
+    Plain,
+    /// Emotion-LLaMA: four frozen encoders (EVA, MAE, VideoMAE, HuBERT), linear projectors, LLaMA-2 prompt.
+    EmotionLlama,
+    /// VideoLLaMA2.1-AV: SigLIP (frozen) → `stc_connector_v35`, BEATs → `mlp2x_gelu`, video then audio
+    /// tokens at `<video>` in the Qwen2 ChatML turn.
+    #[serde(rename = "videollama2_av")]
+    VideoLlama2Av,
+}
+recipe_names!(Family { Auto => "auto", Plain => "plain", EmotionLlama => "emotion_llama", VideoLlama2Av => "videollama2_av" });
+
 /// `model.projector`: the encoder-to-LLM projector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

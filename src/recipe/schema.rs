@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::FrameSampling;
-use super::choices::{Distributed, EvalLayout, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
+use super::choices::{Distributed, EvalLayout, Family, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
 
 /// A whole run: data, model, prompt, training stages and evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +241,11 @@ impl Default for Data {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Model {
+    /// The architecture family: `auto` (Emotion-LLaMA's when `global_encoder` is set, else `plain`),
+    /// `plain`, `emotion_llama`, or `videollama2_av` (SigLIP `video_encoder` → STC connector, BEATs
+    /// `audio_encoder` → `mlp` projector, tokens at `<video>`). Switching families is this key and the
+    /// encoder/LLM names.
+    pub family: Family,
     /// LLM plugin (`plugins/llms/<name>.toml`).
     pub llm: String,
     /// Visual encoder plugin (`plugins/encoders/<name>.toml`); empty = no visual tokens.
@@ -270,9 +275,21 @@ pub struct Model {
     pub lora: Option<crate::model::lora::LoraConfig>,
 }
 
+impl Model {
+    /// The family, `auto` resolved.
+    pub fn family(&self) -> Family {
+        match self.family {
+            Family::Auto if !self.global_encoder.is_empty() => Family::EmotionLlama,
+            Family::Auto => Family::Plain,
+            f => f,
+        }
+    }
+}
+
 impl Default for Model {
     fn default() -> Self {
         Self {
+            family: Family::Auto,
             llm: "tiny-llama".into(),
             video_encoder: "tiny-cnn-frames".into(),
             audio_encoder: "tiny-wave-audio".into(),

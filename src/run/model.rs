@@ -36,7 +36,7 @@ impl RunModel {
         let r = &loaded.recipe;
         let mut llm = LlmSpec::resolve(registry, &r.model.llm).map_err(|e| BuildError::from(Box::new(e)))?;
         let kind = Template::chosen(r.prompt.template, llm.template);
-        let template = llm.chat_template(kind);
+        let template = llm.chat_template(kind).with_turn(crate::model::prompt::TurnLayout::of(r.model.family()));
         tracing::info!(llm = %llm.name, weights = %llm.describe(), template = ?kind, "LLM");
         let saved_tokenizer = run.dir.join("tokenizer.json");
         let eval_from = if r.eval.checkpoint.is_empty() { None } else { Some(eval_checkpoint(Path::new(&r.eval.checkpoint))?) };
@@ -78,7 +78,7 @@ impl RunModel {
     /// Where the model's media inputs come from: none (text only), cached frozen-encoder features, or
     /// clips decoded once and kept.
     pub fn media_store<'a>(&'a self, r: &crate::recipe::Recipe, registry: &Registry, data: &RunData) -> Result<MediaStore<'a>, RunError> {
-        let cached = r.model.use_av && r.runtime.feature_cache && !r.model.global_encoder.is_empty();
+        let cached = r.model.use_av && r.runtime.feature_cache && r.model.family() == crate::recipe::Family::EmotionLlama;
         // Frames are decoded at each file's own size and transformed once per encoder view.
         let decoder = || Decoder::new(crate::data::loader::DecodeSpec { views: self.built.views.clone(), ..data.spec.clone() });
         Ok(if !r.model.use_av {
