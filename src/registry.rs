@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::DatasetCard;
 use crate::model::llama::LlamaConfig;
 
-pub const ENCODER_ARCHITECTURES: [&str; 7] = ["tiny_cnn", "tiny_vit", "tiny_wave", "hubert", "vit_mae", "videomae", "eva_vit"];
+pub const ENCODER_ARCHITECTURES: [&str; 8] = ["tiny_cnn", "tiny_vit", "tiny_wave", "hubert", "vit_mae", "videomae", "eva_vit", "siglip"];
 /// The frozen, checkpoint-compatible encoders (`src/model/encoders/`); the others are trained from scratch.
-pub const PRETRAINED_ENCODER_ARCHITECTURES: [&str; 4] = ["hubert", "vit_mae", "videomae", "eva_vit"];
+pub const PRETRAINED_ENCODER_ARCHITECTURES: [&str; 5] = ["hubert", "vit_mae", "videomae", "eva_vit", "siglip"];
 pub const LLM_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 /// `reason_v2` is Emotion-LLaMA's tag for the fine-grained reasoning (stage 2); its target is the same
 /// field as `reason`.
@@ -77,7 +77,8 @@ pub struct Preprocess {
     #[serde(default = "default_resize")]
     pub resize: crate::media::resize::Filter,
     /// Which frames of a video the encoder sees, e.g. `{ mode = "uniform", n = 8 }` (per-frame encoders
-    /// pool over them), `{ mode = "first" }`, or `{ mode = "segments", segments = 8, consecutive = 2 }`.
+    /// pool over them), `{ mode = "first" }`, `{ mode = "segments", segments = 8, consecutive = 2 }`, or
+    /// VideoLLaMA2's `{ mode = "midpoints", n = 16 }`.
     #[serde(default)]
     pub frames: Option<crate::media::FrameSampling>,
     /// Audio: the rate the encoder was trained at (input is resampled to it unless `--no-resample`).

@@ -227,7 +227,7 @@ fn validate_emotion_llama(r: &crate::recipe::Recipe, reg: &Registry, err: &mut i
         err("model.global_frame", "`peak` needs the face front end, which finds the emotion peak frame: add `[front_end.face]` (e.g. `--set front_end.face.detector=blazeface`)".into());
     }
     let frames = match r.data.frames {
-        crate::media::FrameSampling::Uniform { n } => Some(n),
+        crate::media::FrameSampling::Uniform { n } | crate::media::FrameSampling::Midpoints { n } => Some(n),
         crate::media::FrameSampling::Segments { segments, consecutive } => Some(segments * consecutive),
         _ => None,
     };

@@ -23,8 +23,8 @@ pub struct Args {
     /// Output .safetensors file (or a folder with --format npy).
     #[arg(long)]
     out: PathBuf,
-    /// none | mean | cls | mean_patch | merge4 (default: the manifest's). `none` writes every hidden
-    /// state as `hidden_states.N`.
+    /// none | mean | cls | mean_patch | merge4 | tokens (default: the manifest's). `none` writes every
+    /// hidden state as `hidden_states.N`; `tokens` the selected layers' tokens of every frame.
     #[arg(long)]
     pooling: Option<String>,
     /// Hidden states summed into the feature, e.g. `-1` or `-4,-3,-2,-1` (default: the manifest's).
@@ -36,7 +36,7 @@ pub struct Args {
     /// safetensors (one file) or npy (a folder of per-sample .npy files, MERTools style).
     #[arg(long, default_value = "safetensors")]
     format: String,
-    /// Frames for visual encoders: `uniform:N`, `first`, `fps:F`, `segments:SxC` (default: the manifest's).
+    /// Frames for visual encoders: `uniform:N`, `midpoints:N`, `first`, `fps:F`, `segments:SxC` (default: the manifest's).
     #[arg(long)]
     frames: Option<String>,
     /// Resample audio that is not at the encoder's rate or not mono (otherwise an error).

@@ -64,18 +64,19 @@ pub fn write_stdout(text: &str, what: &str) -> Result<()> {
     std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()).with_context(|| format!("writing {what}"))
 }
 
-/// `uniform:N`, `first`, `fps:F`, `segments:SxC`.
+/// `uniform:N`, `midpoints:N`, `first`, `fps:F`, `segments:SxC`.
 pub fn parse_sampling(spec: &str) -> Result<FrameSampling> {
     let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
     Ok(match kind {
         "first" => FrameSampling::First,
         "uniform" => FrameSampling::Uniform { n: arg.parse().with_context(|| format!("--frames `{spec}`: expected uniform:N with N a count"))? },
+        "midpoints" => FrameSampling::Midpoints { n: arg.parse().with_context(|| format!("--frames `{spec}`: expected midpoints:N with N a count"))? },
         "segments" => {
             let parsed = arg.split_once('x').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
             let (segments, consecutive) = parsed.with_context(|| format!("--frames `{spec}`: expected segments:SxC, e.g. segments:8x2"))?;
             FrameSampling::Segments { segments, consecutive }
         }
         "fps" => FrameSampling::Fps { fps: arg.parse().with_context(|| format!("--frames `{spec}`: expected fps:F with F frames per second"))?, max_frames: None },
-        _ => bail!("--frames `{spec}`: expected `uniform:N`, `first`, `fps:F` or `segments:SxC`"),
+        _ => bail!("--frames `{spec}`: expected `uniform:N`, `midpoints:N`, `first`, `fps:F` or `segments:SxC`"),
     })
 }

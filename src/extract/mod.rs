@@ -103,7 +103,8 @@ pub fn extract_media(enc: &FrozenEncoder, path: &Path, opts: &ExtractOptions) ->
             let sampling = opts.frames.clone().or_else(|| enc.preprocess.frames.clone()).unwrap_or(FrameSampling::Uniform { n: 8 });
             let frames = read_frames(enc, path, &sampling)?;
             let n = frames.dim(0).map_err(cerr)?;
-            // Per-frame features, then the mean over frames (Emotion-LLaMA's utterance-level `mae_340_UTT`).
+            // Per-frame features, then the mean over frames (Emotion-LLaMA's utterance-level `mae_340_UTT`);
+            // `tokens` keeps every frame's (VideoLLaMA2's connector takes them all).
             let mut per_frame: Vec<FeatureOutput> = Vec::new();
             let step = opts.frame_batch.max(1);
             let mut start = 0;
@@ -113,8 +114,9 @@ pub fn extract_media(enc: &FrozenEncoder, path: &Path, opts: &ExtractOptions) ->
                 start += len;
             }
             let merged = concat_outputs(per_frame).map_err(cerr)?;
-            let pooled = if opts.spec.pooling == Pooling::None { merged } else { mean_over_frames(merged).map_err(cerr)? };
-            name_outputs(pooled, opts.spec.pooling != Pooling::None).map_err(cerr)
+            let per_frame_out = matches!(opts.spec.pooling, Pooling::None | Pooling::Tokens);
+            let pooled = if per_frame_out { merged } else { mean_over_frames(merged).map_err(cerr)? };
+            name_outputs(pooled, !per_frame_out).map_err(cerr)
         }
         InputKind::Video => {
             let sampling = opts.frames.clone().or_else(|| enc.preprocess.frames.clone()).unwrap_or(FrameSampling::Segments { segments: 8, consecutive: 2 });
@@ -320,7 +322,9 @@ fn manifest_from_hf_dir(dir: &Path) -> Result<crate::registry::EncoderManifest, 
         "hubert" => ("hubert", "audio"),
         "vit_mae" => ("vit_mae", "video"),
         "videomae" => ("videomae", "video"),
-        other => return Err(input_err(dir.display(), format!("config.json model_type `{other}` is not one of hubert, vit_mae, videomae (EVA checkpoints need a manifest)"))),
+        // A bare vision tower, or a whole SigLIP model (its vision_config is read).
+        "siglip_vision_model" | "siglip" => ("siglip", "video"),
+        other => return Err(input_err(dir.display(), format!("config.json model_type `{other}` is not one of hubert, vit_mae, videomae, siglip_vision_model, siglip (EVA checkpoints need a manifest)"))),
     };
     let pre = read_json("preprocessor_config.json")?;
     let mut preprocess = crate::registry::Preprocess::default();
@@ -340,7 +344,13 @@ fn manifest_from_hf_dir(dir: &Path) -> Result<crate::registry::EncoderManifest, 
         }
         preprocess.normalize = pre.get("do_normalize").and_then(|v| v.as_bool()).unwrap_or(false) && architecture == "hubert";
     }
-    let pooling = if architecture == "vit_mae" { Pooling::Cls } else { Pooling::Mean };
+    let pooling = match architecture {
+        "vit_mae" => Pooling::Cls,
+        "siglip" => Pooling::Tokens,
+        _ => Pooling::Mean,
+    };
+    // SigLIP: VideoLLaMA2's feature, the second-to-last layer (no post-layernorm).
+    let layers = if architecture == "siglip" { vec![-2] } else { Vec::new() };
     Ok(crate::registry::EncoderManifest {
         name: dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "encoder".into()),
         architecture: architecture.into(),
@@ -350,6 +360,6 @@ fn manifest_from_hf_dir(dir: &Path) -> Result<crate::registry::EncoderManifest, 
         // Relative to the "manifest" path, `<dir>/config.json`.
         weights: crate::registry::Weights::Path { path: ".".into() },
         preprocess,
-        features: FeatureSpec { layers: Vec::new(), pooling, chunk_seconds: None },
+        features: FeatureSpec { layers, pooling, chunk_seconds: None },
     })
 }

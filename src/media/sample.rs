@@ -30,6 +30,10 @@ pub enum FrameSampling {
     /// VideoMAE's clip sampling (test mode): the frames split into `segments` equal parts, and
     /// `consecutive` successive frames at the middle of each (8 × 2 = the 16 frames of a VideoMAE clip).
     Segments { segments: usize, consecutive: usize },
+    /// VideoLLaMA2's uniform sampling (`mm_utils.frame_sample`, "v1"), on frame indices rather than times:
+    /// over the `N` frames, `seg = (N - 1) / n` and frame `i` is `round(seg·(i + 0.5) + 1e-6)` (the
+    /// middles of `n` equal segments of `[0, N - 1]`); see [`midpoint_indices`].
+    Midpoints { n: usize },
 }
 
 /// Frame rate assumed for [`FrameSampling::Segments`] when the stream's is unknown.
@@ -46,12 +50,13 @@ impl FrameSampling {
     /// and no more than [`MAX_SAMPLED_FRAMES`] frames for `Uniform`.
     pub fn validate(&self) -> Result<(), String> {
         match *self {
-            FrameSampling::Uniform { n } => {
+            FrameSampling::Uniform { n } | FrameSampling::Midpoints { n } => {
+                let mode = if matches!(self, FrameSampling::Uniform { .. }) { "uniform" } else { "midpoints" };
                 if n == 0 {
-                    return Err("uniform sampling needs n >= 1 frames (got n = 0)".into());
+                    return Err(format!("{mode} sampling needs n >= 1 frames (got n = 0)"));
                 }
                 if n > MAX_SAMPLED_FRAMES {
-                    return Err(format!("uniform sampling of {n} frames exceeds the limit of {MAX_SAMPLED_FRAMES}"));
+                    return Err(format!("{mode} sampling of {n} frames exceeds the limit of {MAX_SAMPLED_FRAMES}"));
                 }
             }
             FrameSampling::First => {}
@@ -93,8 +98,8 @@ impl FrameSampling {
         self.target_times_at(duration_s, DEFAULT_FPS)
     }
 
-    /// As [`Self::target_times`], with the stream's frame rate (only `Segments` depends on it: its
-    /// targets are the middles of whole frames, `(index + 0.5) / fps`).
+    /// As [`Self::target_times`], with the stream's frame rate (only `Segments` and `Midpoints` depend on
+    /// it: their targets are the middles of whole frames, `(index + 0.5) / fps`).
     pub fn target_times_at(&self, duration_s: f64, fps: f64) -> Vec<f64> {
         if self.validate().is_err() {
             return Vec::new();
@@ -109,6 +114,13 @@ impl FrameSampling {
                 let fps = if fps.is_finite() && fps > 0.0 { fps } else { DEFAULT_FPS };
                 let frames = ((d * fps).floor() as usize).max(1);
                 segment_indices(frames, segments, consecutive).into_iter().map(|i| (i as f64 + 0.5) / fps).collect()
+            }
+            FrameSampling::Midpoints { n } => {
+                let fps = if fps.is_finite() && fps > 0.0 { fps } else { DEFAULT_FPS };
+                // The frame count (decord's `len`) of a constant-rate stream: duration × rate, rounded so
+                // that a duration a hair short of N frames still counts N.
+                let frames = ((d * fps).round() as usize).max(1);
+                midpoint_indices(frames, n).into_iter().map(|i| (i as f64 + 0.5) / fps).collect()
             }
             FrameSampling::Fps { fps, max_frames } => {
                 let cap = max_frames.unwrap_or(MAX_SAMPLED_FRAMES).min(MAX_SAMPLED_FRAMES);
@@ -160,6 +172,22 @@ pub fn segment_indices(frames: usize, segments: usize, consecutive: usize) -> Ve
         out.extend((0..consecutive).map(|k| (start + k).min(frames - 1)));
     }
     out
+}
+
+/// VideoLLaMA2's frame indices (`mm_utils.frame_sample`, mode `uniform`): `seg = (frames - 1) / n`, and
+/// index `i` is `np.round((seg·i + seg·(i + 1)) / 2 + 1e-6)`, computed in the same f64 operations (numpy
+/// rounds halves to even; the 1e-6 pushes exact halves up first).
+pub fn midpoint_indices(frames: usize, n: usize) -> Vec<usize> {
+    if frames == 0 {
+        return Vec::new();
+    }
+    let seg = (frames - 1) as f64 / n as f64;
+    (0..n)
+        .map(|i| {
+            let (start, end) = (seg * i as f64, seg * (i + 1) as f64);
+            (((start + end) / 2.0 + 1e-6).round_ties_even().max(0.0) as usize).min(frames - 1)
+        })
+        .collect()
 }
 
 /// The reference selection rule on a list of frame times (in decode/presentation order):
@@ -244,6 +272,26 @@ mod tests {
         let t = FrameSampling::Segments { segments: 2, consecutive: 2 }.target_times_at(4.0, 25.0);
         assert_eq!(t, vec![24.5 / 25.0, 25.5 / 25.0, 74.5 / 25.0, 75.5 / 25.0]);
         assert!(FrameSampling::Segments { segments: 0, consecutive: 2 }.validate().is_err());
+    }
+
+    #[test]
+    fn midpoints_are_videollama2_frame_indices() {
+        // numpy: np.round(np.array([(seg*i + seg*(i+1))/2 for i in range(16)]) + 1e-6).astype(int).
+        assert_eq!(midpoint_indices(100, 16), vec![3, 9, 15, 22, 28, 34, 40, 46, 53, 59, 65, 71, 77, 84, 90, 96]);
+        // seg = 1: every middle is an exact half, which the 1e-6 rounds up (numpy alone would go to even).
+        assert_eq!(midpoint_indices(17, 16), (1..=16).collect::<Vec<_>>());
+        // Short clips repeat frames; one frame is all zeros; none gives none.
+        assert_eq!(midpoint_indices(5, 16), vec![0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4]);
+        assert_eq!(midpoint_indices(1, 4), vec![0; 4]);
+        assert!(midpoint_indices(0, 4).is_empty());
+        // Targets: the middles of those frames, at the stream's rate (4 s at 25 fps = 100 frames).
+        let t = FrameSampling::Midpoints { n: 16 }.target_times_at(4.0, 25.0);
+        assert_eq!(t.len(), 16);
+        assert_eq!(t[0], 3.5 / 25.0);
+        assert_eq!(t[15], 96.5 / 25.0);
+        assert!(FrameSampling::Midpoints { n: 0 }.validate().is_err());
+        let s: FrameSampling = serde_json::from_str(r#"{"mode":"midpoints","n":16}"#).expect("serde");
+        assert_eq!(s, FrameSampling::Midpoints { n: 16 });
     }
 
     #[test]

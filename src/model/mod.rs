@@ -25,6 +25,7 @@ pub mod projector;
 pub mod prompt;
 pub mod pth;
 pub mod shapes;
+pub mod stc;
 pub mod tokenizer;
 pub mod videollama2_av;
 pub mod vit;

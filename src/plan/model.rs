@@ -232,7 +232,7 @@ fn plugin_err(name: &str) -> impl Fn(crate::model::build::BuildError) -> PlanErr
 /// Frames a sampling gives per clip, when that does not depend on the clip.
 fn frame_count(f: &FrameSampling) -> Option<usize> {
     match f {
-        FrameSampling::Uniform { n } => Some(*n),
+        FrameSampling::Uniform { n } | FrameSampling::Midpoints { n } => Some(*n),
         FrameSampling::Segments { segments, consecutive } => Some(segments * consecutive),
         FrameSampling::First => Some(1),
         _ => None,

@@ -23,10 +23,13 @@ pub enum Pooling {
     MeanPatch,
     /// MiniGPT-v2: the patch tokens merged by four (1024 → 256 tokens of 4·D), plus the CLS token.
     Merge4,
+    /// The selected layers' tokens as they are, one set per frame (VideoLLaMA2: SigLIP's layer −2, all
+    /// 729 patch tokens of each of 16 frames, for the STC connector).
+    Tokens,
 }
 
 impl Pooling {
-    pub const NAMES: [&'static str; 5] = ["none", "mean", "cls", "mean_patch", "merge4"];
+    pub const NAMES: [&'static str; 6] = ["none", "mean", "cls", "mean_patch", "merge4", "tokens"];
 
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -35,6 +38,7 @@ impl Pooling {
             "cls" => Self::Cls,
             "mean_patch" => Self::MeanPatch,
             "merge4" => Self::Merge4,
+            "tokens" => Self::Tokens,
             _ => return None,
         })
     }
@@ -101,7 +105,7 @@ pub enum Pooled {
 pub fn pool(tokens: &Tensor, pooling: Pooling) -> Result<Pooled> {
     let (_, t, _) = tokens.dims3()?;
     Ok(match pooling {
-        Pooling::None => Pooled::One(tokens.clone()),
+        Pooling::None | Pooling::Tokens => Pooled::One(tokens.clone()),
         Pooling::Mean => Pooled::One(tokens.mean(1)?),
         Pooling::Cls => Pooled::One(tokens.narrow(1, 0, 1)?.squeeze(1)?),
         Pooling::MeanPatch => {
@@ -157,6 +161,8 @@ mod tests {
         assert_eq!(one(Pooling::Cls)?, vec![1.0, 2.0]);
         assert_eq!(one(Pooling::MeanPatch)?, vec![4.0, 5.0]);
         assert_eq!(one(Pooling::None)?.len(), 6);
+        assert_eq!(one(Pooling::Tokens)?.len(), 6);
+        assert_eq!(Pooling::from_name("tokens"), Some(Pooling::Tokens));
         Ok(())
     }
 }

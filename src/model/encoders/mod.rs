@@ -1,5 +1,6 @@
 //! The Emotion-LLaMA encoders at full fidelity, in the HF / LAVIS tensor layouts so real checkpoints load
-//! as they are: HuBERT (audio), ViT-MAE (local face view), VideoMAE (temporal view), EVA ViT-g (global).
+//! as they are: HuBERT (audio), ViT-MAE (local face view), VideoMAE (temporal view), EVA ViT-g (global);
+//! and VideoLLaMA2's SigLIP vision tower.
 //! They are frozen feature extractors, so they use candle's fused ops.
 //!
 //! [`FrozenEncoder`] binds one of them to a manifest (`plugins/encoders/*.toml`): configuration, weights,
@@ -9,6 +10,7 @@ pub mod checkpoint;
 pub mod eva_vit;
 pub mod features;
 pub mod hubert;
+pub mod siglip;
 pub mod videomae;
 pub mod vit_mae;
 
@@ -55,6 +57,8 @@ pub enum Model {
     VideoMae(videomae::VideoMAEModel),
     /// EVA ViT-g followed by MiniGPT-v2's `ln_vision`.
     Eva { vit: eva_vit::EvaVit, ln_vision: eva_vit::LnVision },
+    /// SigLIP's vision tower (VideoLLaMA2), without its pooling head.
+    Siglip(siglip::SiglipVisionModel),
 }
 
 /// A frozen encoder bound to its manifest.
@@ -79,6 +83,7 @@ fn probe_tensor(architecture: &str) -> Option<&'static str> {
         "vit_mae" => Some("embeddings.cls_token"),
         "videomae" => Some("embeddings.patch_embeddings.projection.weight"),
         "eva_vit" => Some("patch_embed.proj.weight"),
+        "siglip" => Some("embeddings.patch_embedding.weight"),
         _ => None,
     }
 }
@@ -155,11 +160,15 @@ impl FrozenEncoder {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| merr(format!("{}: {e}", p.display())))?;
                 let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| merr(format!("{}: not JSON: {e}", p.display())))?;
+                if m.architecture == "siglip" {
+                    json = siglip::vision_config(p, json)?;
+                }
                 let obj = json.as_object_mut().ok_or_else(|| merr(format!("{}: not a JSON object", p.display())))?;
                 match m.architecture.as_str() {
                     "hubert" => hubert::check_hf_keys(p, obj)?,
                     "vit_mae" => vit_mae::check_hf_keys(p, obj)?,
                     "videomae" => videomae::check_hf_keys(p, obj)?,
+                    "siglip" => siglip::check_hf_keys(p, obj)?,
                     _ => Vec::new(),
                 };
                 json_to_toml_table(&json)
@@ -203,6 +212,11 @@ impl FrozenEncoder {
                 let vit = eva_vit::EvaVit::new(&cfg, vb).map_err(cerr)?;
                 (Model::Eva { vit, ln_vision }, h, Some(s), None)
             }
+            "siglip" => {
+                let cfg: siglip::SiglipVisionConfig = parse(table, &merr)?;
+                let (h, s) = (cfg.hidden_size, cfg.image_size);
+                (Model::Siglip(siglip::SiglipVisionModel::new(&cfg, vb).map_err(cerr)?), h, Some(s), None)
+            }
             other => return Err(merr(format!("architecture `{other}` is not a pretrained encoder (known: {})", crate::registry::PRETRAINED_ENCODER_ARCHITECTURES.join(", ")))),
         };
         let enc = Self {
@@ -226,7 +240,7 @@ impl FrozenEncoder {
         match self.model {
             Model::Hubert(_) => InputKind::Audio,
             Model::VideoMae(_) => InputKind::Video,
-            Model::VitMae(_) | Model::Eva { .. } => InputKind::Image,
+            Model::VitMae(_) | Model::Eva { .. } | Model::Siglip(_) => InputKind::Image,
         }
     }
 
@@ -237,6 +251,7 @@ impl FrozenEncoder {
             Model::VitMae(m) => m.config().num_hidden_layers + 1,
             Model::VideoMae(m) => m.config().num_hidden_layers + 1,
             Model::Eva { vit, .. } => vit.config().depth + 1,
+            Model::Siglip(m) => m.config().num_hidden_layers + 1,
         }
     }
 
@@ -250,6 +265,7 @@ impl FrozenEncoder {
             Model::VitMae(m) => m.forward(input),
             Model::VideoMae(m) => m.forward(input),
             Model::Eva { vit, .. } => vit.forward(input),
+            Model::Siglip(m) => m.forward(input),
         }
     }
 
@@ -261,6 +277,7 @@ impl FrozenEncoder {
             Model::VitMae(m) => m.forward_last(input),
             Model::VideoMae(m) => m.forward_last(input),
             Model::Eva { vit, ln_vision } => ln_vision.forward(&vit.forward_last(input)?),
+            Model::Siglip(m) => m.forward_last(input),
         }
     }
 
@@ -277,8 +294,12 @@ impl FrozenEncoder {
         let tokens = if spec.layers.is_empty() {
             self.final_output(input)?
         } else {
-            let hidden = self.hidden_states(input)?;
-            let layers = features::resolve_layers(&spec.layers, hidden.len()).map_err(candle_core::Error::Msg)?;
+            let layers = features::resolve_layers(&spec.layers, self.hidden_state_count()).map_err(candle_core::Error::Msg)?;
+            let hidden = match &self.model {
+                // Only the layers up to the deepest one selected (VideoLLaMA2's −2 skips the last).
+                Model::Siglip(m) => m.forward_upto(input, layers.iter().copied().max().unwrap_or(0))?,
+                _ => self.hidden_states(input)?,
+            };
             let mut t = features::select_layers(&hidden, &layers)?;
             if let Model::Eva { ln_vision, .. } = &self.model {
                 t = ln_vision.forward(&t)?;
