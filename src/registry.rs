@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::DatasetCard;
 use crate::model::llama::LlamaConfig;
 
-pub const ENCODER_ARCHITECTURES: [&str; 8] = ["tiny_cnn", "tiny_vit", "tiny_wave", "hubert", "vit_mae", "videomae", "eva_vit", "siglip"];
+pub const ENCODER_ARCHITECTURES: [&str; 9] = ["tiny_cnn", "tiny_vit", "tiny_wave", "hubert", "vit_mae", "videomae", "eva_vit", "siglip", "beats"];
 /// The frozen, checkpoint-compatible encoders (`src/model/encoders/`); the others are trained from scratch.
-pub const PRETRAINED_ENCODER_ARCHITECTURES: [&str; 5] = ["hubert", "vit_mae", "videomae", "eva_vit", "siglip"];
+pub const PRETRAINED_ENCODER_ARCHITECTURES: [&str; 6] = ["hubert", "vit_mae", "videomae", "eva_vit", "siglip", "beats"];
 pub const LLM_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 /// `reason_v2` is Emotion-LLaMA's tag for the fine-grained reasoning (stage 2); its target is the same
 /// field as `reason`.
@@ -34,7 +34,16 @@ pub enum Weights {
     /// A local HF model directory or `.gguf` file (relative to the manifest; `~/` is the home directory).
     Path { path: String },
     /// A Hugging Face repository at a revision; `files` may name a `.gguf` file or extra files to fetch.
-    Hf { repo: String, revision: String, #[serde(default)] files: Vec<String> },
+    /// `checkpoint` names one weights file of the repository (`.bin` / `.pth` / `.pt` / `.safetensors`,
+    /// e.g. VideoLLaMA2-AV's `audio_tower.bin`) that is the whole encoder checkpoint: only it is fetched.
+    Hf {
+        repo: String,
+        revision: String,
+        #[serde(default)]
+        files: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<String>,
+    },
     /// A file at a URL (`.gguf`, or a PyTorch `.pth` for encoders), checked against its sha256. Without
     /// one, the hash of the first download is recorded and logged, to be pinned in the manifest.
     Url { url: String, #[serde(default)] sha256: Option<String> },
@@ -87,6 +96,10 @@ pub struct Preprocess {
     /// Audio: zero-mean unit-variance per utterance before the encoder.
     #[serde(default)]
     pub normalize: bool,
+    /// Audio: VideoLLaMA2-AV's clip selection before the encoder, e.g.
+    /// `{ clips = 8, seconds = 2.0, pad_to_seconds = 30.0 }` (see `media::audio_clips`). None: the whole track.
+    #[serde(default)]
+    pub audio_clips: Option<crate::media::audio_clips::AudioClips>,
 }
 
 fn half3() -> [f32; 3] {
@@ -101,7 +114,7 @@ fn default_rate() -> u32 {
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Self { mean: half3(), std: half3(), resize: default_resize(), frames: None, sample_rate: default_rate(), normalize: false }
+        Self { mean: half3(), std: half3(), resize: default_resize(), frames: None, sample_rate: default_rate(), normalize: false, audio_clips: None }
     }
 }
 

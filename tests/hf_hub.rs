@@ -83,7 +83,7 @@ fn downloads_an_hf_repository_through_hf_endpoint_then_works_offline() -> anyhow
         std::env::set_var("HF_TOKEN", "hf_secret");
         std::env::remove_var("HF_HUB_OFFLINE");
     }
-    let weights = Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![] };
+    let weights = Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![], checkpoint: None };
     let got = emollama::model::hub::resolve("tiny", Path::new("plugins/llms/tiny.toml"), &weights)?;
     let Some(LocalWeights::HfDir(dir)) = got else { anyhow::bail!("expected an HF directory, got {got:?}") };
     assert!(dir.starts_with(cache.path()), "{} is not in HF_HUB_CACHE", dir.display());

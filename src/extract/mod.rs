@@ -133,13 +133,11 @@ pub fn extract_media(enc: &FrozenEncoder, path: &Path, opts: &ExtractOptions) ->
 }
 
 /// Features of a safetensors file holding preprocessed input: `input_values` (batch, samples) for audio,
-/// `pixel_values` (batch, 3, H, W) for images or (batch, T, 3, H, W) for video. No preprocessing is applied.
+/// `fbank` (batch, frames, mel bins) for BEATs, `pixel_values` (batch, 3, H, W) for images or
+/// (batch, T, 3, H, W) for video. No preprocessing is applied.
 pub fn extract_tensor_file(enc: &FrozenEncoder, path: &Path, opts: &ExtractOptions) -> Result<usize, ExtractError> {
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| input_err(path.display(), format!("not a readable safetensors file: {e}")))?;
-    let key = match enc.input_kind() {
-        InputKind::Audio => "input_values",
-        InputKind::Image | InputKind::Video => "pixel_values",
-    };
+    let key = enc.input_key();
     let x = tensors.get(key).ok_or_else(|| {
         let mut have: Vec<&String> = tensors.keys().collect();
         have.sort();
@@ -160,6 +158,14 @@ pub fn extract_tensor_file(enc: &FrozenEncoder, path: &Path, opts: &ExtractOptio
 
 /// The shape rules of each input kind, as messages a user can act on.
 pub fn check_input_shape(enc: &FrozenEncoder, dims: &[usize]) -> Result<(), String> {
+    if let crate::model::encoders::Model::Beats(m) = &enc.model {
+        let p = m.config().input_patch_size;
+        return match dims {
+            [_, t, f] if *t >= p && *f >= p => Ok(()),
+            [_, _, _] => Err(format!("fbank of shape {dims:?} has no {p}x{p} patch; `{}` needs at least {p} frames and {p} mel bins", enc.name)),
+            _ => Err(format!("shape {dims:?}: expected fbank of shape (batch, frames, mel bins)")),
+        };
+    }
     match enc.input_kind() {
         InputKind::Audio => match dims {
             [_, _] => Ok(()),
@@ -205,10 +211,7 @@ fn read_audio(enc: &FrozenEncoder, path: &Path, resample: bool) -> Result<Vec<f3
         ));
     }
     let audio = media::decode_audio(path)?;
-    let min = match &enc.model {
-        crate::model::encoders::Model::Hubert(m) => m.min_samples(),
-        _ => 1,
-    };
+    let min = enc.min_audio_samples().max(1);
     if audio.samples.len() < min {
         return Err(input_err(
             path.display(),

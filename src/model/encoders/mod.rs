@@ -1,11 +1,13 @@
 //! The Emotion-LLaMA encoders at full fidelity, in the HF / LAVIS tensor layouts so real checkpoints load
 //! as they are: HuBERT (audio), ViT-MAE (local face view), VideoMAE (temporal view), EVA ViT-g (global);
-//! and VideoLLaMA2's SigLIP vision tower.
-//! They are frozen feature extractors, so they use candle's fused ops.
+//! and VideoLLaMA2's SigLIP vision tower. They are frozen feature extractors, so they use candle's fused
+//! ops. VideoLLaMA2-AV's BEATs (audio) is here too, in the reference's state-dict names; it is also
+//! trainable (see [`beats`]).
 //!
 //! [`FrozenEncoder`] binds one of them to a manifest (`plugins/encoders/*.toml`): configuration, weights,
 //! preprocessing and the feature (layers + pooling) the recipe or `emollama extract` wants.
 
+pub mod beats;
 pub mod checkpoint;
 pub mod eva_vit;
 pub mod features;
@@ -59,6 +61,8 @@ pub enum Model {
     Eva { vit: eva_vit::EvaVit, ln_vision: eva_vit::LnVision },
     /// SigLIP's vision tower (VideoLLaMA2), without its pooling head.
     Siglip(siglip::SiglipVisionModel),
+    /// VideoLLaMA2-AV's audio tower; its input is Kaldi fbank (batch, frames, 128).
+    Beats(Box<beats::Beats>),
 }
 
 /// A frozen encoder bound to its manifest.
@@ -84,6 +88,7 @@ fn probe_tensor(architecture: &str) -> Option<&'static str> {
         "videomae" => Some("embeddings.patch_embeddings.projection.weight"),
         "eva_vit" => Some("patch_embed.proj.weight"),
         "siglip" => Some("embeddings.patch_embedding.weight"),
+        "beats" => Some("patch_embedding.weight"),
         _ => None,
     }
 }
@@ -217,8 +222,23 @@ impl FrozenEncoder {
                 let (h, s) = (cfg.hidden_size, cfg.image_size);
                 (Model::Siglip(siglip::SiglipVisionModel::new(&cfg, vb).map_err(cerr)?), h, Some(s), None)
             }
+            "beats" => {
+                let cfg: beats::BeatsConfig = parse(table, &merr)?;
+                cfg.validate().map_err(|e| merr(format!("[config]: {e}")))?;
+                if m.preprocess.normalize {
+                    return Err(merr("[preprocess] normalize: BEATs normalises its fbank itself; per-utterance waveform normalisation is HuBERT's".into()));
+                }
+                if m.features.chunk_seconds.is_some() {
+                    return Err(merr("[features] chunk_seconds is HuBERT's chunked long-audio path; BEATs takes the prepared clip whole".into()));
+                }
+                let h = cfg.encoder_embed_dim;
+                (Model::Beats(Box::new(beats::Beats::new(&cfg, vb).map_err(cerr)?)), h, None, None)
+            }
             other => return Err(merr(format!("architecture `{other}` is not a pretrained encoder (known: {})", crate::registry::PRETRAINED_ENCODER_ARCHITECTURES.join(", ")))),
         };
+        if let Some(clips) = &m.preprocess.audio_clips {
+            clips.validate(m.preprocess.sample_rate).map_err(|e| merr(format!("[preprocess] {e}")))?;
+        }
         let enc = Self {
             name: m.name.clone(),
             architecture: m.architecture.clone(),
@@ -238,7 +258,7 @@ impl FrozenEncoder {
 
     pub fn input_kind(&self) -> InputKind {
         match self.model {
-            Model::Hubert(_) => InputKind::Audio,
+            Model::Hubert(_) | Model::Beats(_) => InputKind::Audio,
             Model::VideoMae(_) => InputKind::Video,
             Model::VitMae(_) | Model::Eva { .. } | Model::Siglip(_) => InputKind::Image,
         }
@@ -252,6 +272,7 @@ impl FrozenEncoder {
             Model::VideoMae(m) => m.config().num_hidden_layers + 1,
             Model::Eva { vit, .. } => vit.config().depth + 1,
             Model::Siglip(m) => m.config().num_hidden_layers + 1,
+            Model::Beats(m) => m.config().encoder_layers + 1,
         }
     }
 
@@ -266,6 +287,7 @@ impl FrozenEncoder {
             Model::VideoMae(m) => m.forward(input),
             Model::Eva { vit, .. } => vit.forward(input),
             Model::Siglip(m) => m.forward(input),
+            Model::Beats(m) => m.forward_states(input),
         }
     }
 
@@ -278,6 +300,7 @@ impl FrozenEncoder {
             Model::VideoMae(m) => m.forward_last(input),
             Model::Eva { vit, ln_vision } => ln_vision.forward(&vit.forward_last(input)?),
             Model::Siglip(m) => m.forward_last(input),
+            Model::Beats(m) => m.forward(input),
         }
     }
 
@@ -317,9 +340,49 @@ impl FrozenEncoder {
         Some(crate::media::PixelTransform { width: s, height: s, filter: p.resize, mean: p.mean, std: p.std })
     }
 
-    /// Prepares a (batch, samples) waveform: the manifest's per-utterance normalisation.
+    /// Prepares a (batch, samples) waveform as the encoder takes it: the manifest's clip selection
+    /// (`[preprocess] audio_clips`, per row), then HuBERT's per-utterance normalisation, or BEATs' fbank
+    /// (batch, frames, 128).
     pub fn prepare_audio(&self, wave: &Tensor) -> candle_core::Result<Tensor> {
-        if self.preprocess.normalize { hubert::normalize_waveform(wave) } else { Ok(wave.clone()) }
+        let wave = match &self.preprocess.audio_clips {
+            Some(clips) => {
+                let rate = self.preprocess.sample_rate;
+                let rows = match wave.dims() {
+                    &[_, _] => wave.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+                    d => candle_core::bail!("waveform must be (batch, samples), got shape {d:?}"),
+                };
+                let picked = rows.iter().map(|r| clips.apply(r, rate).map_err(candle_core::Error::Msg)).collect::<candle_core::Result<Vec<_>>>()?;
+                let n = picked.first().map_or(0, Vec::len);
+                Tensor::from_vec(picked.concat(), (rows.len(), n), wave.device())?
+            }
+            None => wave.clone(),
+        };
+        match &self.model {
+            Model::Beats(_) => beats::fbank_batch(&wave),
+            _ if self.preprocess.normalize => hubert::normalize_waveform(&wave),
+            _ => Ok(wave),
+        }
+    }
+
+    /// The fewest waveform samples `prepare_audio` turns into at least one output token.
+    pub fn min_audio_samples(&self) -> usize {
+        if self.preprocess.audio_clips.is_some() {
+            return 0;
+        }
+        match &self.model {
+            Model::Hubert(m) => m.min_samples(),
+            Model::Beats(m) => crate::media::fbank::KaldiFbank::new(&crate::media::fbank::FbankOptions::beats()).map_or(1, |f| f.samples_for(m.min_frames())),
+            _ => 1,
+        }
+    }
+
+    /// The tensor `emollama extract --input FILE.safetensors` reads: already prepared input.
+    pub fn input_key(&self) -> &'static str {
+        match (&self.model, self.input_kind()) {
+            (Model::Beats(_), _) => "fbank",
+            (_, InputKind::Audio) => "input_values",
+            _ => "pixel_values",
+        }
     }
 }
 
