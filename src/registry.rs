@@ -206,7 +206,17 @@ impl Registry {
         Ok(Self {
             root: root.to_path_buf(),
             encoders: read_dir(&root.join("plugins/encoders"), |m: &EncoderManifest| m.name.clone())?,
-            llms: read_dir(&root.join("plugins/llms"), |m: &LlmManifest| m.name.clone())?,
+            llms: read_dir(&root.join("plugins/llms"), |m: &LlmManifest| m.name.clone())?
+                .into_iter()
+                .map(|(name, (path, mut m))| {
+                    // The manifest's `architecture` is its `[config]`'s model type: a `qwen2` manifest gets
+                    // Qwen2's q/k/v biases without repeating `model_type` in the table.
+                    if let Some(c) = m.config.as_mut() {
+                        c.model_type = m.architecture.clone();
+                    }
+                    (name, (path, m))
+                })
+                .collect(),
             datasets: read_dir(&root.join("datasets"), |c: &DatasetCard| c.name.clone())?,
         })
     }

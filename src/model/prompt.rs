@@ -231,4 +231,19 @@ mod tests {
         assert_eq!(normalise_answer("Oh my! She is  Happy."), "oh my she is happy");
         assert_eq!(normalise_answer(&"word ".repeat(250)).split(' ').count(), 200);
     }
+
+    #[test]
+    fn videollama2_turn_puts_every_multimodal_token_at_video_in_the_qwen2_chat_turn() {
+        let t = ChatTemplate { kind: Template::Chatml, system: Some("You are a helpful assistant.".into()), turn: TurnLayout::VideoLlama2 };
+        let p = t.prompt(Some("I won"), "emotion", "Which emotion?");
+        assert_eq!(
+            p,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<VideoHere><FeatureHere>\nThe person in video says: I won. Which emotion?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let segs = split_placeholders(&p);
+        // Video then audio tokens back to back where VideoLLaMA2's `<video>` is.
+        assert!(matches!(&segs[..3], [Segment::Text(_), Segment::Video, Segment::Feature]));
+        assert_eq!(TurnLayout::of(crate::recipe::Family::VideoLlama2Av), TurnLayout::VideoLlama2);
+        assert_eq!(TurnLayout::of(crate::recipe::Family::Auto), TurnLayout::EmotionLlama);
+    }
 }

@@ -110,13 +110,34 @@ fn parameters_section(s: &mut String, p: &Plan) {
         s.push_str("\nProjectors\n");
         let mut t = table(vec!["projector".into(), "tensors ([out, in])".into(), "parameters".into()]);
         for c in projectors {
-            let shapes: Vec<String> = c.shapes.iter().map(|sh| format!("{} {:?}", sh.name, sh.shape)).collect();
-            t.add_row(vec![c.name.clone(), shapes.join(", "), thousands(c.params)]);
+            t.add_row(vec![c.name.clone(), tensor_list(&c.shapes), thousands(c.params)]);
         }
         right_align(&mut t, [2]);
         let _ = writeln!(s, "{t}");
     }
 
+}
+
+/// A projector's tensors with their shapes; a connector with many (the STC's RegNet stages) is summed up
+/// per top-level block (`s1: 80 tensors, 1,234 parameters`).
+fn tensor_list(shapes: &[crate::plan::params::TensorShape]) -> String {
+    const LISTED: usize = 8;
+    if shapes.len() <= LISTED {
+        return shapes.iter().map(|sh| format!("{} {:?}", sh.name, sh.shape)).collect::<Vec<_>>().join(", ");
+    }
+    let mut blocks: Vec<(String, usize, usize)> = Vec::new();
+    for sh in shapes {
+        let block = sh.name.split('.').next().unwrap_or("").to_string();
+        let n: usize = sh.shape.iter().product();
+        match blocks.iter_mut().find(|(b, _, _)| *b == block) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 += n;
+            }
+            None => blocks.push((block, 1, n)),
+        }
+    }
+    blocks.iter().map(|(b, k, n)| format!("{b}: {k} tensors, {}", thousands(*n as u64))).collect::<Vec<_>>().join("; ")
 }
 
 /// The stage table: data, steps, batch, learning rate, validations, checkpoints.
