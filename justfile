@@ -100,7 +100,7 @@ emollama *args: build
     {{bin}} {{args}}
 
 # Benchmarks: the parts of a quick-start training step (forward + backward, median of 5), SmolLM2
-# inference against llama.cpp on the same GGUF, the four encoders at real size against PyTorch, the
+# inference against llama.cpp on the same GGUF, the encoders at real size (Emotion-LLaMA's four, VideoLLaMA2's SigLIP) against PyTorch, the
 # frozen-encoder feature cache (epoch 1 vs epoch 2) and the face front end per frame, 2 threads
 # (writes BENCHMARKS.md).
 bench: build

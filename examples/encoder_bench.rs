@@ -1,4 +1,5 @@
-//! Times each Emotion-LLaMA encoder's forward pass at its real size (random weights, f32) on the inputs
+//! Times each Emotion-LLaMA encoder's forward pass (and VideoLLaMA2's SigLIP tower) at its real size
+//! (random weights, f32) on the inputs
 //! `emollama extract` feeds it; the candle side of `just bench` (PyTorch's is
 //! tools/bench/encoders_torch.py). Threads: RAYON_NUM_THREADS. Prints one JSON line per encoder.
 //!     RAYON_NUM_THREADS=2 cargo run --release --example encoder_bench -- [repeats] [names...]
@@ -11,7 +12,7 @@ use candle_nn::VarMap;
 use emollama::model::encoders::FrozenEncoder;
 use emollama::registry::{EncoderManifest, Weights};
 
-/// Real sizes: chinese-hubert-large, ViT-MAE-L/16, VideoMAE-L/16, EVA ViT-g/14 at 448.
+/// Real sizes: chinese-hubert-large, ViT-MAE-L/16, VideoMAE-L/16, EVA ViT-g/14 at 448, SigLIP so400m/14 at 384.
 fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'static str)> {
     vec![
         (
@@ -41,6 +42,13 @@ fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'s
             "img_size = 448\npatch_size = 14\nembed_dim = 1408\ndepth = 39\nnum_heads = 16\nmlp_hidden = 6144\ncheckpoint_grid = 16",
             vec![1, 3, 448, 448],
             "one frame at 448x448",
+        ),
+        (
+            "siglip-so400m",
+            "siglip",
+            "hidden_size = 1152\nintermediate_size = 4304\nnum_hidden_layers = 27\nnum_attention_heads = 16\nimage_size = 384\npatch_size = 14",
+            vec![16, 3, 384, 384],
+            "16 frames at 384x384",
         ),
     ]
 }

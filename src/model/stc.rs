@@ -74,6 +74,20 @@ impl StcConfig {
         Ok(())
     }
 
+    /// Parameters: 376,889,248 at VideoLLaMA2's 1152 → 3584 (s1 119.7 M, sampler 102.8 M, s2 128.7 M,
+    /// readout 25.7 M, as the reference module counts them).
+    pub fn param_count(&self) -> usize {
+        let (i, h) = (self.mm_hidden_size, self.hidden_size);
+        let block = |inp: usize| {
+            let rd = se_channels(inp, h);
+            let shortcut = if inp != h { h * inp + 2 * h } else { 0 };
+            (h * inp + 2 * h) + (h * 9 + 2 * h) + (2 * rd * h + rd + h) + (h * h + 2 * h) + shortcut
+        };
+        let stages = if self.depth == 0 { 0 } else { block(i) + (2 * self.depth - 1) * block(h) };
+        let [kt, kh, kw] = self.downsample;
+        stages + (h * h * kt * kh * kw + h) + self.mlp_depth * (h * h + h)
+    }
+
     /// Output tokens for `frames` frames of `tokens` (a square number) tokens each: 16 × 729 → 1352.
     pub fn output_tokens(&self, frames: usize, tokens: usize) -> usize {
         let side = tokens.isqrt();
@@ -377,6 +391,7 @@ mod tests {
         // Python's round: 0.5 → 0, 2.5 → 2; then SEModule's own width.
         assert_eq!(se_channels(2, 64), 8);
         assert_eq!(se_channels(10, 64), 2);
+        assert_eq!(cfg.param_count(), 376_889_248);
     }
 
     #[test]
@@ -397,6 +412,7 @@ mod tests {
         // Per block: conv1, conv2, conv3 (weight + norm weight and bias: 3 each), se (4); s1.b1's
         // downsample (3); the sampler (2) and readout (4): 16 + 13 + 13 + 13 + 2 + 4.
         assert_eq!(vars.len(), 61, "{:?}", vars.keys().collect::<Vec<_>>());
+        assert_eq!(vars.values().map(|v| v.as_tensor().elem_count()).sum::<usize>(), cfg.param_count());
         let mut bad = Vec::new();
         for (name, var) in vars.iter() {
             let g = grads.get(var.as_tensor()).ok_or_else(|| candle_core::Error::Msg(format!("{name}: no gradient")))?;

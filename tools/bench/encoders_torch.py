@@ -48,7 +48,18 @@ def eva_vit_g():
     return m.eval(), (torch.randn(1, 3, 448, 448),), "one frame at 448x448"
 
 
-MODELS = {"hubert-large": hubert_large, "vit-mae-large": vit_mae_large, "videomae-large": videomae_large, "eva-vit-g": eva_vit_g}
+def siglip_so400m():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    # VideoLLaMA2's tower: google/siglip-so400m-patch14-384's vision_config; no pooling head (emollama
+    # never runs it: the feature is a hidden state).
+    cfg = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                             image_size=384, patch_size=14, vision_use_head=False)
+    return SiglipVisionModel(cfg).eval(), (torch.randn(16, 3, 384, 384),), "16 frames at 384x384"
+
+
+MODELS = {"hubert-large": hubert_large, "vit-mae-large": vit_mae_large, "videomae-large": videomae_large, "eva-vit-g": eva_vit_g,
+          "siglip-so400m": siglip_so400m}
 
 
 def main():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The four Emotion-LLaMA encoders at their real sizes (random weights): emollama against PyTorch 2.5.1
+# The four Emotion-LLaMA encoders and VideoLLaMA2's SigLIP tower at their real sizes (random weights): emollama against PyTorch 2.5.1
 # (transformers / timm) on the same input shapes and thread count, in f32 and bf16, plus the matmul
 # micro-benchmark (machine peak and the large Linear layers) in the same session. Writes two sections of
 # BENCHMARKS.md. Needs a venv with torch 2.5.1, transformers 4.46.3, timm 1.0.12 (EMOLLAMA_TORCH_PY, default
@@ -24,7 +24,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ours_modes=(candle f32); torch_modes=(f32)
 if [[ "$BF16" == 1 ]]; then ours_modes+=(bf16); torch_modes+=(bf16 autocast); fi
 # Encoder by encoder, emollama then PyTorch back to back, so a slow spell of the machine hits both sides.
-for name in hubert-large vit-mae-large videomae-large eva-vit-g; do
+for name in hubert-large vit-mae-large videomae-large eva-vit-g siglip-so400m; do
   # candle alone is the before-oneDNN reference column: two runs suffice.
   for p in "${ours_modes[@]}"; do r=$REPEATS; [[ "$p" == candle ]] && r=2; "$bin/encoder_bench" "$r" --precision "$p" "$name" >> "$tmp/ours-$p.jsonl"; done
   # PyTorch with its default OpenMP waiting (the justfile's OMP_WAIT_POLICY=passive is for emollama's oneDNN).
