@@ -11,7 +11,8 @@ use candle_nn::VarMap;
 use emollama::model::encoders::FrozenEncoder;
 use emollama::registry::{EncoderManifest, Weights};
 
-/// Real sizes: chinese-hubert-large, ViT-MAE-L/16, VideoMAE-L/16, EVA ViT-g/14 at 448.
+/// Real sizes: chinese-hubert-large, ViT-MAE-L/16, VideoMAE-L/16, EVA ViT-g/14 at 448, and VideoLLaMA2-AV's
+/// BEATs iter3+ on the fbank of its 30 s input (the fbank itself is not timed).
 fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'static str)> {
     vec![
         (
@@ -41,6 +42,14 @@ fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'s
             "img_size = 448\npatch_size = 14\nembed_dim = 1408\ndepth = 39\nnum_heads = 16\nmlp_hidden = 6144\ncheckpoint_grid = 16",
             vec![1, 3, 448, 448],
             "one frame at 448x448",
+        ),
+        (
+            "beats-iter3-plus",
+            "beats",
+            // BEATsConfig() defaults.
+            "embed_dim = 512\nencoder_layers = 12\nencoder_embed_dim = 768\nencoder_ffn_embed_dim = 3072\nencoder_attention_heads = 12\nconv_pos = 128\nconv_pos_groups = 16\nnum_buckets = 320\nmax_distance = 800",
+            vec![1, 2998, 128],
+            "30 s of 16 kHz audio as 2998 fbank frames (1496 tokens)",
         ),
     ]
 }
@@ -74,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         let m = EncoderManifest {
             name: name.into(),
             architecture: arch.into(),
-            modality: if arch == "hubert" { "audio" } else { "video" }.into(),
+            modality: if matches!(arch, "hubert" | "beats") { "audio" } else { "video" }.into(),
             description: String::new(),
             config: toml::from_str(config)?,
             weights: Weights::Random,
