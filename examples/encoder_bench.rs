@@ -12,7 +12,8 @@ use candle_nn::VarMap;
 use emollama::model::encoders::FrozenEncoder;
 use emollama::registry::{EncoderManifest, Weights};
 
-/// Real sizes: chinese-hubert-large, ViT-MAE-L/16, VideoMAE-L/16, EVA ViT-g/14 at 448, SigLIP so400m/14 at 384.
+/// Real sizes: chinese-hubert-large, ViT-MAE-L/16, VideoMAE-L/16, EVA ViT-g/14 at 448, SigLIP so400m/14 at 384,
+/// and VideoLLaMA2-AV's BEATs iter3+ on the fbank of its 30 s input (the fbank itself is not timed).
 fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'static str)> {
     vec![
         (
@@ -50,6 +51,14 @@ fn manifests() -> Vec<(&'static str, &'static str, &'static str, Vec<usize>, &'s
             vec![16, 3, 384, 384],
             "16 frames at 384x384",
         ),
+        (
+            "beats-iter3-plus",
+            "beats",
+            // BEATsConfig() defaults.
+            "embed_dim = 512\nencoder_layers = 12\nencoder_embed_dim = 768\nencoder_ffn_embed_dim = 3072\nencoder_attention_heads = 12\nconv_pos = 128\nconv_pos_groups = 16\nnum_buckets = 320\nmax_distance = 800",
+            vec![1, 2998, 128],
+            "30 s of 16 kHz audio as 2998 fbank frames (1496 tokens)",
+        ),
     ]
 }
 
@@ -82,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         let m = EncoderManifest {
             name: name.into(),
             architecture: arch.into(),
-            modality: if arch == "hubert" { "audio" } else { "video" }.into(),
+            modality: if matches!(arch, "hubert" | "beats") { "audio" } else { "video" }.into(),
             description: String::new(),
             config: toml::from_str(config)?,
             weights: Weights::Random,

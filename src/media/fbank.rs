@@ -5,8 +5,10 @@
 //! sample against itself), the Povey window (`hann(periodic=False) ** 0.85`), frames that fit whole
 //! (`snip_edges`), FFT size rounded up to a power of two, power spectrum, triangular filters evenly spaced
 //! on Kaldi's mel scale `1127 ln(1 + f / 700)` from `low_freq` to `high_freq` (≤ 0: relative to Nyquist),
-//! `ln(max(energy, f32::EPSILON))`, no energy column, no mean subtraction. Computed in f64 (torchaudio
-//! runs in f32; the two agree to about 1e-5 on log energies of speech-like input).
+//! `ln(max(energy, f32::EPSILON))`, no energy column, no mean subtraction. The filters are computed in f32
+//! as torchaudio's are, everything else in f64: that matches torchaudio run in f64 to ~3e-5 (torch's
+//! vectorised f32 log, used for the filters' mel values, is one ulp off in places); its usual f32 run rounds
+//! low-energy bins of loud frames by up to ~3e-4 (1e-4 relative) from its own f64 result.
 
 use std::f64::consts::PI;
 
@@ -52,7 +54,7 @@ pub struct KaldiFbank {
     fft: Fft,
 }
 
-/// Kaldi's mel scale.
+/// Kaldi's mel scale (torchaudio's `mel_scale_scalar`, f64).
 fn mel(freq: f64) -> f64 {
     1127.0 * (1.0 + freq / 700.0).ln()
 }
@@ -80,15 +82,19 @@ impl KaldiFbank {
         }
         let n = window_size as f64;
         let window = (0..window_size).map(|i| (0.5 - 0.5 * (2.0 * PI * i as f64 / (n - 1.0)).cos()).powf(0.85)).collect();
-        let bin_width = o.sample_frequency / padded as f64;
+        // The filters as torchaudio's `get_mel_banks` makes them: f32 tensors (whatever the waveform's dtype),
+        // from f64 scalars rounded to f32. Near a triangle's edge the f32 rounding of the mel values moves
+        // the weight by ~1e-5, which shows in the log energy of a weak bin next to a strong one.
+        let bin_width = (o.sample_frequency / padded as f64) as f32;
         let (mel_low, mel_high) = (mel(o.low_freq), mel(high));
-        let delta = (mel_high - mel_low) / (o.num_mel_bins + 1) as f64;
+        let delta = ((mel_high - mel_low) / (o.num_mel_bins + 1) as f64) as f32;
+        let mel_low = mel_low as f32;
         // torchaudio's filters cover FFT bins 0..padded/2; the Nyquist bin gets weight 0.
-        let fft_mels: Vec<f64> = (0..padded / 2).map(|k| mel(bin_width * k as f64)).collect();
+        let fft_mels: Vec<f32> = (0..padded / 2).map(|k| 1127.0f32 * (1.0f32 + bin_width * k as f32 / 700.0f32).ln()).collect();
         let filters = (0..o.num_mel_bins)
             .map(|b| {
-                let (left, centre, right) = (mel_low + b as f64 * delta, mel_low + (b + 1) as f64 * delta, mel_low + (b + 2) as f64 * delta);
-                let w: Vec<f64> = fft_mels.iter().map(|&m| ((m - left) / (centre - left)).min((right - m) / (right - centre)).max(0.0)).collect();
+                let (left, centre, right) = (mel_low + b as f32 * delta, mel_low + (b as f32 + 1.0) * delta, mel_low + (b as f32 + 2.0) * delta);
+                let w: Vec<f64> = fft_mels.iter().map(|&m| f64::from(((m - left) / (centre - left)).min((right - m) / (right - centre)).max(0.0))).collect();
                 let first = w.iter().position(|&v| v > 0.0).unwrap_or(0);
                 let last = w.iter().rposition(|&v| v > 0.0).map_or(first, |l| l + 1);
                 (first, w[first..last].to_vec())

@@ -278,7 +278,7 @@ mod tests {
         }
         let w = Weights::Hf { repo: "org/tiny".into(), revision: "main".into(), files: vec![], checkpoint: None };
         let got = resolve("tiny", Path::new("plugins/llms/tiny.toml"), &w).expect("resolve");
-        assert_eq!(got, Some(LocalWeights::HfDir(snap)));
+        assert_eq!(got, Some(LocalWeights::HfDir(snap.clone())));
         let missing = Weights::Hf { repo: "org/absent".into(), revision: "main".into(), files: vec![], checkpoint: None };
         let e = resolve("absent", Path::new("x.toml"), &missing).expect_err("offline miss").to_string();
         assert!(e.contains("org/absent") && e.contains("config.json") && e.contains("HF_HUB_OFFLINE"), "{e}");

@@ -2,8 +2,10 @@
 the given thread count: the reference side of `just bench` (the candle side is examples/encoder_bench.rs).
 
 Prints one JSON object: {"<encoder>": {"median_s": ..., "runs": [...], "input": "..."}}.
-Uses the pinned venv of tools/fixtures (torch 2.5.1, transformers 4.46.3, timm 1.0.12).
-    python tools/bench/encoders_torch.py --threads 2 --repeats 3
+Uses the pinned venv of tools/fixtures (torch 2.5.1, transformers 4.46.3, timm 1.0.12). `beats-iter3-plus`
+(VideoLLaMA2-AV's audio tower) is imported from a VideoLLaMA2 checkout of the `audio_visual` branch given with
+--vl2-src (the directory holding videollama2/); it is skipped without one.
+    python tools/bench/encoders_torch.py --threads 2 --repeats 3 [--vl2-src /path/to/VideoLLaMA2]
 """
 
 import argparse
@@ -58,19 +60,51 @@ def siglip_so400m():
     return SiglipVisionModel(cfg).eval(), (torch.randn(16, 3, 384, 384),), "16 frames at 384x384"
 
 
+VL2_SRC = None
+
+
+class _BeatsFeatures(torch.nn.Module):
+    """`extract_features` on the fbank with VideoLLaMA2's all-False padding mask."""
+
+    def __init__(self, beats):
+        super().__init__()
+        self.beats = beats
+
+    def forward(self, fbank):
+        return self.beats.extract_features(fbank, padding_mask=torch.zeros(fbank.shape, dtype=torch.bool))[0]
+
+
+def beats_iter3_plus():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(VL2_SRC, "videollama2", "model"))
+    from beats.BEATs import BEATs, BEATsConfig
+
+    # BEATsConfig() defaults (what VideoLLaMA2-AV builds); the fbank of 30 s: 2998 frames of 128 bins.
+    return _BeatsFeatures(BEATs(BEATsConfig())).eval(), (torch.randn(1, 2998, 128),), "30 s of 16 kHz audio as 2998 fbank frames (1496 tokens)"
+
+
 MODELS = {"hubert-large": hubert_large, "vit-mae-large": vit_mae_large, "videomae-large": videomae_large, "eva-vit-g": eva_vit_g,
-          "siglip-so400m": siglip_so400m}
+          "siglip-so400m": siglip_so400m, "beats-iter3-plus": beats_iter3_plus}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", nargs="*", default=list(MODELS))
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--vl2-src", default=None, help="VideoLLaMA2 checkout (audio_visual branch), for beats-iter3-plus")
     # f32; bf16 (model and input in bfloat16); autocast (f32 model, CPU autocast to bf16 for matmuls,
     # which is what emollama's bf16 mode does).
     ap.add_argument("--dtype", choices=["f32", "bf16", "autocast"], default="f32")
     a = ap.parse_args()
+    global VL2_SRC
+    VL2_SRC = a.vl2_src
+    if a.only is None:
+        a.only = [m for m in MODELS if m != "beats-iter3-plus" or VL2_SRC]
+    elif "beats-iter3-plus" in a.only and not VL2_SRC:
+        ap.error("beats-iter3-plus needs --vl2-src")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     out = {}

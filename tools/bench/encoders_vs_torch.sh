@@ -24,11 +24,14 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 ours_modes=(candle f32); torch_modes=(f32)
 if [[ "$BF16" == 1 ]]; then ours_modes+=(bf16); torch_modes+=(bf16 autocast); fi
 # Encoder by encoder, emollama then PyTorch back to back, so a slow spell of the machine hits both sides.
-for name in hubert-large vit-mae-large videomae-large eva-vit-g siglip-so400m; do
+# VideoLLaMA2-AV's BEATs too when VL2_SRC names a VideoLLaMA2 checkout (audio_visual branch) to import it from.
+names=(hubert-large vit-mae-large videomae-large eva-vit-g siglip-so400m); vl2=()
+if [[ -n "${VL2_SRC:-}" ]]; then names+=(beats-iter3-plus); vl2=(--vl2-src "$VL2_SRC"); fi
+for name in "${names[@]}"; do
   # candle alone is the before-oneDNN reference column: two runs suffice.
   for p in "${ours_modes[@]}"; do r=$REPEATS; [[ "$p" == candle ]] && r=2; "$bin/encoder_bench" "$r" --precision "$p" "$name" >> "$tmp/ours-$p.jsonl"; done
   # PyTorch with its default OpenMP waiting (the justfile's OMP_WAIT_POLICY=passive is for emollama's oneDNN).
-  for d in "${torch_modes[@]}"; do env -u OMP_WAIT_POLICY "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" --only "$name" >> "$tmp/torch-$d.jsonl"; done
+  for d in "${torch_modes[@]}"; do env -u OMP_WAIT_POLICY "$VENV/bin/python" tools/bench/encoders_torch.py --threads "$THREADS" --repeats "$REPEATS" --dtype "$d" --only "$name" ${vl2[@]+"${vl2[@]}"} >> "$tmp/torch-$d.jsonl"; done
 done
 "$bin/accel_bench" 10 > "$tmp/accel.jsonl"
 env -u OMP_WAIT_POLICY "$VENV/bin/python" - "$THREADS" "$BF16" > "$tmp/torch-peak.json" <<'PY'
