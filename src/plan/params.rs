@@ -147,6 +147,11 @@ fn describe(shapes: &ModelShapes, group: &str, kind: ComponentKind) -> String {
 
 /// `linear 5632 -> 4096`, `mlp 1024 -> 4096 -> 4096` from the weight shapes (`[out, in]`).
 fn projector_what(shapes: &[TensorShape]) -> String {
+    // VideoLLaMA2's STC connector: RegNet stages `s1`/`s2`, the 3-D `sampler`, the `readout` MLP.
+    if let Some(first) = shapes.iter().find(|s| s.name == "s1.b1.conv1.conv.weight") {
+        let out = shapes.iter().find(|s| s.name.starts_with("readout.") && s.name.ends_with("weight") && s.shape.len() == 2).map_or(first.shape[0], |s| s.shape[0]);
+        return format!("stc_connector_v35 {} -> {out}", first.shape[1]);
+    }
     let weights: Vec<&TensorShape> = shapes.iter().filter(|s| s.name.ends_with("weight") && s.shape.len() == 2).collect();
     match weights.as_slice() {
         [w] => format!("linear {} -> {}", w.shape[1], w.shape[0]),
