@@ -80,6 +80,7 @@ fn cues_voice_of_jfk_is_raised_male_speech_at_a_speaking_pace() {
     // for your country": pauses between the phrases.
     assert!((2..=6).contains(&v.pauses), "{v:?}");
     assert!(v.voiced_fraction > 0.2 && v.voiced_fraction < 0.95, "{v:?}");
+    assert!(v.has_speech(), "{v:?}");
     write_record("jfk", serde_json::json!({"descriptors": v, "description": v.describe()}));
 }
 

@@ -167,7 +167,8 @@ impl VoiceDescriptors {
         }
         // Speech starts inside the first active frame's last hop and ends inside the last one's first.
         let span = ((last - first) as f64 * hop_s + 2.0 * hop_s - frame_s).max(hop_s);
-        let paused: f64 = pauses.iter().sum();
+        // `+ 0.0`: an empty f64 sum is −0.0.
+        let paused: f64 = pauses.iter().sum::<f64>() + 0.0;
 
         // Syllable nuclei on the band-passed envelope.
         let band = band_pass(wave, fs, 300.0, 2500.0);
@@ -195,7 +196,14 @@ impl VoiceDescriptors {
         })
     }
 
-    /// A short tone description, e.g. "a low, monotone voice at a slow pace with long pauses, quiet".
+    /// Whether the sound is speech at all: at least 10% voiced frames and one syllable nucleus a second
+    /// (room tone, music beds and hiss fall below; jfk.wav has 37% and 3 a second).
+    pub fn has_speech(&self) -> bool {
+        self.voiced_fraction >= 0.10 && self.speaking_rate_sps.is_some_and(|r| r >= 1.0)
+    }
+
+    /// A short tone description, e.g. "a low, monotone voice at a slow pace with long pauses, quiet";
+    /// without speech ([`Self::has_speech`]): "no clear speech (sound at −58 dBFS, 0% voiced)".
     ///
     /// Thresholds: level low below −4 st from [`TYPICAL_PITCH_HZ`] (~127 Hz), high above +4 st
     /// (~202 Hz); range monotone below 4 st, animated above 9 st; pace slow below 3.5 syllables/s, fast
@@ -204,6 +212,9 @@ impl VoiceDescriptors {
     /// on the recording's gain, so it is relative to typical normalised recordings), and varying when the
     /// level's deviation is over 8 dB.
     pub fn describe(&self) -> String {
+        if !self.has_speech() {
+            return format!("no clear speech (sound at {:.0} dBFS, {:.0}% voiced)", self.energy_mean_dbfs, self.voiced_fraction * 100.0);
+        }
         let mut voice = Vec::new();
         match self.pitch_level_st {
             Some(l) if l < -4.0 => voice.push("low"),
@@ -406,13 +417,17 @@ mod tests {
 
     #[test]
     fn voice_pitch_of_a_220_hz_harmonic_tone() {
-        let v = VoiceDescriptors::of(&tone(1.0, 0.5, |_| 220.0), FS).expect("descriptors");
+        let v = VoiceDescriptors::of(&tone(3.0, 0.5, |_| 220.0), FS).expect("descriptors");
         let p = v.pitch_median_hz.expect("voiced");
         assert!((p - 220.0).abs() < 220.0 * 0.02, "median pitch {p}");
         assert!(v.pitch_range_st.expect("range") < 0.2, "{v:?}");
         assert!(v.voiced_fraction > 0.95, "{v:?}");
         assert_eq!(v.pauses, 0);
-        assert!(v.describe().contains("high") && v.describe().contains("monotone"), "{}", v.describe());
+        // A steady tone has no syllable rhythm, so it is not speech; with a speaking rhythm its words
+        // follow the thresholds.
+        assert!(!v.has_speech(), "{v:?}");
+        let speech = VoiceDescriptors { speaking_rate_sps: Some(4.5), ..v };
+        assert_eq!(speech.describe(), "a high, monotone voice at a moderate pace without pauses, loud");
     }
 
     #[test]
@@ -425,7 +440,8 @@ mod tests {
         assert!((r - 9.6).abs() < 0.5, "range {r} st, {v:?}");
         let (p10, p90) = (v.pitch_p10_hz.expect("p10"), v.pitch_p90_hz.expect("p90"));
         assert!((p10 - 150.0 * 2f64.powf(0.1)).abs() < 5.0 && (p90 - 150.0 * 2f64.powf(0.9)).abs() < 8.0, "{p10} {p90}");
-        assert!(v.describe().contains("animated"), "{}", v.describe());
+        let speech = VoiceDescriptors { speaking_rate_sps: Some(6.0), pauses: 3, pause_mean_s: Some(1.0), ..v };
+        assert_eq!(speech.describe(), "a high, animated voice at a fast pace with long pauses, loud");
     }
 
     #[test]
@@ -492,5 +508,6 @@ mod tests {
             .collect();
         let v = VoiceDescriptors::of(&noise, FS).expect("noise");
         assert!(v.voiced_fraction < 0.1, "{v:?}");
+        assert!(!v.has_speech() && v.describe().starts_with("no clear speech"), "{}", v.describe());
     }
 }
