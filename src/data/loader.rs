@@ -191,10 +191,9 @@ fn view_pixels(path: &std::path::Path, views: &[crate::media::PixelView], per_fr
 /// Decodes at the detection size and runs the face front end: the per-frame views take the eye-aligned
 /// face crops (made at the recipe's size), the global view the whole first / middle / peak frame.
 fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::media::face::FaceFrontEnd) -> Result<DecodedMedia, MediaError> {
-    let (dw, dh) = face.detect_size_of(path)?;
-    let clip = media::decode_clip(path, &spec.sampling, dw, dh)?;
     let (cw, ch) = (spec.width as usize, spec.height as usize);
-    let faces = face.process(&clip.video, cw, ch).map_err(|e| MediaError::NoFace { path: path.to_path_buf(), detail: e.to_string() })?;
+    let (clip, faces) = face.process_file(path, &spec.sampling, cw, ch)?;
+    let (dw, dh) = (clip.video.width, clip.video.height);
     let n = faces.crops.len();
     let crops = Frames { frames: &faces.crops, size: (cw, ch) };
     let whole = Frames { frames: &clip.video.frames, size: (dw as usize, dh as usize) };

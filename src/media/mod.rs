@@ -17,6 +17,7 @@ pub mod pixels;
 pub mod probe;
 pub mod resize;
 pub mod sample;
+pub mod voice;
 
 pub use decode::{Audio, DecodedClip, VideoFrames, decode_audio, decode_clip, decode_video};
 pub use encode::{ClipSpec, VideoCodec, write_clip};

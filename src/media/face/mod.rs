@@ -12,6 +12,7 @@ pub mod detection;
 pub mod expression;
 pub mod ops;
 pub mod peak;
+pub mod timeline;
 pub mod track;
 
 use candle_core::Device;
@@ -22,8 +23,9 @@ pub use blazeface::BlazeFace;
 pub use detection::Detection;
 pub use expression::{FER_LABELS, MiniXception};
 pub use peak::PeakBy;
+pub use timeline::{Segment, Timeline, TimelineError};
 
-use crate::media::VideoFrames;
+use crate::media::{DecodedClip, FrameSampling, MediaError, VideoFrames};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FaceError {
@@ -207,6 +209,16 @@ impl FaceFrontEnd {
             Some(v) => Ok(self.detect_size(v.width.unwrap_or(0), v.height.unwrap_or(0))),
             None => Err(crate::media::MediaError::NoVideoStream { path: path.to_path_buf(), streams: info.streams.iter().map(|s| s.kind.clone()).collect::<Vec<_>>().join(", ") }),
         }
+    }
+
+    /// Decodes the media file at `path` (the sampled frames at [`Self::detect_size_of`], and its audio)
+    /// and runs the front end on the frames: per-frame detections, expression probabilities and times,
+    /// the peak frame, and `crop_w × crop_h` crops. A front-end failure is a `NoFace` error naming the file.
+    pub fn process_file(&self, path: &std::path::Path, sampling: &FrameSampling, crop_w: usize, crop_h: usize) -> Result<(DecodedClip, ClipFaces), MediaError> {
+        let (w, h) = self.detect_size_of(path)?;
+        let clip = crate::media::decode_clip(path, sampling, w, h)?;
+        let faces = self.process(&clip.video, crop_w, crop_h).map_err(|e| MediaError::NoFace { path: path.to_path_buf(), detail: e.to_string() })?;
+        Ok((clip, faces))
     }
 
     /// Runs the front end on sampled frames; crops are `crop_w × crop_h`.
