@@ -26,7 +26,8 @@ pub struct AudioClips {
 /// Seconds as a whole number of samples at `rate`, or why not.
 fn whole_samples(what: &str, seconds: f64, rate: u32) -> Result<usize, String> {
     let n = seconds * f64::from(rate);
-    if !(seconds > 0.0) || !n.is_finite() || n.fract() != 0.0 {
+    let positive = seconds.is_finite() && seconds > 0.0;
+    if !positive || !n.is_finite() || n.fract() != 0.0 {
         return Err(format!("{what} = {seconds} must be positive and a whole number of samples at {rate} Hz"));
     }
     Ok(n as usize)

@@ -62,7 +62,8 @@ fn mel(freq: f64) -> f64 {
 impl KaldiFbank {
     pub fn new(o: &FbankOptions) -> Result<Self, FbankError> {
         let cfg = |m: String| FbankError::Config(m);
-        if !(o.sample_frequency > 0.0) || !(o.frame_shift > 0.0) || !(o.frame_length > 0.0) {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(o.sample_frequency) || !positive(o.frame_shift) || !positive(o.frame_length) {
             return Err(cfg(format!("sample_frequency {}, frame_length {} ms and frame_shift {} ms must be positive", o.sample_frequency, o.frame_length, o.frame_shift)));
         }
         // torchaudio truncates both to whole samples.
