@@ -139,6 +139,23 @@ fn siglip_tiny_manifest_extracts_every_sampled_frames_tokens() {
     assert_eq!(load(&out)["carphone_pristine"].dims(), &[16, 16, 32]);
 }
 
+#[test]
+fn midpoints_sampling_picks_videollama2s_frames_of_real_clips() {
+    use emollama::media::{self, FrameSampling};
+    media::init();
+    for clip in ["carphone_pristine.mp4", "WolfgangLanger_Pexels.mp4"] {
+        let path = media(clip);
+        let info = media::probe(&path).expect("probe");
+        let frames = info.video_frame_count.expect("frame count") as usize;
+        let fps = info.video().and_then(|v| v.fps).expect("fps");
+        let times = media::sampled_frame_times(&path, &FrameSampling::Midpoints { n: 16 }).expect("decode");
+        // decord's `get_batch(frame_sample(len(vr), num_frames=16))`: frame k is shown at k / fps.
+        let want = emollama::media::sample::midpoint_indices(frames, 16);
+        let got: Vec<usize> = times.iter().map(|t| (t * fps).round() as usize).collect();
+        assert_eq!(got, want, "{clip}: {frames} frames at {fps} fps");
+    }
+}
+
 fn stc() -> (StcConfig, StcConnectorV35) {
     let dir = stc_dir();
     let cfg: StcConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config")).expect("config json");
@@ -177,4 +194,24 @@ fn stc_connector_reads_exactly_the_reference_state_dict() {
     for (k, v) in map.data().lock().expect("varmap").iter() {
         assert_eq!(v.as_tensor().dims(), r[k].dims(), "{k}");
     }
+}
+
+#[test]
+fn siglip_config_keys_are_all_known() {
+    use emollama::model::encoders::siglip::{check_hf_keys, vision_config};
+    let p = siglip_dir().join("config.json");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("config")).expect("json");
+    let obj = json.as_object().expect("object");
+    assert_eq!(check_hf_keys(&p, obj).expect("keys"), Vec::<String>::new());
+    // The published so400m config.json: a whole SiglipModel, the tower's shape in `vision_config`.
+    let whole = serde_json::json!({"architectures": ["SiglipModel"], "initializer_factor": 1.0, "model_type": "siglip",
+        "text_config": {"hidden_size": 1152, "model_type": "siglip_text_model"}, "torch_dtype": "float32",
+        "transformers_version": "4.37.0.dev0", "vision_config": {"hidden_size": 1152, "image_size": 384,
+        "intermediate_size": 4304, "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14}});
+    let vision = vision_config(&p, whole).expect("vision_config");
+    assert_eq!(check_hf_keys(&p, vision.as_object().expect("object")).expect("keys"), Vec::<String>::new());
+    let cfg: SiglipVisionConfig = serde_json::from_value(vision).expect("config");
+    assert_eq!((cfg.num_patches(), cfg.layer_norm_eps, cfg.hidden_act), (729, 1e-6, candle_nn::Activation::GeluPytorchTanh));
+    // An activation that is not implemented is refused, not replaced.
+    assert!(serde_json::from_str::<SiglipVisionConfig>(r#"{"hidden_act": "quick_gelu"}"#).is_err());
 }
