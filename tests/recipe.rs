@@ -206,7 +206,7 @@ fn enum_typos_suggest_variants() {
     let file = top.display();
     assert_eq!(
         errors[0].to_string(),
-        format!("{file}:2: data.frames.mode: unknown value `frist`, did you mean `first`? (expected one of: uniform, first, fps, segments)")
+        format!("{file}:2: data.frames.mode: unknown value `frist`, did you mean `first`? (expected one of: uniform, first, fps, segments, midpoints)")
     );
     assert_eq!(
         errors[1].to_string(),
