@@ -131,56 +131,68 @@ fn hf_checkpoint(name: &str, repo: &str, revision: &str, file: &str) -> Result<L
     if !WEIGHT_FILE_EXTENSIONS.iter().any(|e| file.ends_with(&format!(".{e}"))) {
         return Err(herr(format!("`checkpoint` must be a weights file ({})", WEIGHT_FILE_EXTENSIONS.join(", "))));
     }
-    let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
-    if let Some(p) = hub_cache().repo(hf_repo.clone()).get(file) {
-        return Ok(LocalWeights::File(p));
+    let path = HubRepo::new(name, repo, revision)?.get(file, true)?;
+    path.map(LocalWeights::File).ok_or_else(|| herr("not found".into()))
+}
+
+/// Files of one revision of an HF repository, each taken from the local HF cache, else downloaded (unless
+/// HF_HUB_OFFLINE is set): what needs only some files of a large repository asks for those alone.
+pub struct HubRepo {
+    name: String,
+    repo: String,
+    revision: String,
+    cached: hf_hub::CacheRepo,
+    api: Option<hf_hub::api::sync::ApiRepo>,
+}
+
+impl HubRepo {
+    /// `name` is what the files are for, in messages (a manifest, an import).
+    pub fn new(name: &str, repo: &str, revision: &str) -> Result<Self, HubError> {
+        let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
+        let cached = hub_cache().repo(hf_repo.clone());
+        let api = if offline() {
+            None
+        } else {
+            let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hub_cache()).with_progress(true);
+            if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+                b = b.with_endpoint(endpoint);
+            }
+            if let Ok(token) = std::env::var("HF_TOKEN") {
+                b = b.with_token(Some(token));
+            }
+            let api = b.build().map_err(|e| HubError::Hub { name: name.into(), repo: repo.into(), revision: revision.into(), file: String::new(), detail: e.to_string() })?;
+            Some(api.repo(hf_repo))
+        };
+        Ok(Self { name: name.into(), repo: repo.into(), revision: revision.into(), cached, api })
     }
-    if offline() {
-        return Err(herr("not in the local HF cache and HF_HUB_OFFLINE is set".into()));
+
+    fn err(&self, file: &str, detail: String) -> HubError {
+        HubError::Hub { name: self.name.clone(), repo: self.repo.clone(), revision: self.revision.clone(), file: file.into(), detail }
     }
-    let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hub_cache()).with_progress(true);
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        b = b.with_endpoint(endpoint);
+
+    /// `file`'s local path; `None` when it is not in the repository and not `required`.
+    pub fn get(&self, file: &str, required: bool) -> Result<Option<PathBuf>, HubError> {
+        if let Some(p) = self.cached.get(file) {
+            return Ok(Some(p));
+        }
+        match &self.api {
+            None if required => Err(self.err(file, "not in the local HF cache and HF_HUB_OFFLINE is set".into())),
+            None => Ok(None),
+            Some(api) => match api.get(file) {
+                Ok(p) => Ok(Some(p)),
+                Err(_) if !required => Ok(None),
+                Err(e) => Err(self.err(file, format!("{e} (check the network, HF_ENDPOINT and HF_TOKEN for gated models)"))),
+            },
+        }
     }
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        b = b.with_token(Some(token));
-    }
-    let api = b.build().map_err(|e| herr(e.to_string()))?.repo(hf_repo);
-    api.get(file).map(LocalWeights::File).map_err(|e| herr(format!("{e} (check the network, HF_ENDPOINT and HF_TOKEN for gated models)")))
 }
 
 /// Files of an HF repository: the listed ones (a `.gguf` among them makes it a GGUF model), else the
 /// standard layout (config, tokenizer, index + shards or a single safetensors).
 fn hf(name: &str, repo: &str, revision: &str, files: &[String]) -> Result<LocalWeights, HubError> {
-    let herr = |file: &str, detail: String| HubError::Hub { name: name.into(), repo: repo.into(), revision: revision.into(), file: file.into(), detail };
-    let hf_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
-    let cached = hub_cache().repo(hf_repo.clone());
-    let api = if offline() {
-        None
-    } else {
-        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(hub_cache()).with_progress(true);
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            b = b.with_endpoint(endpoint);
-        }
-        if let Ok(token) = std::env::var("HF_TOKEN") {
-            b = b.with_token(Some(token));
-        }
-        Some(b.build().map_err(|e| herr("", e.to_string()))?.repo(hf_repo))
-    };
-    let get = |file: &str, required: bool| -> Result<Option<PathBuf>, HubError> {
-        if let Some(p) = cached.get(file) {
-            return Ok(Some(p));
-        }
-        match &api {
-            None if required => Err(herr(file, "not in the local HF cache and HF_HUB_OFFLINE is set".into())),
-            None => Ok(None),
-            Some(api) => match api.get(file) {
-                Ok(p) => Ok(Some(p)),
-                Err(_) if !required => Ok(None),
-                Err(e) => Err(herr(file, format!("{e} (check the network, HF_ENDPOINT and HF_TOKEN for gated models)"))),
-            },
-        }
-    };
+    let hub = HubRepo::new(name, repo, revision)?;
+    let herr = |file: &str, detail: String| hub.err(file, detail);
+    let get = |file: &str, required: bool| hub.get(file, required);
     if let Some(gguf) = files.iter().find(|f| f.ends_with(".gguf")) {
         let p = get(gguf, true)?.ok_or_else(|| herr(gguf, "not found".into()))?;
         return Ok(LocalWeights::Gguf(p));

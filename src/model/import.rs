@@ -70,6 +70,18 @@ pub enum ImportError {
     LoraConfig { path: String, key: &'static str, field: &'static str, got: f64, want: f64 },
     #[error("`{path}`: tensor `{name}`: {detail}")]
     Convert { path: String, name: String, detail: String },
+    #[error("`{path}`: {detail}")]
+    File { path: String, detail: String },
+    #[error("`{path}` does not describe the recipe's model:\n  {}\nimport into a recipe whose model matches it (its LLM, encoders and [data] frames), or `--set` the recipe's keys", wrong.join("\n  "))]
+    Config { path: String, wrong: Vec<String> },
+    #[error(transparent)]
+    Hub(Box<super::hub::HubError>),
+}
+
+impl From<super::hub::HubError> for ImportError {
+    fn from(e: super::hub::HubError) -> Self {
+        Self::Hub(Box::new(e))
+    }
 }
 
 fn list(names: &[String]) -> String {

@@ -86,6 +86,37 @@ pub const HF_IGNORED: &[(&str, &str)] = &[
     ("partial_rotary_factor", "checked: refused unless 1"),
 ];
 
+/// `model_type` values of multimodal checkpoints whose language model is one of [`MODEL_TYPES`] under the
+/// standard names (`model.layers.*`, `lm_head.*`), with the type they are read as; their other modules'
+/// tensors are not the LLM's and are never asked for.
+pub const MODEL_TYPE_ALIASES: &[(&str, &str)] = &[("videollama2_qwen2", "qwen2")];
+
+/// VideoLLaMA2's multimodal `config.json` keys: the vision tower, connectors and audio tower, which are the
+/// recipe's encoders and projectors, not the LLM; `emollama import videollama2-av` checks them against the
+/// recipe.
+pub const VIDEOLLAMA2_KEYS: &[(&str, &str)] = &[
+    ("mm_vision_tower", "the recipe's video encoder (checked by `emollama import videollama2-av`)"),
+    ("mm_vision_select_layer", "the video encoder's feature layer (checked by `emollama import videollama2-av`)"),
+    ("mm_vision_select_feature", "the video encoder's tokens (checked by `emollama import videollama2-av`)"),
+    ("mm_hidden_size", "the video encoder's width (checked by `emollama import videollama2-av`)"),
+    ("mm_projector_type", "the STC connector (checked by `emollama import videollama2-av`)"),
+    ("num_frames", "the recipe's frame sampling (checked by `emollama import videollama2-av`)"),
+    ("mm_audio_tower", "the recipe's audio encoder (checked by `emollama import videollama2-av`)"),
+    ("mm_projector_a_type", "the audio projector (checked by `emollama import videollama2-av`)"),
+    ("mm_hidden_size_a", "the audio encoder's width (checked by `emollama import videollama2-av`)"),
+    ("hidden_size_a", "the audio projector's output, the LLM width (checked by `emollama import videollama2-av`)"),
+    ("image_aspect_ratio", "image preprocessing of the image path; videos are resized (the recipe's [data])"),
+    ("mm_use_im_start_end", "training flags of the reference trainer"),
+    ("mm_use_im_patch_token", "training flags of the reference trainer"),
+    ("tune_mm_mlp_adapter", "training flags of the reference trainer (the recipe's trainable sets)"),
+    ("freeze_mm_mlp_adapter", "training flags of the reference trainer (the recipe's trainable sets)"),
+    ("tune_audio_tower", "training flags of the reference trainer (the recipe's trainable sets)"),
+    ("mm_projector_lr", "training flags of the reference trainer (the recipe's learning rates)"),
+    ("use_mm_proj", "always true for these models"),
+    ("tokenizer_model_max_length", "the tokenizer's truncation length in training (the recipe's [data])"),
+    ("tokenizer_padding_side", "padding side in training; batches here carry attention masks"),
+];
+
 /// Rotary scaling types (HF `rope_type`), besides `default`.
 pub const ROPE_TYPES: [&str; 5] = ["default", "linear", "dynamic", "yarn", "llama3"];
 
@@ -285,7 +316,7 @@ impl Default for LlamaConfig {
 pub enum ConfigError {
     #[error("`{path}`: {detail}")]
     File { path: String, detail: String },
-    #[error("`{path}`: unknown architecture `{found}`; supported model_type values: {}", MODEL_TYPES.join(", "))]
+    #[error("`{path}`: unknown architecture `{found}`; supported model_type values: {}, and {}", MODEL_TYPES.join(", "), MODEL_TYPE_ALIASES.iter().map(|(a, b)| format!("{a} (read as {b})")).collect::<Vec<_>>().join(", "))]
     Architecture { path: String, found: String },
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -344,7 +375,12 @@ impl LlamaConfig {
         let err = |detail: String| ConfigError::File { path: p.clone(), detail };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| err(format!("not a JSON object: {e}")))?;
-        let model_type = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("").to_string();
+        let mut model_type = v.get("model_type").and_then(|m| m.as_str()).unwrap_or("").to_string();
+        let alias = MODEL_TYPE_ALIASES.iter().find(|(a, _)| *a == model_type);
+        if let Some((_, base)) = alias {
+            model_type = base.to_string();
+            v.insert("model_type".into(), Value::String(model_type.clone()));
+        }
         if !MODEL_TYPES.contains(&model_type.as_str()) {
             return Err(ConfigError::Architecture { path: p, found: model_type });
         }
@@ -354,7 +390,8 @@ impl LlamaConfig {
         Self::refuse_unimplemented(path, &v)?;
         let known = hf_config::struct_keys(&LlamaConfig::default());
         // The optional fields serialise as null; they are read all the same.
-        hf_config::warn_unknown(path, &v, &known, HF_IGNORED);
+        let ignored: Vec<(&str, &str)> = HF_IGNORED.iter().chain(if alias.is_some() { VIDEOLLAMA2_KEYS } else { &[] }).copied().collect();
+        hf_config::warn_unknown(path, &v, &known, &ignored);
         let (theta, scaling) = rope_from_hf(path, &v)?;
         v.retain(|k, val| known.contains(k) && !val.is_null() && k != "rope_theta" && k != "rope_scaling");
         if let Some(t) = theta {

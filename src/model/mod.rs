@@ -11,6 +11,7 @@ pub mod encoders;
 pub mod generate;
 pub mod hub;
 pub mod import;
+pub mod import_av;
 pub mod gguf;
 pub mod hf_config;
 pub mod init;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests (each test binary uses some of them).
 #![allow(dead_code)]
 
+pub mod hub;
 pub mod moto;
 
 use std::collections::HashMap;
