@@ -489,7 +489,7 @@ fn unknown_values_of_closed_sets_name_file_line_and_the_choices() {
         ("[prompt]\ninstruction_set = \"emotion-llama\"\n", "emotion_llama", "emollama, emotion_llama"),
         ("[prompt]\neval_layout = \"refrence\"\n", "reference", "training, reference"),
         ("[data]\non_error = \"skp\"\n", "skip", "skip, fail"),
-        ("[eval]\nlabel_extraction = \"nearest-end\"\n", "nearest_end", "reference, nearest_end"),
+        ("[eval]\nlabel_extraction = \"nearest-end\"\n", "nearest_end", "reference, nearest_end, scores"),
         ("[eval]\ntask = \"reasoning\"\n", "reason", "emotion, description, reason, reason_v2"),
         ("[validation]\nmetric = \"weighted-f1\"\n", "weighted_f1", "weighted_f1, accuracy, macro_f1"),
         ("[validation]\ntask = \"reasonn\"\n", "reason", "emotion, description, reason, reason_v2"),

@@ -1,6 +1,7 @@
 //! Data: dataset cards, sources yielding [`Sample`]s, and decoding them into memory.
 
 pub mod card;
+pub mod cues;
 pub mod dataset;
 pub mod feature_cache;
 pub mod inspect;

@@ -23,4 +23,14 @@ pub struct Sample {
     /// Open-vocabulary labels (MER-OV / MER-Caption `openset`), lower-case.
     #[serde(default)]
     pub openset: Vec<String>,
+    /// The clip's cues in words ([`super::cues`]), filled in by runs with `[prompt] cues = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cues: Option<String>,
+}
+
+impl Sample {
+    /// A clip with no labels or texts (what `predict` and `annotate` start from).
+    pub fn media_only(id: &str, split: &str, media: Location) -> Self {
+        Self { id: id.to_string(), split: split.to_string(), media, transcript: None, label: None, description: None, reasoning: None, valence: None, openset: Vec::new(), cues: None }
+    }
 }

@@ -12,7 +12,12 @@ pub struct TranscriptCache {
 impl TranscriptCache {
     /// Under `<cache_root>/transcripts/`.
     pub fn new(cache_root: &Path) -> Self {
-        Self { dir: cache_root.join("transcripts") }
+        Self::named(cache_root, "transcripts")
+    }
+
+    /// The same store for other derived texts of a clip, under `<cache_root>/<folder>/`.
+    pub fn named(cache_root: &Path, folder: &str) -> Self {
+        Self { dir: cache_root.join(folder) }
     }
 
     fn path(&self, key: &str) -> PathBuf {

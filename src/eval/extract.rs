@@ -15,7 +15,7 @@ pub fn extract_label(text: &str, labels: &[&str], rule: LabelExtraction) -> Opti
             let last = text.split(' ').next_back().unwrap_or("");
             Some(if labels.contains(&last) { last.to_string() } else { "neutral".to_string() })
         }
-        LabelExtraction::NearestEnd => {
+        LabelExtraction::NearestEnd | LabelExtraction::Scores => {
             let lower = text.to_lowercase();
             let words = |s: &str| s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect::<Vec<_>>();
             let cue = CUES.iter().filter_map(|c| lower.rfind(c).map(|i| i + c.len())).max();

@@ -116,6 +116,8 @@ fn predict_shard(ctx: &EvalContext, items: &[usize], task: crate::recipe::Task) 
     let bar = crate::progress::bar(items.len() as u64, "evaluate", ctx.show_progress);
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.recipe.seed);
     let opts = GenerateOptions::greedy(e.max_new_tokens);
+    let by_scores = e.label_extraction == crate::recipe::LabelExtraction::Scores;
+    let candidates = if by_scores { ctx.labels.iter().map(|l| ctx.tokenizer.encode(&crate::model::prompt::normalise_answer(l))).collect::<Result<Vec<_>, _>>()? } else { Vec::new() };
     let mut out = Vec::with_capacity(items.len());
     for &i in items {
         bar.inc(1);
@@ -131,9 +133,17 @@ fn predict_shard(ctx: &EvalContext, items: &[usize], task: crate::recipe::Task) 
             Err(e) => return Err(e.into()),
         };
         let mm = media.tokens(ctx.model, true, true)?;
-        let ids = generate_one(ctx.model, &prompt, mm.as_ref(), &opts, &mut rng)?;
-        let generated = ctx.tokenizer.decode(&ids)?;
-        let label = extract_label(&generated, &labels, e.label_extraction);
+        let (label, generated) = if by_scores {
+            // The most likely class word; the text lists every class's probability.
+            let ll = crate::model::class_scores::candidate_log_likelihoods(ctx.model, &prompt, mm.as_ref(), &candidates)?;
+            let p = crate::model::class_scores::probabilities(&ll);
+            let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| ctx.labels[k].clone());
+            (best, labels.iter().zip(&p).map(|(l, v)| format!("{l} {v:.3}")).collect::<Vec<_>>().join(", "))
+        } else {
+            let ids = generate_one(ctx.model, &prompt, mm.as_ref(), &opts, &mut rng)?;
+            let generated = ctx.tokenizer.decode(&ids)?;
+            (extract_label(&generated, &labels, e.label_extraction), generated)
+        };
         out.push(Some(Prediction {
             id: sample.id.clone(),
             label: sample.label.clone().unwrap_or_default(),

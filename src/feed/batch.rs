@@ -20,10 +20,11 @@ pub fn answer_for(sample: &Sample, task: Task) -> Option<String> {
     Some(prompt::normalise_answer(&raw))
 }
 
-/// Builds the full prompt string for one sample and task.
+/// Builds the full prompt string for one sample and task: its cue sentences when the run computed them
+/// (`[prompt] cues`), its transcript when `with_transcript`.
 pub fn prompt_text(sample: &Sample, task: Task, instruction: &str, template: &ChatTemplate, with_transcript: bool) -> String {
     let transcript = if with_transcript { sample.transcript.as_deref() } else { None };
-    template.prompt(transcript, task.name(), instruction)
+    template.prompt_with(prompt::ClipText { cues: sample.cues.as_deref(), transcript }, task.name(), instruction)
 }
 
 pub fn tokenize(tok: &TextTokenizer, prompt: &str, answer: Option<&str>) -> std::result::Result<TokenizedPrompt, TokenizerError> {

@@ -75,7 +75,7 @@ pub enum VoiceError {
 }
 
 /// What the voice sounds like, measured.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct VoiceDescriptors {
     pub duration_s: f64,
     /// First to last active frame, seconds.

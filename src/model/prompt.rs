@@ -91,9 +91,14 @@ impl ChatTemplate {
 
     /// The wrapped prompt of one sample: its transcript (if given), the task's name and instruction.
     pub fn prompt(&self, transcript: Option<&str>, task: &str, instruction: &str) -> String {
+        self.prompt_with(ClipText { cues: None, transcript }, task, instruction)
+    }
+
+    /// [`Self::prompt`] with the clip's cue sentences (`[prompt] cues`) before the transcript line.
+    pub fn prompt_with(&self, clip: ClipText, task: &str, instruction: &str) -> String {
         match self.turn {
-            TurnLayout::EmotionLlama => self.wrap(&emotion_llama_instruction(transcript, task, instruction)),
-            TurnLayout::VideoLlama2 => self.wrap(&videollama2_instruction(transcript, instruction)),
+            TurnLayout::EmotionLlama => self.wrap(&emotion_llama_turn(&clip.line(), task, instruction)),
+            TurnLayout::VideoLlama2 => self.wrap(&videollama2_turn(&clip.line(), instruction)),
         }
     }
 
@@ -103,12 +108,31 @@ impl ChatTemplate {
     }
 }
 
+/// What the user turn says about the clip in words: its cues (the face and voice described) and what
+/// the person says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClipText<'a> {
+    pub cues: Option<&'a str>,
+    pub transcript: Option<&'a str>,
+}
+
+impl ClipText<'_> {
+    /// `{cues} The person in video says: {transcript}. ` (each part only when given).
+    pub fn line(&self) -> String {
+        let mut s = self.cues.map(|c| format!("{c} ")).unwrap_or_default();
+        if let Some(t) = self.transcript {
+            s += &format!("The person in video says: {t}. ");
+        }
+        s
+    }
+}
+
 /// The Emotion-LLaMA user turn for one sample and task.
 pub fn emotion_llama_instruction(transcript: Option<&str>, task: &str, instruction: &str) -> String {
-    let character_line = match transcript {
-        Some(t) => format!("The person in video says: {t}. "),
-        None => String::new(),
-    };
+    emotion_llama_turn(&ClipText { cues: None, transcript }.line(), task, instruction)
+}
+
+fn emotion_llama_turn(character_line: &str, task: &str, instruction: &str) -> String {
     format!("<video>{VIDEO_PLACEHOLDER}</video> <feature>{FEATURE_PLACEHOLDER}</feature> {character_line} [{task}] {instruction} ")
 }
 
@@ -125,10 +149,10 @@ pub enum Segment {
 /// The VideoLLaMA2 user turn (`'<video>\n' + question`): the video then the audio tokens at `<video>`,
 /// the question being the transcript line (when given) and the instruction.
 pub fn videollama2_instruction(transcript: Option<&str>, instruction: &str) -> String {
-    let character_line = match transcript {
-        Some(t) => format!("The person in video says: {t}. "),
-        None => String::new(),
-    };
+    videollama2_turn(&ClipText { cues: None, transcript }.line(), instruction)
+}
+
+fn videollama2_turn(character_line: &str, instruction: &str) -> String {
     format!("{VIDEO_PLACEHOLDER}{FEATURE_PLACEHOLDER}\n{character_line}{instruction}")
 }
 

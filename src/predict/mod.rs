@@ -285,6 +285,8 @@ struct Context<'a> {
     candidates: Vec<Vec<u32>>,
     /// Whether the model's prompt carries a transcript (`prompt.transcript`).
     wants_transcript: bool,
+    /// `[prompt] cues`: the face front end the cues use, and their cache.
+    cues: Option<(crate::media::face::FaceFrontEnd, crate::data::cues::CueCache)>,
 }
 
 /// A clip fetched, probed and decoded (on a worker thread), before the model.
@@ -320,6 +322,13 @@ impl<'a> Context<'a> {
     if opts.transcript == TranscriptMode::Asr && opts.asr.is_none() {
         return Err(PredictError::Setup("--transcript asr: no speech-to-text model is loaded".into()));
     }
+    let cues = if r.prompt.cues {
+        let fe = crate::run::data::cue_front_end(r).map_err(|e| PredictError::Setup(format!("the cues' face front end: {e}")))?;
+        let cache = crate::data::cues::CueCache::new(&cache_root, &fe);
+        Some((fe, cache))
+    } else {
+        None
+    };
     Ok(Context {
         model,
         opts,
@@ -329,6 +338,7 @@ impl<'a> Context<'a> {
         transcripts: TranscriptCache::new(&cache_root),
         candidates,
         wants_transcript: r.prompt.transcript.included(),
+        cues,
     })
     }
 }
@@ -429,17 +439,7 @@ fn prepare(ctx: &Context, clip: &Clip, check_extension: bool) -> Result<Prepared
         return Err(no_modality(ctx, &info, model_video, model_audio));
     }
     let decoded = if use_video {
-        let sample = Sample {
-            id: clip.id.clone(),
-            split: "predict".into(),
-            media: crate::storage::Location::Local(local.clone()),
-            transcript: None,
-            label: None,
-            description: None,
-            reasoning: None,
-            valence: None,
-            openset: Vec::new(),
-        };
+        let sample = Sample::media_only(&clip.id, "predict", crate::storage::Location::Local(local.clone()));
         crate::data::loader::decode_one(&sample, &ctx.spec).map_err(|e| e.to_string())?
     } else {
         // Audio only: no frames; the clip's audio cut or padded to the model's length.
@@ -501,6 +501,18 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
     line.transcript_source = Some(if transcript.is_none() { TranscriptSource::None } else { source });
     line.transcript = transcript.clone();
     let in_prompt = if r.prompt.transcript.included() { transcript.as_deref() } else { None };
+    // The face and voice in words (cached per clip).
+    let mut cue_text = None;
+    if let Some((fe, cache)) = &ctx.cues {
+        stage(on, "cues", "the expression timeline and the voice")?;
+        let t = Instant::now();
+        let cues = cache.get_or_extract(&p.local, &p.media_hash, fe).map_err(|e| format!("cues: {e}"))?;
+        cue_text = Some(cues.describe());
+        line.cues = Some(cues);
+        timings.cues_s = t.elapsed().as_secs_f64();
+    }
+    let clip_text = prompt::ClipText { cues: cue_text.as_deref(), transcript: in_prompt };
+    let by_scores = r.eval.label_extraction == crate::recipe::LabelExtraction::Scores;
 
     stage(on, "encoders", "the video and audio encoders and projectors")?;
     let t = Instant::now();
@@ -519,7 +531,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
     if ctx.opts.task.scores() {
         stage(on, "scores", "the likelihood of each class word")?;
         let t = Instant::now();
-        let text = m.template.prompt(in_prompt, Task::Emotion.name(), first_instruction(r, Task::Emotion));
+        let text = m.template.prompt_with(clip_text, Task::Emotion.name(), first_instruction(r, Task::Emotion));
         emotion_scores = Some(score(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?)?);
         timings.scores_s += t.elapsed().as_secs_f64();
     }
@@ -527,7 +539,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
         let t = Instant::now();
         // The run's evaluation task when it asks for reasoning, else `reason`.
         let task = if matches!(r.eval.task, Task::Reason | Task::ReasonV2) { r.eval.task } else { Task::Reason };
-        let text = m.template.prompt(in_prompt, task.name(), first_instruction(r, task));
+        let text = m.template.prompt_with(clip_text, task.name(), first_instruction(r, task));
         let prompt = batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(r.seed);
         stage(on, "generation", "the reasoning, token by token")?;
@@ -552,7 +564,9 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
         }
         let generated = m.tokenizer.decode(&ids).map_err(|e| format!("decoding the answer: {e}"))?;
         timings.generate_s = t.elapsed().as_secs_f64();
-        if let Some(l) = crate::eval::extract::extract_label(&generated, &labels, r.eval.label_extraction) {
+        // `label_extraction = "scores"`: the label comes from the class scores, whatever the text says.
+        let named = if by_scores { None } else { crate::eval::extract::extract_label(&generated, &labels, r.eval.label_extraction) };
+        if let Some(l) = named {
             // The decision point: the class words where the reasoning names its class, given the
             // prompt and the reasoning before it.
             let t = Instant::now();
@@ -574,7 +588,7 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
             Some(s) => s,
             None => {
                 let t = Instant::now();
-                let text = m.template.prompt(in_prompt, Task::Emotion.name(), first_instruction(r, Task::Emotion));
+                let text = m.template.prompt_with(clip_text, Task::Emotion.name(), first_instruction(r, Task::Emotion));
                 let s = score(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?)?;
                 timings.scores_s += t.elapsed().as_secs_f64();
                 s

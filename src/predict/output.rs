@@ -27,6 +27,8 @@ pub struct ClipTimings {
     pub fetch_s: f64,
     pub decode_s: f64,
     pub asr_s: f64,
+    /// Face and voice cues (`[prompt] cues`).
+    pub cues_s: f64,
     pub encode_s: f64,
     pub scores_s: f64,
     pub generate_s: f64,
@@ -66,6 +68,10 @@ pub struct PredictionLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<String>,
     pub transcript_source: Option<TranscriptSource>,
+    /// The face and voice cues the prompt described (`[prompt] cues`): the expression timeline, the
+    /// dominant expression, the peak frame, the voice measurements and their descriptions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cues: Option<crate::data::cues::ClipCues>,
     /// The face front end's account (absent without a face front end or without video).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub faces: Option<FaceSummary>,

@@ -313,6 +313,11 @@ pub struct Prompt {
     /// Include "The person in video says: ..." with the transcript: `true` (the dataset's), `false`, or
     /// `"asr"` (speech-to-text of each clip's audio with Whisper tiny.en, cached per clip).
     pub transcript: TranscriptSetting,
+    /// Describe each clip's face and voice in words before the transcript line ("Face: sad for the first
+    /// 2.0 s, then happy ... Voice: a low, monotone voice ..."; `crate::data::cues`): the expression
+    /// timeline from `[front_end.face]` (its defaults when absent) and voice measurements, cached per clip.
+    /// What the zero-shot model reads (`recipes/zero_shot.toml`).
+    pub cues: bool,
     /// Default instruction pools: `emollama` (6 labels, with the `description` task) or `emotion_llama`
     /// (the reference's pools verbatim: the 9-label emotion prompt, the 5 reason prompts).
     pub instruction_set: InstructionSet,
@@ -371,6 +376,7 @@ impl Default for Prompt {
         Self {
             template: PromptTemplate::Auto,
             transcript: TranscriptSetting::Dataset,
+            cues: false,
             instruction_set: InstructionSet::Emollama,
             instructions: Default::default(),
             eval_layout: EvalLayout::Training,
@@ -588,6 +594,9 @@ pub enum LabelExtraction {
     Reference,
     /// The label word nearest the end of the text (punctuation stripped); none found = unparsed.
     NearestEnd,
+    /// No text: the class word the LLM finds most likely after the prompt (the class scores of `predict`),
+    /// so every sample gets a label. Where text must be read (a generated reasoning), as `nearest_end`.
+    Scores,
 }
 
 /// Evaluation after training.

@@ -44,6 +44,9 @@ impl RunData {
         if r.prompt.transcript.asr() {
             transcribe_pool(&mut pool, &storage, &cache, r.data.on_error, show_progress)?;
         }
+        if r.prompt.cues {
+            describe_pool(&mut pool, r, &storage, &cache, show_progress)?;
+        }
         let spec = decode_spec(r, storage, threads, show_progress)?;
         Ok(Self { pool, pool_dataset, labels: card.labels.clone(), spec, cache })
     }
@@ -87,6 +90,36 @@ fn transcribe_pool(pool: &mut [Sample], storage: &Storage, cache: &std::path::Pa
     }
     bar.finish_and_clear();
     tracing::info!(samples = pool.len(), transcribed = fresh, cached = pool.len() - fresh, "speech-to-text transcripts");
+    Ok(())
+}
+
+/// The face front end the cues use: the recipe's `[front_end.face]`, else its defaults.
+pub fn cue_front_end(r: &crate::recipe::Recipe) -> Result<crate::media::face::FaceFrontEnd, RunError> {
+    let opts = r.front_end.face.clone().unwrap_or_default();
+    Ok(crate::media::face::FaceFrontEnd::new(&opts)?)
+}
+
+/// `prompt.cues = true`: each sample's face and voice described in words ([`crate::data::cues`]), cached
+/// by face settings and file content. A clip that cannot be read is an error under `data.on_error =
+/// "fail"`, else it gets no cues (logged).
+fn describe_pool(pool: &mut [Sample], r: &crate::recipe::Recipe, storage: &Storage, cache: &std::path::Path, show_progress: bool) -> Result<(), RunError> {
+    let fe = cue_front_end(r)?;
+    let cues = crate::data::cues::CueCache::new(cache, &fe);
+    let bar = crate::progress::bar(pool.len() as u64, "cues", show_progress);
+    for s in pool.iter_mut() {
+        let one = || -> Result<String, String> {
+            let path = storage.local(&s.media).map_err(|e| e.to_string())?;
+            let hash = crate::storage::cache::sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(cues.get_or_extract(&path, &hash, &fe)?.describe())
+        };
+        match one() {
+            Ok(text) => s.cues = Some(text),
+            Err(e) if r.data.on_error == crate::recipe::OnError::Skip => tracing::warn!(sample = %s.id, error = %e, "no cues"),
+            Err(e) => return Err(RunError::Params(format!("cues of sample `{}` ({}): {e}", s.id, s.media))),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
     Ok(())
 }
 

@@ -29,17 +29,7 @@ pub fn media(name: &str) -> PathBuf {
 
 /// A test-split sample whose media is the fetched clip `file`, with no labels.
 pub fn media_sample(file: &str) -> emollama::data::Sample {
-    emollama::data::Sample {
-        id: file.into(),
-        split: "test".into(),
-        media: emollama::storage::Location::parse(media(file).to_str().expect("utf8")).expect("location"),
-        transcript: None,
-        label: None,
-        description: None,
-        reasoning: None,
-        valence: None,
-        openset: Vec::new(),
-    }
+    emollama::data::Sample::media_only(file, "test", emollama::storage::Location::parse(media(file).to_str().expect("utf8")).expect("location"))
 }
 
 /// Runs the `emollama` binary from the repository root with extra environment variables.

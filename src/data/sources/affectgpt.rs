@@ -86,6 +86,7 @@ pub fn load(card: &DatasetCard, files: &dyn DatasetFiles) -> Result<Vec<Sample>,
             label,
             reasoning: None,
             valence: None,
+            cues: None,
         });
     }
     Ok(out)

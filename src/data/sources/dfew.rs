@@ -44,7 +44,7 @@ pub fn load(card: &DatasetCard, files: &dyn DatasetFiles) -> Result<Vec<Sample>,
             let lab = card_label(card, &mapped).map_err(|m| t.err(*line, m))?;
             seen.check(split, &id, &t.file, *line)?;
             let loc = media.locate(&id, split).map_err(|e| t.err(*line, e.to_string()))?;
-            out.push(Sample { id, split: split.clone(), media: loc, transcript: None, label: Some(lab), description: None, reasoning: None, valence: None, openset: Vec::new() });
+            out.push(Sample { id, split: split.clone(), media: loc, transcript: None, label: Some(lab), description: None, reasoning: None, valence: None, openset: Vec::new(), cues: None });
         }
     }
     Ok(out)

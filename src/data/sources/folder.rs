@@ -56,7 +56,7 @@ pub fn load(card: &DatasetCard, files: &dyn DatasetFiles) -> Result<Vec<Sample>,
         .into_iter()
         .map(|(id, rel)| {
             let (label, transcript) = rows.remove(&id).unwrap_or_default();
-            Ok(Sample { media: files.locate(&rel)?, id, split: split.clone(), transcript, label, description: None, reasoning: None, valence: None, openset: Vec::new() })
+            Ok(Sample { media: files.locate(&rel)?, id, split: split.clone(), transcript, label, description: None, reasoning: None, valence: None, openset: Vec::new(), cues: None })
         })
         .collect()
 }

@@ -55,6 +55,7 @@ pub fn load(card: &DatasetCard, files: &dyn DatasetFiles) -> Result<Vec<Sample>,
                 reasoning: l.reasoning,
                 valence: l.valence,
                 openset: l.openset.into_iter().map(|w| w.to_lowercase()).collect(),
+                cues: None,
             });
         }
     }

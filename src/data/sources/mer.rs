@@ -57,7 +57,7 @@ fn read_split(card: &DatasetCard, files: &dyn DatasetFiles, rel: &str, split: &s
             None => Vec::new(),
         };
         let loc = media.locate(&id, split).map_err(|e| t.err(*line, e.to_string()))?;
-        out.push(Sample { id, split: split.to_string(), media: loc, transcript: None, label, description: None, reasoning: None, valence, openset });
+        out.push(Sample { id, split: split.to_string(), media: loc, transcript: None, label, description: None, reasoning: None, valence, openset, cues: None });
     }
     Ok(out)
 }

@@ -95,7 +95,7 @@ pub fn read_list(card: &DatasetCard, files: &dyn DatasetFiles, rel: &str, split:
         let label = card_label(card, &raw).map_err(|m| SourceError::row(&file, line_no, m))?;
         seen.check(split, &id, &file, line_no)?;
         let loc = media.locate(&id, split).map_err(|e| SourceError::row(&file, line_no, e.to_string()))?;
-        out.push(Sample { id, split: split.to_string(), media: loc, transcript: None, label: Some(label), description: None, reasoning: None, valence, openset: Vec::new() });
+        out.push(Sample { id, split: split.to_string(), media: loc, transcript: None, label: Some(label), description: None, reasoning: None, valence, openset: Vec::new(), cues: None });
     }
     Ok(out)
 }

@@ -88,6 +88,7 @@ fn synth_sample(it: &synth::SynthItem, media: crate::storage::Location) -> Sampl
         reasoning: Some(it.reasoning.clone()),
         valence: None,
         openset: Vec::new(),
+        cues: None,
     }
 }
 
