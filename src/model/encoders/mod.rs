@@ -14,6 +14,7 @@ pub mod features;
 pub mod hubert;
 pub mod siglip;
 pub mod videomae;
+mod vit_block;
 pub mod vit_mae;
 
 use std::path::Path;
