@@ -62,6 +62,20 @@ impl AudioClips {
     }
 }
 
+/// Each row of a (batch, samples) waveform through [`AudioClips::apply`], as (batch, selected samples);
+/// `None`: the waveform as it is. The one place both the frozen encoders and VideoLLaMA2-AV's audio
+/// tower select clips.
+pub fn select_rows(clips: Option<&AudioClips>, wave: &candle_core::Tensor, rate: u32) -> candle_core::Result<candle_core::Tensor> {
+    let Some(clips) = clips else { return Ok(wave.clone()) };
+    let rows = match wave.dims() {
+        &[_, _] => wave.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?,
+        d => candle_core::bail!("waveform must be (batch, samples), got shape {d:?}"),
+    };
+    let picked = rows.iter().map(|r| clips.apply(r, rate).map_err(candle_core::Error::Msg)).collect::<candle_core::Result<Vec<_>>>()?;
+    let n = picked.first().map_or(0, Vec::len);
+    candle_core::Tensor::from_vec(picked.concat(), (rows.len(), n), wave.device())
+}
+
 /// `floor(x · num / den)` on the exact value of the float `x ≥ 0` (Python's `int(Fraction(x) * num / den)`).
 fn floor_scaled(x: f64, num: u128, den: u128) -> usize {
     if x <= 0.0 || num == 0 {

@@ -14,7 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::encoders::beats::{Beats, fbank_batch};
+use super::encoders::beats::{Beats, prepare_input};
 use super::encoders::FrozenEncoder;
 use super::encoders::features::{FeatureSpec, Pooled, Pooling};
 use super::media_batch::MediaBatch;
@@ -112,16 +112,7 @@ impl VisionTower {
 impl AudioTower {
     /// (batch, samples) waveforms → (batch, BEATs patches, hidden).
     fn forward(&self, wave: &Tensor, dtype: candle_core::DType) -> Result<Tensor> {
-        let wave = match &self.clips {
-            Some(clips) => {
-                let rows = wave.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
-                let picked: Vec<Vec<f32>> = rows.iter().map(|r| clips.apply(r, self.rate)).collect::<std::result::Result<_, _>>().map_err(candle_core::Error::Msg)?;
-                let len = picked.first().map_or(0, Vec::len);
-                Tensor::from_vec(picked.concat(), (rows.len(), len), wave.device())?
-            }
-            None => wave.clone(),
-        };
-        let fbank = fbank_batch(&wave)?;
+        let fbank = prepare_input(wave, self.clips.as_ref(), self.rate)?;
         let states = self.beats.forward(&fbank)?;
         self.projector.forward(&states.to_dtype(dtype)?)
     }

@@ -658,6 +658,12 @@ pub fn fbank_batch(wave: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (rows.len(), frames, fb.num_mel_bins()), wave.device())
 }
 
+/// BEATs' input from (batch, samples) waveforms at `rate`: the manifest's clip selection of each row
+/// (`[preprocess] audio_clips`; `None`: the whole waveform), then [`fbank_batch`].
+pub fn prepare_input(wave: &Tensor, clips: Option<&crate::media::audio_clips::AudioClips>, rate: u32) -> Result<Tensor> {
+    fbank_batch(&crate::media::audio_clips::select_rows(clips, wave, rate)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

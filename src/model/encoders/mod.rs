@@ -345,24 +345,12 @@ impl FrozenEncoder {
     /// (`[preprocess] audio_clips`, per row), then HuBERT's per-utterance normalisation, or BEATs' fbank
     /// (batch, frames, 128).
     pub fn prepare_audio(&self, wave: &Tensor) -> candle_core::Result<Tensor> {
-        let wave = match &self.preprocess.audio_clips {
-            Some(clips) => {
-                let rate = self.preprocess.sample_rate;
-                let rows = match wave.dims() {
-                    &[_, _] => wave.to_dtype(DType::F32)?.to_vec2::<f32>()?,
-                    d => candle_core::bail!("waveform must be (batch, samples), got shape {d:?}"),
-                };
-                let picked = rows.iter().map(|r| clips.apply(r, rate).map_err(candle_core::Error::Msg)).collect::<candle_core::Result<Vec<_>>>()?;
-                let n = picked.first().map_or(0, Vec::len);
-                Tensor::from_vec(picked.concat(), (rows.len(), n), wave.device())?
-            }
-            None => wave.clone(),
-        };
-        match &self.model {
-            Model::Beats(_) => beats::fbank_batch(&wave),
-            _ if self.preprocess.normalize => hubert::normalize_waveform(&wave),
-            _ => Ok(wave),
+        let (clips, rate) = (self.preprocess.audio_clips.as_ref(), self.preprocess.sample_rate);
+        if let Model::Beats(_) = &self.model {
+            return beats::prepare_input(wave, clips, rate);
         }
+        let wave = crate::media::audio_clips::select_rows(clips, wave, rate)?;
+        if self.preprocess.normalize { hubert::normalize_waveform(&wave) } else { Ok(wave) }
     }
 
     /// The fewest waveform samples `prepare_audio` turns into at least one output token.
