@@ -130,7 +130,7 @@ fn predict_shard(ctx: &EvalContext, items: &[usize], task: crate::recipe::Task) 
             }
             Err(e) => return Err(e.into()),
         };
-        let mm = media.tokens(ctx.model, true, true)?;
+        let mm = media.tokens(ctx.model, true, true, false)?;
         let ids = generate_one(ctx.model, &prompt, mm.as_ref(), &opts, &mut rng)?;
         let generated = ctx.tokenizer.decode(&ids)?;
         let label = extract_label(&generated, &labels, e.label_extraction);

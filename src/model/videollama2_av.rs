@@ -79,17 +79,25 @@ impl VideoLlama2AvEncoders {
     }
 
     /// Video tokens (batch, tokens, hidden) and audio tokens (batch, tokens, hidden), in `dtype`; a
-    /// modality that is off or absent gives `None`.
-    pub fn tokens(&self, media: &MediaBatch, use_video: bool, use_audio: bool, dtype: candle_core::DType) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// modality that is off or absent gives `None`. `train`: BEATs in training mode (its dropouts and
+    /// LayerDrop).
+    pub fn tokens(&self, media: &MediaBatch, use_video: bool, use_audio: bool, dtype: candle_core::DType, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let video = match (use_video, &self.vision) {
             (true, Some(v)) => Some(v.forward(media.need(ViewRole::Frames)?, dtype)?),
             _ => None,
         };
         let audio = match (use_audio, &self.audio) {
-            (true, Some(a)) => Some(a.forward(&media.audio, dtype)?),
+            (true, Some(a)) => Some(a.forward(&media.audio, dtype, train)?),
             _ => None,
         };
         Ok((video, audio))
+    }
+
+    /// Restarts BEATs' training-mode dropout stream.
+    pub fn reseed_dropout(&self, seed: u64) {
+        if let Some(a) = &self.audio {
+            a.beats.reseed_dropout(seed);
+        }
     }
 }
 
@@ -111,9 +119,9 @@ impl VisionTower {
 
 impl AudioTower {
     /// (batch, samples) waveforms → (batch, BEATs patches, hidden).
-    fn forward(&self, wave: &Tensor, dtype: candle_core::DType) -> Result<Tensor> {
+    fn forward(&self, wave: &Tensor, dtype: candle_core::DType, train: bool) -> Result<Tensor> {
         let fbank = prepare_input(wave, self.clips.as_ref(), self.rate)?;
-        let states = self.beats.forward(&fbank)?;
+        let states = self.beats.forward_t(&fbank, train)?;
         self.projector.forward(&states.to_dtype(dtype)?)
     }
 }
