@@ -87,7 +87,7 @@ impl VideoLlama2AvEncoders {
             _ => None,
         };
         let audio = match (use_audio, &self.audio) {
-            (true, Some(a)) => Some(a.forward(&media.audio, dtype, train)?),
+            (true, Some(a)) => Some(a.forward(&media.audio, &media.audio_lengths, dtype, train)?),
             _ => None,
         };
         Ok((video, audio))
@@ -118,9 +118,9 @@ impl VisionTower {
 }
 
 impl AudioTower {
-    /// (batch, samples) waveforms → (batch, BEATs patches, hidden).
-    fn forward(&self, wave: &Tensor, dtype: candle_core::DType, train: bool) -> Result<Tensor> {
-        let fbank = prepare_input(wave, self.clips.as_ref(), self.rate)?;
+    /// (batch, samples) waveforms with each row's valid samples → (batch, BEATs patches, hidden).
+    fn forward(&self, wave: &Tensor, lengths: &[usize], dtype: candle_core::DType, train: bool) -> Result<Tensor> {
+        let fbank = prepare_input(wave, Some(lengths), self.clips.as_ref(), self.rate)?;
         let states = self.beats.forward_t(&fbank, train)?;
         self.projector.forward(&states.to_dtype(dtype)?)
     }

@@ -723,9 +723,10 @@ pub fn fbank_batch(wave: &Tensor) -> Result<Tensor> {
 }
 
 /// BEATs' input from (batch, samples) waveforms at `rate`: the manifest's clip selection of each row
-/// (`[preprocess] audio_clips`; `None`: the whole waveform), then [`fbank_batch`].
-pub fn prepare_input(wave: &Tensor, clips: Option<&crate::media::audio_clips::AudioClips>, rate: u32) -> Result<Tensor> {
-    fbank_batch(&crate::media::audio_clips::select_rows(clips, wave, rate)?)
+/// over its `lengths` valid samples (`[preprocess] audio_clips`; `None`: the whole waveform), then
+/// [`fbank_batch`].
+pub fn prepare_input(wave: &Tensor, lengths: Option<&[usize]>, clips: Option<&crate::media::audio_clips::AudioClips>, rate: u32) -> Result<Tensor> {
+    fbank_batch(&crate::media::audio_clips::select_rows(clips, wave, lengths, rate)?)
 }
 
 #[cfg(test)]

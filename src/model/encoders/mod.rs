@@ -344,12 +344,13 @@ impl FrozenEncoder {
     /// Prepares a (batch, samples) waveform as the encoder takes it: the manifest's clip selection
     /// (`[preprocess] audio_clips`, per row), then HuBERT's per-utterance normalisation, or BEATs' fbank
     /// (batch, frames, 128).
-    pub fn prepare_audio(&self, wave: &Tensor) -> candle_core::Result<Tensor> {
+    /// `lengths`: each row's valid samples, the track the clips are selected from (`None`: whole rows).
+    pub fn prepare_audio(&self, wave: &Tensor, lengths: Option<&[usize]>) -> candle_core::Result<Tensor> {
         let (clips, rate) = (self.preprocess.audio_clips.as_ref(), self.preprocess.sample_rate);
         if let Model::Beats(_) = &self.model {
-            return beats::prepare_input(wave, clips, rate);
+            return beats::prepare_input(wave, lengths, clips, rate);
         }
-        let wave = crate::media::audio_clips::select_rows(clips, wave, rate)?;
+        let wave = crate::media::audio_clips::select_rows(clips, wave, lengths, rate)?;
         if self.preprocess.normalize { hubert::normalize_waveform(&wave) } else { Ok(wave) }
     }
 
