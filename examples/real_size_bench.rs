@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         reasoning: Some(REASONING.into()),
         valence: None,
         openset: Vec::new(),
+        cues: None,
     };
     let cache = emollama::storage::cache_root(&r.runtime.cache_dir);
     let face_opts = r.front_end.face.as_ref().context("the recipe has no [front_end.face]")?;

@@ -164,7 +164,7 @@ fn av_audio_pipeline_matches_the_reference() -> R {
     let m: EncoderManifest = toml::from_str(&text)?;
     let enc = FrozenEncoder::load(&manifest, &m, 0, &Device::Cpu)?;
     let w = wave(&r)?;
-    let x = enc.prepare_audio(&Tensor::from_vec(w.clone(), (1, w.len()), &Device::Cpu)?)?;
+    let x = enc.prepare_audio(&Tensor::from_vec(w.clone(), (1, w.len()), &Device::Cpu)?, None)?;
     let d = max_diff(&enc.final_output(&x)?, &r["pipeline.output"]);
     eprintln!("AV pipeline through the manifest: max |diff| {d:.3e}");
     assert!(d <= 1e-4);
@@ -278,7 +278,7 @@ fn manifests_build_and_count() -> R {
     let reg = Registry::load(&common::repo())?;
     let (path, m) = reg.encoder("beats-tiny")?;
     let enc = FrozenEncoder::load(path, m, 3, &Device::Cpu)?;
-    let x = enc.prepare_audio(&Tensor::randn(0f32, 0.1, (1, 8000), &Device::Cpu)?)?;
+    let x = enc.prepare_audio(&Tensor::randn(0f32, 0.1, (1, 8000), &Device::Cpu)?, None)?;
     assert_eq!(x.dims(), &[1, 2998, 128]);
     assert_eq!(enc.final_output(&x)?.dims(), &[1, 1496, 32]);
 

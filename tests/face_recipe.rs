@@ -12,48 +12,9 @@ fn emollama(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_emollama")).args(args).current_dir(repo()).env("RUST_LOG", "info").output().expect("spawn emollama")
 }
 
+/// The shared face recipe with its cache under `dir` and two-token reasoning.
 fn write_recipe(dir: &Path, front_end: &str) -> PathBuf {
-    let base = repo().join("recipes/quickstart_emotion_llama_tiny.toml");
-    let body = format!(
-        r#"extends = [{base:?}]
-name = "faces"
-
-[runtime]
-runs_dir = {runs:?}
-cache_dir = {cache:?}
-
-[data.synth]
-seed = 3
-train = 8
-val = 4
-test = 4
-
-[model]
-global_frame = "peak"
-
-[[stage]]
-name = "one"
-tasks = ["emotion"]
-steps = 1
-batch_size = 4
-lr = 1e-3
-warmup_steps = 0
-trainable = ["projector.*"]
-
-[validation]
-enabled = false
-
-[eval]
-max_new_tokens = 2
-{front_end}
-"#,
-        base = base.display().to_string(),
-        runs = dir.join("runs").display().to_string(),
-        cache = dir.join("cache").display().to_string(),
-    );
-    let p = dir.join("faces.toml");
-    std::fs::write(&p, body).expect("write recipe");
-    p
+    common::face_recipe(dir, Some(&dir.join("cache")), 2, front_end)
 }
 
 #[test]

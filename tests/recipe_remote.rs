@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
+use common::http::serve;
 use common::moto::{self, Moto};
 use common::repo;
 use sha2::{Digest, Sha256};
@@ -205,31 +204,6 @@ fn s3_base_pinned_runs_then_changed_then_offline() {
     // Another cache (another machine) offline has nothing to fall back on.
     let err = fails(emollama(&dir.join("cache2"), &["recipe", "check", rs], &[]), "empty cache offline");
     assert!(err.contains(&uri) && err.contains("no cached copy"), "{err}");
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &Path) -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
-    let child = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", dir.to_str().expect("utf8")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 -m http.server");
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "http.server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Server(child), port)
 }
 
 fn write(dir: &Path, rel: &str, text: &str) -> PathBuf {

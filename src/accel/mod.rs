@@ -254,19 +254,23 @@ impl Module for Linear {
 /// `l(x)` computed in `x`'s dtype: weights kept in another dtype (f32 trainable masters under bf16
 /// compute) are cast for this product, and the gradient flows back to the master.
 pub fn linear_in_dtype_of(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
-    let bias = l.bias().map(|b| if b.dtype() == x.dtype() { Ok(b.clone()) } else { b.to_dtype(x.dtype()) }).transpose()?;
+    let in_x = |t: &Tensor| t.dtype() == x.dtype();
+    let tracked = l.weight().track_op();
+    if tracked && in_x(l.weight()) && l.bias().is_none_or(in_x) {
+        return l.forward(x);
+    }
+    let bias = l.bias().map(|b| if in_x(b) { Ok(b.clone()) } else { b.to_dtype(x.dtype()) }).transpose()?;
     // A frozen weight (neither a variable nor computed from one) gets no gradient: see `frozen_linear`.
-    if !l.weight().track_op() {
+    if !tracked {
         let y = frozen_linear(x, l.weight())?;
         return match bias {
             Some(b) => y.broadcast_add(&b),
             None => Ok(y),
         };
     }
-    if l.weight().dtype() == x.dtype() {
-        return l.forward(x);
-    }
-    candle_nn::Linear::new(l.weight().to_dtype(x.dtype())?, bias).forward(x)
+    // The cast bias is used whichever dtype the weight is in (a bias alone in another dtype included).
+    let weight = if in_x(l.weight()) { l.weight().clone() } else { l.weight().to_dtype(x.dtype())? };
+    candle_nn::Linear::new(weight, bias).forward(x)
 }
 
 /// `candle_nn::linear` as an [`Linear`].
@@ -399,6 +403,22 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all()).and_then(|d| d.to_scalar::<f32>()).unwrap_or(f32::MAX)
+    }
+
+    /// A trainable weight already in x's dtype with a bias in another: the bias is cast, not refused.
+    #[test]
+    fn linear_in_dtype_of_casts_a_bias_of_another_dtype() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4), &dev)?)?;
+        let b = Tensor::randn(0f32, 1.0, 3, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 4), &dev)?;
+        let want = candle_nn::Linear::new(w.as_tensor().clone(), Some(round_bf16(&b)?)).forward(&x)?;
+        let got = linear_in_dtype_of(&candle_nn::Linear::new(w.as_tensor().clone(), Some(b.to_dtype(DType::BF16)?)), &x)?;
+        assert_eq!(max_diff(&got, &want), 0.0);
+        // Everything in x's dtype: the layer's own forward.
+        let same = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.clone()));
+        assert_eq!(max_diff(&linear_in_dtype_of(&same, &x)?, &same.forward(&x)?), 0.0);
+        Ok(())
     }
 
     /// f32 values rounded to bf16 (what a bf16 operand holds).

@@ -17,6 +17,9 @@ pub struct DecodedMedia {
     pub num_frames: usize,
     /// Exactly `audio_len` samples (16 kHz mono), padded with silence or cut.
     pub audio: Vec<f32>,
+    /// How many of `audio`'s samples are the file's (the rest is padding): the track length the
+    /// audio clip selection spreads its clips over.
+    pub audio_valid: usize,
     /// The file had no audio stream (the audio is silence).
     pub audio_missing: bool,
     /// With the face front end: sampled frames where the main face was found, and the peak frame.
@@ -155,9 +158,10 @@ pub fn decode_one(sample: &Sample, spec: &DecodeSpec) -> Result<DecodedMedia, Me
     let size = (w as usize, h as usize);
     let frames = Frames { frames: &clip.video.frames, size };
     let pixels = view_pixels(&path, &spec.views, frames, frames, spec.global_frame.index(n, None))?;
+    let audio_valid = clip.audio.samples.len().min(spec.audio_len);
     let mut audio = clip.audio.samples;
     audio.resize(spec.audio_len, 0.0);
-    Ok(DecodedMedia { pixels, num_frames: n, audio, audio_missing: clip.audio.missing, faces: None })
+    Ok(DecodedMedia { pixels, num_frames: n, audio, audio_valid, audio_missing: clip.audio.missing, faces: None })
 }
 
 /// Decoded frames of one size.
@@ -198,12 +202,14 @@ fn decode_with_faces(path: &std::path::Path, spec: &DecodeSpec, face: &crate::me
     let crops = Frames { frames: &faces.crops, size: (cw, ch) };
     let whole = Frames { frames: &clip.video.frames, size: (dw as usize, dh as usize) };
     let pixels = view_pixels(path, &spec.views, crops, whole, spec.global_frame.index(n, faces.peak))?;
+    let audio_valid = clip.audio.samples.len().min(spec.audio_len);
     let mut audio = clip.audio.samples;
     audio.resize(spec.audio_len, 0.0);
     Ok(DecodedMedia {
         pixels,
         num_frames: n,
         audio,
+        audio_valid,
         audio_missing: clip.audio.missing,
         faces: Some(FaceSummary::of(&faces)),
     })

@@ -57,7 +57,7 @@ pub fn tiny_steps(dev: &Device, dtype: DType, steps: usize) -> Measured {
     }
     let frames = Tensor::from_vec(pixels, (BATCH, FRAMES, 3, s, s), dev).map_err(e("frames"))?;
     let audio = Tensor::zeros((BATCH, 16_000), DType::F32, dev).map_err(e("audio"))?;
-    let media = MediaBatch { pixels: vec![(ViewRole::Frames, frames)], audio };
+    let media = MediaBatch { pixels: vec![(ViewRole::Frames, frames)], audio, audio_lengths: vec![16_000; BATCH] };
 
     let vars = crate::train::optim::select(&varmap, &["*".to_string()]);
     let mut opt = GroupedAdamW::new(&vars, 3e-3, 0.0, &Default::default()).map_err(e("optimiser"))?;

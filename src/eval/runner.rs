@@ -132,7 +132,7 @@ fn predict_shard(ctx: &EvalContext, items: &[usize], task: crate::recipe::Task) 
             }
             Err(e) => return Err(e.into()),
         };
-        let mm = media.tokens(ctx.model, true, true)?;
+        let mm = media.tokens(ctx.model, true, true, false)?;
         let (label, generated) = if by_scores {
             // The most likely class word; the text lists every class's probability.
             let ll = crate::model::class_scores::candidate_log_likelihoods(ctx.model, &prompt, mm.as_ref(), &candidates)?;

@@ -95,7 +95,7 @@ pub fn extract_media(enc: &FrozenEncoder, path: &Path, opts: &ExtractOptions) ->
             let wave = read_audio(enc, path, opts.resample)?;
             let n = wave.len();
             let x = Tensor::from_vec(wave, (1, n), &device).map_err(cerr)?;
-            let x = enc.prepare_audio(&x).map_err(cerr)?;
+            let x = enc.prepare_audio(&x, None).map_err(cerr)?;
             let out = enc.features(&x, &opts.spec).map_err(cerr)?;
             name_outputs(out, true).map_err(cerr)
         }

@@ -82,5 +82,6 @@ pub fn media_batch(items: &[&DecodedMedia], views: &[PixelView], device: &Device
     for m in items {
         audio.extend_from_slice(&m.audio);
     }
-    Ok(MediaBatch { pixels, audio: Tensor::from_vec(audio, (b, audio_len), device)? })
+    let audio_lengths = items.iter().map(|m| m.audio_valid).collect();
+    Ok(MediaBatch { pixels, audio: Tensor::from_vec(audio, (b, audio_len), device)?, audio_lengths })
 }

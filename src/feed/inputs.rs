@@ -36,11 +36,12 @@ pub enum BatchMedia {
 }
 
 impl BatchMedia {
-    /// The multimodal tokens (projectors applied; trainable encoders run here).
-    pub fn tokens(&self, model: &EmotionModel, use_video: bool, use_audio: bool) -> candle_core::Result<Option<MmTokens>> {
+    /// The multimodal tokens (projectors applied; trainable encoders run here, in training mode when
+    /// `train`).
+    pub fn tokens(&self, model: &EmotionModel, use_video: bool, use_audio: bool, train: bool) -> candle_core::Result<Option<MmTokens>> {
         match self {
             Self::None => Ok(None),
-            Self::Media(m) => model.encode_modalities(m, use_video, use_audio),
+            Self::Media(m) => model.encode_modalities_t(m, use_video, use_audio, train),
             Self::Features(f, b) => model.project_features(f, *b, use_video, use_audio),
         }
     }

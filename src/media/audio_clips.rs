@@ -62,6 +62,25 @@ impl AudioClips {
     }
 }
 
+/// Each row of a (batch, samples) waveform through [`AudioClips::apply`], as (batch, selected samples);
+/// `None`: the waveform as it is. `lengths`: each row's valid samples (a batch pads its rows to the
+/// longest), so a row's clips spread over its own track, not the padding; `None`: every row is whole.
+/// The one place both the frozen encoders and VideoLLaMA2-AV's audio tower select clips.
+pub fn select_rows(clips: Option<&AudioClips>, wave: &candle_core::Tensor, lengths: Option<&[usize]>, rate: u32) -> candle_core::Result<candle_core::Tensor> {
+    let Some(clips) = clips else { return Ok(wave.clone()) };
+    let rows = match wave.dims() {
+        &[_, _] => wave.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?,
+        d => candle_core::bail!("waveform must be (batch, samples), got shape {d:?}"),
+    };
+    if let Some(l) = lengths.filter(|l| l.len() != rows.len()) {
+        candle_core::bail!("{} audio lengths for a batch of {} waveforms", l.len(), rows.len());
+    }
+    let valid = |i: usize, r: &[f32]| lengths.map_or(r.len(), |l| l[i].min(r.len()));
+    let picked = rows.iter().enumerate().map(|(i, r)| clips.apply(&r[..valid(i, r)], rate).map_err(candle_core::Error::Msg)).collect::<candle_core::Result<Vec<_>>>()?;
+    let n = picked.first().map_or(0, Vec::len);
+    candle_core::Tensor::from_vec(picked.concat(), (rows.len(), n), wave.device())
+}
+
 /// `floor(x · num / den)` on the exact value of the float `x ≥ 0` (Python's `int(Fraction(x) * num / den)`).
 fn floor_scaled(x: f64, num: u128, den: u128) -> usize {
     if x <= 0.0 || num == 0 {
@@ -145,6 +164,28 @@ mod tests {
         assert_eq!(out.len(), 48_000);
         // Clip 1 starts at 1 · 8 / 2 = 4 s.
         assert_eq!(out[32_000], 64_000.0);
+    }
+
+    /// A batch pads its rows to the longest: each row's clips come from its own samples, as if alone.
+    #[test]
+    fn each_row_of_a_batch_is_selected_over_its_own_length() -> candle_core::Result<()> {
+        use candle_core::{Device, Tensor};
+        let (short, long) = (ramp(96_000), ramp(640_000));
+        let mut padded = short.clone();
+        padded.resize(long.len(), 0.0);
+        let batch = Tensor::from_vec([padded, long.clone()].concat(), (2, long.len()), &Device::Cpu)?;
+        let got = select_rows(Some(&vl2()), &batch, Some(&[short.len(), long.len()]), RATE)?.to_vec2::<f32>()?;
+        for (row, wave) in got.iter().zip([&short, &long]) {
+            let alone = Tensor::from_vec(wave.clone(), (1, wave.len()), &Device::Cpu)?;
+            let want = select_rows(Some(&vl2()), &alone, None, RATE)?.to_vec2::<f32>()?;
+            assert_eq!(row, &want[0]);
+            assert_eq!(row, &vl2().apply(wave, RATE).expect("apply"));
+        }
+        // Without the lengths the short row's clips spread over its padding (starts 4.75 k s, past 6 s).
+        let blind = select_rows(Some(&vl2()), &batch, None, RATE)?.to_vec2::<f32>()?;
+        assert_ne!(blind[0], got[0]);
+        assert!(select_rows(Some(&vl2()), &batch, Some(&[1]), RATE).is_err());
+        Ok(())
     }
 
     #[test]

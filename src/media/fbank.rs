@@ -39,6 +39,22 @@ impl FbankOptions {
     pub fn beats() -> Self {
         Self { sample_frequency: 16_000.0, frame_length: 25.0, frame_shift: 10.0, num_mel_bins: 128, low_freq: 20.0, high_freq: 0.0 }
     }
+
+    /// Samples per analysis window and between windows (torchaudio truncates both to whole samples).
+    pub fn window_samples(&self) -> (usize, usize) {
+        ((self.sample_frequency * self.frame_length * 0.001) as usize, (self.sample_frequency * self.frame_shift * 0.001) as usize)
+    }
+
+    /// Frames of `samples` samples, without building the filterbank (plans count tokens with it).
+    pub fn frames_for(&self, samples: usize) -> usize {
+        let (size, shift) = self.window_samples();
+        frame_count(samples, size, shift)
+    }
+}
+
+/// Frames of `samples` samples with windows of `size` every `shift` (`snip_edges`: only whole windows).
+fn frame_count(samples: usize, size: usize, shift: usize) -> usize {
+    if samples < size || shift == 0 { 0 } else { 1 + (samples - size) / shift }
 }
 
 const PREEMPHASIS: f64 = 0.97;
@@ -66,9 +82,7 @@ impl KaldiFbank {
         if !positive(o.sample_frequency) || !positive(o.frame_shift) || !positive(o.frame_length) {
             return Err(cfg(format!("sample_frequency {}, frame_length {} ms and frame_shift {} ms must be positive", o.sample_frequency, o.frame_length, o.frame_shift)));
         }
-        // torchaudio truncates both to whole samples.
-        let window_shift = (o.sample_frequency * o.frame_shift * 0.001) as usize;
-        let window_size = (o.sample_frequency * o.frame_length * 0.001) as usize;
+        let (window_size, window_shift) = o.window_samples();
         if window_size < 2 || window_shift == 0 {
             return Err(cfg(format!("a window of {window_size} samples every {window_shift} samples is too small")));
         }
@@ -110,7 +124,7 @@ impl KaldiFbank {
 
     /// Frames of `samples` samples (`snip_edges`: only whole windows).
     pub fn frames_for(&self, samples: usize) -> usize {
-        if samples < self.window_size { 0 } else { 1 + (samples - self.window_size) / self.window_shift }
+        frame_count(samples, self.window_size, self.window_shift)
     }
 
     /// The shortest waveform with `frames` frames.
@@ -237,6 +251,10 @@ mod tests {
         let fb = KaldiFbank::new(&FbankOptions::beats())?;
         assert_eq!(fb.frames_for(480_000), 2998);
         assert_eq!(fb.frames_for(399), 0);
+        // The options count the same frames without the filterbank.
+        for n in [0, 399, 400, 559, 560, 480_000] {
+            assert_eq!(FbankOptions::beats().frames_for(n), fb.frames_for(n), "{n} samples");
+        }
         assert_eq!(fb.samples_for(16), 400 + 15 * 160);
         let out = fb.compute(&[0.0; 800])?;
         assert_eq!(out.len(), 3 * 128);

@@ -165,7 +165,7 @@ impl EmotionLlamaEncoders {
             }
         }
         if use_audio && let Some(enc) = &f.audio {
-            let x = enc.prepare_audio(&media.audio)?;
+            let x = enc.prepare_audio(&media.audio, Some(&media.audio_lengths))?;
             let Some(Pooled::One(a)) = pooled(enc, &x, &enc.features)? else {
                 candle_core::bail!("encoder `{}`: the audio view needs a pooled feature per clip", enc.name);
             };

@@ -121,8 +121,8 @@ pub fn dropout_rng(seed: u64) -> DropoutRng {
     Arc::new(std::sync::Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(seed)))
 }
 
-/// Inverted dropout with a mask drawn from `rng`.
-fn seeded_dropout(x: &Tensor, p: f32, rng: &DropoutRng) -> Result<Tensor> {
+/// Inverted dropout with a mask drawn from `rng` (also BEATs' training-time dropouts).
+pub(crate) fn seeded_dropout(x: &Tensor, p: f32, rng: &DropoutRng) -> Result<Tensor> {
     use rand::Rng;
     let n = x.elem_count();
     let keep = 1.0 - p;

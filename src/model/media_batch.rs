@@ -13,6 +13,8 @@ pub struct MediaBatch {
     pub pixels: Vec<(ViewRole, Tensor)>,
     /// (batch, samples) at 16 kHz.
     pub audio: Tensor,
+    /// Per row, how many of its samples are the clip's (the rest is padding to the batch's length).
+    pub audio_lengths: Vec<usize>,
 }
 
 impl MediaBatch {

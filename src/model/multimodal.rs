@@ -131,6 +131,9 @@ struct PlainEncoders {
     audio: Option<AudioBranch>,
 }
 
+/// XORed into a step's dropout seed for the trainable encoders' stream, so their masks are not the LLM's.
+const ENCODER_DROPOUT_STREAM: u64 = 0xBEA7_5D20_0D0F_F5E7;
+
 /// Which encoders feed the LLM: the two layouts a recipe can build.
 enum Encoders {
     Plain(Box<PlainEncoders>),
@@ -201,12 +204,18 @@ impl EmotionModel {
 
     /// As [`Self::encode`], with each modality switchable (a disabled one contributes no tokens).
     pub fn encode_modalities(&self, media: &MediaBatch, use_video: bool, use_audio: bool) -> Result<Option<MmTokens>> {
+        self.encode_modalities_t(media, use_video, use_audio, false)
+    }
+
+    /// As [`Self::encode_modalities`]; `train`: trainable encoders in training mode (VideoLLaMA2-AV's
+    /// BEATs applies its dropouts and LayerDrop).
+    pub fn encode_modalities_t(&self, media: &MediaBatch, use_video: bool, use_audio: bool, train: bool) -> Result<Option<MmTokens>> {
         // Encoders compute in f32; the projectors and the LLM in the run's dtype.
         let dt = self.llm.compute_dtype();
         let (video, feature) = match &self.encoders {
             Encoders::EmotionLlama(el) => el.project(&el.features(media, use_video, use_audio)?.to_dtype(dt)?, use_video, use_audio)?,
             Encoders::VideoLlama2Av(av) => {
-                let (video, audio) = av.tokens(media, use_video, use_audio, dt)?;
+                let (video, audio) = av.tokens(media, use_video, use_audio, dt, train)?;
                 (video, audio.into_iter().collect())
             }
             Encoders::Plain(plain) => {
@@ -229,6 +238,15 @@ impl EmotionModel {
             }
         };
         self.tokens(video, feature, media.batch_size()?)
+    }
+
+    /// Restarts every training-mode dropout stream: the LLM's LoRA dropout from `seed`, a trainable
+    /// encoder's from a stream of its own derived from it.
+    pub fn reseed_dropout(&self, seed: u64) {
+        self.llm.reseed_dropout(seed);
+        if let Encoders::VideoLlama2Av(av) = &self.encoders {
+            av.reseed_dropout(seed ^ ENCODER_DROPOUT_STREAM);
+        }
     }
 
     /// Whether the model's encoders are frozen by construction (Emotion-LLaMA's layout), so their

@@ -14,7 +14,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::encoders::beats::{Beats, fbank_batch};
+use super::encoders::beats::{Beats, prepare_input};
 use super::encoders::FrozenEncoder;
 use super::encoders::features::{FeatureSpec, Pooled, Pooling};
 use super::media_batch::MediaBatch;
@@ -79,17 +79,25 @@ impl VideoLlama2AvEncoders {
     }
 
     /// Video tokens (batch, tokens, hidden) and audio tokens (batch, tokens, hidden), in `dtype`; a
-    /// modality that is off or absent gives `None`.
-    pub fn tokens(&self, media: &MediaBatch, use_video: bool, use_audio: bool, dtype: candle_core::DType) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// modality that is off or absent gives `None`. `train`: BEATs in training mode (its dropouts and
+    /// LayerDrop).
+    pub fn tokens(&self, media: &MediaBatch, use_video: bool, use_audio: bool, dtype: candle_core::DType, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let video = match (use_video, &self.vision) {
             (true, Some(v)) => Some(v.forward(media.need(ViewRole::Frames)?, dtype)?),
             _ => None,
         };
         let audio = match (use_audio, &self.audio) {
-            (true, Some(a)) => Some(a.forward(&media.audio, dtype)?),
+            (true, Some(a)) => Some(a.forward(&media.audio, &media.audio_lengths, dtype, train)?),
             _ => None,
         };
         Ok((video, audio))
+    }
+
+    /// Restarts BEATs' training-mode dropout stream.
+    pub fn reseed_dropout(&self, seed: u64) {
+        if let Some(a) = &self.audio {
+            a.beats.reseed_dropout(seed);
+        }
     }
 }
 
@@ -110,19 +118,10 @@ impl VisionTower {
 }
 
 impl AudioTower {
-    /// (batch, samples) waveforms → (batch, BEATs patches, hidden).
-    fn forward(&self, wave: &Tensor, dtype: candle_core::DType) -> Result<Tensor> {
-        let wave = match &self.clips {
-            Some(clips) => {
-                let rows = wave.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
-                let picked: Vec<Vec<f32>> = rows.iter().map(|r| clips.apply(r, self.rate)).collect::<std::result::Result<_, _>>().map_err(candle_core::Error::Msg)?;
-                let len = picked.first().map_or(0, Vec::len);
-                Tensor::from_vec(picked.concat(), (rows.len(), len), wave.device())?
-            }
-            None => wave.clone(),
-        };
-        let fbank = fbank_batch(&wave)?;
-        let states = self.beats.forward(&fbank)?;
+    /// (batch, samples) waveforms with each row's valid samples → (batch, BEATs patches, hidden).
+    fn forward(&self, wave: &Tensor, lengths: &[usize], dtype: candle_core::DType, train: bool) -> Result<Tensor> {
+        let fbank = prepare_input(wave, Some(lengths), self.clips.as_ref(), self.rate)?;
+        let states = self.beats.forward_t(&fbank, train)?;
         self.projector.forward(&states.to_dtype(dtype)?)
     }
 }

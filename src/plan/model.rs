@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::PlanError;
 use crate::media::FrameSampling;
+use crate::media::fbank::FbankOptions;
 use crate::model::cnn::{CnnConfig, TinyCnn};
 use crate::model::emotion_llama::EmotionLlamaEncoders;
 use crate::model::encoders::{self, FrozenEncoder};
@@ -203,11 +204,10 @@ fn videollama2_av(recipe: &Recipe, registry: &Registry, vb: &candle_nn::VarBuild
             let cfg: BeatsConfig = crate::model::build::arch_config(man, path, "beats").map_err(plugin_err(name))?;
             let beats = Beats::new(&cfg, vb.pp("encoder.audio")).map_err(cerr(format!("encoder `{name}`")))?;
             let seconds = man.preprocess.audio_clips.map_or(f64::from(recipe.data.audio_seconds), |c| c.pad_to_seconds);
-            // Kaldi frames of 25 ms every 10 ms (snip_edges), then 16×16 patches over 128 mel bins.
+            // BEATs' Kaldi frames at the manifest's rate, then patches over the mel bins.
             let samples = (seconds * f64::from(man.preprocess.sample_rate)) as usize;
-            let (win, hop) = (man.preprocess.sample_rate as usize / 40, man.preprocess.sample_rate as usize / 100);
-            let frames = if samples >= win { 1 + (samples - win) / hop } else { 0 };
-            let (tp, fp) = cfg.patch_grid(frames, 128);
+            let fbank = FbankOptions { sample_frequency: f64::from(man.preprocess.sample_rate), ..FbankOptions::beats() };
+            let (tp, fp) = cfg.patch_grid(fbank.frames_for(samples), fbank.num_mel_bins);
             tokens.feature_audio = tp * fp;
             infos.push(EncoderInfo { prefix: "encoder.audio".into(), plugin: name.into(), architecture: man.architecture.clone(), hidden_size: cfg.encoder_embed_dim, image_size: None, frozen: false });
             Some((beats, man.preprocess.audio_clips, man.preprocess.sample_rate))

@@ -445,7 +445,7 @@ fn prepare(ctx: &Context, clip: &Clip, check_extension: bool) -> Result<Prepared
         // Audio only: no frames; the clip's audio cut or padded to the model's length.
         let mut audio = speech.clone();
         audio.resize(ctx.spec.audio_len, 0.0);
-        DecodedMedia { pixels: Vec::new(), num_frames: 0, audio, audio_missing: false, faces: None }
+        DecodedMedia { pixels: Vec::new(), num_frames: 0, audio_valid: speech.len().min(ctx.spec.audio_len), audio, audio_missing: false, faces: None }
     };
     timings.decode_s = t.elapsed().as_secs_f64();
     Ok(Prepared { local, media_hash, duration_s, use_video, use_audio, decoded, speech, timings })
@@ -625,7 +625,7 @@ fn tokens(ctx: &Context, p: &Prepared) -> candle_core::Result<Option<MmTokens>> 
         return Ok(None);
     }
     if !p.use_video {
-        let media = MediaBatch { pixels: Vec::new(), audio: Tensor::from_slice(&p.decoded.audio, (1, p.decoded.audio.len()), dev)? };
+        let media = MediaBatch { pixels: Vec::new(), audio: Tensor::from_slice(&p.decoded.audio, (1, p.decoded.audio.len()), dev)?, audio_lengths: vec![p.decoded.audio_valid] };
         return m.encode_modalities(&media, false, p.use_audio);
     }
     let media = batch::media_batch(&[&p.decoded], &ctx.spec.views, dev)?;

@@ -425,8 +425,8 @@ impl MicroBatches<'_> {
         let (mut loss_sum, mut last_state, mut epoch) = (0.0, None, 0.0);
         for micro in 0..self.accum {
             let prepared = rx.recv().map_err(|_| TrainError::Stage { stage: stage.name.clone(), message: "the data loader stopped".into() })??;
-            model.llm.reseed_dropout(mix(&[self.seed, step as u64, micro as u64]));
-            let mm = prepared.media.tokens(model, self.use_video, self.use_audio).map_err(candle)?;
+            model.reseed_dropout(mix(&[self.seed, step as u64, micro as u64]));
+            let mm = prepared.media.tokens(model, self.use_video, self.use_audio, true).map_err(candle)?;
             let inputs = model.build_inputs(&prepared.prompts, mm.as_ref(), true).map_err(candle)?;
             let loss = model.loss(&inputs, stage.loss).map_err(candle)?;
             let local = loss.to_scalar::<f32>().map_err(candle)? as f64;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests (each test binary uses some of them).
 #![allow(dead_code)]
 
+pub mod http;
 pub mod hub;
 pub mod moto;
 
@@ -53,18 +54,18 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).and_then(|d| d.abs()).and_then(|d| d.flatten_all()).and_then(|d| d.max(0)).and_then(|d| d.to_scalar::<f32>()).expect("difference")
 }
 
-/// Trains the tiny Emotion-LLaMA layout with the face front end (the peak frame for the global view) one
-/// step, with `XDG_CACHE_HOME = cache`; returns its run directory. Enough to check what `predict` and
-/// `serve` report about real clips (faces, peak frame, scores, a short reasoning of `max_new_tokens`).
-pub fn train_with_faces(tmp: &Path, cache: &Path, max_new_tokens: usize) -> PathBuf {
-    let recipe = tmp.join("faces.toml");
+/// `dir/faces.toml`: the tiny Emotion-LLaMA quick start on a small synthetic set, one training step of
+/// the projectors, the peak frame for the global view, runs under `dir/runs`; `cache_dir` sets
+/// `runtime.cache_dir`; `front_end` is appended as it is (`""`: no front end, which `peak` refuses).
+pub fn face_recipe(dir: &Path, cache_dir: Option<&Path>, max_new_tokens: usize, front_end: &str) -> PathBuf {
+    let cache = cache_dir.map(|c| format!("cache_dir = {:?}\n", c.display().to_string())).unwrap_or_default();
     let body = format!(
         r#"extends = [{base:?}]
 name = "faces"
 
 [runtime]
 runs_dir = {runs:?}
-
+{cache}
 [data.synth]
 seed = 3
 train = 8
@@ -88,13 +89,21 @@ enabled = false
 
 [eval]
 max_new_tokens = {max_new_tokens}
-
-[front_end.face]
+{front_end}
 "#,
         base = repo().join("recipes/quickstart_emotion_llama_tiny.toml").display().to_string(),
-        runs = tmp.join("runs").display().to_string(),
+        runs = dir.join("runs").display().to_string(),
     );
-    std::fs::write(&recipe, body).expect("recipe");
+    let p = dir.join("faces.toml");
+    std::fs::write(&p, body).expect("write recipe");
+    p
+}
+
+/// Trains the tiny Emotion-LLaMA layout with the face front end (the peak frame for the global view) one
+/// step, with `XDG_CACHE_HOME = cache`; returns its run directory. Enough to check what `predict` and
+/// `serve` report about real clips (faces, peak frame, scores, a short reasoning of `max_new_tokens`).
+pub fn train_with_faces(tmp: &Path, cache: &Path, max_new_tokens: usize) -> PathBuf {
+    let recipe = face_recipe(tmp, None, max_new_tokens, "[front_end.face]\n");
     let o = Command::new(env!("CARGO_BIN_EXE_emollama")).args(["run", recipe.to_str().expect("utf8"), "--no-progress"]).current_dir(repo()).env("XDG_CACHE_HOME", cache).output().expect("spawn");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::read_dir(tmp.join("runs")).expect("runs").flatten().map(|e| e.path()).find(|p| p.is_dir()).expect("run dir")

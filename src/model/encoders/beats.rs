@@ -10,11 +10,15 @@
 //! they are. Unlike the other encoders here BEATs is trained in VideoLLaMA2's stages 2-3, so every op is
 //! differentiable: when neither the input nor the weights track gradients (a frozen checkpoint) the
 //! Linear layers, LayerNorms and attention products take the fused inference kernels, otherwise candle's
-//! differentiable ops with the same values.
+//! differentiable ops with the same values. In training mode ([`Beats::forward_t`]) the config's dropouts
+//! and LayerDrop apply as the reference's `model.train()` does, their masks and draws from a seeded stream
+//! ([`Beats::reseed_dropout`]); inference never applies them.
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+use crate::model::lora::{DropoutRng, seeded_dropout};
 
 /// `BEATs.preprocess` defaults.
 pub const FBANK_MEAN: f64 = 15.41663;
@@ -65,8 +69,10 @@ pub struct BeatsConfig {
     /// Post-LN residuals scaled by (2 · encoder_layers)^¼.
     #[serde(default = "d_true")]
     pub deep_norm: bool,
-    /// Dropouts and LayerDrop: training-time regularisation. The forward here is the reference's eval
-    /// mode; training through this module applies none of them (the values are kept for a trainer).
+    /// Dropouts and LayerDrop: training mode only ([`Beats::forward_t`]). `dropout` on the encoder input
+    /// after its LayerNorm and on each layer's attention and FFN outputs; `attention_dropout` on the
+    /// attention probabilities; `activation_dropout` after the FFN activation; `encoder_layerdrop` skips a
+    /// whole layer when a uniform draw is at most it; `dropout_input` on the projected patch embeddings.
     #[serde(default)]
     pub dropout: f64,
     #[serde(default)]
@@ -250,6 +256,14 @@ impl Activation {
     }
 }
 
+/// Inverted dropout of `x` with probability `p` in training mode (`rng` given), the identity otherwise.
+fn dropout(x: Tensor, p: f64, rng: Option<&DropoutRng>) -> Result<Tensor> {
+    match rng {
+        Some(rng) if p > 0.0 => seeded_dropout(&x, p as f32, rng),
+        _ => Ok(x),
+    }
+}
+
 /// Whether any of these is part of a gradient graph (then only differentiable ops may touch them).
 fn tracks(ts: &[&Tensor]) -> bool {
     ts.iter().any(|t| t.track_op())
@@ -390,6 +404,8 @@ struct SelfAttention {
     gate: Option<Gate>,
     heads: usize,
     head_dim: usize,
+    /// On the attention probabilities, training only.
+    attention_dropout: f64,
 }
 
 impl SelfAttention {
@@ -412,11 +428,13 @@ impl SelfAttention {
             gate,
             heads,
             head_dim,
+            attention_dropout: cfg.attention_dropout,
         })
     }
 
-    /// `x`: (batch, time, dim); `bias`: the shared (heads, time, time) relative position bias.
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// `x`: (batch, time, dim); `bias`: the shared (heads, time, time) relative position bias; `train`:
+    /// the dropout stream in training mode.
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: Option<&DropoutRng>) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let split = |y: Tensor| y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2);
         let q = split(self.q_proj.forward(x)?)?;
@@ -442,7 +460,7 @@ impl SelfAttention {
             };
             scores = scores.broadcast_add(&bias)?;
         }
-        let probs = crate::model::nn::softmax_last_dim(&scores)?;
+        let probs = dropout(crate::model::nn::softmax_last_dim(&scores)?, self.attention_dropout, train)?;
         let out = matmul(&probs, &v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.out_proj.forward(&out)
     }
@@ -459,6 +477,9 @@ struct Layer {
     pre_ln: bool,
     /// Residual scale (deep norm), 1 otherwise.
     alpha: f64,
+    /// Training only: on the attention and FFN outputs, and after the FFN activation.
+    dropout: f64,
+    activation_dropout: f64,
 }
 
 impl Layer {
@@ -473,20 +494,29 @@ impl Layer {
             act: Activation::parse(&cfg.activation_fn)?,
             pre_ln: cfg.layer_norm_first,
             alpha: if cfg.deep_norm { (2.0 * cfg.encoder_layers as f64).powf(0.25) } else { 1.0 },
+            dropout: cfg.dropout,
+            activation_dropout: cfg.activation_dropout,
         })
     }
 
-    fn ffn(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
+    /// fc1, activation, fc2, with the reference's `dropout2` and `dropout3` in training mode.
+    fn ffn(&self, x: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
+        let h = dropout(self.act.apply(&self.fc1.forward(x)?)?, self.activation_dropout, train)?;
+        dropout(self.fc2.forward(&h)?, self.dropout, train)
     }
 
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    /// Attention with the reference's `dropout1` in training mode.
+    fn attention(&self, x: &Tensor, bias: Option<&Tensor>, train: Option<&DropoutRng>) -> Result<Tensor> {
+        dropout(self.self_attn.forward(x, bias, train)?, self.dropout, train)
+    }
+
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: Option<&DropoutRng>) -> Result<Tensor> {
         if self.pre_ln {
-            let x = (x + self.self_attn.forward(&self.self_attn_layer_norm.forward(x)?, bias)?)?;
-            &x + self.ffn(&self.final_layer_norm.forward(&x)?)?
+            let x = (x + self.attention(&self.self_attn_layer_norm.forward(x)?, bias, train)?)?;
+            &x + self.ffn(&self.final_layer_norm.forward(&x)?, train)?
         } else {
-            let x = self.self_attn_layer_norm.forward(&((x * self.alpha)? + self.self_attn.forward(x, bias)?)?)?;
-            self.final_layer_norm.forward(&((&x * self.alpha)? + self.ffn(&x)?)?)
+            let x = self.self_attn_layer_norm.forward(&((x * self.alpha)? + self.attention(x, bias, train)?)?)?;
+            self.final_layer_norm.forward(&((&x * self.alpha)? + self.ffn(&x, train)?)?)
         }
     }
 }
@@ -516,6 +546,8 @@ pub struct Beats {
     relative_attention_bias: Option<Tensor>,
     dtype: DType,
     device: Device,
+    /// The training-mode dropout masks and LayerDrop draws (a run reseeds it per step).
+    rng: DropoutRng,
 }
 
 impl Beats {
@@ -548,11 +580,20 @@ impl Beats {
             relative_attention_bias,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            rng: crate::model::lora::dropout_rng(0),
         })
     }
 
     pub fn config(&self) -> &BeatsConfig {
         &self.cfg
+    }
+
+    /// Restarts the training-mode dropout and LayerDrop stream.
+    pub fn reseed_dropout(&self, seed: u64) {
+        use rand::SeedableRng;
+        if let Ok(mut g) = self.rng.lock() {
+            *g = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        }
     }
 
     /// The fewest fbank frames that make one token.
@@ -566,7 +607,7 @@ impl Beats {
     }
 
     /// Patch tokens after the projection: (batch, time patches · mel patches, encoder_embed_dim),
-    /// time-major. `fbank`: raw log-mel (batch, frames, mel bins).
+    /// time-major. `fbank`: raw log-mel (batch, frames, mel bins). `dropout_input` is the caller's.
     fn embed(&self, fbank: &Tensor) -> Result<Tensor> {
         let (b, frames, mels) = match fbank.dims() {
             &[b, t, m] => (b, t, m),
@@ -609,17 +650,25 @@ impl Beats {
     /// encoder LayerNorm), then each layer's output (pre-LN: the last through the encoder LayerNorm).
     /// Each (batch, tokens, encoder_embed_dim).
     pub fn forward_states(&self, fbank: &Tensor) -> Result<Vec<Tensor>> {
-        let x = self.embed(fbank)?;
+        self.forward_states_t(fbank, false)
+    }
+
+    /// As [`Self::forward_states`]; `train` applies the config's dropouts and LayerDrop (a dropped
+    /// layer's output is its input).
+    pub fn forward_states_t(&self, fbank: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let train = train.then_some(&self.rng);
+        let x = dropout(self.embed(fbank)?, self.cfg.dropout_input, train)?;
         let mut x = (&x + self.pos_conv.forward(&x)?)?;
         if !self.cfg.layer_norm_first {
             x = self.encoder_layer_norm.forward(&x)?;
         }
+        x = dropout(x, self.cfg.dropout, train)?;
         let bias = self.position_bias(x.dim(1)?)?;
         let mut states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
             let input = grad_multiply(&x, self.cfg.layer_wise_gradient_decay_ratio)?;
             states.push(x);
-            x = layer.forward(&input, bias.as_ref())?;
+            x = if self.layer_dropped(train)? { input } else { layer.forward(&input, bias.as_ref(), train)? };
         }
         if self.cfg.layer_norm_first {
             x = self.encoder_layer_norm.forward(&x)?;
@@ -628,9 +677,24 @@ impl Beats {
         Ok(states)
     }
 
+    /// LayerDrop: in training mode a layer is skipped when a uniform draw is at most `encoder_layerdrop`
+    /// (the reference runs it when `np.random.random() > layerdrop`).
+    fn layer_dropped(&self, train: Option<&DropoutRng>) -> Result<bool> {
+        use rand::Rng;
+        let p = self.cfg.encoder_layerdrop;
+        let Some(rng) = train.filter(|_| p > 0.0) else { return Ok(false) };
+        let mut g = rng.lock().map_err(|_| candle_core::Error::Msg("dropout rng lock poisoned".into()))?;
+        Ok(g.random::<f64>() <= p)
+    }
+
     /// `extract_features(fbank, padding_mask=None)[0]`: (batch, tokens, encoder_embed_dim).
     pub fn forward(&self, fbank: &Tensor) -> Result<Tensor> {
-        self.forward_states(fbank)?.pop().ok_or_else(|| candle_core::Error::Msg("BEATs: no hidden states".into()))
+        self.forward_t(fbank, false)
+    }
+
+    /// As [`Self::forward`]; `train`: the reference in training mode (dropouts and LayerDrop).
+    pub fn forward_t(&self, fbank: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_states_t(fbank, train)?.pop().ok_or_else(|| candle_core::Error::Msg("BEATs: no hidden states".into()))
     }
 }
 
@@ -656,6 +720,13 @@ pub fn fbank_batch(wave: &Tensor) -> Result<Tensor> {
         out.extend(f);
     }
     Tensor::from_vec(out, (rows.len(), frames, fb.num_mel_bins()), wave.device())
+}
+
+/// BEATs' input from (batch, samples) waveforms at `rate`: the manifest's clip selection of each row
+/// over its `lengths` valid samples (`[preprocess] audio_clips`; `None`: the whole waveform), then
+/// [`fbank_batch`].
+pub fn prepare_input(wave: &Tensor, lengths: Option<&[usize]>, clips: Option<&crate::media::audio_clips::AudioClips>, rate: u32) -> Result<Tensor> {
+    fbank_batch(&crate::media::audio_clips::select_rows(clips, wave, lengths, rate)?)
 }
 
 #[cfg(test)]
@@ -770,6 +841,50 @@ mod tests {
             let fm = Beats::new(&cfg, VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu))?;
             let d = (fm.forward(&x)? - m.forward(&x)?.detach())?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(d < 1e-4, "frozen and trainable paths differ by {d}");
+        }
+        Ok(())
+    }
+
+    /// Training mode applies the config's dropouts and LayerDrop from the seeded stream; eval mode
+    /// (every inference path) never does, whatever the config says.
+    #[test]
+    fn dropouts_and_layerdrop_apply_in_training_mode_only() -> Result<()> {
+        let build = |f: fn(&mut BeatsConfig)| -> Result<Beats> {
+            let mut cfg = tiny();
+            f(&mut cfg);
+            let vm = VarMap::new();
+            Beats::new(&cfg, crate::model::init::SeededVarMap::builder(&vm, 5, DType::F32, &Device::Cpu))
+        };
+        let x = Tensor::randn(10f32, 3.0, (2, 40, 128), &Device::Cpu)?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.max_all()?.to_scalar::<f32>() };
+        let plain = build(|_| ())?;
+        let plain_states = plain.forward_states(&x)?;
+        // Eval mode: the same output with every probability set.
+        let noisy = build(|c| {
+            c.dropout = 0.5;
+            c.attention_dropout = 0.5;
+            c.activation_dropout = 0.5;
+            c.dropout_input = 0.5;
+            c.encoder_layerdrop = 0.5;
+        })?;
+        assert_eq!(max_diff(&noisy.forward(&x)?, &plain.forward(&x)?)?, 0.0);
+        // Training mode: dropout changes the output, reproducibly from the same seed.
+        noisy.reseed_dropout(7);
+        let a = noisy.forward_t(&x, true)?;
+        noisy.reseed_dropout(7);
+        let b = noisy.forward_t(&x, true)?;
+        assert_eq!(max_diff(&a, &b)?, 0.0);
+        assert!(max_diff(&a, &plain.forward(&x)?)? > 1e-3);
+        // Zero probabilities train exactly as eval (the default encoder_layerdrop is 0.05: set to 0).
+        let zero = build(|c| c.encoder_layerdrop = 0.0)?;
+        assert_eq!(max_diff(&zero.forward_t(&x, true)?, &zero.forward(&x)?)?, 0.0);
+        // LayerDrop near 1 skips every layer: the output is the encoder's input (post-LN), the state
+        // before layer 0 in eval mode.
+        let skip = build(|c| c.encoder_layerdrop = 0.999_999)?;
+        let states = skip.forward_states_t(&x, true)?;
+        assert_eq!(states.len(), plain_states.len());
+        for s in &states {
+            assert_eq!(max_diff(s, &plain_states[0])?, 0.0);
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod features;
 pub mod hubert;
 pub mod siglip;
 pub mod videomae;
+mod vit_block;
 pub mod vit_mae;
 
 use std::path::Path;
@@ -343,25 +344,14 @@ impl FrozenEncoder {
     /// Prepares a (batch, samples) waveform as the encoder takes it: the manifest's clip selection
     /// (`[preprocess] audio_clips`, per row), then HuBERT's per-utterance normalisation, or BEATs' fbank
     /// (batch, frames, 128).
-    pub fn prepare_audio(&self, wave: &Tensor) -> candle_core::Result<Tensor> {
-        let wave = match &self.preprocess.audio_clips {
-            Some(clips) => {
-                let rate = self.preprocess.sample_rate;
-                let rows = match wave.dims() {
-                    &[_, _] => wave.to_dtype(DType::F32)?.to_vec2::<f32>()?,
-                    d => candle_core::bail!("waveform must be (batch, samples), got shape {d:?}"),
-                };
-                let picked = rows.iter().map(|r| clips.apply(r, rate).map_err(candle_core::Error::Msg)).collect::<candle_core::Result<Vec<_>>>()?;
-                let n = picked.first().map_or(0, Vec::len);
-                Tensor::from_vec(picked.concat(), (rows.len(), n), wave.device())?
-            }
-            None => wave.clone(),
-        };
-        match &self.model {
-            Model::Beats(_) => beats::fbank_batch(&wave),
-            _ if self.preprocess.normalize => hubert::normalize_waveform(&wave),
-            _ => Ok(wave),
+    /// `lengths`: each row's valid samples, the track the clips are selected from (`None`: whole rows).
+    pub fn prepare_audio(&self, wave: &Tensor, lengths: Option<&[usize]>) -> candle_core::Result<Tensor> {
+        let (clips, rate) = (self.preprocess.audio_clips.as_ref(), self.preprocess.sample_rate);
+        if let Model::Beats(_) = &self.model {
+            return beats::prepare_input(wave, lengths, clips, rate);
         }
+        let wave = crate::media::audio_clips::select_rows(clips, wave, lengths, rate)?;
+        if self.preprocess.normalize { hubert::normalize_waveform(&wave) } else { Ok(wave) }
     }
 
     /// The fewest waveform samples `prepare_audio` turns into at least one output token.

@@ -11,6 +11,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::{Activation, LayerNorm, Module, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::vit_block::{QkvBias, SIGLIP, VitBlockSpec, VitEncoder};
 use super::vit_mae::{check_image, last_state};
 use crate::accel::Linear;
 use crate::model::hf_config::KeyError;
@@ -94,10 +95,20 @@ impl SiglipVisionConfig {
         if self.patch_size == 0 || self.grid_size() == 0 {
             candle_core::bail!("SigLIP image_size {} holds no patch of patch_size {}", self.image_size, self.patch_size);
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            candle_core::bail!("SigLIP hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+        self.block().validate("SigLIP")
+    }
+
+    /// HF `SiglipEncoderLayer`: the pre-norm block with one bias per projection.
+    fn block(&self) -> VitBlockSpec {
+        VitBlockSpec {
+            hidden_size: self.hidden_size,
+            num_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            eps: self.layer_norm_eps,
+            act: self.hidden_act,
+            bias: QkvBias::PerProjection,
+            names: &SIGLIP,
         }
-        Ok(())
     }
 }
 
@@ -122,61 +133,6 @@ pub fn check_hf_keys(path: &std::path::Path, obj: &serde_json::Map<String, serde
     Ok(crate::model::hf_config::warn_unknown_for::<SiglipVisionConfig>(path, obj, HF_IGNORED))
 }
 
-/// HF `SiglipEncoderLayer`: `x + attn(layer_norm1(x))`, then `h + mlp(layer_norm2(h))`. q, k and v are fused
-/// into one matmul at load time.
-#[derive(Debug, Clone)]
-struct SiglipLayer {
-    qkv: Linear,
-    out: Linear,
-    ln1: LayerNorm,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    /// `None` when fused into `fc1` (the exact GELU).
-    act: Option<Activation>,
-    heads: usize,
-}
-
-impl SiglipLayer {
-    fn new(cfg: &SiglipVisionConfig, vb: VarBuilder) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let att = vb.pp("self_attn");
-        let names = ["q_proj", "k_proj", "v_proj"];
-        let weights = names.iter().map(|n| att.pp(*n).get((h, h), "weight")).collect::<Result<Vec<_>>>()?;
-        let biases = names.iter().map(|n| att.pp(*n).get(h, "bias")).collect::<Result<Vec<_>>>()?;
-        let fc1 = crate::accel::linear(h, cfg.intermediate_size, vb.pp("mlp").pp("fc1"))?;
-        let erf = cfg.hidden_act == Activation::Gelu;
-        Ok(Self {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)),
-            out: crate::accel::linear(h, h, att.pp("out_proj"))?,
-            ln1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
-            ln2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: if erf { fc1.with_gelu_erf() } else { fc1 },
-            fc2: crate::accel::linear(cfg.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
-            act: (!erf).then_some(cfg.hidden_act),
-            heads: cfg.num_attention_heads,
-        })
-    }
-
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let d = c / self.heads;
-        // (3, b, heads, n, d) views of the fused projection: the fast path reads them in place.
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, d))?.permute((2, 0, 3, 1, 4))?;
-        let ctx = crate::accel::attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, (d as f64).powf(-0.5))?;
-        self.out.forward(&ctx)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (self.attention(&self.ln1.forward(x)?)? + x)?;
-        let mut m = self.fc1.forward(&self.ln2.forward(&h)?)?;
-        if let Some(act) = &self.act {
-            m = act.forward(&m)?;
-        }
-        self.fc2.forward(&m)? + h
-    }
-}
-
 /// HF `SiglipVisionModel` without its pooling head.
 #[derive(Debug, Clone)]
 pub struct SiglipVisionModel {
@@ -185,7 +141,7 @@ pub struct SiglipVisionModel {
     patch: Linear,
     /// (1, patches, hidden), always f32 (a bf16 run keeps only the Linear matrices in bf16).
     position_embedding: Tensor,
-    layers: Vec<SiglipLayer>,
+    encoder: VitEncoder,
     post_layernorm: LayerNorm,
 }
 
@@ -196,12 +152,11 @@ impl SiglipVisionModel {
         let (h, p) = (cfg.hidden_size, cfg.patch_size);
         let emb = vb.pp("embeddings");
         let position_embedding = emb.pp("position_embedding").get((cfg.num_patches(), h), "weight")?.to_dtype(DType::F32)?.unsqueeze(0)?;
-        let layers = (0..cfg.num_hidden_layers).map(|i| SiglipLayer::new(cfg, vb.pp("encoder").pp("layers").pp(i))).collect::<Result<_>>()?;
         Ok(Self {
             cfg: cfg.clone(),
             patch: super::vit_mae::patch_projection(&[cfg.num_channels, p, p], h, emb.pp("patch_embedding"))?,
             position_embedding,
-            layers,
+            encoder: VitEncoder::new(&cfg.block(), cfg.num_hidden_layers, vb.pp("encoder"))?,
             post_layernorm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
         })
     }
@@ -227,21 +182,12 @@ impl SiglipVisionModel {
     /// Every hidden state as HF `output_hidden_states`: the embeddings, then each layer's output
     /// (`num_hidden_layers + 1` tensors of (B, patches, hidden)); `post_layernorm` is not applied.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
-        self.forward_upto(pixel_values, self.layers.len())
+        self.encoder.forward(self.embed(pixel_values)?)
     }
 
     /// The hidden states `0..=last` only (VideoLLaMA2's layer −2 skips the last layer's work).
     pub fn forward_upto(&self, pixel_values: &Tensor, last: usize) -> Result<Vec<Tensor>> {
-        let last = last.min(self.layers.len());
-        let mut states = Vec::with_capacity(last + 1);
-        let mut x = self.embed(pixel_values)?;
-        for layer in &self.layers[..last] {
-            let next = layer.forward(&x)?;
-            states.push(x);
-            x = next;
-        }
-        states.push(x);
-        Ok(states)
+        self.encoder.forward_upto(self.embed(pixel_values)?, last)
     }
 
     /// HF `last_hidden_state`: the last layer's output after `post_layernorm`.

@@ -1,5 +1,5 @@
 //! VideoMAE's encoder as HF `VideoMAEModel` runs it (the temporal view in Emotion-LLaMA): tubelet patch
-//! embedding, a fixed sinusoidal position table, and the ViT blocks of [`super::vit_mae`] with VideoMAE's
+//! embedding, a fixed sinusoidal position table, and the ViT blocks of `vit_block` with VideoMAE's
 //! q/v-only attention bias.
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -8,8 +8,9 @@ use candle_nn::{Activation, LayerNorm, Module, VarBuilder};
 use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
 
+use super::vit_block::{HF_VIT, QkvBias, VitBlockSpec, VitEncoder};
 use super::vit_mae::{
-    QkvBias, VitBlockSpec, VitEncoder, check_image, check_patching, default_hidden_size, default_image_size,
+    check_image, check_patching, default_hidden_size, default_image_size,
     default_intermediate_size, default_layer_norm_eps, default_num_channels, default_num_heads, default_num_layers,
     default_patch_size, last_state, patch_projection, yes,
 };
@@ -88,6 +89,7 @@ impl VideoMAEConfig {
             eps: self.layer_norm_eps,
             act: self.hidden_act,
             bias: if self.qkv_bias { QkvBias::QueryValue } else { QkvBias::None },
+            names: &HF_VIT,
         }
     }
 

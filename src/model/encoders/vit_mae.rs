@@ -1,5 +1,5 @@
-//! ViT-MAE's encoder as HF `ViTMAEModel` runs it at inference (the local face view in Emotion-LLaMA), plus
-//! the pre-norm ViT block shared with VideoMAE.
+//! ViT-MAE's encoder as HF `ViTMAEModel` runs it at inference (the local face view in Emotion-LLaMA), with
+//! the pre-norm blocks of `vit_block`; and the patch and input helpers VideoMAE and SigLIP share.
 //!
 //! HF's `random_masking` keeps `(1 - mask_ratio)` of the patches in a random order even at mask_ratio 0;
 //! a feature extractor wants every patch in raster order, so `mask_ratio` is read but ignored here.
@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Activation, LayerNorm, Module, VarBuilder};
 
+use super::vit_block::{HF_VIT, QkvBias, VitBlockSpec, VitEncoder};
 use crate::accel::Linear;
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +108,7 @@ impl ViTMAEConfig {
             eps: self.layer_norm_eps,
             act: self.hidden_act,
             bias: if self.qkv_bias { QkvBias::PerProjection } else { QkvBias::None },
+            names: &HF_VIT,
         }
     }
 
@@ -158,139 +160,6 @@ pub fn sincos_2d_position_table(dim: usize, grid: usize, dtype: DType, dev: &Dev
         }
     }
     Tensor::from_vec(table, (1 + grid * grid, dim), dev)?.to_dtype(dtype)
-}
-
-/// How a checkpoint stores the attention input biases.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum QkvBias {
-    None,
-    /// `query.bias`, `key.bias`, `value.bias` (HF ViT, ViT-MAE).
-    PerProjection,
-    /// `q_bias` and `v_bias` beside the projections; the key has none (VideoMAE, BEiT).
-    QueryValue,
-}
-
-/// The shape of one pre-norm ViT block.
-#[derive(Debug, Clone)]
-pub(crate) struct VitBlockSpec {
-    pub hidden_size: usize,
-    pub num_heads: usize,
-    pub intermediate_size: usize,
-    pub eps: f64,
-    pub act: Activation,
-    pub bias: QkvBias,
-}
-
-impl VitBlockSpec {
-    pub fn validate(&self, model: &str) -> Result<()> {
-        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
-            candle_core::bail!(
-                "{model} hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size,
-                self.num_heads
-            );
-        }
-        Ok(())
-    }
-}
-
-/// HF `ViTLayer` (ViT-MAE, VideoMAE): `x + attn(ln_before(x))`, then `h + mlp(ln_after(h))`. The three
-/// input projections are fused into one matmul at load time.
-#[derive(Debug, Clone)]
-struct VitLayer {
-    qkv: Linear,
-    out: Linear,
-    ln_before: LayerNorm,
-    ln_after: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    /// `None` when fused into `fc1` (the exact GELU).
-    act: Option<Activation>,
-    heads: usize,
-}
-
-impl VitLayer {
-    fn new(spec: &VitBlockSpec, vb: VarBuilder) -> Result<Self> {
-        let h = spec.hidden_size;
-        let att = vb.pp("attention").pp("attention");
-        let weights = ["query", "key", "value"]
-            .iter()
-            .map(|n| att.pp(*n).get((h, h), "weight"))
-            .collect::<Result<Vec<_>>>()?;
-        let bias = match spec.bias {
-            QkvBias::None => None,
-            QkvBias::PerProjection => {
-                let b = ["query", "key", "value"].iter().map(|n| att.pp(*n).get(h, "bias")).collect::<Result<Vec<_>>>()?;
-                Some(Tensor::cat(&b, 0)?)
-            }
-            QkvBias::QueryValue => {
-                let q = att.get(h, "q_bias")?;
-                let v = att.get(h, "v_bias")?;
-                Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
-            }
-        };
-        Ok(Self {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, bias),
-            out: crate::accel::linear(h, h, vb.pp("attention").pp("output").pp("dense"))?,
-            ln_before: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_before"))?,
-            ln_after: candle_nn::layer_norm(h, spec.eps, vb.pp("layernorm_after"))?,
-            fc1: {
-                let fc1 = crate::accel::linear(h, spec.intermediate_size, vb.pp("intermediate").pp("dense"))?;
-                if spec.act == Activation::Gelu { fc1.with_gelu_erf() } else { fc1 }
-            },
-            fc2: crate::accel::linear(spec.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            act: (spec.act != Activation::Gelu).then_some(spec.act),
-            heads: spec.num_heads,
-        })
-    }
-
-    fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let d = c / self.heads;
-        // (3, b, heads, n, d) views of the fused projection: the fast path reads them in place.
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, d))?.permute((2, 0, 3, 1, 4))?;
-        let ctx = crate::accel::attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, (d as f64).powf(-0.5))?;
-        self.out.forward(&ctx)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (self.attention(&self.ln_before.forward(x)?)? + x)?;
-        let mut m = self.fc1.forward(&self.ln_after.forward(&h)?)?;
-        if let Some(act) = &self.act {
-            m = act.forward(&m)?;
-        }
-        let m = self.fc2.forward(&m)?;
-        m + h
-    }
-}
-
-/// HF `ViTEncoder`: the stack of blocks under `encoder.layer.N`.
-#[derive(Debug, Clone)]
-pub(crate) struct VitEncoder {
-    layers: Vec<VitLayer>,
-}
-
-impl VitEncoder {
-    /// `vb` at `encoder`.
-    pub fn new(spec: &VitBlockSpec, num_layers: usize, vb: VarBuilder) -> Result<Self> {
-        let vb = vb.pp("layer");
-        let layers = (0..num_layers).map(|i| VitLayer::new(spec, vb.pp(i))).collect::<Result<_>>()?;
-        Ok(Self { layers })
-    }
-
-    /// The embeddings followed by every layer's output (HF `output_hidden_states`).
-    pub fn forward(&self, embeddings: Tensor) -> Result<Vec<Tensor>> {
-        let mut states = Vec::with_capacity(self.layers.len() + 1);
-        states.push(embeddings);
-        for layer in &self.layers {
-            let next = match states.last() {
-                Some(x) => layer.forward(x)?,
-                None => candle_core::bail!("internal: empty hidden-state list"),
-            };
-            states.push(next);
-        }
-        Ok(states)
-    }
 }
 
 /// A convolution whose stride equals its kernel is a matmul over flattened patches: the checkpoint's
