@@ -3,6 +3,7 @@
 //! Data flow: dataset card → [`data::source`] → samples → [`media`] decode → encoders → projectors →
 //! LLaMA (input embeddings with spliced multimodal tokens) → loss (train) | text → label ([`eval`]).
 
+pub mod annotate;
 pub mod data;
 pub mod device;
 pub mod dist;

@@ -29,6 +29,7 @@ enum Command {
     Probe(cli::probe::Args),
     Doctor(cli::doctor::Args),
     Predict(cli::predict::Args),
+    Annotate(cli::annotate::Args),
     Import(cli::import::Args),
     Serve(cli::serve::Args),
 }
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // Its own exit statuses: 3 when some clips failed.
         Command::Predict(a) => return a.run_with_status(),
+        Command::Annotate(a) => return a.run_with_status(),
         Command::Run(a) => a.run(),
         Command::Recipe(a) => a.run(),
         Command::Registry(a) => a.run(),

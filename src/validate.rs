@@ -63,6 +63,12 @@ pub fn validate_for_plan(loaded: &LoadedRecipe, reg: &Registry) -> (Vec<RecipeEr
             err(&format!("data.roots.{name}"), format!("no dataset card `{name}` (datasets/{name}.toml)"));
         }
     }
+    if r.eval.calibrate && r.model.use_av {
+        err("eval.calibrate", "calibrating the class scores needs a content-free prompt, which media tokens are not: set `model.use_av = false` (a text-only model such as recipes/zero_shot.toml), or `eval.calibrate = false`".into());
+    }
+    if r.prompt.turn == crate::recipe::PromptTurn::Text && r.model.use_av {
+        err("prompt.turn", "`text` has no place for the media tokens: set `model.use_av = false`, or another turn layout".into());
+    }
     match reg.dataset(&r.data.dataset) {
         Ok((_, card)) => {
             deferred.extend(source_unavailable("data.dataset".into(), card, &r.data.roots));

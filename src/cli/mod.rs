@@ -1,6 +1,7 @@
 //! The command line: one module per command, each a clap `Args` struct with `run(self)`; `main.rs` parses
 //! and dispatches. Helpers shared by several commands live here.
 
+pub mod annotate;
 pub mod data;
 pub mod doctor;
 pub mod eval;

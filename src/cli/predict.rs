@@ -127,6 +127,7 @@ impl Args {
             transcript: mode,
             asr: asr.as_ref().map(|a| a as &dyn predict::SpeechToText),
             show_progress,
+            caption: false,
         };
         let mut sink = predict::output::LineSink::open(self.out.as_deref())?;
         tracing::info!(clips = clips.len(), finished_before = sink.finished_before(), model = %model.described, "predicting");

@@ -65,3 +65,21 @@ pub struct Layout {
 fn default_splits() -> Vec<String> {
     vec!["train".into(), "val".into(), "test".into()]
 }
+
+/// The label of `labels` a word names: the label itself, or through a small synonym table ("furious" →
+/// angry, "fear" → worried, "surprised" → surprise), when the card has that label. Lower-case words.
+pub fn canonical_label(word: &str, labels: &[&str]) -> Option<String> {
+    if labels.contains(&word) {
+        return Some(word.to_string());
+    }
+    let mapped = match word {
+        "anger" | "angrily" | "furious" | "mad" | "annoyed" => "angry",
+        "happiness" | "joy" | "joyful" | "glad" | "cheerful" => "happy",
+        "sadness" | "sorrow" | "unhappy" | "upset" => "sad",
+        "worry" | "anxious" | "anxiety" | "nervous" | "fear" | "fearful" | "afraid" | "scared" => "worried",
+        "surprised" | "astonished" | "amazed" => "surprise",
+        "calm" | "neutrality" => "neutral",
+        _ => return None,
+    };
+    labels.contains(&mapped).then(|| mapped.to_string())
+}

@@ -76,17 +76,35 @@ pub struct ClipCues {
 impl ClipCues {
     /// The cues as sentences for a prompt.
     pub fn describe(&self) -> String {
+        self.describe_for(&[])
+    }
+
+    /// [`Self::describe`] with each expression that a label of `labels` names under another word given that
+    /// label too ("fearful (worried)" for the MER classes), so the LLM reads the card's vocabulary.
+    pub fn describe_for(&self, labels: &[&str]) -> String {
+        let adjective = |label: &str| -> String {
+            let adj = adjective(label);
+            match super::card::canonical_label(label, labels) {
+                Some(card) if !adj.starts_with(card.as_str()) => format!("{adj} ({card})"),
+                _ => adj.to_string(),
+            }
+        };
         let mut parts = Vec::new();
         if let Some(f) = &self.face {
             if f.frames_scored == 0 {
                 parts.push("Face: no face is visible.".to_string());
             } else {
-                let mut s = format!("Face: {}", f.timeline);
-                if let Some(d) = &f.dominant_text {
-                    s += &format!("; mostly {d}");
+                let mut s = format!("Face: {}", f.spoken_timeline(&adjective));
+                if let Some(d) = &f.dominant {
+                    let share = (f.dominant_share * 100.0).round();
+                    s += &match (f.ambiguous, f.segments.len()) {
+                        (true, _) => format!("; no clear main expression ({} in {share}% of frames)", adjective(d)),
+                        (false, 1) => String::new(),
+                        (false, _) => format!("; {} in {share}% of frames", adjective(d)),
+                    };
                 }
                 if let (Some(t), Some(e)) = (f.peak_s, &f.peak_expression) {
-                    s += &format!("; at the peak frame ({t:.1} s) the face looks {e}");
+                    s += &format!("; at the most expressive moment ({t:.1} s) the face looks {}", adjective(e));
                 }
                 parts.push(format!("{s}."));
             }
@@ -98,6 +116,38 @@ impl ClipCues {
             return "No face or voice cues.".into();
         }
         parts.join(" ")
+    }
+}
+
+/// A FER label as the adjective the cue sentences use ("fear" → "fearful").
+pub fn adjective(label: &str) -> &str {
+    match label {
+        "disgust" => "disgusted",
+        "fear" => "fearful",
+        "surprise" => "surprised",
+        other => other,
+    }
+}
+
+impl FaceCues {
+    /// The timeline in words (`adjective` of each label): "sad for the first 2.0 s, then happy until the end
+    /// (4.8 s)"; one segment: "happy throughout (4.8 s)".
+    pub fn spoken_timeline(&self, adjective: &dyn Fn(&str) -> String) -> String {
+        let last = self.segments.len().saturating_sub(1);
+        if self.segments.len() <= 1 {
+            return self.segments.first().map(|s| format!("{} throughout ({:.1} s)", adjective(&s.label), s.end_s)).unwrap_or_else(|| self.timeline.clone());
+        }
+        let parts: Vec<String> = self
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match i {
+                0 => format!("{} for the first {:.1} s", adjective(&s.label), s.end_s),
+                _ if i == last => format!("then {} until the end ({:.1} s)", adjective(&s.label), s.end_s),
+                _ => format!("then {} from {:.1} s to {:.1} s", adjective(&s.label), s.start_s, s.end_s),
+            })
+            .collect();
+        parts.join(", ")
     }
 }
 

@@ -32,22 +32,7 @@ pub fn extract_label(text: &str, labels: &[&str], rule: LabelExtraction) -> Opti
 /// Phrases after which an answer names its label.
 const CUES: [&str; 4] = ["emotional state is", "emotion is", "emotional state of", "feeling is"];
 
-/// Maps a word to a label in `labels`, through a small synonym table.
-fn canonical(word: &str, labels: &[&str]) -> Option<String> {
-    if labels.contains(&word) {
-        return Some(word.to_string());
-    }
-    let mapped = match word {
-        "anger" | "angrily" | "furious" | "mad" | "annoyed" => "angry",
-        "happiness" | "joy" | "joyful" | "glad" | "cheerful" => "happy",
-        "sadness" | "sorrow" | "unhappy" | "upset" => "sad",
-        "worry" | "anxious" | "anxiety" | "nervous" | "fear" | "afraid" => "worried",
-        "surprised" | "astonished" | "amazed" => "surprise",
-        "calm" | "neutrality" => "neutral",
-        _ => return None,
-    };
-    labels.contains(&mapped).then(|| mapped.to_string())
-}
+use crate::data::card::canonical_label as canonical;
 
 #[cfg(test)]
 mod tests {

@@ -118,6 +118,14 @@ fn predict_shard(ctx: &EvalContext, items: &[usize], task: crate::recipe::Task) 
     let opts = GenerateOptions::greedy(e.max_new_tokens);
     let by_scores = e.label_extraction == crate::recipe::LabelExtraction::Scores;
     let candidates = if by_scores { ctx.labels.iter().map(|l| ctx.tokenizer.encode(&crate::model::prompt::normalise_answer(l))).collect::<Result<Vec<_>, _>>()? } else { Vec::new() };
+    // Contextual calibration: the classes' log-likelihoods after the content-free prompt, once.
+    let content_free = if by_scores && e.calibrate {
+        let text = batch::content_free_text(ctx.recipe, task, instruction, &ctx.template);
+        let prompt = batch::tokenize_eval(ctx.tokenizer, &text, ctx.recipe.prompt.eval_layout)?;
+        Some(crate::model::class_scores::candidate_log_likelihoods(ctx.model, &prompt, None, &candidates)?)
+    } else {
+        None
+    };
     let mut out = Vec::with_capacity(items.len());
     for &i in items {
         bar.inc(1);
@@ -135,7 +143,10 @@ fn predict_shard(ctx: &EvalContext, items: &[usize], task: crate::recipe::Task) 
         let mm = media.tokens(ctx.model, true, true, false)?;
         let (label, generated) = if by_scores {
             // The most likely class word; the text lists every class's probability.
-            let ll = crate::model::class_scores::candidate_log_likelihoods(ctx.model, &prompt, mm.as_ref(), &candidates)?;
+            let mut ll = crate::model::class_scores::candidate_log_likelihoods(ctx.model, &prompt, mm.as_ref(), &candidates)?;
+            if let Some(cf) = &content_free {
+                ll = crate::model::class_scores::calibrate(&ll, cf);
+            }
             let p = crate::model::class_scores::probabilities(&ll);
             let best = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, _)| ctx.labels[k].clone());
             (best, labels.iter().zip(&p).map(|(l, v)| format!("{l} {v:.3}")).collect::<Vec<_>>().join(", "))

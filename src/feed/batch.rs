@@ -27,6 +27,16 @@ pub fn prompt_text(sample: &Sample, task: Task, instruction: &str, template: &Ch
     template.prompt_with(prompt::ClipText { cues: sample.cues.as_deref(), transcript }, task.name(), instruction)
 }
 
+/// The content-free prompt of contextual calibration (`eval.calibrate`): as [`prompt_text`] with the clip's
+/// words (its cues, its transcript, as the recipe includes them) replaced by "N/A".
+pub fn content_free_text(r: &crate::recipe::Recipe, task: Task, instruction: &str, template: &ChatTemplate) -> String {
+    let na = crate::model::class_scores::CONTENT_FREE;
+    // The cue sentences keep their frame ("Face: ... Voice: ..."), with nothing in it.
+    let cues = format!("Face: {na}. Voice: {na}.");
+    let clip = prompt::ClipText { cues: r.prompt.cues.then_some(cues.as_str()), transcript: r.prompt.transcript.included().then_some(na) };
+    template.prompt_with(clip, task.name(), instruction)
+}
+
 pub fn tokenize(tok: &TextTokenizer, prompt: &str, answer: Option<&str>) -> std::result::Result<TokenizedPrompt, TokenizerError> {
     let answer_ids = match answer {
         Some(a) => tok.encode(a)?,

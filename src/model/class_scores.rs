@@ -40,6 +40,17 @@ pub fn candidate_log_likelihoods(model: &EmotionModel, prompt: &TokenizedPrompt,
     Ok(out)
 }
 
+/// The clip's words in a content-free prompt for [`calibrate`]: what the prompt says when it says nothing.
+pub const CONTENT_FREE: &str = "N/A";
+
+/// Contextual calibration (Zhao et al., 2021, "Calibrate Before Use"): each class's log-likelihood minus
+/// its log-likelihood after a content-free prompt (the same prompt with the clip's words replaced by
+/// [`CONTENT_FREE`]), which removes the LLM's prior preference for some class words, e.g. a small
+/// model's "happy".
+pub fn calibrate(log_likelihoods: &[f64], content_free: &[f64]) -> Vec<f64> {
+    log_likelihoods.iter().zip(content_free).map(|(l, c)| l - c).collect()
+}
+
 /// Softmax over log-likelihoods (stable for very negative values).
 pub fn probabilities(log_likelihoods: &[f64]) -> Vec<f64> {
     let max = log_likelihoods.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -55,6 +66,15 @@ fn log_softmax_row(logits: &Tensor) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_removes_the_content_free_preference() {
+        // A model that prefers class 0 by ln 4 whatever the input ranks them equally after calibration.
+        let prior = [4f64.ln(), 0.0];
+        assert_eq!(probabilities(&calibrate(&prior, &prior)), vec![0.5, 0.5]);
+        let p = probabilities(&calibrate(&[4f64.ln(), 2f64.ln()], &prior));
+        assert!((p[1] - 2.0 / 3.0).abs() < 1e-12, "{p:?}");
+    }
 
     #[test]
     fn probabilities_are_a_stable_softmax() {

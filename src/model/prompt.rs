@@ -64,6 +64,8 @@ pub enum TurnLayout {
     /// VideoLLaMA2's `<video>\n{question}`: every multimodal token (video, then audio) where `<video>` is,
     /// then the transcript line and the instruction.
     VideoLlama2,
+    /// The clip's words and the instruction, no media tokens.
+    Text,
 }
 
 impl TurnLayout {
@@ -71,6 +73,16 @@ impl TurnLayout {
         match family {
             crate::recipe::Family::VideoLlama2Av => Self::VideoLlama2,
             _ => Self::EmotionLlama,
+        }
+    }
+
+    /// The recipe's `prompt.turn`, `auto` being the family's.
+    pub fn chosen(r: &crate::recipe::Recipe) -> Self {
+        match r.prompt.turn {
+            crate::recipe::PromptTurn::Auto => Self::of(r.model.family()),
+            crate::recipe::PromptTurn::EmotionLlama => Self::EmotionLlama,
+            crate::recipe::PromptTurn::Videollama2 => Self::VideoLlama2,
+            crate::recipe::PromptTurn::Text => Self::Text,
         }
     }
 }
@@ -99,6 +111,7 @@ impl ChatTemplate {
         match self.turn {
             TurnLayout::EmotionLlama => self.wrap(&emotion_llama_turn(&clip.line(), task, instruction)),
             TurnLayout::VideoLlama2 => self.wrap(&videollama2_turn(&clip.line(), instruction)),
+            TurnLayout::Text => self.wrap(&format!("{}{instruction}", clip.line())),
         }
     }
 

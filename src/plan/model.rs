@@ -306,7 +306,7 @@ fn resolve_llm(recipe: &Recipe, registry: &Registry, warnings: &mut Vec<String>)
         config,
         config_from,
         pretrained,
-        template: ChatTemplate { kind, system: system.filter(|_| kind == Template::Chatml), turn: crate::model::prompt::TurnLayout::of(recipe.model.family()) },
+        template: ChatTemplate { kind, system: system.filter(|_| kind == Template::Chatml), turn: crate::model::prompt::TurnLayout::chosen(recipe) },
         word_level,
         lora,
     })

@@ -107,6 +107,8 @@ pub struct PredictOptions<'a> {
     pub transcript: TranscriptMode,
     pub asr: Option<&'a dyn SpeechToText>,
     pub show_progress: bool,
+    /// Also generate the coarse caption (the `description` task's instruction), as `annotate` does.
+    pub caption: bool,
 }
 
 /// What a whole invocation did.
@@ -287,6 +289,8 @@ struct Context<'a> {
     wants_transcript: bool,
     /// `[prompt] cues`: the face front end the cues use, and their cache.
     cues: Option<(crate::media::face::FaceFrontEnd, crate::data::cues::CueCache)>,
+    /// `eval.calibrate`: the class words' log-likelihoods after the content-free emotion prompt.
+    content_free: Option<Vec<f64>>,
 }
 
 /// A clip fetched, probed and decoded (on a worker thread), before the model.
@@ -322,6 +326,13 @@ impl<'a> Context<'a> {
     if opts.transcript == TranscriptMode::Asr && opts.asr.is_none() {
         return Err(PredictError::Setup("--transcript asr: no speech-to-text model is loaded".into()));
     }
+    let content_free = if r.eval.calibrate {
+        let text = batch::content_free_text(r, Task::Emotion, first_instruction(r, Task::Emotion), &model.template);
+        let prompt = batch::tokenize_eval(&model.tokenizer, &text, r.prompt.eval_layout).map_err(|e| PredictError::Setup(format!("tokenizing the content-free prompt: {e}")))?;
+        Some(class_scores::candidate_log_likelihoods(&model.built.model, &prompt, None, &candidates).map_err(|e| PredictError::Setup(format!("the content-free class scores: {e}")))?)
+    } else {
+        None
+    };
     let cues = if r.prompt.cues {
         let fe = crate::run::data::cue_front_end(r).map_err(|e| PredictError::Setup(format!("the cues' face front end: {e}")))?;
         let cache = crate::data::cues::CueCache::new(&cache_root, &fe);
@@ -339,6 +350,7 @@ impl<'a> Context<'a> {
         candidates,
         wants_transcript: r.prompt.transcript.included(),
         cues,
+        content_free,
     })
     }
 }
@@ -507,7 +519,8 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
         stage(on, "cues", "the expression timeline and the voice")?;
         let t = Instant::now();
         let cues = cache.get_or_extract(&p.local, &p.media_hash, fe).map_err(|e| format!("cues: {e}"))?;
-        cue_text = Some(cues.describe());
+        let labels: Vec<&str> = m.labels.iter().map(String::as_str).collect();
+        cue_text = Some(cues.describe_for(&labels));
         line.cues = Some(cues);
         timings.cues_s = t.elapsed().as_secs_f64();
     }
@@ -522,17 +535,22 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
 
     let labels: Vec<&str> = m.labels.iter().map(String::as_str).collect();
     let tok_err = |e: crate::model::tokenizer::TokenizerError| format!("tokenizing the prompt: {e}");
-    let score = |prompt: &crate::model::multimodal::TokenizedPrompt| -> Result<BTreeMap<String, f64>, String> {
-        let ll = class_scores::candidate_log_likelihoods(&m.built.model, prompt, mm.as_ref(), &ctx.candidates).map_err(|e| format!("class scores: {e}"))?;
+    // `calibrated`: after the emotion question, with `eval.calibrate` (the content-free prompt is that one).
+    let score_with = |prompt: &crate::model::multimodal::TokenizedPrompt, calibrated: bool| -> Result<BTreeMap<String, f64>, String> {
+        let mut ll = class_scores::candidate_log_likelihoods(&m.built.model, prompt, mm.as_ref(), &ctx.candidates).map_err(|e| format!("class scores: {e}"))?;
+        if let (true, Some(cf)) = (calibrated, &ctx.content_free) {
+            ll = class_scores::calibrate(&ll, cf);
+        }
         Ok(m.labels.iter().cloned().zip(class_scores::probabilities(&ll)).collect())
     };
+    let score = |prompt: &crate::model::multimodal::TokenizedPrompt| score_with(prompt, false);
     // The direct question: the class words after the emotion instruction.
     let mut emotion_scores = None;
     if ctx.opts.task.scores() {
         stage(on, "scores", "the likelihood of each class word")?;
         let t = Instant::now();
         let text = m.template.prompt_with(clip_text, Task::Emotion.name(), first_instruction(r, Task::Emotion));
-        emotion_scores = Some(score(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?)?);
+        emotion_scores = Some(score_with(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?, true)?);
         timings.scores_s += t.elapsed().as_secs_f64();
     }
     if ctx.opts.task.reasoning() {
@@ -583,13 +601,23 @@ fn run_model(ctx: &Context, clip: &Clip, p: Prepared, line: &mut PredictionLine,
         }
         line.reasoning = Some(generated);
     }
+    if ctx.opts.caption {
+        let t = Instant::now();
+        stage(on, "caption", "the coarse caption")?;
+        let text = m.template.prompt_with(clip_text, Task::Description.name(), first_instruction(r, Task::Description));
+        let prompt = batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(r.seed);
+        let ids = generate_one_streaming(&m.built.model, &prompt, mm.as_ref(), &GenerateOptions::greedy(r.eval.max_new_tokens), &mut rng, &mut |_| true).map_err(|e| format!("caption: {e}"))?;
+        line.caption = Some(m.tokenizer.decode(&ids).map_err(|e| format!("decoding the caption: {e}"))?.trim().to_string());
+        timings.generate_s += t.elapsed().as_secs_f64();
+    }
     if line.scores.is_none() {
         let scores = match emotion_scores.take() {
             Some(s) => s,
             None => {
                 let t = Instant::now();
                 let text = m.template.prompt_with(clip_text, Task::Emotion.name(), first_instruction(r, Task::Emotion));
-                let s = score(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?)?;
+                let s = score_with(&batch::tokenize_eval(&m.tokenizer, &text, r.prompt.eval_layout).map_err(tok_err)?, true)?;
                 timings.scores_s += t.elapsed().as_secs_f64();
                 s
             }

@@ -48,9 +48,18 @@ fn bad(model: &Path, detail: impl std::fmt::Display) -> PredictError {
     PredictError::Model { model: model.display().to_string(), detail: detail.to_string() }
 }
 
+/// `--model` names of the project's own models: the recipe each stands for (found like the registries:
+/// from here up, else the build's source tree).
+pub const NAMED_MODELS: [(&str, &str); 1] = [("zero-shot", "recipes/zero_shot.toml")];
+
 fn locate(model: &Path) -> Result<Located, PredictError> {
+    if let Some((name, recipe)) = NAMED_MODELS.iter().find(|(n, _)| model == Path::new(n)).filter(|_| !model.exists()) {
+        let root = Registry::discover(Path::new(".")).map_err(|e| bad(model, e))?.root;
+        let recipe = root.join(recipe);
+        return Ok(Located { described: format!("{name} ({})", recipe.display()), recipe, params: None, tokenizer: None });
+    }
     if !model.exists() {
-        return Err(bad(model, "does not exist (give a run directory, a checkpoint, an imported model's directory or a recipe)"));
+        return Err(bad(model, "does not exist (give a run directory, a checkpoint, an imported model's directory, a recipe, or `zero-shot`)"));
     }
     if model.is_file() && model.extension().is_some_and(|e| e == "toml") {
         return Ok(Located { recipe: model.to_path_buf(), params: None, tokenizer: None, described: format!("recipe {}", model.display()) });
@@ -89,7 +98,7 @@ impl PredictModel {
             at.described = format!("{} with eval.checkpoint {}", at.described, p.display());
             (at.params, at.tokenizer) = (Some(p), t);
         }
-        if at.params.is_none() {
+        if at.params.is_none() && !r.prompt.cues {
             tracing::warn!(recipe = %at.recipe.display(), "no trained parameters: predicting with the model as the recipe builds it (untrained projectors and adapters)");
         }
         let device = crate::run::model::device_for(r).map_err(|e| bad(model, e))?;
@@ -97,7 +106,7 @@ impl PredictModel {
         crate::accel::set_inference(r.runtime.resolved_inference_precision(), threads);
 
         let mut llm = LlmSpec::resolve(&registry, &r.model.llm).map_err(|e| bad(model, e))?;
-        let template = llm.chat_template(Template::chosen(r.prompt.template, llm.template)).with_turn(crate::model::prompt::TurnLayout::of(r.model.family()));
+        let template = llm.chat_template(Template::chosen(r.prompt.template, llm.template)).with_turn(crate::model::prompt::TurnLayout::chosen(r));
         let tokenizer = match llm.tokenizer().map_err(|e| bad(model, e))? {
             Some(t) => t,
             None => match &at.tokenizer {
@@ -135,7 +144,9 @@ impl PredictModel {
 /// sha256 over what decides the model's answers: the resolved recipe, the vocabulary and the parameters.
 fn fingerprint(r: &Recipe, tokenizer: &TextTokenizer, params: Option<&Path>) -> Result<String, String> {
     let mut h = Sha256::new();
-    h.update(toml::to_string(r).map_err(|e| e.to_string())?.as_bytes());
+    // `[annotate]` says which clips, not how they are answered.
+    let answering = Recipe { annotate: None, ..r.clone() };
+    h.update(toml::to_string(&answering).map_err(|e| e.to_string())?.as_bytes());
     h.update(tokenizer.vocab_size().to_le_bytes());
     if let Some(p) = params {
         h.update(crate::storage::cache::sha256_file(p).map_err(|e| format!("{}: {e}", p.display()))?.as_bytes());

@@ -65,6 +65,9 @@ pub struct PredictionLine {
     pub emotion_prompt_scores: Option<BTreeMap<String, f64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    /// The coarse caption (`annotate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transcript: Option<String>,
     pub transcript_source: Option<TranscriptSource>,

@@ -97,6 +97,23 @@ pub enum Family {
 }
 recipe_names!(Family { Auto => "auto", Plain => "plain", EmotionLlama => "emotion_llama", VideoLlama2Av => "videollama2_av" });
 
+/// `prompt.turn`: how the user turn lays out the media tokens, the clip's words (cues, transcript) and
+/// the instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptTurn {
+    /// The family's: `videollama2` for `videollama2_av`, else `emotion_llama`.
+    #[default]
+    Auto,
+    /// `<video><VideoHere></video> <feature><FeatureHere></feature> {words} [task] {instruction}`.
+    EmotionLlama,
+    /// `<VideoHere><FeatureHere>\n{words}{instruction}`.
+    Videollama2,
+    /// `{words}{instruction}`: no media tokens (`model.use_av = false`), e.g. the zero-shot model.
+    Text,
+}
+recipe_names!(PromptTurn { Auto => "auto", EmotionLlama => "emotion_llama", Videollama2 => "videollama2", Text => "text" });
+
 /// `model.projector`: the encoder-to-LLM projector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

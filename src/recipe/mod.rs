@@ -11,7 +11,7 @@ pub mod remote;
 pub mod schema;
 pub mod suggest;
 
-pub use choices::{Distributed, EvalLayout, Family, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
+pub use choices::{Distributed, EvalLayout, Family, InferencePrecision, InstructionSet, Modality, ProjectorKind, PromptTurn, RunDtype, Task, TranscriptSetting, ValidationMetric};
 pub use error::RecipeError;
 pub use load::{load_recipe, FileRecord, LoadedRecipe};
 pub use schema::*;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::FrameSampling;
-use super::choices::{Distributed, EvalLayout, Family, InferencePrecision, InstructionSet, Modality, ProjectorKind, RunDtype, Task, TranscriptSetting, ValidationMetric};
+use super::choices::{Distributed, EvalLayout, Family, InferencePrecision, InstructionSet, Modality, ProjectorKind, PromptTurn, RunDtype, Task, TranscriptSetting, ValidationMetric};
 
 /// A whole run: data, model, prompt, training stages and evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +36,31 @@ pub struct Recipe {
     /// Optional processing between decoding and the encoders (face crops, peak frame).
     #[serde(skip_serializing_if = "FrontEnd::is_off")]
     pub front_end: FrontEnd,
+    /// `emollama annotate`: which clips get pseudo-labels and where they go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotate: Option<Annotate>,
+}
+
+/// `[annotate]`: the clips `emollama annotate` labels with the recipe's model (the zero-shot one:
+/// cues, caption, reasoning, label, confidence), written as a `jsonl` dataset with its card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Annotate {
+    /// Splits of `data.dataset` to annotate (empty: every split of its card).
+    pub splits: Vec<String>,
+    /// Output directory (`manifest.jsonl`, `errors.jsonl`, the card `<name>.toml`, `annotate.json`,
+    /// `media/`); relative to the working directory. `--out` overrides it.
+    pub out: String,
+    /// The annotated dataset's name (default `<data.dataset>-annotated`).
+    pub name: String,
+    /// At most this many clips per split (0 = all).
+    pub limit: usize,
+}
+
+impl Default for Annotate {
+    fn default() -> Self {
+        Self { splits: Vec::new(), out: "annotations".into(), name: String::new(), limit: 0 }
+    }
 }
 
 /// One `extends` entry: a path or URI, or a table with the URI and the sha256 its content must have.
@@ -82,6 +107,7 @@ impl Default for Recipe {
             eval: Eval::default(),
             storage: Default::default(),
             front_end: FrontEnd::default(),
+            annotate: None,
         }
     }
 }
@@ -318,6 +344,9 @@ pub struct Prompt {
     /// timeline from `[front_end.face]` (its defaults when absent) and voice measurements, cached per clip.
     /// What the zero-shot model reads (`recipes/zero_shot.toml`).
     pub cues: bool,
+    /// The user turn's layout: `auto` (the family's), `emotion_llama`, `videollama2`, or `text` (no media
+    /// tokens; needs `model.use_av = false`).
+    pub turn: PromptTurn,
     /// Default instruction pools: `emollama` (6 labels, with the `description` task) or `emotion_llama`
     /// (the reference's pools verbatim: the 9-label emotion prompt, the 5 reason prompts).
     pub instruction_set: InstructionSet,
@@ -377,6 +406,7 @@ impl Default for Prompt {
             template: PromptTemplate::Auto,
             transcript: TranscriptSetting::Dataset,
             cues: false,
+            turn: PromptTurn::Auto,
             instruction_set: InstructionSet::Emollama,
             instructions: Default::default(),
             eval_layout: EvalLayout::Training,
@@ -610,6 +640,10 @@ pub struct Eval {
     pub task: Task,
     pub max_new_tokens: usize,
     pub label_extraction: LabelExtraction,
+    /// Class scores (`label_extraction = "scores"`, `predict`'s scores after the emotion question) with
+    /// contextual calibration: each class word's log-likelihood minus its log-likelihood when the clip's
+    /// words (cues, transcript) are replaced by "N/A". Text-only models (`model.use_av = false`).
+    pub calibrate: bool,
     /// Metric names from the registry.
     pub metrics: Vec<String>,
     /// Evaluate at most this many samples (0 = all).
@@ -629,6 +663,7 @@ impl Default for Eval {
             task: Task::Reason,
             max_new_tokens: 40,
             label_extraction: LabelExtraction::NearestEnd,
+            calibrate: false,
             metrics: vec!["weighted_f1".into(), "accuracy".into(), "macro_f1".into(), "confusion_matrix".into()],
             limit: 0,
             checkpoint: String::new(),

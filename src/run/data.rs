@@ -45,7 +45,7 @@ impl RunData {
             transcribe_pool(&mut pool, &storage, &cache, r.data.on_error, show_progress)?;
         }
         if r.prompt.cues {
-            describe_pool(&mut pool, r, &storage, &cache, show_progress)?;
+            describe_pool(&mut pool, r, &card.labels, &storage, &cache, show_progress)?;
         }
         let spec = decode_spec(r, storage, threads, show_progress)?;
         Ok(Self { pool, pool_dataset, labels: card.labels.clone(), spec, cache })
@@ -102,15 +102,16 @@ pub fn cue_front_end(r: &crate::recipe::Recipe) -> Result<crate::media::face::Fa
 /// `prompt.cues = true`: each sample's face and voice described in words ([`crate::data::cues`]), cached
 /// by face settings and file content. A clip that cannot be read is an error under `data.on_error =
 /// "fail"`, else it gets no cues (logged).
-fn describe_pool(pool: &mut [Sample], r: &crate::recipe::Recipe, storage: &Storage, cache: &std::path::Path, show_progress: bool) -> Result<(), RunError> {
+fn describe_pool(pool: &mut [Sample], r: &crate::recipe::Recipe, labels: &[String], storage: &Storage, cache: &std::path::Path, show_progress: bool) -> Result<(), RunError> {
     let fe = cue_front_end(r)?;
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
     let cues = crate::data::cues::CueCache::new(cache, &fe);
     let bar = crate::progress::bar(pool.len() as u64, "cues", show_progress);
     for s in pool.iter_mut() {
         let one = || -> Result<String, String> {
             let path = storage.local(&s.media).map_err(|e| e.to_string())?;
             let hash = crate::storage::cache::sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(cues.get_or_extract(&path, &hash, &fe)?.describe())
+            Ok(cues.get_or_extract(&path, &hash, &fe)?.describe_for(&labels))
         };
         match one() {
             Ok(text) => s.cues = Some(text),

@@ -36,7 +36,7 @@ impl RunModel {
         let r = &loaded.recipe;
         let mut llm = LlmSpec::resolve(registry, &r.model.llm).map_err(|e| BuildError::from(Box::new(e)))?;
         let kind = Template::chosen(r.prompt.template, llm.template);
-        let template = llm.chat_template(kind).with_turn(crate::model::prompt::TurnLayout::of(r.model.family()));
+        let template = llm.chat_template(kind).with_turn(crate::model::prompt::TurnLayout::chosen(r));
         tracing::info!(llm = %llm.name, weights = %llm.describe(), template = ?kind, "LLM");
         let saved_tokenizer = run.dir.join("tokenizer.json");
         let eval_from = if r.eval.checkpoint.is_empty() { None } else { Some(eval_checkpoint(Path::new(&r.eval.checkpoint))?) };

@@ -127,6 +127,7 @@ fn run(config: ServeConfig, jobs: std::sync::mpsc::Receiver<Job>, ready: std::sy
         transcript: config.transcript,
         asr: asr.as_ref().map(|a| a as &dyn SpeechToText),
         show_progress: false,
+        caption: false,
     };
     let predictor = match Predictor::new(&model, &opts) {
         Ok(p) => p,
