@@ -56,8 +56,9 @@ pub struct AnnotationLine {
     /// The source dataset's label of the clip, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_label: Option<String>,
-    /// The source's media location.
+    /// The source's media location and split.
     pub source_media: String,
+    pub source_split: String,
 }
 
 /// What a run of `annotate` did.
@@ -132,7 +133,8 @@ pub fn annotate(model: &PredictModel, samples: &[Sample], settings: &Annotate, o
     let r = model.recipe();
     std::fs::create_dir_all(out.join("media")).map_err(|e| io(out, e))?;
     let out = std::fs::canonicalize(out).map_err(|e| io(out, e))?;
-    let splits: Vec<String> = samples.iter().map(|s| s.split.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let split_of = |s: &Sample| if settings.split_as.is_empty() { s.split.clone() } else { settings.split_as.clone() };
+    let splits: Vec<String> = samples.iter().map(split_of).collect::<BTreeSet<_>>().into_iter().collect();
     let identity = Identity { model: model.described.clone(), fingerprint: model.fingerprint.clone(), dataset: r.data.dataset.clone(), splits: splits.clone() };
     let id_file = out.join("annotate.json");
     if let Ok(text) = std::fs::read_to_string(&id_file) {
@@ -174,13 +176,13 @@ pub fn annotate(model: &PredictModel, samples: &[Sample], settings: &Annotate, o
     let bar = crate::progress::bar(samples.len() as u64, "annotate", opts.show_progress);
     for s in samples {
         bar.inc(1);
-        if done.contains_key(&(s.split.clone(), s.id.clone())) {
+        if done.contains_key(&(split_of(s), s.id.clone())) {
             summary.resumed += 1;
             continue;
         }
         let clip = Clip { id: s.id.clone(), media: s.media.clone(), transcript: s.transcript.clone() };
         let line = predictor.predict_clip(&clip, ClipOptions { check_extension: true, contact_sheet: false }, &mut |_| true);
-        let result = if line.ok { to_annotation(s, line, &out, &storage) } else { Err(line.error.unwrap_or_else(|| "failed".into())) };
+        let result = if line.ok { to_annotation(s, &split_of(s), line, &out, &storage) } else { Err(line.error.unwrap_or_else(|| "failed".into())) };
         match result {
             Ok(a) => {
                 *summary.labels.entry(a.label.clone()).or_default() += 1;
@@ -205,14 +207,14 @@ pub fn annotate(model: &PredictModel, samples: &[Sample], settings: &Annotate, o
 }
 
 /// The manifest line of a predicted clip; its media linked (else copied) under `out/media/<split>/`.
-fn to_annotation(s: &Sample, line: crate::predict::output::PredictionLine, out: &Path, storage: &crate::storage::Storage) -> Result<AnnotationLine, String> {
+fn to_annotation(s: &Sample, split: &str, line: crate::predict::output::PredictionLine, out: &Path, storage: &crate::storage::Storage) -> Result<AnnotationLine, String> {
     let label = line.label.ok_or("no label")?;
     let scores = line.scores.unwrap_or_default();
     let local = storage.local(&s.media).map_err(|e| format!("fetching: {e}"))?;
     let ext = local.extension().and_then(|e| e.to_str()).unwrap_or("mp4");
     // The id as a file name: path separators and leading dots replaced.
     let stem: String = s.id.chars().map(|c| if c == '/' || c == '\\' { '_' } else { c }).collect::<String>().trim_start_matches('.').to_string();
-    let rel = format!("media/{}/{stem}.{ext}", s.split);
+    let rel = format!("media/{split}/{stem}.{ext}");
     let target = out.join(&rel);
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -223,7 +225,7 @@ fn to_annotation(s: &Sample, line: crate::predict::output::PredictionLine, out: 
     Ok(AnnotationLine {
         id: s.id.clone(),
         media: rel,
-        split: s.split.clone(),
+        split: split.to_string(),
         confidence: scores.get(&label).copied().unwrap_or(0.0),
         label,
         description: line.caption.unwrap_or_default(),
@@ -234,6 +236,7 @@ fn to_annotation(s: &Sample, line: crate::predict::output::PredictionLine, out: 
         cues: line.cues,
         source_label: s.label.clone(),
         source_media: s.media.to_string(),
+        source_split: s.split.clone(),
     })
 }
 

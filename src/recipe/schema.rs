@@ -55,11 +55,14 @@ pub struct Annotate {
     pub name: String,
     /// At most this many clips per split (0 = all).
     pub limit: usize,
+    /// The split the annotated clips get in the new dataset (empty: their own), e.g. `train` to train on
+    /// pseudo-labels of a test split.
+    pub split_as: String,
 }
 
 impl Default for Annotate {
     fn default() -> Self {
-        Self { splits: Vec::new(), out: "annotations".into(), name: String::new(), limit: 0 }
+        Self { splits: Vec::new(), out: "annotations".into(), name: String::new(), limit: 0, split_as: String::new() }
     }
 }
 
