@@ -580,3 +580,28 @@ fn test_output() -> PathBuf {
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|f| f.is_file()))
 }
+
+/// `--model zero-shot` is served like any model: an uploaded clip gets the line `predict` writes for it,
+/// with the cues the zero-shot model read.
+#[test]
+fn the_zero_shot_model_is_served() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).expect("tmpdir");
+    // The user's cache, where `just fetch-models` put SmolLM2 and Whisper.
+    let cache = emollama::storage::cache_root("").parent().expect("cache parent").to_path_buf();
+    let server = Server::start(Path::new("zero-shot"), &cache, &tmpdir, &[]);
+    let model = request(&server.addr, "GET", "/v1/model", &[], b"").json();
+    assert_eq!(model["recipe_name"], "zero-shot", "{model}");
+    let clip = common::media("single_face.mp4");
+    let r = upload(&server, "/v1/predict", &[("file", Some("single_face.mp4"), &std::fs::read(&clip).expect("clip"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let line = r.json();
+    let o = Command::new(env!("CARGO_BIN_EXE_emollama")).args(["predict", "--model", "zero-shot", "--input", clip.to_str().expect("utf8"), "--no-progress"]).current_dir(repo()).output().expect("predict");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cli: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one predict line");
+    for k in ["key", "label", "scores", "reasoning", "cues"] {
+        assert_eq!(line[k], cli[k], "`{k}` differs from predict's: {line} vs {cli}");
+    }
+    assert_eq!(line["cues"]["face"]["dominant"], "happy", "{line}");
+}

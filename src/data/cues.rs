@@ -228,23 +228,37 @@ mod tests {
 
     #[test]
     fn cues_read_as_sentences() {
+        let seg = |label: &str, start_s: f64, end_s: f64| CueSegment { label: label.into(), start_s, end_s, mean_prob: 0.8 };
         let face = FaceCues {
             frames_total: 10,
             frames_scored: 10,
-            timeline: "sad for the first 2.0 s, then happy until the end (4.8 s)".into(),
-            segments: Vec::new(),
+            timeline: "sad for the first 2.0 s, then fear from 2.0 s to 3.0 s, then happy until the end (4.8 s)".into(),
+            segments: vec![seg("sad", 0.0, 2.0), seg("fear", 2.0, 3.0), seg("happy", 3.0, 4.8)],
             dominant: Some("happy".into()),
             dominant_share: 0.6,
             ambiguous: false,
             dominant_text: Some("happy (60% of frames)".into()),
             peak_s: Some(3.5),
-            peak_expression: Some("happy".into()),
+            peak_expression: Some("surprise".into()),
             mean_probs: Default::default(),
         };
         let c = ClipCues { duration_s: 4.8, face: Some(face.clone()), voice: None };
-        assert_eq!(c.describe(), "Face: sad for the first 2.0 s, then happy until the end (4.8 s); mostly happy (60% of frames); at the peak frame (3.5 s) the face looks happy.");
+        assert_eq!(
+            c.describe(),
+            "Face: sad for the first 2.0 s, then fearful from 2.0 s to 3.0 s, then happy until the end (4.8 s); happy in 60% of frames; at the most expressive moment (3.5 s) the face looks surprised."
+        );
+        // In the MER classes' words: fear is worried (the label extraction's synonym table).
+        let mer = ["neutral", "angry", "happy", "sad", "worried", "surprise"];
+        assert_eq!(
+            c.describe_for(&mer),
+            "Face: sad for the first 2.0 s, then fearful (worried) from 2.0 s to 3.0 s, then happy until the end (4.8 s); happy in 60% of frames; at the most expressive moment (3.5 s) the face looks surprised."
+        );
+        let one = ClipCues { duration_s: 4.8, face: Some(FaceCues { segments: vec![seg("happy", 0.0, 4.8)], peak_s: None, ..face.clone() }), voice: None };
+        assert_eq!(one.describe(), "Face: happy throughout (4.8 s).");
         let none = ClipCues { duration_s: 1.0, face: Some(FaceCues { frames_scored: 0, ..face }), voice: None };
         assert_eq!(none.describe(), "Face: no face is visible.");
+        let silent = VoiceCues { description: "silent".into(), has_speech: false, descriptors: None };
+        assert_eq!(ClipCues { duration_s: 1.0, face: None, voice: Some(silent) }.describe(), "Voice: silent.");
         assert_eq!(ClipCues { duration_s: 1.0, face: None, voice: None }.describe(), "No face or voice cues.");
     }
 }
