@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use emollama::predict::{PredictOptions, PredictTask, TranscriptMode};
 
 /// Annotate the clips of the recipe's dataset with its model (e.g. recipes/annotate_synth.toml: the
@@ -48,9 +48,9 @@ impl Args {
         };
         let out = self.out.clone().unwrap_or_else(|| PathBuf::from(&settings.out));
         let samples = emollama::annotate::source_samples(&model, &settings, show_progress)?;
-        let wants_asr = r.prompt.transcript.included() && samples.iter().any(|s| s.transcript.is_none());
-        let asr_dir = self.asr_model.clone().unwrap_or_else(emollama::model::asr::default_model_dir);
-        let asr = if wants_asr { Some(emollama::model::asr::Transcriber::load(&asr_dir, &candle_core::Device::Cpu).context("speech-to-text for the clips without a transcript")?) } else { None };
+        // Speech-to-text for the clips without a transcript, when the prompt carries one.
+        let needed = r.prompt.transcript.included() && samples.iter().any(|s| s.transcript.is_none());
+        let asr = emollama::predict::load_asr(TranscriptMode::Auto, needed, self.asr_model.as_deref()).map_err(anyhow::Error::msg)?;
         let opts = PredictOptions {
             task: PredictTask::Both,
             use_video: true,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use emollama::predict::{self, PredictOptions, PredictTask, TranscriptMode};
 
 /// The emotion, the class probabilities and the reasoning for each clip of a file, a folder, a
@@ -26,7 +26,7 @@ pub struct Args {
     out: Option<PathBuf>,
     /// emotion (class scores), reason (generated reasoning and its label), or both.
     #[arg(long, value_enum, default_value = "both")]
-    task: TaskArg,
+    task: PredictTask,
     /// Which modalities to feed: audio, video or audio,video (each only where the file has it).
     #[arg(long, value_delimiter = ',', default_value = "audio,video")]
     modalities: Vec<ModalityArg>,
@@ -39,7 +39,7 @@ pub struct Args {
     /// Where transcripts come from when the input gives none: auto (speech-to-text when the model's
     /// prompt carries a transcript and a speech model is installed), asr (required), none.
     #[arg(long, value_enum, default_value = "auto")]
-    transcript: TranscriptArg,
+    transcript: TranscriptMode,
     /// The speech-to-text model's folder (default: Whisper tiny.en where `just fetch-models` puts it).
     #[arg(long)]
     asr_model: Option<PathBuf>,
@@ -50,24 +50,10 @@ pub struct Args {
     no_progress: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TaskArg {
-    Emotion,
-    Reason,
-    Both,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ModalityArg {
     Audio,
     Video,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TranscriptArg {
-    Auto,
-    Asr,
-    None,
 }
 
 impl Args {
@@ -90,41 +76,16 @@ impl Args {
         let r = model.recipe();
         let storage = emollama::storage::Storage::new(r.storage.clone(), &emollama::storage::cache_root(&r.runtime.cache_dir))?;
         let clips = predict::inputs::list_clips(&self.input, &storage)?;
-        let mode = match self.transcript {
-            TranscriptArg::Auto => TranscriptMode::Auto,
-            TranscriptArg::Asr => TranscriptMode::Asr,
-            TranscriptArg::None => TranscriptMode::None,
-        };
         // Speech-to-text: required with --transcript asr, used by `auto` when the model's prompt carries
         // a transcript and the model is installed.
-        let wants_asr = match mode {
-            TranscriptMode::Asr => true,
-            TranscriptMode::Auto => r.prompt.transcript.included(),
-            TranscriptMode::None => false,
-        };
-        let asr_dir = self.asr_model.clone().unwrap_or_else(emollama::model::asr::default_model_dir);
-        let asr = match (wants_asr, mode) {
-            (false, _) => None,
-            (true, TranscriptMode::Asr) => Some(emollama::model::asr::Transcriber::load(&asr_dir, &candle_core::Device::Cpu).with_context(|| "--transcript asr")?),
-            (true, _) => match emollama::model::asr::Transcriber::load(&asr_dir, &candle_core::Device::Cpu) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no speech-to-text: clips without a given transcript get none");
-                    None
-                }
-            },
-        };
+        let asr = predict::load_asr(self.transcript, r.prompt.transcript.included(), self.asr_model.as_deref()).map_err(anyhow::Error::msg)?;
         let opts = PredictOptions {
-            task: match self.task {
-                TaskArg::Emotion => PredictTask::Emotion,
-                TaskArg::Reason => PredictTask::Reason,
-                TaskArg::Both => PredictTask::Both,
-            },
+            task: self.task,
             use_video: self.modalities.contains(&ModalityArg::Video),
             use_audio: self.modalities.contains(&ModalityArg::Audio),
             batch: self.batch.max(1),
             max_seconds: self.max_seconds,
-            transcript: mode,
+            transcript: self.transcript,
             asr: asr.as_ref().map(|a| a as &dyn predict::SpeechToText),
             show_progress,
             caption: false,

@@ -40,30 +40,16 @@ pub struct Args {
     allow_url: bool,
     /// emotion (class scores), reason (generated reasoning and its label), or both.
     #[arg(long, value_enum, default_value = "both")]
-    task: TaskArg,
+    task: PredictTask,
     /// Where transcripts come from when the client gives none: auto, asr (required), none.
     #[arg(long, value_enum, default_value = "auto")]
-    transcript: TranscriptArg,
+    transcript: TranscriptMode,
     /// The speech-to-text model's folder (default: Whisper tiny.en where `just fetch-models` puts it).
     #[arg(long)]
     asr_model: Option<PathBuf>,
     /// Overrides of the model's recipe, e.g. `--set runtime.device=cuda`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TaskArg {
-    Emotion,
-    Reason,
-    Both,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TranscriptArg {
-    Auto,
-    Asr,
-    None,
 }
 
 impl Args {
@@ -77,16 +63,8 @@ impl Args {
         config.queue = self.queue;
         config.timeout = Duration::from_secs(self.timeout);
         config.allow_url = self.allow_url;
-        config.task = match self.task {
-            TaskArg::Emotion => PredictTask::Emotion,
-            TaskArg::Reason => PredictTask::Reason,
-            TaskArg::Both => PredictTask::Both,
-        };
-        config.transcript = match self.transcript {
-            TranscriptArg::Auto => TranscriptMode::Auto,
-            TranscriptArg::Asr => TranscriptMode::Asr,
-            TranscriptArg::None => TranscriptMode::None,
-        };
+        config.task = self.task;
+        config.transcript = self.transcript;
         config.asr_model = self.asr_model;
         serve(config, |addr| {
             // On stdout, for scripts and tests that start the server on port 0.

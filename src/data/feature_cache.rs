@@ -76,8 +76,12 @@ impl FeatureCache {
 
     /// The cache key of a clip under these settings.
     pub fn key(&self, media: &Path) -> Result<String, FeatureCacheError> {
-        let media = self.media_hash(media)?;
-        Ok(hex::encode(Sha256::digest(format!("{}:{media}", self.settings).as_bytes())))
+        Ok(self.key_of_hash(&self.media_hash(media)?))
+    }
+
+    /// The cache key of a clip whose content's sha256 is already known (as `predict` knows it).
+    pub fn key_of_hash(&self, media_sha256: &str) -> String {
+        hex::encode(Sha256::digest(format!("{}:{media_sha256}", self.settings).as_bytes()))
     }
 
     fn path(&self, key: &str) -> PathBuf {

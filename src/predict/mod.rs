@@ -46,8 +46,8 @@ pub enum PredictError {
     Setup(String),
 }
 
-/// What to produce for each clip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What to produce for each clip (`--task`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PredictTask {
     /// Class scores only (one forward pass per class word; no generation).
     Emotion,
@@ -67,8 +67,8 @@ impl PredictTask {
     }
 }
 
-/// Where transcripts come from when the input gives none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where transcripts come from when the input gives none (`--transcript`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum TranscriptMode {
     /// The input's transcript; else speech-to-text when the model's prompt carries one and a
     /// speech-to-text model is available; else none.
@@ -93,6 +93,35 @@ impl SpeechToText for crate::model::asr::Transcriber {
     }
     fn fingerprint(&self) -> String {
         crate::model::asr::Transcriber::fingerprint(self).to_string()
+    }
+}
+
+impl TranscriptMode {
+    /// Whether speech-to-text is wanted for a model whose prompt carries a transcript or not.
+    pub fn wants_asr(self, prompt_has_transcript: bool) -> bool {
+        match self {
+            Self::Asr => true,
+            Self::Auto => prompt_has_transcript,
+            Self::None => false,
+        }
+    }
+}
+
+/// Speech-to-text as `predict`, `serve` and `annotate` load it: none unless `mode` wants it for a prompt
+/// that does (or does not) carry a transcript; required (an error) under `asr`, else a warning when
+/// the model is not installed. `dir` defaults to Whisper tiny.en where `just fetch-models` puts it.
+pub fn load_asr(mode: TranscriptMode, prompt_has_transcript: bool, dir: Option<&std::path::Path>) -> Result<Option<crate::model::asr::Transcriber>, String> {
+    if !mode.wants_asr(prompt_has_transcript) {
+        return Ok(None);
+    }
+    let dir = dir.map(std::path::Path::to_path_buf).unwrap_or_else(crate::model::asr::default_model_dir);
+    match crate::model::asr::Transcriber::load(&dir, &candle_core::Device::Cpu) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if mode == TranscriptMode::Asr => Err(format!("--transcript asr: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "no speech-to-text: clips without a given transcript get none");
+            Ok(None)
+        }
     }
 }
 
@@ -658,7 +687,8 @@ fn tokens(ctx: &Context, p: &Prepared) -> candle_core::Result<Option<MmTokens>> 
     }
     let media = batch::media_batch(&[&p.decoded], &ctx.spec.views, dev)?;
     if let (Some(cache), true) = (&ctx.features, p.use_audio) {
-        let key = cache.key(&p.local).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // The file's hash from fetching (the same sha256 the cache would compute).
+        let key = cache.key_of_hash(&p.media_hash);
         let features = match cache.load(&key, dev) {
             Some(f) => f,
             None => {

@@ -12,7 +12,7 @@ use crate::model::generate::GenerateOptions;
 use crate::predict::inputs::Clip;
 use crate::predict::model::PredictModel;
 use crate::predict::output::PredictionLine;
-use crate::predict::{ChatAnswer, ClipOptions, Event, PredictOptions, Predictor, SpeechToText, TranscriptMode};
+use crate::predict::{ChatAnswer, ClipOptions, Event, PredictOptions, Predictor, SpeechToText};
 use crate::storage::Location;
 
 /// What is loaded (`GET /v1/model`).
@@ -97,26 +97,12 @@ fn run(config: ServeConfig, jobs: std::sync::mpsc::Receiver<Job>, ready: std::sy
         }
     };
     let r = model.recipe();
-    let wants_asr = match config.transcript {
-        TranscriptMode::Asr => true,
-        TranscriptMode::Auto => r.prompt.transcript.included(),
-        TranscriptMode::None => false,
-    };
-    let asr = if wants_asr {
-        let dir = config.asr_model.clone().unwrap_or_else(crate::model::asr::default_model_dir);
-        match crate::model::asr::Transcriber::load(&dir, &candle_core::Device::Cpu) {
-            Ok(t) => Some(t),
-            Err(e) if config.transcript == TranscriptMode::Asr => {
-                let _ = ready.send(Err(format!("--transcript asr: {e}")));
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no speech-to-text: clips without a given transcript get none");
-                None
-            }
+    let asr = match crate::predict::load_asr(config.transcript, r.prompt.transcript.included(), config.asr_model.as_deref()) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
         }
-    } else {
-        None
     };
     let opts = PredictOptions {
         task: config.task,
