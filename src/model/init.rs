@@ -10,7 +10,7 @@
 //! exists in f32.
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
-use candle_nn::init::{FanInOut, NormalOrUniform};
+use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, RngCore, SeedableRng};
@@ -50,28 +50,45 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
+/// What an init hint draws from, in f64 (a Kaiming hint takes its fans from `fans`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Distribution {
+    Const(f64),
+    Uniform { lo: f64, up: f64 },
+    /// Kaiming's uniform: ±√3·std (the bound is computed in each path's own precision).
+    KaimingUniform { std: f64 },
+    Normal { mean: f64, std: f64 },
+}
+
+impl Distribution {
+    fn of(init: Init, fans: &Shape) -> Self {
+        match init {
+            Init::Const(c) => Self::Const(c),
+            Init::Uniform { lo, up } => Self::Uniform { lo, up },
+            Init::Randn { mean, stdev } => Self::Normal { mean, std: stdev },
+            Init::Kaiming { dist, fan, non_linearity } => {
+                let std = non_linearity.gain() / (fan.for_shape(fans).max(1) as f64).sqrt();
+                match dist {
+                    NormalOrUniform::Uniform => Self::KaimingUniform { std },
+                    NormalOrUniform::Normal => Self::Normal { mean: 0.0, std },
+                }
+            }
+        }
+    }
+}
+
 /// `count.elem_count()` values of `init` (a Kaiming hint takes its fans from `fans`).
 fn values(init: Init, count: &Shape, fans: &Shape, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let n = count.elem_count();
     let uniform = |rng: &mut ChaCha8Rng, lo: f64, up: f64| (0..n).map(|_| (lo + (up - lo) * rng.random::<f64>()) as f32).collect();
-    let gauss = |rng: &mut ChaCha8Rng, mean: f64, std: f64| (0..n).map(|_| (mean + std * normal(rng)) as f32).collect();
-    match init {
-        Init::Const(c) => vec![c as f32; n],
-        Init::Uniform { lo, up } => uniform(rng, lo, up),
-        Init::Randn { mean, stdev } => gauss(rng, mean, stdev),
-        Init::Kaiming { dist, fan, non_linearity } => {
-            let fan = match fan {
-                FanInOut::FanIn | FanInOut::FanOut => fan.for_shape(fans),
-            };
-            let std = non_linearity.gain() / (fan.max(1) as f64).sqrt();
-            match dist {
-                NormalOrUniform::Uniform => {
-                    let b = 3f64.sqrt() * std;
-                    uniform(rng, -b, b)
-                }
-                NormalOrUniform::Normal => gauss(rng, 0.0, std),
-            }
+    match Distribution::of(init, fans) {
+        Distribution::Const(c) => vec![c as f32; n],
+        Distribution::Uniform { lo, up } => uniform(rng, lo, up),
+        Distribution::KaimingUniform { std } => {
+            let b = 3f64.sqrt() * std;
+            uniform(rng, -b, b)
         }
+        Distribution::Normal { mean, std } => (0..n).map(|_| (mean + std * normal(rng)) as f32).collect(),
     }
 }
 
@@ -122,17 +139,11 @@ pub fn seeded_tensor(seed: u64, name: &str, shape: &Shape, init: Init, dtype: DT
 fn fast_values(init: Init, n: usize, fans: &Shape, rng: &mut ChaCha8Rng) -> Vec<f32> {
     // A uniform in [0, 1) with 24 random bits.
     let unit = |rng: &mut ChaCha8Rng| (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0);
-    let (normal, a, b) = match init {
-        Init::Const(c) => return vec![c as f32; n],
-        Init::Uniform { lo, up } => (false, lo as f32, up as f32),
-        Init::Randn { mean, stdev } => (true, mean as f32, stdev as f32),
-        Init::Kaiming { dist, fan, non_linearity } => {
-            let std = (non_linearity.gain() / (fan.for_shape(fans).max(1) as f64).sqrt()) as f32;
-            match dist {
-                NormalOrUniform::Uniform => (false, -3f32.sqrt() * std, 3f32.sqrt() * std),
-                NormalOrUniform::Normal => (true, 0.0, std),
-            }
-        }
+    let (normal, a, b) = match Distribution::of(init, fans) {
+        Distribution::Const(c) => return vec![c as f32; n],
+        Distribution::Uniform { lo, up } => (false, lo as f32, up as f32),
+        Distribution::KaimingUniform { std } => (false, -3f32.sqrt() * std as f32, 3f32.sqrt() * std as f32),
+        Distribution::Normal { mean, std } => (true, mean as f32, std as f32),
     };
     let mut out = Vec::with_capacity(n + 1);
     if !normal {
