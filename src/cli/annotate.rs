@@ -29,14 +29,7 @@ pub struct Args {
 
 impl Args {
     pub fn run_with_status(self) -> ExitCode {
-        match self.run() {
-            Ok(0) => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(3),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
+        super::batch_status(self.run())
     }
 
     fn run(self) -> Result<usize> {

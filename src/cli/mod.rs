@@ -81,3 +81,16 @@ pub fn parse_sampling(spec: &str) -> Result<FrameSampling> {
         _ => bail!("--frames `{spec}`: expected `uniform:N`, `midpoints:N`, `first`, `fps:F` or `segments:SxC`"),
     })
 }
+
+/// The exit status of a batch command (`predict`, `annotate`): 0 when every item was done, 3 when some
+/// failed (`Ok(failed)`, each with its error line), 1 when nothing could run.
+pub fn batch_status(outcome: anyhow::Result<usize>) -> std::process::ExitCode {
+    match outcome {
+        Ok(0) => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::from(3),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -59,14 +59,7 @@ enum ModalityArg {
 impl Args {
     /// Runs and maps the outcome to the exit status.
     pub fn run_with_status(self) -> ExitCode {
-        match self.run() {
-            Ok(0) => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(3),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        }
+        super::batch_status(self.run())
     }
 
     /// The number of clips that failed.

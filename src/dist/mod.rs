@@ -191,6 +191,7 @@ pub fn interleave<T>(shards: Vec<Vec<T>>) -> Vec<T> {
 }
 
 /// `tensors` as one flat tensor of `dtype` on `device` (what a library sums in one call); `None` when empty.
+#[cfg(any(feature = "mpi", feature = "nccl"))]
 fn flatten(tensors: &[Tensor], dtype: candle_core::DType, device: &candle_core::Device) -> candle_core::Result<Option<Tensor>> {
     let flat: Vec<Tensor> = tensors.iter().map(|t| t.to_dtype(dtype)?.flatten_all()?.to_device(device)).collect::<candle_core::Result<_>>()?;
     if flat.is_empty() {
@@ -200,6 +201,7 @@ fn flatten(tensors: &[Tensor], dtype: candle_core::DType, device: &candle_core::
 }
 
 /// The flat `summed` split back into `like`'s shapes, dtypes and devices.
+#[cfg(any(feature = "mpi", feature = "nccl"))]
 fn unflatten(summed: &Tensor, like: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(like.len());
     let mut at = 0;
