@@ -11,7 +11,8 @@ bin="${EMOLLAMA:-$repo/target/release/emollama}"
 work="${1:-$(mktemp -d)}"
 mkdir -p "$work/project/datasets"
 ln -sfn "$repo/plugins" "$work/project/plugins"
-ln -sfn "$repo/recipes" "$work/project/recipes"
+# A copy, not a link: a recipe finds its registry from its own folder's real path.
+rm -rf "$work/project/recipes" && cp -r "$repo/recipes" "$work/project/recipes"
 cp "$repo"/datasets/*.toml "$work/project/datasets/"
 cd "$work/project"
 
@@ -21,7 +22,7 @@ cp "$work/annotated/synth-annotated.toml" datasets/
 
 echo "== 2. the same clips with their true labels (the supervised comparison)"
 mkdir -p "$work/true"
-ln -sfn "$work/annotated/media" "$work/true/media"
+rm -rf "$work/true/media" && cp -al "$work/annotated/media" "$work/true/media"   # hard links: a dataset's media stay below its root
 python3 - "$work" <<'PY'
 import json, sys, pathlib
 w = pathlib.Path(sys.argv[1])
