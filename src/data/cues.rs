@@ -95,16 +95,16 @@ impl ClipCues {
                 parts.push("Face: no face is visible.".to_string());
             } else {
                 let mut s = format!("Face: {}", f.spoken_timeline(&adjective));
-                if let Some(d) = &f.dominant {
-                    let share = (f.dominant_share * 100.0).round();
-                    s += &match (f.ambiguous, f.segments.len()) {
-                        (true, _) => format!("; no clear main expression ({} in {share}% of frames)", adjective(d)),
-                        (false, 1) => String::new(),
-                        (false, _) => format!("; {} in {share}% of frames", adjective(d)),
-                    };
-                }
                 if let (Some(t), Some(e)) = (f.peak_s, &f.peak_expression) {
                     s += &format!("; at the most expressive moment ({t:.1} s) the face looks {}", adjective(e));
+                }
+                // The summary last: a small LLM weighs the words nearest the question most.
+                if let Some(d) = &f.dominant {
+                    let share = (f.dominant_share * 100.0).round();
+                    s += &match f.ambiguous {
+                        true => format!(". No clear main expression ({} in {share}% of frames)", adjective(d)),
+                        false => format!(". Main expression: {} ({share}% of frames)", adjective(d)),
+                    };
                 }
                 parts.push(format!("{s}."));
             }
@@ -245,16 +245,18 @@ mod tests {
         let c = ClipCues { duration_s: 4.8, face: Some(face.clone()), voice: None };
         assert_eq!(
             c.describe(),
-            "Face: sad for the first 2.0 s, then fearful from 2.0 s to 3.0 s, then happy until the end (4.8 s); happy in 60% of frames; at the most expressive moment (3.5 s) the face looks surprised."
+            "Face: sad for the first 2.0 s, then fearful from 2.0 s to 3.0 s, then happy until the end (4.8 s); at the most expressive moment (3.5 s) the face looks surprised. Main expression: happy (60% of frames)."
         );
         // In the MER classes' words: fear is worried (the label extraction's synonym table).
         let mer = ["neutral", "angry", "happy", "sad", "worried", "surprise"];
         assert_eq!(
             c.describe_for(&mer),
-            "Face: sad for the first 2.0 s, then fearful (worried) from 2.0 s to 3.0 s, then happy until the end (4.8 s); happy in 60% of frames; at the most expressive moment (3.5 s) the face looks surprised."
+            "Face: sad for the first 2.0 s, then fearful (worried) from 2.0 s to 3.0 s, then happy until the end (4.8 s); at the most expressive moment (3.5 s) the face looks surprised. Main expression: happy (60% of frames)."
         );
         let one = ClipCues { duration_s: 4.8, face: Some(FaceCues { segments: vec![seg("happy", 0.0, 4.8)], peak_s: None, ..face.clone() }), voice: None };
-        assert_eq!(one.describe(), "Face: happy throughout (4.8 s).");
+        assert_eq!(one.describe(), "Face: happy throughout (4.8 s). Main expression: happy (60% of frames).");
+        let unclear = ClipCues { duration_s: 4.8, face: Some(FaceCues { ambiguous: true, peak_s: None, ..face.clone() }), voice: None };
+        assert!(unclear.describe().ends_with("then happy until the end (4.8 s). No clear main expression (happy in 60% of frames)."), "{}", unclear.describe());
         let none = ClipCues { duration_s: 1.0, face: Some(FaceCues { frames_scored: 0, ..face }), voice: None };
         assert_eq!(none.describe(), "Face: no face is visible.");
         let silent = VoiceCues { description: "silent".into(), has_speech: false, descriptors: None };
