@@ -98,7 +98,7 @@ fn zero_shot_reads_the_face_and_voice_of_real_clips() {
 fn zero_shot_evaluation_is_one_command() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let runs = format!("runtime.runs_dir=\"{}\"", tmp.path().display());
-    // A synthetic test split of 6 clips (the cues of the whole split are computed first).
+    // A synthetic test split of 6 clips; only the 4 evaluated get cues.
     let o = emollama(&["eval", "recipes/zero_shot.toml", "--limit", "4", "--no-progress", "--set", &runs, "--set", "data.synth.test=6"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let dir = std::fs::read_dir(tmp.path()).expect("runs").flatten().map(|e| e.path()).find(|p| p.join("metrics.json").is_file()).expect("a run directory with metrics.json");
@@ -112,6 +112,7 @@ fn zero_shot_evaluation_is_one_command() {
     }
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).expect("metrics")).expect("json");
     assert!(m.to_string().contains("weighted_f1"), "{m}");
+    assert!(!dir.join("adapter").exists(), "nothing was trained, so no LoRA adapter is exported");
 }
 
 /// A scratch project: this repository's plugins/ and recipes/, a copy of its datasets/, and a `jsonl`

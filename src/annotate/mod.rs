@@ -101,15 +101,15 @@ impl AnnotateSummary {
 /// The clips of `settings.splits` of the recipe's dataset, at most `settings.limit` per split.
 pub fn source_samples(model: &PredictModel, settings: &Annotate, show_progress: bool) -> Result<Vec<Sample>, AnnotateError> {
     let r = model.recipe();
-    let (card_path, card) = model.registry.dataset(&r.data.dataset).map_err(|e| AnnotateError::Setup(e.to_string()))?;
+    let (_, card) = model.registry.dataset(&r.data.dataset).map_err(|e| AnnotateError::Setup(e.to_string()))?;
     let splits: Vec<String> = if settings.splits.is_empty() { card.splits.clone() } else { settings.splits.clone() };
     if let Some(bad) = splits.iter().find(|s| !card.splits.contains(s)) {
         return Err(AnnotateError::Setup(format!("annotate.splits: dataset `{}` has no split `{bad}` (splits: {})", card.name, card.splits.join(", "))));
     }
     let cache = crate::storage::cache_root(&r.runtime.cache_dir);
     let storage = crate::storage::Storage::new(r.storage.clone(), &cache).map_err(|e| AnnotateError::Setup(e.to_string()))?;
-    let root = crate::data::dataset::dataset_root(card, card_path, &r.data.roots).map_err(|e| AnnotateError::Setup(e.to_string()))?;
-    let all = crate::data::dataset::load_dataset(card, root.as_ref(), &storage, &r.data.synth, &cache, show_progress).map_err(|e| AnnotateError::Setup(e.to_string()))?;
+    let wanted = splits.iter().map(|s| (r.data.dataset.clone(), s.clone())).collect();
+    let (all, _) = crate::run::data::load_splits(r, &model.registry, &wanted, &storage, &cache, show_progress).map_err(|e| AnnotateError::Setup(e.to_string()))?;
     let mut out = Vec::new();
     for split in &splits {
         let of_split = all.iter().filter(|s| &s.split == split).cloned();

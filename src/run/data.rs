@@ -27,20 +27,9 @@ impl RunData {
     pub fn load(r: &crate::recipe::Recipe, registry: &Registry, threads: usize, show_progress: bool) -> Result<Self, RunError> {
         let (_, card) = registry.dataset(&r.data.dataset)?;
         let cache = cache_root(&r.runtime.cache_dir);
-        let wanted = wanted_splits(r);
         let storage = Storage::new(r.storage.clone(), &cache)?;
-        let mut pool: Vec<Sample> = Vec::new();
-        let mut pool_dataset: Vec<String> = Vec::new();
-        for name in wanted.iter().map(|(d, _)| d.clone()).collect::<BTreeSet<_>>() {
-            let (card_path, c) = registry.dataset(&name)?;
-            let root = crate::data::dataset::dataset_root(c, card_path, &r.data.roots)?;
-            for s in crate::data::dataset::load_dataset(c, root.as_ref(), &storage, &r.data.synth, &cache, show_progress)? {
-                if wanted.contains(&(name.clone(), s.split.clone())) {
-                    pool.push(s);
-                    pool_dataset.push(name.clone());
-                }
-            }
-        }
+        let (mut pool, mut pool_dataset) = load_splits(r, registry, &wanted_splits(r), &storage, &cache, show_progress)?;
+        keep_only_evaluated(r, &mut pool, &mut pool_dataset);
         if r.prompt.transcript.asr() {
             transcribe_pool(&mut pool, &storage, &cache, r.data.on_error, show_progress)?;
         }
@@ -55,6 +44,30 @@ impl RunData {
     pub fn split_of(&self, r: &crate::recipe::Recipe, split: &str) -> Vec<usize> {
         (0..self.pool.len()).filter(|&i| self.pool_dataset[i] == r.data.dataset && self.pool[i].split == split).collect()
     }
+}
+
+/// The samples of the `wanted` (dataset, split) pairs, each with its dataset's card name, in card order.
+pub fn load_splits(
+    r: &crate::recipe::Recipe,
+    registry: &Registry,
+    wanted: &BTreeSet<(String, String)>,
+    storage: &std::sync::Arc<Storage>,
+    cache: &std::path::Path,
+    show_progress: bool,
+) -> Result<(Vec<Sample>, Vec<String>), RunError> {
+    let mut pool: Vec<Sample> = Vec::new();
+    let mut pool_dataset: Vec<String> = Vec::new();
+    for name in wanted.iter().map(|(d, _)| d.clone()).collect::<BTreeSet<_>>() {
+        let (card_path, c) = registry.dataset(&name)?;
+        let root = crate::data::dataset::dataset_root(c, card_path, &r.data.roots)?;
+        for s in crate::data::dataset::load_dataset(c, root.as_ref(), storage, &r.data.synth, cache, show_progress)? {
+            if wanted.contains(&(name.clone(), s.split.clone())) {
+                pool.push(s);
+                pool_dataset.push(name.clone());
+            }
+        }
+    }
+    Ok((pool, pool_dataset))
 }
 
 /// `prompt.transcript = "asr"`: each sample's transcript becomes Whisper tiny.en's transcript of its
@@ -151,8 +164,44 @@ pub fn decode_spec(r: &crate::recipe::Recipe, storage: std::sync::Arc<Storage>, 
     })
 }
 
+/// `eval.limit`: a split that is only evaluated keeps just the samples the evaluation takes (the first
+/// `limit` labelled ones, as [`crate::eval::runner::evaluate`] takes them), so no speech-to-text, cues or
+/// decoding is spent on the rest.
+fn keep_only_evaluated(r: &crate::recipe::Recipe, pool: &mut Vec<Sample>, pool_dataset: &mut Vec<String>) {
+    let eval_split = (r.data.dataset.clone(), r.eval.split.clone());
+    if !r.eval.enabled || r.eval.limit == 0 || trained_or_validated_splits(r).contains(&eval_split) {
+        return;
+    }
+    let mut taken = 0;
+    let keep: Vec<bool> = pool
+        .iter()
+        .zip(pool_dataset.iter())
+        .map(|(s, d)| {
+            if (d, &s.split) != (&eval_split.0, &eval_split.1) {
+                return true;
+            }
+            let take = s.label.is_some() && taken < r.eval.limit;
+            taken += usize::from(take);
+            take
+        })
+        .collect();
+    let mut flags = keep.iter();
+    pool.retain(|_| flags.next().copied().unwrap_or(true));
+    let mut flags = keep.iter();
+    pool_dataset.retain(|_| flags.next().copied().unwrap_or(true));
+}
+
 /// (dataset, split) pairs the run reads: each stage's data, validation and evaluation.
 fn wanted_splits(r: &crate::recipe::Recipe) -> BTreeSet<(String, String)> {
+    let mut wanted = trained_or_validated_splits(r);
+    if r.eval.enabled {
+        wanted.insert((r.data.dataset.clone(), r.eval.split.clone()));
+    }
+    wanted
+}
+
+/// The (dataset, split) pairs the stages train on and validation scores.
+fn trained_or_validated_splits(r: &crate::recipe::Recipe) -> BTreeSet<(String, String)> {
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for stage in &r.stages {
         if stage.data.is_empty() {
@@ -165,8 +214,57 @@ fn wanted_splits(r: &crate::recipe::Recipe) -> BTreeSet<(String, String)> {
     if r.validation.enabled && !r.stages.is_empty() {
         wanted.insert((r.data.dataset.clone(), r.validation.split.clone()));
     }
-    if r.eval.enabled {
-        wanted.insert((r.data.dataset.clone(), r.eval.split.clone()));
-    }
     wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Location;
+
+    fn pool() -> (Vec<Sample>, Vec<String>) {
+        let sample = |id: &str, split: &str, label: Option<&str>| Sample { label: label.map(str::to_string), ..Sample::media_only(id, split, Location::Local(format!("{id}.mp4").into())) };
+        let samples = vec![
+            sample("t1", "train", Some("happy")),
+            sample("e1", "test", None),
+            sample("e2", "test", Some("sad")),
+            sample("t2", "train", Some("sad")),
+            sample("e3", "test", Some("happy")),
+            sample("e4", "test", Some("angry")),
+        ];
+        let datasets = vec!["synth".to_string(); samples.len()];
+        (samples, datasets)
+    }
+
+    fn ids(pool: &[Sample]) -> Vec<&str> {
+        pool.iter().map(|s| s.id.as_str()).collect()
+    }
+
+    #[test]
+    fn an_evaluation_limit_keeps_only_the_evaluated_samples_of_an_eval_only_split() {
+        let mut r = crate::recipe::Recipe::default();
+        r.data.dataset = "synth".into();
+        r.stages.clear();
+        r.eval.enabled = true;
+        r.eval.split = "test".into();
+        r.eval.limit = 2;
+        let (mut p, mut d) = pool();
+        keep_only_evaluated(&r, &mut p, &mut d);
+        // The first two labelled test samples (e1 has no label, so evaluation skips it too); train untouched.
+        assert_eq!(ids(&p), ["t1", "e2", "t2", "e3"]);
+        assert_eq!(d.len(), p.len());
+
+        // No limit, or a split that is also validated: nothing is dropped.
+        for change in [|r: &mut crate::recipe::Recipe| r.eval.limit = 0, |r: &mut crate::recipe::Recipe| {
+            r.stages = vec![crate::recipe::schema::Stage::default()];
+            r.validation.enabled = true;
+            r.validation.split = "test".into();
+        }] {
+            let mut r2 = r.clone();
+            change(&mut r2);
+            let (mut p, mut d) = pool();
+            keep_only_evaluated(&r2, &mut p, &mut d);
+            assert_eq!(p.len(), 6);
+        }
+    }
 }

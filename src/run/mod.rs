@@ -259,13 +259,13 @@ fn train_stages(r: &Recipe, run: &mut RunDir, data: &RunData, model: &RunModel, 
 }
 
 /// After training: the best validation checkpoint's parameters when `validation.select_best`, and the LoRA
-/// adapter in PEFT's layout.
+/// adapter in PEFT's layout (only when a stage trained it; an evaluation-only run has nothing new to export).
 fn select_and_export(r: &Recipe, run_dir: &Path, model: &RunModel, best: Option<&BestCheckpoint>, device: &Device, leader: bool) -> Result<(), RunError> {
     if let (true, Some(best)) = (r.validation.select_best, best) {
         tracing::info!(checkpoint = %best.checkpoint, metric = %best.metric, value = best.value, "evaluating with the best validation checkpoint");
         model.load_checkpoint(&run_dir.join(&best.checkpoint), device)?;
     }
-    if let (true, Some(lora)) = (leader, &model.built.lora) {
+    if let (true, false, Some(lora)) = (leader, r.stages.is_empty(), &model.built.lora) {
         let params: Vec<(String, candle_core::Tensor)> =
             crate::train::optim::select(&model.varmap, &["llm.*.lora_*".to_string()]).into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let dir = run_dir.join("adapter");
