@@ -37,8 +37,9 @@ fn main() -> anyhow::Result<()> {
     let new_tokens: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(64);
     let registry = Registry::load(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     let threads = candle_core::utils::get_num_threads();
-    // f32 twice: candle's own matmuls, then the oneDNN path generation takes for frozen weights.
-    for (mode, quantized, accel) in [("q4_1 → q8_0 matmuls", true, true), ("f32, candle matmuls", false, false), ("f32, oneDNN (generation path)", false, true)] {
+    // q4_1: prompts through the dense f32 copy (`lora::PROMPT_ROWS`), decoding steps quantized. f32 twice:
+    // candle's own matmuls, then the oneDNN path generation takes for frozen weights.
+    for (mode, quantized, accel) in [("q4_1: prompt dense f32, decode q8_0 matmuls", true, true), ("f32, candle matmuls", false, false), ("f32, oneDNN (generation path)", false, true)] {
         emollama::accel::set_enabled(accel);
         let chat = ChatModel::load(&registry, "smollm2-135m-instruct", None, quantized)?;
         let ids = chat.prompt_ids(PROMPT, false)?;

@@ -30,7 +30,20 @@ struct Parts<'a> {
     cfg: &'a LlamaConfig,
     lora: Option<&'a LoraConfig>,
     quant: Option<&'a QuantStore>,
+    /// Quantized layers keep a dense copy for prompts ([`BaseLinear::quantized_with_dense_prompt`]).
+    dense_prompt: bool,
     rng: DropoutRng,
+}
+
+/// The most memory the dense prompt copies of a quantized model may take (f32 copy + packed form of every
+/// quantized matrix): small models (SmolLM2-135M: ~1.1 GB) get the fast prompt path, a quantized 7B model
+/// (~54 GB) stays quantized.
+pub const DENSE_PROMPT_BUDGET_BYTES: usize = 2 << 30;
+
+/// Whether the quantized matrices of `quant` get dense prompt copies within [`DENSE_PROMPT_BUDGET_BYTES`].
+pub fn dense_prompt_fits(quant: &QuantStore) -> bool {
+    let elements: usize = quant.values().map(|w| w.shape().elem_count()).sum();
+    elements.saturating_mul(2 * std::mem::size_of::<f32>()) <= DENSE_PROMPT_BUDGET_BYTES
 }
 
 impl Parts<'_> {
@@ -43,7 +56,10 @@ impl Parts<'_> {
                     candle_core::bail!("tensor `{key}` has shape {:?}, the config expects [{out}, {inp}]", w.shape().dims());
                 }
                 let b = if bias { Some(vb.get(out, "bias")?) } else { None };
-                BaseLinear::quantized(w.clone(), b)?
+                match self.dense_prompt {
+                    true => BaseLinear::quantized_with_dense_prompt(w.clone(), b)?,
+                    false => BaseLinear::quantized(w.clone(), b)?,
+                }
             }
             None if bias => BaseLinear::dense_from(candle_nn::linear(inp, out, vb.clone())?),
             None => BaseLinear::dense_from(candle_nn::linear_no_bias(inp, out, vb.clone())?),
@@ -280,7 +296,8 @@ impl Llama {
     pub fn load(cfg: &LlamaConfig, lora: Option<&LoraConfig>, quant: Option<&QuantStore>, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let rng = super::lora::dropout_rng(0);
-        let parts = Parts { cfg, lora, quant, rng: rng.clone() };
+        let dense_prompt = quant.is_some_and(dense_prompt_fits);
+        let parts = Parts { cfg, lora, quant, dense_prompt, rng: rng.clone() };
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
@@ -291,6 +308,7 @@ impl Llama {
         let head_key = format!("{}.weight", vb.pp("lm_head").prefix());
         let quant_head = quant.and_then(|q| q.get(if cfg.tie_word_embeddings { &tied_key } else { &head_key }));
         let lm_head = match quant_head {
+            Some(w) if dense_prompt => BaseLinear::quantized_with_dense_prompt(w.clone(), None)?,
             Some(w) => BaseLinear::quantized(w.clone(), None)?,
             None if cfg.tie_word_embeddings => BaseLinear::dense_from(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None)),
             None => BaseLinear::dense_from(candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?),

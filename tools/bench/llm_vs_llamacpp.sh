@@ -32,8 +32,14 @@ rows = [json.loads(l) for a in sys.argv[1:] for l in a.splitlines() if l.strip()
 ref = {r["mode"]: r for r in rows if r["engine"] == "llama.cpp"}
 precision = lambda r: "f32" if r["mode"].startswith("f32") else "q4_1"
 q = ref["q4_1"]
-lines = ["## LLM inference: SmolLM2-135M-Instruct (GGUF), CPU", "",
-         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {q['threads']} threads, "
+# The CPU in the title: one section per instruction-set level, so AVX2 and AVX-512 rows stay side by side.
+info = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
+model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.machine())
+flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+level = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "baseline x86-64"
+have = ", ".join(f for f in ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"] if f in flags)
+lines = [f"## LLM inference: SmolLM2-135M-Instruct (GGUF), CPU with {level}", "",
+         f"{datetime.date.today()}, {model} ({have}), {q['threads']} threads, "
          f"prompt {q['prompt_tokens']} tokens, {q['new_tokens']} greedy tokens, median of 3, one session "
          "(`just bench`, tools/bench/llm_vs_llamacpp.sh). Ratios are against llama.cpp at the same precision "
          "(> 1: emollama is faster); f32 = the Q4_1 weights dequantized (llama.cpp: an F32 GGUF written from "
