@@ -305,15 +305,20 @@ mod tests {
     #[test]
     fn a_quantized_layer_takes_its_dense_copy_for_prompts_and_stays_quantized_for_decoding() -> Result<()> {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (64, 128), &dev)?;
+        // Seeded N(0, 1) draws: the test's values are the same on every run.
+        let normal = |name: &str, shape: &[usize]| {
+            let init = candle_nn::Init::Randn { mean: 0.0, stdev: 1.0 };
+            crate::model::init::seeded_tensor(3, name, &candle_core::Shape::from(shape.to_vec()), init, DType::F32, &dev)
+        };
+        let w = normal("w", &[64, 128])?;
         let q = Arc::new(QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q4_1)?);
-        let bias = Tensor::randn(0f32, 1.0, 64, &dev)?;
+        let bias = normal("b", &[64])?;
         let plain = BaseLinear::quantized(q.clone(), Some(bias.clone()))?;
         let fast = BaseLinear::quantized_with_dense_prompt(q.clone(), Some(bias.clone()))?;
         let dense = Linear::new(q.dequantize(&dev)?, Some(bias));
         let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
         // A prompt (PROMPT_ROWS rows or more): the dequantized weights in f32, as the dense layer computes.
-        let prompt = Tensor::randn(0f32, 1.0, (2, PROMPT_ROWS, 128), &dev)?;
+        let prompt = normal("prompt", &[2, PROMPT_ROWS, 128])?;
         let got = fast.forward(&prompt)?;
         assert!(max_diff(&got, &dense.forward(&prompt)?)? < 1e-4);
         // The quantized product (q8 activations) differs from it a little, not more.
@@ -321,7 +326,7 @@ mod tests {
         assert!(q_err > 0.0 && q_err < 0.5, "{q_err}");
         // A decoding step (one row, or a small batch) is the quantized product, bit for bit.
         for rows in [1, PROMPT_ROWS - 1] {
-            let x = Tensor::randn(0f32, 1.0, (1, rows, 128), &dev)?;
+            let x = normal(&format!("x{rows}"), &[1, rows, 128])?;
             assert_eq!(max_diff(&fast.forward(&x)?, &plain.forward(&x)?)?, 0.0, "{rows} rows");
         }
         Ok(())
