@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
         let mut sorted = runs.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
-        println!("{}", serde_json::json!({"name": name, "median_s": median, "runs": runs, "input": what, "precision": mode, "backend": emollama::accel::backend()}));
+        println!("{}", serde_json::json!({"name": name, "median_s": median, "runs": runs, "input": what, "precision": mode, "backend": emollama::accel::backend(), "bf16_arith": emollama::accel::bf16_arith().name()}));
     }
     Ok(())
 }

@@ -25,6 +25,8 @@ pub mod serve;
 pub mod storage;
 pub mod train;
 pub mod validate;
+#[cfg(test)]
+mod test_utils;
 
 pub use recipe::RecipeError;
 

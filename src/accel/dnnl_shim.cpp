@@ -38,6 +38,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -235,6 +236,45 @@ void round_to_bf16(const float *src, float *dst, int64_t count) {
   }
 }
 
+// bf16 operands of a matmul: native bf16 (AMX / AVX512_BF16 instructions, oneDNN's bf16 kernels) or f32
+// values rounded to bf16 and multiplied with f32 FMAs. Both give the products of bf16-rounded operands
+// accumulated in f32 (a product of two bf16 values is exact in f32); only the summation order differs.
+
+// f32 -> the nearest bf16 (ties to even) as its 16 bits; infinities and NaNs are truncated (kept).
+inline uint16_t bf16_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// f32 -> the nearest bf16 value, kept as f32.
+inline float bf16_rounded(float v) {
+  uint32_t bits = static_cast<uint32_t>(bf16_bits(v)) << 16;
+  float r;
+  std::memcpy(&r, &bits, 4);
+  return r;
+}
+
+// A [B, H, T, D] f32 tensor with element strides `st` copied into a dense [B, H, T, D] buffer of bf16 bits
+// (`Out` = uint16_t) or of bf16-rounded f32 values (`Out` = float). Element-wise, so the result does not
+// depend on the thread count.
+template <typename Out>
+void pack_bf16(const float *src, const int64_t *st, int64_t b, int64_t h, int64_t t, int64_t d, Out *dst) {
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < b * h * t; ++row) {
+    const int64_t bi = row / (h * t), hi = (row / t) % h, ti = row % t;
+    const float *s = src + bi * st[0] + hi * st[1] + ti * st[2];
+    Out *o = dst + row * d;
+    for (int64_t j = 0; j < d; ++j) {
+      if constexpr (std::is_same_v<Out, uint16_t>)
+        o[j] = bf16_bits(s[j * st[3]]);
+      else
+        o[j] = bf16_rounded(s[j * st[3]]);
+    }
+  }
+}
+
 // Row-major strides of `dims`.
 memory::dims dense_strides(const memory::dims &dims) {
   memory::dims st(dims.size());
@@ -256,15 +296,21 @@ memory::dims transposed_strides(const memory::dims &dims) {
 }
 
 
-// Attention primitives for one block of query rows: S = scale·Q·Kᵀ, softmax(S) in place, O = S·V.
+// Attention primitives for one block of query rows: S = scale·Q·Kᵀ, softmax(S) in place, O = S·V. In
+// bf16 the operands are dense bf16 copies (native) or dense bf16-rounded f32 copies (rounded_f32) of q, k
+// and v; the scores and the softmax stay f32, and the probabilities are rounded to bf16 before S·V (what
+// PyTorch's CPU autocast computes: bf16 matmul operands, f32 softmax).
 struct AttnBlock {
   Prim<matmul> qk, pv;
   Prim<softmax_forward> softmax;
-  memory::desc q_md, k_md, s_md, v_md, o_md;
+  memory::desc q_md, k_md, s_md, p_md, v_md, o_md;  // p_md: the probabilities as S·V reads them
 };
+
+enum class AttnMode { f32, native_bf16, rounded_bf16 };
 
 struct Attn {
   int64_t rows = 0;  // query rows per block
+  AttnMode mode = AttnMode::f32;
   AttnBlock full, tail;
   bool has_tail = false;
 };
@@ -272,14 +318,17 @@ struct Attn {
 std::mutex attn_mu;
 std::map<std::vector<int64_t>, std::unique_ptr<Attn>> attn_cache;
 
-// dims: B, H, M, N, D, Dv; element strides of q [B,H,M,D], k [B,H,N,D], v [B,H,N,Dv]; out [B,M,H,Dv] dense.
+// dims: B, H, M, N, D, Dv; element strides of q [B,H,M,D], k [B,H,N,D], v [B,H,N,Dv] (in bf16 modes:
+// those of the dense copies); out [B,M,H,Dv] dense.
 void make_attn_block(AttnBlock &blk, int64_t rows, const int64_t *dims, const int64_t *qs, const int64_t *ks,
-                     const int64_t *vs, float scale) {
+                     const int64_t *vs, float scale, AttnMode mode) {
   const int64_t h = dims[1], n = dims[3], d = dims[4], dv = dims[5];
-  blk.q_md = memory::desc({rows, d}, dt::f32, memory::dims{qs[2], qs[3]});
-  blk.k_md = memory::desc({d, n}, dt::f32, memory::dims{ks[3], ks[2]});
+  const dt op = mode == AttnMode::native_bf16 ? dt::bf16 : dt::f32;
+  blk.q_md = memory::desc({rows, d}, op, memory::dims{qs[2], qs[3]});
+  blk.k_md = memory::desc({d, n}, op, memory::dims{ks[3], ks[2]});
   blk.s_md = memory::desc({rows, n}, dt::f32, tag::ab);
-  blk.v_md = memory::desc({n, dv}, dt::f32, memory::dims{vs[2], vs[3]});
+  blk.p_md = memory::desc({rows, n}, op, tag::ab);
+  blk.v_md = memory::desc({n, dv}, op, memory::dims{vs[2], vs[3]});
   blk.o_md = memory::desc({rows, dv}, dt::f32, memory::dims{h * dv, 1});
   // The scale as a linear post-op: it works the same in oneDNN 2.x and 3.x.
   primitive_attr attr;
@@ -289,7 +338,7 @@ void make_attn_block(AttnBlock &blk, int64_t rows, const int64_t *dims, const in
   // Each block runs on one OpenMP thread of emo_dnnl_attention's region: created for one thread.
   OneThread one;
   blk.qk = Prim<matmul>(matmul_pd(blk.q_md, blk.k_md, nullptr, blk.s_md, attr));
-  blk.pv = Prim<matmul>(matmul_pd(blk.s_md, blk.v_md, nullptr, blk.o_md));
+  blk.pv = Prim<matmul>(matmul_pd(blk.p_md, blk.v_md, nullptr, blk.o_md));
 #if DNNL_VERSION_MAJOR >= 3
   blk.softmax = Prim<softmax_forward>(softmax_forward::primitive_desc(
       cpu_engine(), prop_kind::forward_inference, algorithm::softmax_accurate, blk.s_md, blk.s_md, 1, user_scratchpad()));
@@ -298,7 +347,6 @@ void make_attn_block(AttnBlock &blk, int64_t rows, const int64_t *dims, const in
       softmax_forward::desc(prop_kind::forward_inference, blk.s_md, 1), user_scratchpad(), cpu_engine()));
 #endif
 }
-
 
 // A 1-D convolution over time-major activations ([B, T, C]), groups = 1 and no padding, as a sum of matmuls
 // over the input read in place: kernel taps [j0, j0 + s) (s = stride) of every output frame are one
@@ -412,7 +460,8 @@ static Linear *linear_new(int64_t n, int64_t k, bool bf16, const void *w, const 
   }
 }
 
-// w: [N, K] row-major: bf16 bits when `bf16` = 1, else f32 (`bf16` = 2: f32 weights, bf16 arithmetic);
+// w: [N, K] row-major: bf16 bits when `bf16` = 1, else f32 (`bf16` = 2: f32 weights, native bf16 arithmetic,
+// or its rounded-f32 form where the CPU has no bf16 matmul; 3: f32 weights, the rounded-f32 form);
 // bias: N f32 values or null. m_hint: a typical M, which oneDNN uses to choose the packed layout.
 // post_op: 0 none, 1 the exact (erf) GELU fused after the bias.
 void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const float *bias, int64_t m_hint, int post_op,
@@ -420,8 +469,8 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
   const bool gelu = post_op == 1;
   try {
     sync_threads();
-    if (bf16 == 2) {
-      // Native bf16 where the CPU has it, else emulated (f32 products of bf16-rounded operands).
+    if (bf16 == 2 || bf16 == 3) {
+      // bf16-rounded weights: packed as bf16 for native arithmetic, as f32 values for the rounded-f32 form.
       const float *w32 = static_cast<const float *>(w);
       std::vector<uint16_t> w16(static_cast<size_t>(n * k));
       std::vector<float> rounded(static_cast<size_t>(n * k));
@@ -431,13 +480,16 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
         std::memcpy(&bits, &rounded[i], 4);
         w16[i] = static_cast<uint16_t>(bits >> 16);
       }
-      try {
-        return linear_new(n, k, true, w16.data(), bias, m_hint, gelu);
-      } catch (const dnnl::error &) {
-        Linear *l = linear_new(n, k, false, rounded.data(), bias, m_hint, gelu);
-        l->emulate = true;
-        return l;
+      if (bf16 == 2) {
+        try {
+          return linear_new(n, k, true, w16.data(), bias, m_hint, gelu);
+        } catch (const dnnl::error &) {
+          // No bf16 matmul on this CPU: the rounded-f32 form below.
+        }
       }
+      Linear *l = linear_new(n, k, false, rounded.data(), bias, m_hint, gelu);
+      l->emulate = true;
+      return l;
     }
     return linear_new(n, k, bf16 != 0, w, bias, m_hint, gelu);
   } catch (const std::exception &e) {
@@ -481,7 +533,8 @@ int emo_dnnl_linear_run(void *h, int64_t m, const float *x, float *y, char *err,
 void emo_dnnl_linear_free(void *h) { delete static_cast<Linear *>(h); }
 
 // c (contiguous f32, dims = a's leading dims + [M, N]) = a[..., M, K] · b[..., K, N]; `nd` (2..=6) dims
-// each, element strides for a and b (any order: a transposed operand is read in place).
+// each, element strides for a and b (any order: a transposed operand is read in place). bf16: 0 f32; 1 bf16
+// operands, native where the CPU has a bf16 matmul; 2 bf16 operands as rounded f32 values.
 int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const int64_t *b_dims,
                  const int64_t *b_strides, const float *a, const float *b, float *c, float scale, int bf16,
                  char *err, size_t err_len) {
@@ -511,9 +564,11 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
           bool b_t = bs[nd - 2] == 1;
           q->b16_md = memory::desc(bd, dt::bf16, b_t ? transposed_strides(bd) : dense_strides(bd));
           try {
+            if (bf16 == 2) throw dnnl::error(dnnl_unimplemented, "rounded-f32 form asked for");
             q->prim = Prim<matmul>(make_matmul(q->a16_md, q->b16_md, nullptr, q->c_md, scale));
           } catch (const dnnl::error &) {
-            // No bf16 matmul on this CPU: dense f32 copies rounded to bf16 values.
+            // No bf16 matmul on this CPU (or the rounded-f32 form asked for): dense f32 copies rounded to
+            // bf16 values.
             q->emulate = true;
             q->a16_md = memory::desc(ad, dt::f32, dense_strides(ad));
             q->b16_md = memory::desc(bd, dt::f32, dense_strides(bd));
@@ -559,18 +614,22 @@ int emo_dnnl_bmm(int nd, const int64_t *a_dims, const int64_t *a_strides, const 
 // [M, N] score matrix is never materialised (a block's scores stay in cache and no memory is allocated per
 // call beyond one block per thread). dims: B, H, M, N, D, Dv; q [B,H,M,D], k [B,H,N,D] and v [B,H,N,Dv]
 // with any element strides (the heads-split views of a projection are read in place); out [B,M,H,Dv]
-// dense, i.e. the heads already merged back to [B, M, H·Dv].
+// dense, i.e. the heads already merged back to [B, M, H·Dv]. bf16: 0 f32; 1 bf16 operands, native (the
+// rounded-f32 form where the CPU has no bf16 matmul); 2 bf16 operands as rounded f32 values.
 int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks, const int64_t *vs,
-                       const float *q, const float *k, const float *v, float *out, float scale, char *err,
+                       const float *q, const float *k, const float *v, float *out, float scale, int bf16, char *err,
                        size_t err_len) {
   try {
     sync_threads();
-    const int64_t b = dims[0], h = dims[1], m = dims[2], n = dims[3], dv = dims[5];
+    const int64_t b = dims[0], h = dims[1], m = dims[2], n = dims[3], d = dims[4], dv = dims[5];
     // ~256 KB of scores per block: a block stays in L2 between the two products.
     const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(m, (64 * 1024) / std::max<int64_t>(n, 1)));
     std::vector<int64_t> key(dims, dims + 6);
     for (const int64_t *st : {qs, ks, vs}) key.insert(key.end(), st, st + 4);
+    key.push_back(bf16);
     std::memcpy(&key.emplace_back(), &scale, sizeof(float));
+    // bf16 modes read dense [B,H,T,D] copies.
+    const int64_t dq[4] = {h * m * d, m * d, d, 1}, dk[4] = {h * n * d, n * d, d, 1}, dvs[4] = {h * n * dv, n * dv, dv, 1};
     Attn *a;
     {
       std::lock_guard<std::mutex> g(attn_mu);
@@ -578,15 +637,42 @@ int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks
       if (it == attn_cache.end()) {
         auto p = std::make_unique<Attn>();
         p->rows = rows;
-        make_attn_block(p->full, rows, dims, qs, ks, vs, scale);
-        if (m % rows != 0) {
-          p->has_tail = true;
-          make_attn_block(p->tail, m % rows, dims, qs, ks, vs, scale);
+        auto make = [&](AttnMode mode) {
+          p->mode = mode;
+          const bool dense = mode != AttnMode::f32;
+          make_attn_block(p->full, rows, dims, dense ? dq : qs, dense ? dk : ks, dense ? dvs : vs, scale, mode);
+          p->has_tail = m % rows != 0;
+          if (p->has_tail) make_attn_block(p->tail, m % rows, dims, dense ? dq : qs, dense ? dk : ks, dense ? dvs : vs, scale, mode);
+        };
+        if (bf16 == 1) {
+          try {
+            make(AttnMode::native_bf16);
+          } catch (const dnnl::error &) {
+            make(AttnMode::rounded_bf16);  // no bf16 matmul on this CPU
+          }
+        } else {
+          make(bf16 == 2 ? AttnMode::rounded_bf16 : AttnMode::f32);
         }
         it = attn_cache.emplace(key, std::move(p)).first;
       }
       a = it->second.get();
     }
+    // The operands as the blocks read them: in place (f32) or dense bf16 / rounded copies.
+    std::vector<uint16_t> q16, k16, v16;
+    std::vector<float> qr, kr, vr;
+    const void *qp0 = q, *kp0 = k, *vp0 = v;
+    const int64_t *qst = qs, *kst = ks, *vst = vs;
+    size_t elem = sizeof(float);
+    if (a->mode == AttnMode::native_bf16) {
+      q16.resize(b * h * m * d), k16.resize(b * h * n * d), v16.resize(b * h * n * dv);
+      pack_bf16(q, qs, b, h, m, d, q16.data()), pack_bf16(k, ks, b, h, n, d, k16.data()), pack_bf16(v, vs, b, h, n, dv, v16.data());
+      qp0 = q16.data(), kp0 = k16.data(), vp0 = v16.data(), elem = sizeof(uint16_t);
+    } else if (a->mode == AttnMode::rounded_bf16) {
+      qr.resize(b * h * m * d), kr.resize(b * h * n * d), vr.resize(b * h * n * dv);
+      pack_bf16(q, qs, b, h, m, d, qr.data()), pack_bf16(k, ks, b, h, n, d, kr.data()), pack_bf16(v, vs, b, h, n, dv, vr.data());
+      qp0 = qr.data(), kp0 = kr.data(), vp0 = vr.data();
+    }
+    if (a->mode != AttnMode::f32) qst = dq, kst = dk, vst = dvs;
     const int64_t blocks = (m + rows - 1) / rows, tasks = b * h * blocks;
     std::string failure;
     // One task per (batch, head, row block); the primitives run single-threaded inside the region, each
@@ -596,24 +682,38 @@ int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks
 #pragma omp parallel
     {
       std::vector<float> scores(static_cast<size_t>(rows * n));
+      std::vector<uint16_t> probs16(a->mode == AttnMode::native_bf16 ? static_cast<size_t>(rows * n) : 0);
       stream s(cpu_engine());
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < tasks; ++t) {
         try {
           const int64_t bi = t / (h * blocks), hi = (t / blocks) % h, r0 = (t % blocks) * rows;
-          const AttnBlock &blk = (a->has_tail && r0 + rows > m) ? a->tail : a->full;
-          const float *qp = q + bi * qs[0] + hi * qs[1] + r0 * qs[2];
-          const float *kp = k + bi * ks[0] + hi * ks[1];
-          const float *vp = v + bi * vs[0] + hi * vs[1];
+          const bool tail = a->has_tail && r0 + rows > m;
+          const AttnBlock &blk = tail ? a->tail : a->full;
+          const int64_t block_rows = tail ? m - r0 : rows;
+          auto at = [&](const void *base, const int64_t *st, int64_t row) {
+            return const_cast<char *>(static_cast<const char *>(base)) + (bi * st[0] + hi * st[1] + row * st[2]) * elem;
+          };
           float *op = out + (bi * m + r0) * h * dv + hi * dv;
-          memory qm(blk.q_md, cpu_engine(), const_cast<float *>(qp));
-          memory km(blk.k_md, cpu_engine(), const_cast<float *>(kp));
+          memory qm(blk.q_md, cpu_engine(), at(qp0, qst, r0));
+          memory km(blk.k_md, cpu_engine(), at(kp0, kst, 0));
           memory sm(blk.s_md, cpu_engine(), scores.data());
-          memory vm(blk.v_md, cpu_engine(), const_cast<float *>(vp));
+          memory vm(blk.v_md, cpu_engine(), at(vp0, vst, 0));
           memory om(blk.o_md, cpu_engine(), op);
           blk.qk.run(s, {{DNNL_ARG_SRC, qm}, {DNNL_ARG_WEIGHTS, km}, {DNNL_ARG_DST, sm}});
           blk.softmax.run(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_DST, sm}});
-          blk.pv.run(s, {{DNNL_ARG_SRC, sm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}});
+          memory pm = sm;
+          if (a->mode != AttnMode::f32) {
+            s.wait();
+            const int64_t count = block_rows * n;
+            if (a->mode == AttnMode::native_bf16) {
+              for (int64_t i = 0; i < count; ++i) probs16[i] = bf16_bits(scores[i]);
+              pm = memory(blk.p_md, cpu_engine(), probs16.data());
+            } else {
+              for (int64_t i = 0; i < count; ++i) scores[i] = bf16_rounded(scores[i]);
+            }
+          }
+          blk.pv.run(s, {{DNNL_ARG_SRC, pm}, {DNNL_ARG_WEIGHTS, vm}, {DNNL_ARG_DST, om}});
           s.wait();
         } catch (const std::exception &e) {
 #pragma omp critical

@@ -3,8 +3,8 @@
 //! - [`Linear`]: weights packed once, bias and optionally the exact GELU fused; f32 or bf16
 //!   (AMX / AVX512_BF16, else emulated with the same numbers).
 //! - [`attention`]: `softmax(scale·QKᵀ)·V` fused per block of query rows (the scores never materialised,
-//!   the heads-split views read in place, the output already heads-merged); f32 (bf16 runs the unfused
-//!   [`matmul`] path).
+//!   the heads-split views read in place, the output already heads-merged); in bf16 the two products take
+//!   bf16 operands and the softmax stays f32.
 //! - [`matmul`]: strided batched matmul.
 //! - [`Conv1d`]: a conv over time-major activations (HuBERT's feature extractor and positional conv):
 //!   groups = 1 without padding as sums of in-place strided GEMMs, candle otherwise; f32.
@@ -13,6 +13,8 @@
 //! The precision is process-wide ([`set_inference`], from a recipe's `runtime.inference_precision`):
 //! `bf16` stores the packed weights as bf16 and multiplies bf16 operands with f32 accumulation, keeping
 //! every other op and every activation in f32 (PyTorch's CPU autocast does the same for Linear/matmul).
+//! How bf16 products run depends on the CPU ([`bf16_arith`]): oneDNN's bf16 kernels with AMX, f32 FMAs on
+//! bf16-rounded operands (the same numbers, faster there) without.
 //! Training keeps candle's differentiable ops: the frozen encoders (HuBERT, ViT-MAE, VideoMAE, EVA)
 //! call into here, and the LLM only on its generation path (KV-cached decoding of frozen weights; see
 //! `model::lora::BaseLinear::forward_inference`).
@@ -143,6 +145,87 @@ pub fn cpu_has_bf16() -> bool {
     })
 }
 
+/// Whether the CPU has AMX-BF16 tiles, from /proc/cpuinfo.
+pub fn cpu_has_amx_bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| s.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16")))
+            .unwrap_or(false)
+    })
+}
+
+/// How the fast path computes bf16-precision products. Both give the products of bf16-rounded operands
+/// (exact in f32) accumulated in f32; only the summation order differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Arith {
+    /// bf16 operands in oneDNN's bf16 kernels (AMX tiles, AVX512_BF16 dot products); where the CPU has
+    /// neither, oneDNN has no bf16 matmul and the rounded-f32 form runs instead.
+    Native,
+    /// bf16-rounded operands multiplied with f32 FMAs.
+    RoundedF32,
+}
+
+impl Bf16Arith {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Arith::Native => "native",
+            Bf16Arith::RoundedF32 => "rounded-f32",
+        }
+    }
+}
+
+/// The environment variable that overrides [`bf16_arith`]'s choice: `native` or `rounded-f32`.
+pub const BF16_ARITH_ENV: &str = "EMOLLAMA_BF16_ARITH";
+
+static BF16_ARITH: AtomicU8 = AtomicU8::new(0);
+
+/// The bf16 arithmetic of this process: [`set_bf16_arith`]'s, else `EMOLLAMA_BF16_ARITH`, else native
+/// where the CPU has AMX-BF16 and rounded-f32 elsewhere. Without AMX the bf16 dot-product instruction
+/// (AVX512_BF16's `vdpbf16ps`) issues on one port of Intel's cores where f32 FMAs issue on two, so bf16
+/// products run slower than f32 ones: 143 against 229 GFLOP/s for oneDNN 2.6 and 109 against 286 for
+/// PyTorch 2.15 on a 2048³ product (2 threads, Xeon family 6 model 207 without AMX, 2026-12-06).
+pub fn bf16_arith() -> Bf16Arith {
+    match BF16_ARITH.load(Ordering::Relaxed) {
+        1 => return Bf16Arith::Native,
+        2 => return Bf16Arith::RoundedF32,
+        _ => {}
+    }
+    static DEFAULT: OnceLock<Bf16Arith> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        let by_cpu = if cpu_has_amx_bf16() { Bf16Arith::Native } else { Bf16Arith::RoundedF32 };
+        match std::env::var(BF16_ARITH_ENV).ok().as_deref() {
+            None | Some("") => by_cpu,
+            Some("native") => Bf16Arith::Native,
+            Some("rounded-f32") => Bf16Arith::RoundedF32,
+            Some(other) => {
+                tracing::warn!("{BF16_ARITH_ENV}={other:?} is neither \"native\" nor \"rounded-f32\"; using {}", by_cpu.name());
+                by_cpu
+            }
+        }
+    })
+}
+
+/// Sets the bf16 arithmetic for this process (benchmarks and tests compare the two).
+pub fn set_bf16_arith(arith: Bf16Arith) {
+    BF16_ARITH.store(if arith == Bf16Arith::Native { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// The arithmetic of the fast path's products: the process precision, bf16 resolved by [`bf16_arith`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arith {
+    F32,
+    Bf16(Bf16Arith),
+}
+
+/// The arithmetic the fast path uses now.
+pub fn inference_arith() -> Arith {
+    match inference_precision() {
+        Precision::F32 => Arith::F32,
+        Precision::Bf16 => Arith::Bf16(bf16_arith()),
+    }
+}
+
 /// The default inference precision on this machine: bf16 where the CPU has native bf16 and the build
 /// has the oneDNN path, else f32.
 pub fn default_precision() -> Precision {
@@ -162,7 +245,7 @@ pub struct Linear {
     /// `forward` = the exact (erf) GELU of the product (fused into oneDNN's epilogue).
     gelu_erf: bool,
     #[cfg(feature = "onednn")]
-    packed: OnceLock<Option<(Precision, onednn::PackedLinear)>>,
+    packed: OnceLock<Option<(Arith, onednn::PackedLinear)>>,
 }
 
 impl std::fmt::Debug for Linear {
@@ -220,22 +303,22 @@ impl Linear {
     /// `rows`: the first input's row count, which picks oneDNN's packed layout.
     #[cfg(feature = "onednn")]
     fn packed(&self, rows: usize) -> Option<&onednn::PackedLinear> {
-        let precision = inference_precision();
+        let arith = inference_arith();
         let entry = self.packed.get_or_init(|| {
             // bf16 / f16 weights (frozen encoders kept in the run's dtype) are packed like f32 ones.
             if !self.inner.weight().device().is_cpu() || !self.inner.weight().dtype().is_float() {
                 return None;
             }
-            match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), precision, rows, self.gelu_erf) {
-                Ok(p) => Some((precision, p)),
+            match onednn::PackedLinear::new(self.inner.weight(), self.inner.bias(), arith, rows, self.gelu_erf) {
+                Ok(p) => Some((arith, p)),
                 Err(e) => {
                     tracing::warn!(error = %e, "oneDNN linear unavailable; using candle's matmul");
                     None
                 }
             }
         });
-        // Packed at another precision (the setting changed after first use): use candle's path.
-        entry.as_ref().filter(|(p, _)| *p == precision).map(|(_, l)| l)
+        // Packed for other arithmetic (the setting changed after first use): use candle's path.
+        entry.as_ref().filter(|(a, _)| *a == arith).map(|(_, l)| l)
     }
 }
 
@@ -283,7 +366,7 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: candle_nn::VarBuilder) -> Resul
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "onednn")]
     if fast_ok(a) && fast_ok(b) && (2..=6).contains(&a.rank()) && a.rank() == b.rank() && a.stride().iter().chain(b.stride()).all(|&s| s > 0) {
-        return onednn::batched_matmul(a, b, inference_precision());
+        return onednn::batched_matmul(a, b, inference_arith());
     }
     // candle's matmul takes contiguous or last-two-transposed operands; anything else is copied first.
     a.matmul(b).or_else(|_| a.contiguous()?.matmul(&b.contiguous()?))
@@ -387,8 +470,8 @@ impl Conv1d {
 /// never materialises the (m, n) scores, one block of query rows per thread at a time.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     #[cfg(feature = "onednn")]
-    if fast_ok(q) && fast_ok(k) && fast_ok(v) && inference_precision() == Precision::F32 && q.rank() == 4 {
-        return onednn::fused_attention(q, k, v, scale as f32);
+    if fast_ok(q) && fast_ok(k) && fast_ok(v) && q.rank() == 4 {
+        return onednn::fused_attention(q, k, v, scale as f32, inference_arith());
     }
     let (b, h, m, _) = q.dims4()?;
     let e = v.dim(3)?;
@@ -399,6 +482,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_utils::seeded_uniform;
     use candle_core::{DType, Device};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -444,15 +528,19 @@ mod tests {
         let y = Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
         assert_eq!(y.dims(), &[3, 7, 96]);
         assert!(max_diff(&y, &reference) < 1e-4, "{}", max_diff(&y, &reference));
-        if available() {
+        for arith in [Bf16Arith::Native, Bf16Arith::RoundedF32] {
+            if !available() {
+                break;
+            }
+            set_bf16_arith(arith);
             set_inference(Precision::Bf16, 2);
             let y16 = Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
             set_inference(Precision::F32, 2);
             assert!(cosine(&y16, &reference) > 0.999, "{}", cosine(&y16, &reference));
             assert!(max_diff(&y16, &reference) > 0.0, "bf16 should round");
-            // Exactly the products of bf16-rounded operands with f32 accumulation (native or emulated).
+            // Exactly the products of bf16-rounded operands with f32 accumulation (either arithmetic).
             let rounded = candle_nn::Linear::new(round_bf16(&w)?, Some(b.clone())).forward(&round_bf16(&x)?)?;
-            assert!(max_diff(&y16, &rounded) < 1e-4, "{}", max_diff(&y16, &rounded));
+            assert!(max_diff(&y16, &rounded) < 1e-4, "{arith:?}: {}", max_diff(&y16, &rounded));
         }
         Ok(())
     }
@@ -578,6 +666,50 @@ mod tests {
             assert!(max_diff(&gelu_erf(&s)?, &s_ref.gelu_erf()?) < 1e-4, "gelu with {threads} threads");
             let c = conv.forward_time_major(&cx)?;
             assert!(max_diff(&c, &conv_ref) < 1e-4, "conv with {threads} threads: {}", max_diff(&c, &conv_ref));
+        }
+        set_inference(Precision::F32, 2);
+        Ok(())
+    }
+
+    /// bf16 attention (autocast's numbers): softmax(scale · bf16(q) · bf16(k)ᵀ) in f32, its probabilities
+    /// rounded to bf16 before multiplying bf16(v); in both arithmetics, on the heads-split views, with a
+    /// tail block, and bitwise the same under any thread count.
+    #[test]
+    fn bf16_attention_is_fused_and_equals_products_of_rounded_operands() -> Result<()> {
+        if !available() {
+            return Ok(());
+        }
+        let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect()) };
+        for (b, h, m, n, d) in [(2, 3, 5, 7, 8), (1, 4, 300, 280, 16)] {
+            // Seeded draws: the bound below is for these inputs, not a probability.
+            let split = |t: usize, seed: u64| -> Result<Tensor> { seeded_uniform(&[b, t, h, d], seed)?.transpose(1, 2) };
+            let (q, k, v) = (split(m, 1)?, split(n, 2)?, split(n, 3)?);
+            let scale = (d as f64).powf(-0.5);
+            let (qr, kr, vr) = (round_bf16(&q.contiguous()?)?, round_bf16(&k.contiguous()?)?, round_bf16(&v.contiguous()?)?);
+            let probs = candle_nn::ops::softmax_last_dim(&(qr.matmul(&kr.t()?)? * scale)?)?;
+            let reference = round_bf16(&probs)?.matmul(&vr)?.transpose(1, 2)?.reshape((b, m, h * d))?;
+            let f32_out = attention_reference(&q, &k, &v, scale)?;
+            let mut outs = Vec::new();
+            for arith in [Bf16Arith::Native, Bf16Arith::RoundedF32] {
+                set_bf16_arith(arith);
+                let mut first: Option<Vec<u32>> = None;
+                for threads in [2, 1, 3] {
+                    set_inference(Precision::Bf16, threads);
+                    let out = attention(&q, &k, &v, scale)?;
+                    // A probability a few f32 ulps off may round to the neighbouring bf16 value (0.4 % of it).
+                    assert!(max_diff(&out, &reference) < 1e-3, "{arith:?} {:?}: {}", (b, h, m, n), max_diff(&out, &reference));
+                    match &first {
+                        None => first = Some(bits(&out)?),
+                        Some(f) => assert!(*f == bits(&out)?, "{arith:?} with {threads} threads differs from 2 threads"),
+                    }
+                }
+                let out = attention(&q, &k, &v, scale)?;
+                println!("{arith:?} {:?}: {:.2e} from the rounded-operand reference, {:.2e} from f32", (b, h, m, n), max_diff(&out, &reference), max_diff(&out, &f32_out));
+                assert!(max_diff(&out, &f32_out) > 0.0, "bf16 should round");
+                outs.push(out);
+            }
+            // Both arithmetics give the same products; only the summation order may differ.
+            assert!(max_diff(&outs[0], &outs[1]) < 1e-3, "native vs rounded-f32: {}", max_diff(&outs[0], &outs[1]));
         }
         set_inference(Precision::F32, 2);
         Ok(())

@@ -1,13 +1,13 @@
 //! oneDNN matmul ops for candle (feature `onednn`): a Linear with weights packed once and the bias
 //! fused, and a batched matmul reading strided operands (attention's `QKᵀ` and `PV`). Both take and
-//! return f32 tensors; in bf16 mode the products run on bf16 operands (AMX / AVX512_BF16) and
-//! accumulate in f32. Inference only: the ops have no backward.
+//! return f32 tensors; in bf16 mode the products take bf16-rounded operands, in oneDNN's bf16 kernels or
+//! as f32 values ([`super::Bf16Arith`]), and accumulate in f32. Inference only: the ops have no backward.
 
 use std::ffi::{c_char, c_void};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 
-use super::Precision;
+use super::{Arith, Bf16Arith};
 
 unsafe extern "C" {
     fn emo_dnnl_set_threads(n: i32);
@@ -58,9 +58,19 @@ unsafe extern "C" {
         v: *const f32,
         out: *mut f32,
         scale: f32,
+        bf16: i32,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
+}
+
+/// The shim's `bf16` argument of the batched matmul and the attention: 0 f32, 1 native bf16, 2 rounded f32.
+fn operand_code(arith: Arith) -> i32 {
+    match arith {
+        Arith::F32 => 0,
+        Arith::Bf16(Bf16Arith::Native) => 1,
+        Arith::Bf16(Bf16Arith::RoundedF32) => 2,
+    }
 }
 
 const ERR_LEN: usize = 512;
@@ -117,13 +127,15 @@ impl Drop for PackedLinear {
 impl PackedLinear {
     /// `weight` (out, in), `bias` (out). `m_hint`: a typical row count, which picks the packed layout.
     /// `gelu_erf`: the exact GELU fused after the bias.
-    pub fn new(weight: &Tensor, bias: Option<&Tensor>, precision: Precision, m_hint: usize, gelu_erf: bool) -> Result<Self> {
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, arith: Arith, m_hint: usize, gelu_erf: bool) -> Result<Self> {
         let (n, k) = weight.dims2()?;
         let (w32, bias) = host_weights(weight, bias, n)?;
-        // Mode 2: bf16 arithmetic from f32 weights (native bf16 where the CPU has it, else emulated).
-        let mode = match precision {
-            Precision::Bf16 => 2,
-            Precision::F32 => 0,
+        // Modes 2 and 3: bf16 arithmetic from f32 weights, native (rounded f32 where the CPU has no bf16
+        // matmul) or rounded f32.
+        let mode = match arith {
+            Arith::F32 => 0,
+            Arith::Bf16(Bf16Arith::Native) => 2,
+            Arith::Bf16(Bf16Arith::RoundedF32) => 3,
         };
         let mut err = [0u8; ERR_LEN];
         // SAFETY: w32 holds n*k f32, bias n f32 (or null); the shim copies both before returning.
@@ -173,7 +185,7 @@ impl CustomOp1 for PackedLinear {
 
 /// Batched `a · b` (same rank 2..=6, same leading dims, f32, any strides) → contiguous f32.
 struct BatchedMatmul {
-    precision: Precision,
+    arith: Arith,
 }
 
 impl CustomOp2 for BatchedMatmul {
@@ -207,7 +219,7 @@ impl CustomOp2 for BatchedMatmul {
                 b[l2.start_offset()..].as_ptr(),
                 c.as_mut_ptr(),
                 1.0,
-                (self.precision == Precision::Bf16) as i32,
+                operand_code(self.arith),
                 err.as_mut_ptr() as *mut c_char,
                 ERR_LEN,
             )
@@ -220,13 +232,14 @@ impl CustomOp2 for BatchedMatmul {
 }
 
 /// `a` (..., m, k) · `b` (..., k, n), f32; strided operands are read in place (a transposed `K` is free).
-pub fn batched_matmul(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
-    a.apply_op2_no_bwd(b, &BatchedMatmul { precision })
+pub fn batched_matmul(a: &Tensor, b: &Tensor, arith: Arith) -> Result<Tensor> {
+    a.apply_op2_no_bwd(b, &BatchedMatmul { arith })
 }
 
 /// `softmax(scale · q · kᵀ) · v` per (batch, head) without materialising the score matrix.
 struct FusedAttention {
     scale: f32,
+    arith: Arith,
 }
 
 impl CustomOp3 for FusedAttention {
@@ -264,6 +277,7 @@ impl CustomOp3 for FusedAttention {
                 v[l3.start_offset()..].as_ptr(),
                 out.as_mut_ptr(),
                 self.scale,
+                operand_code(self.arith),
                 err.as_mut_ptr() as *mut c_char,
                 ERR_LEN,
             )
@@ -276,9 +290,9 @@ impl CustomOp3 for FusedAttention {
 }
 
 /// `softmax(scale · q · kᵀ) · v`: q (b, h, m, d), k (b, h, n, d), v (b, h, n, e), any strides → (b, m, h·e)
-/// with the heads merged. f32 only.
-pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &FusedAttention { scale })
+/// with the heads merged; f32 tensors, the products in `arith` (bf16: bf16 operands, f32 softmax).
+pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, arith: Arith) -> Result<Tensor> {
+    q.apply_op3_no_bwd(k, v, &FusedAttention { scale, arith })
 }
 
 /// A 1-D convolution (groups = 1, no padding) over time-major activations (batch, time, channels), as

@@ -423,15 +423,6 @@ mod tests {
         Ok(())
     }
 
-    /// Uniform in [-√3, √3) (unit variance) from a seeded stream.
-    fn seeded_input(shape: &[usize], seed: u64, dev: &Device) -> Result<Tensor> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.732f32..1.732)).collect();
-        Tensor::from_vec(v, shape, dev)
-    }
-
     #[test]
     fn bf16_input_computes_in_bf16_close_to_f32() -> Result<()> {
         let dev = Device::Cpu;
@@ -441,7 +432,7 @@ mod tests {
         // of 0.095 once). Over 300 seeded draws the error is 1.4% of the output scale at the median, 4.5% at
         // the 99th percentile and 5.3% at most; this draw gives 1.8%.
         let stc = StcConnectorV35::new(&cfg, crate::model::init::SeededVarMap::builder(&map, 7, DType::F32, &dev))?;
-        let x = seeded_input(&[1, 4, 16, 8], 11, &dev)?;
+        let x = crate::test_utils::seeded_uniform(&[1, 4, 16, 8], 11)?;
         let y32 = stc.forward(&x)?;
         let y16 = stc.forward(&x.to_dtype(DType::BF16)?)?;
         assert_eq!(y16.dtype(), DType::BF16);

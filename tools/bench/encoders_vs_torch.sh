@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The four Emotion-LLaMA encoders and VideoLLaMA2's SigLIP tower at their real sizes (random weights): emollama against PyTorch 2.5.1
+# The four Emotion-LLaMA encoders and VideoLLaMA2's SigLIP tower at their real sizes (random weights): emollama against PyTorch
 # (transformers / timm) on the same input shapes and thread count, in f32 and bf16, plus the matmul
 # micro-benchmark (machine peak and the large Linear layers) in the same session. Writes two sections of
 # BENCHMARKS.md. Needs a venv with torch 2.5.1, transformers 4.46.3, timm 1.0.12 (EMOLLAMA_TORCH_PY, default
@@ -48,8 +48,12 @@ for name, dt in [("f32", torch.float32), ("bf16", torch.bfloat16)][: 2 if sys.ar
 print(json.dumps(out))
 PY
 python3 - "$tmp" "$THREADS" "$REPEATS" <<'PY' | python3 tools/bench/write_section.py BENCHMARKS.md
-import json, sys, datetime, platform, pathlib
+import json, sys, datetime, pathlib
 tmp, threads, repeats = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+# One pair of sections per instruction-set level, so the AVX2 and AVX-512 / AMX rows stay side by side.
+sys.path.insert(0, "tools/bench")
+from cpu_info import describe
+model, level, have = describe()
 ours = {}
 for p in ["candle", "f32", "bf16"]:
     ours[p] = {}
@@ -65,11 +69,13 @@ na = lambda d, name: d.get(name, {}).get("median_s")
 fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
 backend = next(iter(ours["f32"].values()))["backend"]
 tv = next(iter(torch["f32"].values()))["torch"]
-L = ["## Encoders at real size: emollama vs PyTorch, CPU f32 and bf16", "",
-     f"{datetime.date.today()}, {platform.machine()}, {threads} threads, random weights, forward pass only, median of {repeats} after a warm-up (candle f32: of 2), "
+arith = next(iter(ours["bf16"].values()), {}).get("bf16_arith")
+bf16_arith = {"native": "in oneDNN's bf16 kernels", "rounded-f32": "as f32 FMAs on bf16-rounded operands (no AMX: faster than bf16 instructions)"}.get(arith, "")
+L = [f"## Encoders at real size: emollama vs PyTorch, f32 and bf16, CPU with {level}", "",
+     f"{datetime.date.today()}, {model} ({have}), {threads} threads, random weights, forward pass only, median of {repeats} after a warm-up (candle f32: of 2), "
      f"encoder by encoder with emollama and PyTorch back to back, one session (`just bench`, tools/bench/encoders_vs_torch.sh; emollama with {backend}; PyTorch {tv} with transformers "
      "4.46.3 / timm 1.0.12 on the same shapes). emollama bf16 = bf16 matmul operands with f32 accumulation and f32 activations "
-     "(like PyTorch's CPU autocast); PyTorch bf16 = model and input in bfloat16. Ratio < 1: emollama is faster. Seconds.", "",
+     f"(like PyTorch's CPU autocast), its products {bf16_arith}; PyTorch bf16 = model and input in bfloat16. Ratio < 1: emollama is faster. Seconds.", "",
      "| encoder | input | candle f32 | emollama f32 | PyTorch f32 | f32 ratio | emollama bf16 | PyTorch bf16 | PyTorch autocast | bf16 ratio (vs faster) |",
      "|---|---|---|---|---|---|---|---|---|---|"]
 for name, r in ours["f32"].items():
@@ -81,7 +87,7 @@ print("\n".join(L))
 rows = [json.loads(l) for l in (tmp / "accel.jsonl").read_text().splitlines() if l.strip()]
 tp = json.loads((tmp / "torch-peak.json").read_text())
 peak = {p: max(rows[0][f"emollama_{p}_gflops"], tp.get(p, 0.0)) for p in ["f32", "bf16"]}
-print("\n## Matmul: machine peak and the encoders' large Linear layers, CPU\n")
+print(f"\n## Matmul: machine peak and the encoders' large Linear layers, CPU with {level}\n")
 print(f"Same session, {threads} threads, median of 10 (examples/accel_bench.rs). Peak = the faster of emollama (oneDNN, packed weights) and "
       f"PyTorch on a 2048³ product: f32 {peak['f32']:.0f} GFLOP/s (PyTorch {tp['f32']:.0f})" + (f", bf16 {peak['bf16']:.0f} GFLOP/s (PyTorch {tp.get('bf16', 0):.0f})" if "bf16" in tp else "") + ". "
       "Linear = x·Wᵀ + b at the layer's real shape.\n")

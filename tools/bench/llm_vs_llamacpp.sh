@@ -27,17 +27,15 @@ fi
 ours=$(RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" cargo run --quiet --release --example bench_llm -- "$NEW")
 theirs=$("$VENV/bin/python" tools/bench/llama_cpp_bench.py "$GGUF" "$THREADS" "$NEW" q4_1; "$VENV/bin/python" tools/bench/llama_cpp_bench.py "$F32" "$THREADS" "$NEW" f32)
 python3 - "$ours" "$theirs" <<'PY' | python3 tools/bench/write_section.py BENCHMARKS.md
-import json, sys, datetime, platform
+import json, sys, datetime
 rows = [json.loads(l) for a in sys.argv[1:] for l in a.splitlines() if l.strip()]
 ref = {r["mode"]: r for r in rows if r["engine"] == "llama.cpp"}
 precision = lambda r: "f32" if r["mode"].startswith("f32") else "q4_1"
 q = ref["q4_1"]
 # The CPU in the title: one section per instruction-set level, so AVX2 and AVX-512 rows stay side by side.
-info = open("/proc/cpuinfo").read() if platform.system() == "Linux" else ""
-model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.machine())
-flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
-level = "AMX" if "amx_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "baseline x86-64"
-have = ", ".join(f for f in ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"] if f in flags)
+sys.path.insert(0, "tools/bench")
+from cpu_info import describe
+model, level, have = describe()
 lines = [f"## LLM inference: SmolLM2-135M-Instruct (GGUF), CPU with {level}", "",
          f"{datetime.date.today()}, {model} ({have}), {q['threads']} threads, "
          f"prompt {q['prompt_tokens']} tokens, {q['new_tokens']} greedy tokens, median of 3, one session "
