@@ -21,11 +21,13 @@ export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
 cargo build --quiet --release --example encoder_bench --example accel_bench
 bin="${CARGO_TARGET_DIR:-target}/release/examples"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-ours_modes=(candle f32); torch_modes=(f32)
+# CANDLE=0 skips the candle-only column (slow: minutes per encoder).
+ours_modes=(f32); [[ "${CANDLE:-1}" == 1 ]] && ours_modes=(candle f32); torch_modes=(f32)
 if [[ "$BF16" == 1 ]]; then ours_modes+=(bf16); torch_modes+=(bf16 autocast); fi
 # Encoder by encoder, emollama then PyTorch back to back, so a slow spell of the machine hits both sides.
 # VideoLLaMA2-AV's BEATs too when VL2_SRC names a VideoLLaMA2 checkout (audio_visual branch) to import it from.
-names=(hubert-large vit-mae-large videomae-large eva-vit-g siglip-so400m); vl2=()
+# ENCODERS="a b" measures only those.
+read -r -a names <<< "${ENCODERS:-hubert-large vit-mae-large videomae-large eva-vit-g siglip-so400m}"; vl2=()
 if [[ -n "${VL2_SRC:-}" ]]; then names+=(beats-iter3-plus); vl2=(--vl2-src "$VL2_SRC"); fi
 for name in "${names[@]}"; do
   # candle alone is the before-oneDNN reference column: two runs suffice.
