@@ -56,10 +56,7 @@ impl Parts<'_> {
                     candle_core::bail!("tensor `{key}` has shape {:?}, the config expects [{out}, {inp}]", w.shape().dims());
                 }
                 let b = if bias { Some(vb.get(out, "bias")?) } else { None };
-                match self.dense_prompt {
-                    true => BaseLinear::quantized_with_dense_prompt(w.clone(), b)?,
-                    false => BaseLinear::quantized(w.clone(), b)?,
-                }
+                BaseLinear::quantized_for(w.clone(), b, self.dense_prompt)?
             }
             None if bias => BaseLinear::dense_from(candle_nn::linear(inp, out, vb.clone())?),
             None => BaseLinear::dense_from(candle_nn::linear_no_bias(inp, out, vb.clone())?),
@@ -308,8 +305,7 @@ impl Llama {
         let head_key = format!("{}.weight", vb.pp("lm_head").prefix());
         let quant_head = quant.and_then(|q| q.get(if cfg.tie_word_embeddings { &tied_key } else { &head_key }));
         let lm_head = match quant_head {
-            Some(w) if dense_prompt => BaseLinear::quantized_with_dense_prompt(w.clone(), None)?,
-            Some(w) => BaseLinear::quantized(w.clone(), None)?,
+            Some(w) => BaseLinear::quantized_for(w.clone(), None, dense_prompt)?,
             None if cfg.tie_word_embeddings => BaseLinear::dense_from(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None)),
             None => BaseLinear::dense_from(candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?),
         };

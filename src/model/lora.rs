@@ -68,6 +68,11 @@ impl BaseLinear {
         Ok(Self::Quantized { matmul: QMatMul::from_arc(weight.clone())?, weight, bias, prompt: Some(Arc::new(OnceLock::new())) })
     }
 
+    /// [`Self::quantized_with_dense_prompt`] when `dense_prompt`, else [`Self::quantized`].
+    pub fn quantized_for(weight: Arc<QTensor>, bias: Option<Tensor>, dense_prompt: bool) -> Result<Self> {
+        if dense_prompt { Self::quantized_with_dense_prompt(weight, bias) } else { Self::quantized(weight, bias) }
+    }
+
     /// (out, in).
     pub fn dims(&self) -> Result<(usize, usize)> {
         match self {

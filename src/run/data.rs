@@ -173,10 +173,10 @@ fn keep_only_evaluated(r: &crate::recipe::Recipe, pool: &mut Vec<Sample>, pool_d
         return;
     }
     let mut taken = 0;
-    let keep: Vec<bool> = pool
-        .iter()
-        .zip(pool_dataset.iter())
-        .map(|(s, d)| {
+    (*pool, *pool_dataset) = std::mem::take(pool)
+        .into_iter()
+        .zip(std::mem::take(pool_dataset))
+        .filter(|(s, d)| {
             if (d, &s.split) != (&eval_split.0, &eval_split.1) {
                 return true;
             }
@@ -184,11 +184,7 @@ fn keep_only_evaluated(r: &crate::recipe::Recipe, pool: &mut Vec<Sample>, pool_d
             taken += usize::from(take);
             take
         })
-        .collect();
-    let mut flags = keep.iter();
-    pool.retain(|_| flags.next().copied().unwrap_or(true));
-    let mut flags = keep.iter();
-    pool_dataset.retain(|_| flags.next().copied().unwrap_or(true));
+        .unzip();
 }
 
 /// (dataset, split) pairs the run reads: each stage's data, validation and evaluation.
