@@ -223,19 +223,6 @@ struct Bmm {
 std::mutex bmm_mu;
 std::map<std::vector<int64_t>, std::unique_ptr<Bmm>> bmm_cache;
 
-// Rounds f32 values to the nearest bf16 (ties to even), kept as f32: on a CPU without native bf16
-// (no AVX512_BF16 / AMX, where oneDNN has no bf16 matmul) bf16 mode runs f32 products of rounded
-// operands, which gives the numbers a native bf16 matmul with f32 accumulation gives.
-void round_to_bf16(const float *src, float *dst, int64_t count) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &src[i], 4);
-    if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-    std::memcpy(&dst[i], &bits, 4);
-  }
-}
-
 // bf16 operands of a matmul: native bf16 (AMX / AVX512_BF16 instructions, oneDNN's bf16 kernels) or f32
 // values rounded to bf16 and multiplied with f32 FMAs. Both give the products of bf16-rounded operands
 // accumulated in f32 (a product of two bf16 values is exact in f32); only the summation order differs.
@@ -254,6 +241,14 @@ inline float bf16_rounded(float v) {
   float r;
   std::memcpy(&r, &bits, 4);
   return r;
+}
+
+// Rounds f32 values to the nearest bf16 (ties to even), kept as f32: on a CPU without native bf16
+// (no AVX512_BF16 / AMX, where oneDNN has no bf16 matmul) bf16 mode runs f32 products of rounded
+// operands, which gives the numbers a native bf16 matmul with f32 accumulation gives.
+void round_to_bf16(const float *src, float *dst, int64_t count) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < count; ++i) dst[i] = bf16_rounded(src[i]);
 }
 
 // A [B, H, T, D] f32 tensor with element strides `st` copied into a dense [B, H, T, D] buffer of bf16 bits
@@ -475,11 +470,7 @@ void *emo_dnnl_linear_new(int64_t n, int64_t k, int bf16, const void *w, const f
       std::vector<uint16_t> w16(static_cast<size_t>(n * k));
       std::vector<float> rounded(static_cast<size_t>(n * k));
       round_to_bf16(w32, rounded.data(), n * k);
-      for (size_t i = 0; i < w16.size(); ++i) {
-        uint32_t bits;
-        std::memcpy(&bits, &rounded[i], 4);
-        w16[i] = static_cast<uint16_t>(bits >> 16);
-      }
+      for (size_t i = 0; i < w16.size(); ++i) w16[i] = bf16_bits(w32[i]);
       if (bf16 == 2) {
         try {
           return linear_new(n, k, true, w16.data(), bias, m_hint, gelu);
@@ -663,16 +654,14 @@ int emo_dnnl_attention(const int64_t *dims, const int64_t *qs, const int64_t *ks
     const void *qp0 = q, *kp0 = k, *vp0 = v;
     const int64_t *qst = qs, *kst = ks, *vst = vs;
     size_t elem = sizeof(float);
-    if (a->mode == AttnMode::native_bf16) {
-      q16.resize(b * h * m * d), k16.resize(b * h * n * d), v16.resize(b * h * n * dv);
-      pack_bf16(q, qs, b, h, m, d, q16.data()), pack_bf16(k, ks, b, h, n, d, k16.data()), pack_bf16(v, vs, b, h, n, dv, v16.data());
-      qp0 = q16.data(), kp0 = k16.data(), vp0 = v16.data(), elem = sizeof(uint16_t);
-    } else if (a->mode == AttnMode::rounded_bf16) {
-      qr.resize(b * h * m * d), kr.resize(b * h * n * d), vr.resize(b * h * n * dv);
-      pack_bf16(q, qs, b, h, m, d, qr.data()), pack_bf16(k, ks, b, h, n, d, kr.data()), pack_bf16(v, vs, b, h, n, dv, vr.data());
-      qp0 = qr.data(), kp0 = kr.data(), vp0 = vr.data();
-    }
-    if (a->mode != AttnMode::f32) qst = dq, kst = dk, vst = dvs;
+    auto pack_all = [&](auto &qb, auto &kb, auto &vb) {
+      qb.resize(b * h * m * d), kb.resize(b * h * n * d), vb.resize(b * h * n * dv);
+      pack_bf16(q, qs, b, h, m, d, qb.data()), pack_bf16(k, ks, b, h, n, d, kb.data()), pack_bf16(v, vs, b, h, n, dv, vb.data());
+      qp0 = qb.data(), kp0 = kb.data(), vp0 = vb.data(), elem = sizeof(qb[0]);
+      qst = dq, kst = dk, vst = dvs;
+    };
+    if (a->mode == AttnMode::native_bf16) pack_all(q16, k16, v16);
+    if (a->mode == AttnMode::rounded_bf16) pack_all(qr, kr, vr);
     const int64_t blocks = (m + rows - 1) / rows, tasks = b * h * blocks;
     std::string failure;
     // One task per (batch, head, row block); the primitives run single-threaded inside the region, each

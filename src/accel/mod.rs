@@ -1,7 +1,7 @@
 //! Fast CPU inference for the frozen networks through oneDNN (cargo feature `onednn`, Debian's
 //! `libdnnl-dev`), with candle's own ops as the fallback (feature off, a GPU tensor, non-f32):
 //! - [`Linear`]: weights packed once, bias and optionally the exact GELU fused; f32 or bf16
-//!   (AMX / AVX512_BF16, else emulated with the same numbers).
+//!   ([`bf16_arith`]: native kernels or f32 FMAs on rounded operands, the same numbers).
 //! - [`attention`]: `softmax(scale·QKᵀ)·V` fused per block of query rows (the scores never materialised,
 //!   the heads-split views read in place, the output already heads-merged); in bf16 the two products take
 //!   bf16 operands and the softmax stays f32.
@@ -11,7 +11,7 @@
 //! - [`gelu_erf`]: oneDNN's vectorised exact GELU.
 //!
 //! The precision is process-wide ([`set_inference`], from a recipe's `runtime.inference_precision`):
-//! `bf16` stores the packed weights as bf16 and multiplies bf16 operands with f32 accumulation, keeping
+//! `bf16` rounds the packed weights to bf16 and multiplies bf16 operands with f32 accumulation, keeping
 //! every other op and every activation in f32 (PyTorch's CPU autocast does the same for Linear/matmul).
 //! How bf16 products run depends on the CPU ([`bf16_arith`]): oneDNN's bf16 kernels with AMX, f32 FMAs on
 //! bf16-rounded operands (the same numbers, faster there) without.
@@ -135,24 +135,24 @@ pub fn backend() -> String {
     "candle (feature onednn off)".to_string()
 }
 
+/// Whether /proc/cpuinfo lists any of `flags` (read once per process).
+fn cpu_has_any_flag(flags: &[&str]) -> bool {
+    static FLAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let have = FLAGS.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        info.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+    });
+    have.iter().any(|f| flags.contains(&f.as_str()))
+}
+
 /// Whether the CPU multiplies bf16 natively (AMX-BF16 or AVX512_BF16), from /proc/cpuinfo.
 pub fn cpu_has_bf16() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::fs::read_to_string("/proc/cpuinfo")
-            .map(|s| s.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16" || f == "avx512_bf16")))
-            .unwrap_or(false)
-    })
+    cpu_has_any_flag(&["amx_bf16", "avx512_bf16"])
 }
 
 /// Whether the CPU has AMX-BF16 tiles, from /proc/cpuinfo.
 pub fn cpu_has_amx_bf16() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::fs::read_to_string("/proc/cpuinfo")
-            .map(|s| s.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16")))
-            .unwrap_or(false)
-    })
+    cpu_has_any_flag(&["amx_bf16"])
 }
 
 /// How the fast path computes bf16-precision products. Both give the products of bf16-rounded operands
