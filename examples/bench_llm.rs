@@ -3,7 +3,8 @@
 //! Prints one JSON line per mode; `tools/bench/llm_vs_llamacpp.sh` runs llama.cpp on the same file,
 //! prompt and thread count and writes the comparison.
 //!
-//! Usage: RAYON_NUM_THREADS=2 cargo run --release --example bench_llm [-- NEW_TOKENS]
+//! Usage: RAYON_NUM_THREADS=2 cargo run --release --example bench_llm [-- NEW_TOKENS [MODE_PREFIX]]
+//! (`MODE_PREFIX`, e.g. `q4_1`, runs only the modes whose name starts with it: for profiling one path).
 use std::path::Path;
 use std::time::Instant;
 
@@ -35,11 +36,15 @@ fn run(chat: &ChatModel, ids: &[u32], new_tokens: usize) -> anyhow::Result<(f64,
 fn main() -> anyhow::Result<()> {
     emollama::accel::init_process();
     let new_tokens: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(64);
+    let only = std::env::args().nth(2).unwrap_or_default();
     let registry = Registry::load(Path::new(env!("CARGO_MANIFEST_DIR")))?;
     let threads = candle_core::utils::get_num_threads();
     // q4_1: prompts through the dense f32 copy (`lora::PROMPT_ROWS`), decoding steps quantized. f32 twice:
     // candle's own matmuls, then the oneDNN path generation takes for frozen weights.
-    for (mode, quantized, accel) in [("q4_1: prompt dense f32, decode q8_0 matmuls", true, true), ("f32, candle matmuls", false, false), ("f32, oneDNN (generation path)", false, true)] {
+    for (mode, quantized, accel) in [("q4_1: prompt dense f32, decode q4_1·q8_1 kernel", true, true), ("f32, candle matmuls", false, false), ("f32, oneDNN (generation path)", false, true)] {
+        if !mode.starts_with(only.as_str()) {
+            continue;
+        }
         emollama::accel::set_enabled(accel);
         let chat = ChatModel::load(&registry, "smollm2-135m-instruct", None, quantized)?;
         let ids = chat.prompt_ids(PROMPT, false)?;

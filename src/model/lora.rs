@@ -125,7 +125,11 @@ impl Module for BaseLinear {
                         return dense.forward(x);
                     }
                 }
-                let y = matmul.forward(x)?;
+                // GGUF Q4_1 (e.g. SmolLM2's file): the run-time dispatched kernel of `accel::q4_gemv`.
+                let y = match crate::accel::q4_gemv::forward(weight, x)? {
+                    Some(y) => y,
+                    None => matmul.forward(x)?,
+                };
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
