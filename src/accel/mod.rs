@@ -22,7 +22,7 @@
 #[cfg(feature = "onednn")]
 pub mod onednn;
 pub mod frozen_linear;
-pub mod q4_gemv;
+pub mod quant_gemv;
 pub use frozen_linear::frozen_linear;
 
 use std::sync::OnceLock;

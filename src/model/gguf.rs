@@ -295,7 +295,7 @@ fn sentencepiece_merges(tokens: &[String], scores: &[f32], types: &[i32]) -> Vec
 }
 
 /// Quantized types with a SIMD CPU dot product: candle's (0.11 `quantized/avx.rs`) or ours (Q4_1,
-/// `accel::q4_gemv`).
+/// `accel::quant_gemv`).
 fn has_simd_kernel(t: GgmlDType) -> bool {
     matches!(t, GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K | GgmlDType::Q8K)
 }

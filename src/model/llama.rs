@@ -168,36 +168,73 @@ impl Attention {
     }
 
     /// `cache`: this layer's keys and values of earlier positions (before head repetition), extended in place.
-    fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<LayerCache>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
         let q = s.rotary.apply(&split(s.linear(&self.q_proj, x)?, self.heads)?, &s.positions)?;
         let mut k = s.rotary.apply(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, &s.positions)?;
         let mut v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?.contiguous()?;
         if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
             // Detached: a cached key computed from trainable weights would keep this step's graph alive.
-            *slot = Some((k.detach(), v.detach()));
+            (k, v) = LayerCache::append(slot, &k.detach(), &v.detach())?;
         }
-        let (k, v) = (repeat_kv(k, self.heads / self.kv_heads)?, repeat_kv(v, self.heads / self.kv_heads)?);
+        // Grouped-query attention without repeating keys and values: the `rep` query heads that share a
+        // key/value head are stacked as rows of one product against it.
+        let (kv, rep, keys) = (self.kv_heads, self.heads / self.kv_heads, k.dim(2)?);
+        let q = q.contiguous()?.reshape((b, kv, rep * t, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // The softmax in f32 whatever the compute dtype (as HF's eager attention).
-        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.broadcast_add(&s.mask)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = scores.reshape((b, kv, rep, t, keys))?.broadcast_add(&s.mask.unsqueeze(2)?)?.reshape((b, kv, rep * t, keys))?;
         let probs = crate::model::nn::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let out = probs.matmul(&v)?.reshape((b, self.heads, t, self.head_dim))?.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
         s.linear(&self.o_proj, &out)
     }
 }
 
-fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x);
+/// One layer's cached keys and values: (batch, kv_heads, capacity, head_dim) buffers holding `len`
+/// positions. A decoding step writes its position in place; the buffers double when full, so the cache
+/// is not copied at every step.
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+    /// Positions the buffers may take. A clone shares the buffers up to `len` and gets `capacity = len`,
+    /// so it reallocates before writing; the original only writes past `len`, which the clone never reads.
+    capacity: usize,
+}
+
+impl Clone for LayerCache {
+    fn clone(&self) -> Self {
+        Self { k: self.k.clone(), v: self.v.clone(), len: self.len, capacity: self.len }
     }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, kv, n, t, d))?.reshape((b, kv * n, t, d))
+}
+
+impl LayerCache {
+    /// Appends `k`, `v` (batch, kv_heads, t, head_dim) and returns views of every cached position.
+    fn append(slot: &mut Option<Self>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let c = match slot {
+            Some(c) if c.len + t <= c.capacity => c,
+            _ => {
+                let (b, h, _, d) = k.dims4()?;
+                let len = slot.as_ref().map_or(0, |c| c.len);
+                let capacity = (2 * (len + t)).max(64);
+                let (nk, nv) = (Tensor::zeros((b, h, capacity, d), k.dtype(), k.device())?, Tensor::zeros((b, h, capacity, d), v.dtype(), v.device())?);
+                if let Some(old) = slot.as_ref() {
+                    nk.slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+                slot.insert(Self { k: nk, v: nv, len, capacity })
+            }
+        };
+        c.k.slice_set(&k, 2, c.len)?;
+        c.v.slice_set(&v, 2, c.len)?;
+        c.len += t;
+        Ok((c.k.narrow(2, 0, c.len)?, c.v.narrow(2, 0, c.len)?))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +290,7 @@ impl Block {
         out
     }
 
-    fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<LayerCache>>) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, s, cache)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, s)?
     }
@@ -503,7 +540,7 @@ impl Llama {
 /// Keys and values of the positions processed so far, per layer.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
     /// Positions cached.
     pub len: usize,
 }
@@ -612,6 +649,42 @@ mod tests {
         Ok(())
     }
 
+    /// A cloned cache (class scores branch one per candidate) and its original both continue from the
+    /// shared prefix without seeing each other's positions, past the buffers' first growth (64).
+    #[test]
+    fn cloned_kv_caches_continue_independently() -> Result<()> {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let model = Llama::new(&tiny(), crate::model::init::SeededVarMap::builder(&vm, 5, DType::F32, &dev))?;
+        let prefix: Vec<u32> = (0..40).map(|i| (i * 7 % 50) as u32).collect();
+        let (a, b): (Vec<u32>, Vec<u32>) = ((0..20).map(|i| (i * 3 % 50) as u32).collect(), (0..20).map(|i| (i * 11 % 50) as u32).collect());
+        let run = |cache: &mut KvCache, ids: &[u32]| -> Result<Tensor> {
+            let mut out = Vec::new();
+            for &id in ids {
+                let valid = Tensor::ones((1, cache.len + 1), DType::U8, &dev)?;
+                out.push(model.forward_cached(&model.embed(&Tensor::new(&[[id]], &dev)?)?, &valid, cache)?);
+            }
+            Tensor::cat(&out, 1)
+        };
+        let mut original = KvCache::new();
+        run(&mut original, &prefix)?;
+        let mut branch = original.clone();
+        // Interleaved, so each writes while the other holds the shared buffers.
+        let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+        for i in 0..a.len() {
+            got_a.push(run(&mut original, &a[i..i + 1])?);
+            got_b.push(run(&mut branch, &b[i..i + 1])?);
+        }
+        for (ids, got) in [(&a, got_a), (&b, got_b)] {
+            let mut fresh = KvCache::new();
+            run(&mut fresh, &prefix)?;
+            let want = run(&mut fresh, ids)?;
+            let diff = (Tensor::cat(&got, 1)? - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "a branch's logits differ from a fresh cache's by {diff}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn generation_with_frozen_weights_matches_the_full_pass() -> Result<()> {
         // Loaded (non-variable) weights: KV-cached generation packs them for oneDNN when the build has it.
@@ -649,7 +722,7 @@ mod tests {
         let mut cache = KvCache::new();
         let logits = model.forward_cached(&embeds, &Tensor::ones((1, 3), DType::U8, &dev)?, &mut cache)?;
         assert!(!logits.track_op());
-        assert!(cache.layers.iter().flatten().all(|(k, v)| !k.track_op() && !v.track_op()));
+        assert!(cache.layers.iter().flatten().all(|c| !c.k.track_op() && !c.v.track_op()));
         Ok(())
     }
 

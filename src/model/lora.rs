@@ -125,8 +125,8 @@ impl Module for BaseLinear {
                         return dense.forward(x);
                     }
                 }
-                // GGUF Q4_1 (e.g. SmolLM2's file): the run-time dispatched kernel of `accel::q4_gemv`.
-                let y = match crate::accel::q4_gemv::forward(weight, x)? {
+                // GGUF Q4_1 (e.g. SmolLM2's file): the run-time dispatched kernel of `accel::quant_gemv`.
+                let y = match crate::accel::quant_gemv::forward(weight, x)? {
                     Some(y) => y,
                     None => matmul.forward(x)?,
                 };
