@@ -86,13 +86,31 @@ impl Rotary {
         Ok(Self { cos: (freqs.cos()? * scale)?.to_dtype(dtype)?, sin: (freqs.sin()? * scale)?.to_dtype(dtype)? })
     }
 
-    /// `x`: (batch, heads, seq, head_dim); `positions`: (batch, seq) u32, one position per token (left
-    /// padding shifts them). Differentiable.
-    fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, _, t, d) = x.dims4()?;
+    /// The tables at `positions` (batch, seq) u32, one position per token (left padding shifts them).
+    fn at(&self, positions: &Tensor) -> Result<RotaryAt> {
+        let (b, t) = positions.dims2()?;
         let flat = positions.flatten_all()?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d / 2))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d / 2))?;
+        let half = self.cos.dim(1)?;
+        Ok(RotaryAt { cos: self.cos.index_select(&flat, 0)?.reshape((b, t, half))?, sin: self.sin.index_select(&flat, 0)?.reshape((b, t, half))? })
+    }
+}
+
+/// The rotary tables gathered for one forward pass: (batch, seq, head_dim / 2), shared by every layer.
+#[derive(Debug, Clone)]
+struct RotaryAt {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryAt {
+    /// `x`: (batch, heads, seq, head_dim). Differentiable; `fused` (generation, where nothing
+    /// backpropagates): candle's fused kernel instead (the same products and sums).
+    fn apply(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            return candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.sin);
+        }
+        let d = x.dim(D::Minus1)?;
+        let (cos, sin) = (self.cos.unsqueeze(1)?, self.sin.unsqueeze(1)?);
         let x1 = x.narrow(D::Minus1, 0, d / 2)?;
         let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
         let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
@@ -115,6 +133,17 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// For generation (nothing backpropagates): candle's fused kernel in f32 (it rounds the norm to the
+    /// input dtype, so other dtypes keep the f32 path of [`Module::forward`]).
+    fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            return candle_nn::ops::rms_norm(x, &self.weight, self.eps);
+        }
+        self.forward(x)
+    }
+}
+
 impl Module for RmsNorm {
     /// In f32 whatever the activations' dtype (as HF's `LlamaRMSNorm`), returned in that dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -127,9 +156,8 @@ impl Module for RmsNorm {
 
 /// Per-call inputs shared by every layer (owned: a checkpointed layer keeps them for its recomputation).
 struct Step {
-    rotary: Rotary,
+    rotary: RotaryAt,
     mask: Tensor,
-    positions: Tensor,
     train: bool,
     /// KV-cached generation: nothing backpropagates, so frozen linears may take the oneDNN path.
     generate: bool,
@@ -138,6 +166,10 @@ struct Step {
 impl Step {
     fn linear(&self, l: &LoraLinear, x: &Tensor) -> Result<Tensor> {
         if self.generate { l.forward_inference(x) } else { l.forward_t(x, self.train) }
+    }
+
+    fn norm(&self, n: &RmsNorm, x: &Tensor) -> Result<Tensor> {
+        if self.generate { n.forward_inference(x) } else { n.forward(x) }
     }
 }
 
@@ -171,8 +203,8 @@ impl Attention {
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<LayerCache>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = s.rotary.apply(&split(s.linear(&self.q_proj, x)?, self.heads)?, &s.positions)?;
-        let mut k = s.rotary.apply(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, &s.positions)?;
+        let q = s.rotary.apply(&split(s.linear(&self.q_proj, x)?, self.heads)?, s.generate)?;
+        let mut k = s.rotary.apply(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, s.generate)?;
         let mut v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?.contiguous()?;
         if let Some(slot) = cache {
             // Detached: a cached key computed from trainable weights would keep this step's graph alive.
@@ -291,8 +323,8 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<LayerCache>>) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, s, cache)?)?;
-        &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?, s)?
+        let x = (x + self.self_attn.forward(&s.norm(&self.input_layernorm, x)?, s, cache)?)?;
+        &x + self.mlp.forward(&s.norm(&self.post_attention_layernorm, &x)?, s)?
     }
 }
 
@@ -433,7 +465,7 @@ impl Llama {
         }
         let positions = Tensor::arange(0u32, t as u32, embeds.device())?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?;
         let mask = attention_mask(valid, 0)?;
-        let step = Arc::new(Step { rotary: self.rotary.clone(), mask, positions, train, generate: false });
+        let step = Arc::new(Step { rotary: self.rotary.at(&positions)?, mask, train, generate: false });
         let mut x = embeds.clone();
         for layer in &self.layers {
             x = if self.checkpointing && train { self.checkpointed(layer, &x, &step)? } else { layer.forward(&x, &step, None)? };
@@ -527,13 +559,13 @@ impl Llama {
         let counts = valid.to_dtype(DType::F32)?.cumsum(1)?;
         let positions = (counts - 1.0)?.clamp(0.0, f64::MAX)?.narrow(1, offset, t)?.to_dtype(DType::U32)?;
         let mask = attention_mask(valid, offset)?;
-        let step = Step { rotary: self.rotary.clone(), mask, positions, train: false, generate: true };
+        let step = Step { rotary: self.rotary.at(&positions)?, mask, train: false, generate: true };
         let mut x = embeds.clone();
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &step, Some(slot))?.detach();
         }
         cache.len += t;
-        Ok(self.lm_head.forward_inference(&self.norm.forward(&x)?)?.detach())
+        Ok(self.lm_head.forward_inference(&self.norm.forward_inference(&x)?)?.detach())
     }
 }
 
@@ -646,6 +678,17 @@ mod tests {
         let diff = (full - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-4, "cached logits differ by {diff}");
         assert_eq!(cache.len, 7);
+        Ok(())
+    }
+
+    /// Generation's fused rotary kernel gives the differentiable path's values (left-padded positions).
+    #[test]
+    fn fused_rotary_equals_the_differentiable_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let at = Rotary::new(&tiny(), DType::F32, &dev)?.at(&Tensor::new(&[[0u32, 1, 2, 3, 4], [0, 0, 1, 2, 3]], &dev)?)?;
+        let x = crate::test_utils::seeded_uniform(&[2, 4, 5, 8], 3)?.transpose(1, 2)?.contiguous()?.transpose(1, 2)?;
+        let diff = (at.apply(&x, true)? - at.apply(&x, false)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "fused rotary differs by {diff}");
         Ok(())
     }
 
