@@ -62,10 +62,25 @@ impl Kernel {
         Self::Scalar
     }
 
-    /// The kernel the process uses (detected once).
+    /// The kernel the process uses: the detected one, or `EMOLLAMA_QUANT_KERNEL` (`avx512-vnni`, `avx2`,
+    /// `scalar`) where this CPU has it (to measure a narrower CPU's path on a wider one).
     pub fn current() -> Self {
         static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *KERNEL.get_or_init(Self::detect)
+        *KERNEL.get_or_init(|| {
+            let detected = Self::detect();
+            let Ok(asked) = std::env::var("EMOLLAMA_QUANT_KERNEL") else { return detected };
+            match [Self::Avx512Vnni, Self::Avx2, Self::Scalar].into_iter().find(|k| k.name() == asked) {
+                Some(k) if k.available() => k,
+                Some(k) => {
+                    tracing::warn!("EMOLLAMA_QUANT_KERNEL={asked}: this CPU lacks {}'s instructions; using {}", k.name(), detected.name());
+                    detected
+                }
+                None => {
+                    tracing::warn!("EMOLLAMA_QUANT_KERNEL={asked} is not one of avx512-vnni, avx2, scalar; using {}", detected.name());
+                    detected
+                }
+            }
+        })
     }
 
     /// Whether this CPU can run `self` (tests force each available kernel).
@@ -88,7 +103,7 @@ impl Kernel {
 
 /// Errors on shapes and buffers (programming errors of the caller; user input never reaches here unchecked).
 #[derive(Debug, thiserror::Error)]
-pub enum Q4Error {
+pub enum QuantError {
     #[error("quantized product: {0}")]
     Shape(String),
 }
@@ -103,13 +118,13 @@ pub struct QuantMatrix<'a> {
 }
 
 impl<'a> QuantMatrix<'a> {
-    pub fn new(bytes: &'a [u8], rows: usize, cols: usize, format: Format) -> Result<Self, Q4Error> {
-        if cols % BLOCK != 0 {
-            return Err(Q4Error::Shape(format!("{cols} columns is not a multiple of the block size {BLOCK}")));
+    pub fn new(bytes: &'a [u8], rows: usize, cols: usize, format: Format) -> Result<Self, QuantError> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
+            return Err(QuantError::Shape(format!("{cols} columns is not a positive multiple of the block size {BLOCK}")));
         }
         let want = rows * cols / BLOCK * format.block_bytes();
         if bytes.len() != want {
-            return Err(Q4Error::Shape(format!("{} bytes for a {rows}x{cols} {format:?} matrix, expected {want}", bytes.len())));
+            return Err(QuantError::Shape(format!("{} bytes for a {rows}x{cols} {format:?} matrix, expected {want}", bytes.len())));
         }
         Ok(Self { bytes, rows, cols, format })
     }
@@ -230,6 +245,13 @@ fn dot_scalar(format: Format, row: &[u8], a: &Q8_1Row, from: usize) -> f32 {
     sum
 }
 
+/// The odd last block after `pairs` pairs, if any.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tail(format: Format, row: &[u8], a: &Q8_1Row, pairs: usize) -> f32 {
+    if a.blocks > 2 * pairs { dot_scalar(format, row, a, 2 * pairs) } else { 0.0 }
+}
+
 /// The two blocks' scale words (f16 `d`, and `m` for Q4_1; 0 for Q8_0) as `[d_b, m_b, d_b+1, m_b+1]` in f32.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -311,7 +333,7 @@ unsafe fn q4_1_avx512vnni(row: &[u8], a: &Q8_1Row) -> f32 {
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
         }
     }
-    _mm512_reduce_add_ps(acc) + hsum128_odd(acc_min) + dot_scalar(Format::Q4_1, row, a, 2 * pairs)
+    _mm512_reduce_add_ps(acc) + hsum128_odd(acc_min) + tail(Format::Q4_1, row, a, pairs)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -337,7 +359,7 @@ unsafe fn q8_0_avx512vnni(row: &[u8], a: &Q8_1Row) -> f32 {
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc);
         }
     }
-    _mm512_reduce_add_ps(acc) + dot_scalar(Format::Q8_0, row, a, 2 * pairs)
+    _mm512_reduce_add_ps(acc) + tail(Format::Q8_0, row, a, pairs)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -377,7 +399,7 @@ unsafe fn q4_1_avx2(row: &[u8], a: &Q8_1Row) -> f32 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc);
         }
     }
-    hsum256(acc) + hsum128_odd(acc_min) + dot_scalar(Format::Q4_1, row, a, 2 * pairs)
+    hsum256(acc) + hsum128_odd(acc_min) + tail(Format::Q4_1, row, a, pairs)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -403,7 +425,7 @@ unsafe fn q8_0_avx2(row: &[u8], a: &Q8_1Row) -> f32 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc);
         }
     }
-    hsum256(acc) + dot_scalar(Format::Q8_0, row, a, 2 * pairs)
+    hsum256(acc) + tail(Format::Q8_0, row, a, pairs)
 }
 
 /// Weight rows per work item: enough to amortise the pool's cursor, few enough to balance two threads.
@@ -412,12 +434,12 @@ const ROWS_PER_ITEM: usize = 16;
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
 /// `x Wᵀ` for `x` of `m` rows × `w.cols` (row-major): `m` rows × `w.rows`, on candle's CPU thread pool.
-pub fn product(w: &QuantMatrix, x: &[f32], kernel: Kernel) -> Result<Vec<f32>, Q4Error> {
-    if x.len() % w.cols != 0 {
-        return Err(Q4Error::Shape(format!("{} activation values for {} columns", x.len(), w.cols)));
+pub fn product(w: &QuantMatrix, x: &[f32], kernel: Kernel) -> Result<Vec<f32>, QuantError> {
+    if !x.len().is_multiple_of(w.cols) {
+        return Err(QuantError::Shape(format!("{} activation values for {} columns", x.len(), w.cols)));
     }
     if !kernel.available() {
-        return Err(Q4Error::Shape(format!("the {} kernel needs instructions this CPU lacks", kernel.name())));
+        return Err(QuantError::Shape(format!("the {} kernel needs instructions this CPU lacks", kernel.name())));
     }
     let acts: Vec<Q8_1Row> = x.chunks_exact(w.cols).map(|row| Q8_1Row::quantize(row, kernel)).collect();
     let n = w.rows;
