@@ -100,12 +100,13 @@ emollama *args: build
     {{bin}} {{args}}
 
 # Benchmarks: the parts of a quick-start training step (forward + backward, median of 5), SmolLM2
-# inference against llama.cpp on the same GGUF, the encoders at real size (Emotion-LLaMA's four, VideoLLaMA2's SigLIP) against PyTorch, the
+# inference against llama.cpp on the same GGUF, SmolLM2 LoRA training steps against PyTorch + PEFT, the encoders at real size (Emotion-LLaMA's four, VideoLLaMA2's SigLIP) against PyTorch, the
 # frozen-encoder feature cache (epoch 1 vs epoch 2) and the face front end per frame, 2 threads
 # (writes BENCHMARKS.md).
 bench: build
     cargo run --release --example profile_step
     bash tools/bench/llm_vs_llamacpp.sh
+    bash tools/bench/lora_step_vs_peft.sh
     bash tools/bench/encoders_vs_torch.sh
     bash tools/bench/feature_cache.sh
     cargo run --release --example face_bench | python3 tools/bench/write_section.py BENCHMARKS.md

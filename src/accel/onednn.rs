@@ -195,40 +195,46 @@ impl CustomOp2 for BatchedMatmul {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else { bail!("onednn-bmm: f32 operands expected") };
-        let (da, db) = (l1.shape().dims(), l2.shape().dims());
-        let r = da.len();
-        if !(2..=6).contains(&r) || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
-            bail!("onednn-bmm: shapes {:?} and {:?} do not multiply", da, db);
-        }
-        let dims = |d: &[usize]| d.iter().map(|&v| v as i64).collect::<Vec<i64>>();
-        let (ad, bd, sa, sb) = (dims(da), dims(db), dims(l1.stride()), dims(l2.stride()));
-        let mut out = da.to_vec();
-        out[r - 1] = db[r - 1];
-        let mut c = vec![0f32; out.iter().product()];
-        let mut err = [0u8; ERR_LEN];
-        // SAFETY: a and b are the storages the layouts index (start offsets applied); c is contiguous with
-        // room for every output element.
-        let rc = unsafe {
-            emo_dnnl_bmm(
-                r as i32,
-                ad.as_ptr(),
-                sa.as_ptr(),
-                bd.as_ptr(),
-                sb.as_ptr(),
-                a[l1.start_offset()..].as_ptr(),
-                b[l2.start_offset()..].as_ptr(),
-                c.as_mut_ptr(),
-                1.0,
-                operand_code(self.arith),
-                err.as_mut_ptr() as *mut c_char,
-                ERR_LEN,
-            )
-        };
-        if rc != 0 {
-            bail!("oneDNN batched matmul: {}", err_text(&err));
-        }
-        Ok((CpuStorage::F32(c), Shape::from(out)))
+        let (c, shape) = bmm_slices(a, l1, b, l2, self.arith)?;
+        Ok((CpuStorage::F32(c), shape))
     }
+}
+
+/// The batched product on storages and their layouts (what a custom op's forward receives).
+pub(crate) fn bmm_slices(a: &[f32], l1: &Layout, b: &[f32], l2: &Layout, arith: Arith) -> Result<(Vec<f32>, Shape)> {
+    let (da, db) = (l1.shape().dims(), l2.shape().dims());
+    let r = da.len();
+    if !(2..=6).contains(&r) || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
+        bail!("onednn-bmm: shapes {:?} and {:?} do not multiply", da, db);
+    }
+    let dims = |d: &[usize]| d.iter().map(|&v| v as i64).collect::<Vec<i64>>();
+    let (ad, bd, sa, sb) = (dims(da), dims(db), dims(l1.stride()), dims(l2.stride()));
+    let mut out = da.to_vec();
+    out[r - 1] = db[r - 1];
+    let mut c = vec![0f32; out.iter().product()];
+    let mut err = [0u8; ERR_LEN];
+    // SAFETY: a and b are the storages the layouts index (start offsets applied); c is contiguous with
+    // room for every output element.
+    let rc = unsafe {
+        emo_dnnl_bmm(
+            r as i32,
+            ad.as_ptr(),
+            sa.as_ptr(),
+            bd.as_ptr(),
+            sb.as_ptr(),
+            a[l1.start_offset()..].as_ptr(),
+            b[l2.start_offset()..].as_ptr(),
+            c.as_mut_ptr(),
+            1.0,
+            operand_code(arith),
+            err.as_mut_ptr() as *mut c_char,
+            ERR_LEN,
+        )
+    };
+    if rc != 0 {
+        bail!("oneDNN batched matmul: {}", err_text(&err));
+    }
+    Ok((c, Shape::from(out)))
 }
 
 /// `a` (..., m, k) · `b` (..., k, n), f32; strided operands are read in place (a transposed `K` is free).
