@@ -195,25 +195,32 @@ unsafe fn quantize_avx2(x: &[f32]) -> Q8_1Row {
 /// `kernel` must be available on this CPU.
 unsafe fn product_rows(kernel: Kernel, w: &QuantMatrix, acts: &[Q8_1Row], rows: std::ops::Range<usize>, dst: *mut f32) {
     let n = w.rows;
-    for r in rows {
-        let row = w.row(r);
-        for (i, a) in acts.iter().enumerate() {
-            // SAFETY: the caller's kernel is available on this CPU.
-            let v = unsafe {
-                match (kernel, w.format) {
-                    #[cfg(target_arch = "x86_64")]
-                    (Kernel::Avx512Vnni, Format::Q4_1) => q4_1_avx512vnni(row, a),
-                    #[cfg(target_arch = "x86_64")]
-                    (Kernel::Avx512Vnni, Format::Q8_0) => q8_0_avx512vnni(row, a),
-                    #[cfg(target_arch = "x86_64")]
-                    (Kernel::Avx2, Format::Q4_1) => q4_1_avx2(row, a),
-                    #[cfg(target_arch = "x86_64")]
-                    (Kernel::Avx2, Format::Q8_0) => q8_0_avx2(row, a),
-                    (_, format) => dot_scalar(format, row, a, 0),
+    // Tiles of ROWS_PER_ITEM weight rows × ACT_TILE activation rows, both cache-resident while they meet
+    // (a prompt of hundreds of rows would otherwise stream every activation past every weight row).
+    for r0 in rows.clone().step_by(ROWS_PER_ITEM) {
+        let tile = r0..(r0 + ROWS_PER_ITEM).min(rows.end);
+        for i0 in (0..acts.len()).step_by(ACT_TILE) {
+            for r in tile.clone() {
+                let row = w.row(r);
+                for (i, a) in acts.iter().enumerate().skip(i0).take(ACT_TILE) {
+                    // SAFETY: the caller's kernel is available on this CPU.
+                    let v = unsafe {
+                        match (kernel, w.format) {
+                            #[cfg(target_arch = "x86_64")]
+                            (Kernel::Avx512Vnni, Format::Q4_1) => q4_1_avx512vnni(row, a),
+                            #[cfg(target_arch = "x86_64")]
+                            (Kernel::Avx512Vnni, Format::Q8_0) => q8_0_avx512vnni(row, a),
+                            #[cfg(target_arch = "x86_64")]
+                            (Kernel::Avx2, Format::Q4_1) => q4_1_avx2(row, a),
+                            #[cfg(target_arch = "x86_64")]
+                            (Kernel::Avx2, Format::Q8_0) => q8_0_avx2(row, a),
+                            (_, format) => dot_scalar(format, row, a, 0),
+                        }
+                    };
+                    // SAFETY: i < acts.len() and r < n, inside the caller's buffer; each (i, r) written once.
+                    unsafe { *dst.add(i * n + r) = v };
                 }
-            };
-            // SAFETY: i < acts.len() and r < n, inside the caller's buffer; each (i, r) written once.
-            unsafe { *dst.add(i * n + r) = v };
+            }
         }
     }
 }
@@ -430,6 +437,8 @@ unsafe fn q8_0_avx2(row: &[u8], a: &Q8_1Row) -> f32 {
 
 /// Weight rows per work item: enough to amortise the pool's cursor, few enough to balance two threads.
 const ROWS_PER_ITEM: usize = 16;
+/// Activation rows met by one tile of weight rows (16 × 4096 int8 values: 64 KiB).
+const ACT_TILE: usize = 16;
 /// Below this many multiply-adds the product runs on the calling thread (a pool round trip costs more).
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
@@ -532,7 +541,7 @@ mod tests {
     #[test]
     fn every_kernel_computes_the_exact_quantized_sum() {
         for t in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            for (rows, cols, m) in [(5, 32, 1), (7, 96, 3), (64, 576, 1), (300, 1536, 2), (33, 4160, 4)] {
+            for (rows, cols, m) in [(5, 32, 1), (7, 96, 3), (64, 576, 1), (300, 1536, 2), (33, 4160, 4), (50, 128, 37)] {
                 let q = quantized(t, rows, cols, rows as u64);
                 let data = q.data().unwrap();
                 let w = QuantMatrix::new(&data, rows, cols, Format::of(t).unwrap()).unwrap();
