@@ -21,21 +21,42 @@ struct FrozenMatmul {
     weight: Tensor,
 }
 
+/// The 2-D product behind a frozen linear: `(m, k)` rows of `x` times the transposed weight `(k, n)`.
+struct Operands {
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: Layout,
+    rhs: Layout,
+    /// `x`'s shape with the last dim `n`.
+    out: Shape,
+}
+
 impl FrozenMatmul {
-    /// The product on one backend: `x` (..., in) contiguous times the transposed view of the weight.
-    fn forward<S: BackendStorage>(&self, x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
+    /// Checks `x` (..., in) is contiguous and lays out both operands (the weight read transposed in place).
+    fn operands(&self, xl: &Layout, wl: &Layout) -> Result<Operands> {
         let (n, k) = self.weight.dims2()?;
         let dims = xl.dims();
         if !xl.is_contiguous() || dims.last() != Some(&k) {
             candle_core::bail!("frozen linear: input {dims:?} is not contiguous (…, {k})");
         }
         let m = xl.shape().elem_count() / k;
-        let lhs = Layout::contiguous_with_offset((m, k), xl.start_offset());
-        let rhs = Layout::new(Shape::from((k, n)), vec![1, k], wl.start_offset());
-        let y = x.matmul(w, (1, m, n, k), &lhs, &rhs)?;
         let mut out = dims.to_vec();
         *out.last_mut().expect("rank >= 1") = n;
-        Ok((y, Shape::from(out)))
+        Ok(Operands {
+            m,
+            k,
+            n,
+            lhs: Layout::contiguous_with_offset((m, k), xl.start_offset()),
+            rhs: Layout::new(Shape::from((k, n)), vec![1, k], wl.start_offset()),
+            out: Shape::from(out),
+        })
+    }
+
+    /// The product on one backend's own matmul.
+    fn forward<S: BackendStorage>(&self, x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
+        let o = self.operands(xl, wl)?;
+        Ok((x.matmul(w, (1, o.m, o.n, o.k), &o.lhs, &o.rhs)?, o.out))
     }
 }
 
@@ -52,16 +73,10 @@ impl CustomOp1 for FrozenMatmul {
         #[cfg(feature = "onednn")]
         if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, w)
             && super::fast_path_on()
-            && xl.is_contiguous()
         {
-            let (n, k) = self.weight.dims2()?;
-            let m = xl.shape().elem_count() / k.max(1);
-            let lhs = Layout::contiguous_with_offset((m, k), xl.start_offset());
-            let rhs = Layout::new(Shape::from((k, n)), vec![1, k], wl.start_offset());
-            let (y, _) = super::onednn::bmm_slices(xs, &lhs, ws, &rhs, super::Arith::F32)?;
-            let mut out = xl.dims().to_vec();
-            *out.last_mut().expect("rank >= 1") = n;
-            return Ok((CpuStorage::F32(y), Shape::from(out)));
+            let o = self.operands(xl, wl)?;
+            let (y, _) = super::onednn::bmm_slices(xs, &o.lhs, ws, &o.rhs, super::Arith::F32)?;
+            return Ok((CpuStorage::F32(y), o.out));
         }
         self.forward(x, xl, w, wl)
     }
