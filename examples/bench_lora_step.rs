@@ -47,13 +47,16 @@ fn main() -> anyhow::Result<()> {
         let ids: Vec<u32> = (0..BATCH * len).map(|i| ((i as u64 * 2_654_435_761) % vocab as u64) as u32).collect();
         let ids = Tensor::from_vec(ids, (BATCH, len), &dev)?;
         let valid = Tensor::ones((BATCH, len), DType::U8, &dev)?;
+        let targets: Vec<u32> = ids.narrow(1, 1, len - 1)?.flatten_all()?.to_vec1()?;
+        let weights = vec![1.0 / targets.len() as f32; targets.len()];
         let mut step = || -> anyhow::Result<f64> {
             let t = Instant::now();
-            let logits = llm.forward_embeds_t(&llm.embed(&ids)?, &valid, true)?;
-            // Position i predicts token i + 1 (HF shifts `labels = input_ids` the same way).
-            let logits = logits.narrow(1, 0, len - 1)?.reshape((BATCH * (len - 1), ()))?;
-            let targets = ids.narrow(1, 1, len - 1)?.flatten_all()?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            // The training loss's route (`EmotionModel::loss`): final hidden states, the rows with a target
+            // (here every position but the last; position i predicts token i + 1, as HF shifts
+            // `labels = input_ids`), the token-mean next-token loss.
+            let hidden = llm.hidden_states(&llm.embed(&ids)?, &valid, true)?;
+            let hidden = hidden.narrow(1, 0, len - 1)?.reshape((BATCH * (len - 1), ()))?;
+            let loss = llm.weighted_nll(&hidden, &targets, &weights)?;
             let grads = llm.backward(&loss)?;
             opt.step(&grads, 1.0)?;
             Ok(t.elapsed().as_secs_f64())

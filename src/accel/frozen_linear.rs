@@ -15,6 +15,11 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if x.track_op() { x.apply_op1(op) } else { x.apply_op1_no_bwd(&op) }
 }
 
+/// `x · Wᵀ` on the CPU storage of a contiguous `x` (…, in) and a contiguous weight (out, in) of its
+/// dtype: the product behind [`frozen_linear`], for kernels that need it inside their own op.
+pub(crate) fn frozen_product_cpu(x: &CpuStorage, xl: &Layout, weight: &Tensor) -> Result<(CpuStorage, Shape)> {
+    FrozenMatmul { weight: weight.clone() }.cpu_fwd(x, xl)
+}
 
 struct FrozenMatmul {
     /// (out, in), contiguous, the activations' dtype.

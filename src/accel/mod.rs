@@ -22,6 +22,8 @@
 #[cfg(feature = "onednn")]
 pub mod onednn;
 pub mod frozen_linear;
+pub mod fused_loss;
+pub mod train_ops;
 pub mod quant_gemv;
 pub use frozen_linear::frozen_linear;
 

@@ -103,6 +103,16 @@ struct RotaryAt {
 }
 
 impl RotaryAt {
+    /// `x`: (batch, seq, heads, head_dim), as the projections give it. Training on the CPU in f32 takes
+    /// one op with its own backward ([`crate::accel::train_ops::rotary_thd`]); elsewhere [`Self::apply`]
+    /// on the heads-first view.
+    fn apply_thd(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if !fused && let Some(y) = crate::accel::train_ops::rotary_thd(x, &self.cos, &self.sin)? {
+            return Ok(y);
+        }
+        self.apply(&x.transpose(1, 2)?, fused)?.transpose(1, 2)
+    }
+
     /// `x`: (batch, heads, seq, head_dim). Differentiable; `fused` (generation, where nothing
     /// backpropagates): candle's fused kernel instead (the same products and sums).
     fn apply(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
@@ -148,6 +158,10 @@ impl Module for RmsNorm {
     /// In f32 whatever the activations' dtype (as HF's `LlamaRMSNorm`), returned in that dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            // One op with its own backward on the CPU (`accel::train_ops`), candle's composition elsewhere.
+            if let Some(y) = crate::accel::train_ops::rms_norm(x, &self.weight, self.eps)? {
+                return Ok(y);
+            }
             return candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps);
         }
         candle_nn::ops::rms_norm_slow(&x.to_dtype(DType::F32)?, &self.weight.to_dtype(DType::F32)?, self.eps)?.to_dtype(x.dtype())
@@ -202,10 +216,10 @@ impl Attention {
     /// `cache`: this layer's keys and values of earlier positions (before head repetition), extended in place.
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<LayerCache>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let q = s.rotary.apply(&split(s.linear(&self.q_proj, x)?, self.heads)?, s.generate)?;
-        let mut k = s.rotary.apply(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, s.generate)?;
-        let mut v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?.contiguous()?;
+        let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim));
+        let q = s.rotary.apply_thd(&split(s.linear(&self.q_proj, x)?, self.heads)?, s.generate)?.transpose(1, 2)?;
+        let mut k = s.rotary.apply_thd(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, s.generate)?.transpose(1, 2)?.contiguous()?;
+        let mut v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?.transpose(1, 2)?.contiguous()?;
         if let Some(slot) = cache {
             // Detached: a cached key computed from trainable weights would keep this step's graph alive.
             (k, v) = LayerCache::append(slot, &k.detach(), &v.detach())?;
@@ -287,8 +301,12 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, s: &Step) -> Result<Tensor> {
-        let gate = s.linear(&self.gate_proj, x)?.silu()?;
-        s.linear(&self.down_proj, &(gate * s.linear(&self.up_proj, x)?)?)
+        let (gate, up) = (s.linear(&self.gate_proj, x)?, s.linear(&self.up_proj, x)?);
+        let h = match crate::accel::train_ops::swiglu(&gate, &up)? {
+            Some(h) => h,
+            None => (gate.silu()? * up)?,
+        };
+        s.linear(&self.down_proj, &h)
     }
 }
 
@@ -534,6 +552,24 @@ impl Llama {
     /// layer receives.
     pub fn lm_head_f32(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(&hidden.to_dtype(DType::F32)?)
+    }
+
+    /// `Σ_i w_i · nll_i`: the next-token loss of final hidden states `hidden` (rows, hidden) against
+    /// `targets`, row `i` weighted by `weights[i]`, in f32 whatever the compute dtype (as
+    /// [`Self::lm_head_f32`]). A frozen dense f32 head on the CPU takes the fused kernel
+    /// ([`crate::accel::fused_loss`]: the (rows, vocab) logits never become graph nodes).
+    pub fn weighted_nll(&self, hidden: &Tensor, targets: &[u32], weights: &[f32]) -> Result<Tensor> {
+        let hidden = hidden.to_dtype(DType::F32)?;
+        if let BaseLinear::Dense(l) = &self.lm_head
+            && l.bias().is_none()
+            && let Some(loss) = crate::accel::fused_loss::linear_cross_entropy(&hidden, l.weight(), targets, weights)?
+        {
+            return Ok(loss);
+        }
+        let dev = hidden.device();
+        let logp = candle_nn::ops::log_softmax(&self.lm_head.forward(&hidden)?, D::Minus1)?;
+        let nll = logp.gather(&Tensor::new(targets, dev)?.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+        (nll * Tensor::new(weights, dev)?)?.sum_all()
     }
 
     /// Inference with a KV cache: `embeds` (batch, t, hidden) are the positions after those already in

@@ -359,11 +359,10 @@ impl EmotionModel {
         let (b, t, h) = hidden.dims3()?;
         let dev = hidden.device();
         let rows = Tensor::new(inputs.target_rows.as_slice(), dev)?;
-        // The loss in f32 whatever the compute dtype.
-        let picked = self.llm.lm_head_f32(&hidden.reshape((b * t, h))?.index_select(&rows, 0)?)?;
-        let targets = Tensor::new(inputs.targets.as_slice(), dev)?;
-        match reduction {
-            LossReduction::TokenMean => candle_nn::loss::cross_entropy(&picked, &targets),
+        let picked = hidden.reshape((b * t, h))?.index_select(&rows, 0)?;
+        let n = inputs.targets.len();
+        let weights: Vec<f32> = match reduction {
+            LossReduction::TokenMean => vec![1.0 / n.max(1) as f32; n],
             LossReduction::SampleMean => {
                 // Weight each token by 1 / (its sample's answer length · samples), so the sum is the mean
                 // over samples of per-sample token means.
@@ -372,12 +371,10 @@ impl EmotionModel {
                     counts[s] += 1;
                 }
                 let samples = counts.iter().filter(|&&c| c > 0).count().max(1) as f32;
-                let w: Vec<f32> = inputs.target_sample.iter().map(|&s| 1.0 / (counts[s] as f32 * samples)).collect();
-                let logp = candle_nn::ops::log_softmax(&picked, candle_core::D::Minus1)?;
-                let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
-                (nll * Tensor::new(w.as_slice(), dev)?)?.sum_all()
+                inputs.target_sample.iter().map(|&s| 1.0 / (counts[s] as f32 * samples)).collect()
             }
-        }
+        };
+        self.llm.weighted_nll(&picked, &inputs.targets, &weights)
     }
 
     fn llm_device(&self) -> &Device {
