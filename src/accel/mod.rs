@@ -23,6 +23,7 @@
 pub mod onednn;
 pub mod frozen_linear;
 pub mod fused_loss;
+pub mod train_attention;
 pub mod train_ops;
 pub mod quant_gemv;
 pub use frozen_linear::frozen_linear;

@@ -217,9 +217,21 @@ impl Attention {
     fn forward(&self, x: &Tensor, s: &Step, cache: Option<&mut Option<LayerCache>>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim));
-        let q = s.rotary.apply_thd(&split(s.linear(&self.q_proj, x)?, self.heads)?, s.generate)?.transpose(1, 2)?;
-        let mut k = s.rotary.apply_thd(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, s.generate)?.transpose(1, 2)?.contiguous()?;
-        let mut v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?.transpose(1, 2)?.contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // (batch, seq, heads, head_dim), as the projections give them.
+        let q = s.rotary.apply_thd(&split(s.linear(&self.q_proj, x)?, self.heads)?, s.generate)?;
+        let k = s.rotary.apply_thd(&split(s.linear(&self.k_proj, x)?, self.kv_heads)?, s.generate)?;
+        let v = split(s.linear(&self.v_proj, x)?, self.kv_heads)?;
+        if cache.is_none()
+            && !s.generate
+            && let Some(out) = crate::accel::train_attention::attention_bthd(&q, &k, &v, &s.mask, scale as f32)?
+        {
+            // Training (and full passes) on the CPU in f32: one op with its own backward.
+            return s.linear(&self.o_proj, &out);
+        }
+        let q = q.transpose(1, 2)?;
+        let mut k = k.transpose(1, 2)?.contiguous()?;
+        let mut v = v.transpose(1, 2)?.contiguous()?;
         if let Some(slot) = cache {
             // Detached: a cached key computed from trainable weights would keep this step's graph alive.
             (k, v) = LayerCache::append(slot, &k.detach(), &v.detach())?;
@@ -228,7 +240,6 @@ impl Attention {
         // key/value head are stacked as rows of one product against it.
         let (kv, rep, keys) = (self.kv_heads, self.heads / self.kv_heads, k.dim(2)?);
         let q = q.contiguous()?.reshape((b, kv, rep * t, self.head_dim))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
         // The softmax in f32 whatever the compute dtype (as HF's eager attention).
         let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
         let scores = scores.reshape((b, kv, rep, t, keys))?.broadcast_add(&s.mask.unsqueeze(2)?)?.reshape((b, kv, rep * t, keys))?;
