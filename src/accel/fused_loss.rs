@@ -4,12 +4,12 @@
 //! nodes over them; each node's backward writes fresh (rows, vocab) tensors, and candle accumulates every
 //! gradient as zeros + add. For SmolLM2 (vocab 49152) at 8 × 127 positions that is ~0.8 s of a 5.7 s
 //! training step spent on 200 MB passes. Here the loss is one node over the hidden states: the forward
-//! computes the logits, keeps each row's log-sum-exp and drops them; the backward recomputes them and
-//! turns them in place into `w_i · (softmax − onehot)`, multiplied back through the frozen head.
+//! computes the logits, the loss, and (when the hidden states are tracked) turns the logits in place into
+//! `w_i · (softmax − onehot)` and multiplies them back through the frozen head; the backward scales that.
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::frozen_linear::frozen_product_cpu;
 use super::train_ops::{exp_fast, vectorised};
@@ -29,9 +29,15 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &[u32], r
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("target token {t} is outside the vocabulary of {vocab}");
     }
-    let op = LinearCrossEntropy { weight: weight.contiguous()?, targets: targets.to_vec(), row_weights: row_weights.to_vec(), lse: Mutex::new(Vec::new()) };
     let hidden = hidden.contiguous()?;
-    Ok(Some(if hidden.track_op() { hidden.apply_op1(op)? } else { hidden.apply_op1_no_bwd(&op)? }))
+    let op = LinearCrossEntropy {
+        weight: weight.contiguous()?,
+        targets: targets.to_vec(),
+        row_weights: row_weights.to_vec(),
+        with_grad: hidden.track_op(),
+        grad: Mutex::new(None),
+    };
+    Ok(Some(if op.with_grad { hidden.apply_op1(op)? } else { hidden.apply_op1_no_bwd(&op)? }))
 }
 
 struct LinearCrossEntropy {
@@ -39,8 +45,11 @@ struct LinearCrossEntropy {
     weight: Tensor,
     targets: Vec<u32>,
     row_weights: Vec<f32>,
-    /// Each row's log-sum-exp, from the forward pass for the backward.
-    lse: Mutex<Vec<f32>>,
+    /// The loss is the graph's last node, so its backward is the hidden states' gradient for an upstream
+    /// gradient of 1, scaled: the forward pass computes it while it holds the logits (no second product
+    /// with the head, no second pass over the logits).
+    with_grad: bool,
+    grad: Mutex<Option<Tensor>>,
 }
 
 /// Rows per pool work item.
@@ -68,14 +77,8 @@ fn max_and_exp_sum(row: &[f32]) -> (f32, f32) {
     })
 }
 
-impl LinearCrossEntropy {
-    /// The logits `hidden · Wᵀ` (rows × vocab).
-    fn logits(&self, hidden: &CpuStorage, layout: &Layout) -> Result<Vec<f32>> {
-        match frozen_product_cpu(hidden, layout, &self.weight)?.0 {
-            CpuStorage::F32(v) => Ok(v),
-            _ => candle_core::bail!("fused loss: the logits are not f32"),
-        }
-    }
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("fused loss: lock poisoned".into())
 }
 
 impl CustomOp1 for LinearCrossEntropy {
@@ -85,49 +88,42 @@ impl CustomOp1 for LinearCrossEntropy {
 
     fn cpu_fwd(&self, hidden: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let vocab = self.weight.dim(0)?;
-        let mut logits = self.logits(hidden, layout)?;
+        let CpuStorage::F32(mut logits) = frozen_product_cpu(hidden, layout, &self.weight)?.0 else {
+            candle_core::bail!("fused loss: the logits are not f32")
+        };
         let rows = logits.len() / vocab;
-        let mut lse = vec![0f32; rows];
         let mut nll = vec![0f32; rows];
-        let (lse_ptr, nll_ptr) = (lse.as_mut_ptr() as usize, nll.as_mut_ptr() as usize);
+        let nll_ptr = nll.as_mut_ptr() as usize;
         for_each_row(&mut logits, vocab, |r, row| {
             let (max, sum) = max_and_exp_sum(row);
-            let l = max + sum.ln();
-            // SAFETY: row r is visited once; both vectors hold `rows` values and outlive the call.
-            unsafe {
-                *(lse_ptr as *mut f32).add(r) = l;
-                *(nll_ptr as *mut f32).add(r) = l - row[self.targets[r] as usize];
+            let lse = max + sum.ln();
+            let t = self.targets[r] as usize;
+            // SAFETY: row r is visited once; `nll` holds `rows` values and outlives the call.
+            unsafe { *(nll_ptr as *mut f32).add(r) = lse - row[t] };
+            if self.with_grad {
+                // d loss / d logit_ij = w_i · (softmax_ij − [j = t_i]), written over the logits.
+                let w = self.row_weights[r];
+                vectorised(|| {
+                    for x in row.iter_mut() {
+                        *x = w * exp_fast(*x - lse);
+                    }
+                });
+                row[t] -= w;
             }
         });
         let loss: f64 = nll.iter().zip(&self.row_weights).map(|(&n, &w)| n as f64 * w as f64).sum();
-        *self.lse.lock().map_err(|_| candle_core::Error::Msg("fused loss: lock poisoned".into()))? = lse;
+        if self.with_grad {
+            let d_logits = Tensor::from_vec(logits, (rows, vocab), self.weight.device())?;
+            *self.grad.lock().map_err(|_| poisoned())? = Some(super::matmul_in(&d_logits, &self.weight, super::Arith::F32)?);
+        }
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
 
-    fn bwd(&self, hidden: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, _hidden: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        let vocab = self.weight.dim(0)?;
-        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("fused loss: lock poisoned".into()))?.clone();
-        let mut logits = {
-            let (storage, layout) = hidden.storage_and_layout();
-            let Storage::Cpu(s) = &*storage else { candle_core::bail!("fused loss: the hidden states left the CPU") };
-            self.logits(s, layout)?
-        };
-        if lse.len() * vocab != logits.len() {
-            candle_core::bail!("fused loss: backward without its forward pass");
-        }
-        // d loss / d logit_ij = g · w_i · (softmax_ij − [j = t_i]), written over the logits.
-        for_each_row(&mut logits, vocab, |r, row| {
-            let (scale, l) = (g * self.row_weights[r], lse[r]);
-            vectorised(|| {
-                for x in row.iter_mut() {
-                    *x = scale * exp_fast(*x - l);
-                }
-            });
-            row[self.targets[r] as usize] -= scale;
-        });
-        let d_logits = Tensor::from_vec(logits, (lse.len(), vocab), hidden.device())?;
-        Ok(Some(super::matmul_in(&d_logits, &self.weight, super::Arith::F32)?))
+        let d_hidden = self.grad.lock().map_err(|_| poisoned())?.clone();
+        let Some(d_hidden) = d_hidden else { candle_core::bail!("fused loss: backward without its forward pass") };
+        if g == 1.0 { Ok(Some(d_hidden)) } else { Ok(Some((d_hidden * g as f64)?)) }
     }
 }
 
