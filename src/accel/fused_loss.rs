@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::frozen_linear::frozen_product_cpu;
-use super::train_ops::{exp_fast, vectorised};
+use super::train_ops::{SharedOut, exp_fast, vectorised};
 
 /// `Σ_i w_i · (logsumexp(h_i · Wᵀ) − (h_i · Wᵀ)[t_i])` for `hidden` (rows, in) and a frozen head `weight`
 /// (vocab, in), with the gradient of `hidden` only. `None` where the fused kernel does not apply (not the
@@ -58,12 +58,12 @@ const ROWS_PER_ITEM: usize = 4;
 /// Runs `f(row, logits_row)` for every row of `logits` (rows × vocab), in parallel on candle's pool.
 fn for_each_row(logits: &mut [f32], vocab: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows = logits.len() / vocab;
-    let ptr = logits.as_mut_ptr() as usize;
+    let out = SharedOut::new(logits);
     candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROWS_PER_ITEM), |items| {
         for r in items.start * ROWS_PER_ITEM..(items.end * ROWS_PER_ITEM).min(rows) {
             // SAFETY: the pool hands out disjoint item ranges, so each row is borrowed once; `logits`
             // outlives the call.
-            let row = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(r * vocab), vocab) };
+            let row = unsafe { out.slice(r * vocab..(r + 1) * vocab) };
             f(r, row);
         }
     });
@@ -93,13 +93,13 @@ impl CustomOp1 for LinearCrossEntropy {
         };
         let rows = logits.len() / vocab;
         let mut nll = vec![0f32; rows];
-        let nll_ptr = nll.as_mut_ptr() as usize;
+        let nll_out = SharedOut::new(&mut nll);
         for_each_row(&mut logits, vocab, |r, row| {
             let (max, sum) = max_and_exp_sum(row);
             let lse = max + sum.ln();
             let t = self.targets[r] as usize;
             // SAFETY: row r is visited once; `nll` holds `rows` values and outlives the call.
-            unsafe { *(nll_ptr as *mut f32).add(r) = lse - row[t] };
+            unsafe { *nll_out.at(r) = lse - row[t] };
             if self.with_grad {
                 // d loss / d logit_ij = w_i · (softmax_ij − [j = t_i]), written over the logits.
                 let w = self.row_weights[r];

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
 
-use super::train_ops::{exp_fast, vectorised};
+use super::train_ops::{SharedOut, exp_fast, vectorised};
 
 /// `softmax(scale · Q Kᵀ + mask) V` for `q` (batch, seq, heads, head_dim), `k` and `v` (batch, keys,
 /// kv_heads, head_dim) with `heads` a multiple of `kv_heads` (query head `h` reads key/value head
@@ -77,20 +77,6 @@ fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     Ok(&v[a..b])
 }
 
-/// Raw pointers for pool workers that write disjoint elements of shared buffers.
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-// SAFETY: the callers hand each work item elements no other item writes.
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
-impl Ptr {
-    /// Through a method, so that closures capture the `Sync` wrapper rather than its raw field.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// `dst (m×n) = beta · lhs (m×k) · rhs (k×n) [+ dst when accumulate]`, strides in elements as
 /// (row stride, column stride).
 /// SAFETY: every pointer covers the strided matrix it describes; `dst` is not read or written elsewhere
@@ -148,7 +134,7 @@ impl CustomOp3 for Attention {
         let (ms, ml) = self.mask.storage_and_layout();
         let mask = slice(&ms, ml, "the mask")?;
         let mut out = vec![0f32; b * t * heads * d];
-        let dst = Ptr(out.as_mut_ptr());
+        let dst = SharedOut::new(&mut out);
         candle_core::utils::barrier_pool().execute_chunked(b * heads, |items| {
             let mut p = vec![0f32; t * keys];
             for item in items {
@@ -173,7 +159,7 @@ impl CustomOp3 for Attention {
         let (q_, k_, v_) = (slice(&qs.0, qs.1, "q")?, slice(&ks.0, ks.1, "k")?, slice(&vs.0, vs.1, "v")?);
         let (o_, dy, mask) = (slice(&os.0, os.1, "the output")?, slice(&gs.0, gs.1, "the gradient")?, slice(&ms.0, ms.1, "the mask")?);
         let (mut dq, mut dk, mut dv) = (vec![0f32; q_.len()], vec![0f32; k_.len()], vec![0f32; v_.len()]);
-        let (pq, pk, pv) = (Ptr(dq.as_mut_ptr()), Ptr(dk.as_mut_ptr()), Ptr(dv.as_mut_ptr()));
+        let (pq, pk, pv) = (SharedOut::new(&mut dq), SharedOut::new(&mut dk), SharedOut::new(&mut dv));
         // One item per (batch row, key/value head): its `rep` query heads accumulate into its dK, dV.
         candle_core::utils::barrier_pool().execute_chunked(b * kv, |items| {
             let (mut p, mut dp) = (vec![0f32; t * keys], vec![0f32; t * keys]);

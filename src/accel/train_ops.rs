@@ -85,16 +85,28 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     Ok(&v[a..b])
 }
 
-/// A mutable pointer shared by pool workers writing disjoint ranges.
+/// A buffer's start, shared by pool workers that each write elements no other worker touches (the
+/// callers' work items are disjoint).
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each worker writes a range no other worker touches (see the callers).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
+pub(crate) struct SharedOut(*mut f32);
+// SAFETY: only a pointer; each caller hands its workers disjoint elements.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
 
-impl Out {
-    /// SAFETY: `range` lies in the allocation and no other thread uses it.
-    unsafe fn slice(self, range: std::ops::Range<usize>) -> &'static mut [f32] {
+impl SharedOut {
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        Self(buf.as_mut_ptr())
+    }
+
+    /// The element at `offset`. Through a method, so that closures capture the `Sync` wrapper rather
+    /// than its raw field.
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+
+    /// SAFETY: `range` lies in the buffer, which outlives the returned slice, and no other thread uses it
+    /// meanwhile.
+    pub(crate) unsafe fn slice<'a>(self, range: std::ops::Range<usize>) -> &'a mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(range.start), range.len()) }
     }
 }
@@ -140,7 +152,7 @@ impl CustomOp2 for SwiGlu {
     fn cpu_fwd(&self, g: &CpuStorage, gl: &Layout, u: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (f32_slice(g, gl, "swiglu")?, f32_slice(u, ul, "swiglu")?);
         let mut y = vec![0f32; g.len()];
-        let out = Out(y.as_mut_ptr());
+        let out = SharedOut::new(&mut y);
         par_chunks(g.len(), CHUNK, |r| {
             // SAFETY: disjoint ranges of `y`.
             let y = unsafe { out.slice(r.clone()) };
@@ -156,7 +168,7 @@ impl CustomOp2 for SwiGlu {
     fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = gate.elem_count();
         let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
-        let (o_g, o_u) = (Out(dg.as_mut_ptr()), Out(du.as_mut_ptr()));
+        let (o_g, o_u) = (SharedOut::new(&mut dg), SharedOut::new(&mut du));
         with_values(gate, "swiglu", |g| {
             with_values(up, "swiglu", |u| {
                 with_values(grad, "swiglu", |dy| {
@@ -219,7 +231,7 @@ impl CustomOp2 for RmsNorm {
         let (x, w) = (f32_slice(x, xl, "rms_norm")?, f32_slice(w, wl, "rms_norm")?);
         let h = w.len();
         let mut y = vec![0f32; x.len()];
-        let out = Out(y.as_mut_ptr());
+        let out = SharedOut::new(&mut y);
         par_chunks(x.len(), (CHUNK / h).max(1) * h, |r| {
             // SAFETY: disjoint whole rows of `y`.
             let y = unsafe { out.slice(r.clone()) };
@@ -239,7 +251,7 @@ impl CustomOp2 for RmsNorm {
         let h = weight.elem_count();
         let w = weight.to_vec1::<f32>()?;
         let mut dx = vec![0f32; x.elem_count()];
-        let out = Out(dx.as_mut_ptr());
+        let out = SharedOut::new(&mut dx);
         let mut dw = weight.track_op().then(|| vec![0f64; h]);
         with_values(x, "rms_norm", |xs| {
             with_values(grad, "rms_norm", |dy| {
@@ -307,7 +319,7 @@ impl Rotary {
         let half = d / 2;
         let row = heads * d;
         let mut y = vec![0f32; x.len()];
-        let out = Out(y.as_mut_ptr());
+        let out = SharedOut::new(&mut y);
         par_chunks(x.len(), (CHUNK / row).max(1) * row, |r| {
             // SAFETY: disjoint whole (batch, seq) rows of `y`.
             let y = unsafe { out.slice(r.clone()) };
