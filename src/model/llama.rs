@@ -708,6 +708,32 @@ mod tests {
         Ok(())
     }
 
+    /// `weighted_nll` with a frozen f32 head on the CPU (a loaded model's) takes the fused kernel, and that
+    /// equals the composition the other devices and dtypes use, in value and in the hidden states' gradient.
+    #[test]
+    fn weighted_nll_takes_the_fused_kernel_and_equals_the_log_softmax_of_the_head() -> Result<()> {
+        let dev = Device::Cpu;
+        let model = Llama::new(&tiny(), crate::model::init::SeededTensors::builder(2, DType::F32, &dev))?;
+        let BaseLinear::Dense(head) = &model.lm_head else { panic!("a dense head") };
+        assert!(!head.weight().track_op(), "seeded weights are frozen, as loaded ones");
+        let hidden = candle_core::Var::randn(0f32, 1.0, (7, 32), &dev)?;
+        let (targets, weights) = ([5u32, 7, 9, 4, 6, 8, 10], [0.1f32, 0.2, 0.05, 0.15, 0.1, 0.3, 0.1]);
+        let loss = model.weighted_nll(hidden.as_tensor(), &targets, &weights)?;
+        let direct = crate::accel::fused_loss::linear_cross_entropy(hidden.as_tensor(), head.weight(), &targets, &weights)?.expect("CPU f32");
+        assert_eq!(loss.to_scalar::<f32>()?, direct.to_scalar::<f32>()?, "the fused kernel's own result");
+        let logp = candle_nn::ops::log_softmax(&model.lm_head_f32(hidden.as_tensor())?, D::Minus1)?;
+        let nll = logp.gather(&Tensor::new(&targets[..], &dev)?.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+        let reference = (nll * Tensor::new(&weights[..], &dev)?)?.sum_all()?;
+        let (a, b) = (loss.to_scalar::<f32>()?, reference.to_scalar::<f32>()?);
+        assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "loss {a} vs {b}");
+        let (ga, gb) = (loss.backward()?, reference.backward()?);
+        let (x, y) = (ga.get(hidden.as_tensor()).expect("fused gradient"), gb.get(hidden.as_tensor()).expect("reference gradient"));
+        let scale = y.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (x - y)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(scale > 0.0 && diff <= 1e-5 * scale.max(1.0), "hidden gradients differ by {diff} (scale {scale})");
+        Ok(())
+    }
+
     #[test]
     fn kv_cache_gives_the_same_logits_as_the_full_pass() -> Result<()> {
         let dev = Device::Cpu;
