@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use super::frozen_linear::frozen_product_cpu;
-use super::train_ops::{SharedOut, exp_fast, vectorised};
+use super::train_ops::{SharedOut, exp_fast, par_chunks, vectorised};
 
 /// `Σ_i w_i · (logsumexp(h_i · Wᵀ) − (h_i · Wᵀ)[t_i])` for `hidden` (rows, in) and a frozen head `weight`
 /// (vocab, in), with the gradient of `hidden` only. `None` where the fused kernel does not apply (not the
@@ -57,14 +57,12 @@ const ROWS_PER_ITEM: usize = 4;
 
 /// Runs `f(row, logits_row)` for every row of `logits` (rows × vocab), in parallel on candle's pool.
 fn for_each_row(logits: &mut [f32], vocab: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let rows = logits.len() / vocab;
     let out = SharedOut::new(logits);
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(ROWS_PER_ITEM), |items| {
-        for r in items.start * ROWS_PER_ITEM..(items.end * ROWS_PER_ITEM).min(rows) {
-            // SAFETY: the pool hands out disjoint item ranges, so each row is borrowed once; `logits`
-            // outlives the call.
-            let row = unsafe { out.slice(r * vocab..(r + 1) * vocab) };
-            f(r, row);
+    par_chunks(logits.len(), ROWS_PER_ITEM * vocab, |r| {
+        // SAFETY: the pool hands out disjoint ranges of whole rows; `logits` outlives the call.
+        let rows = unsafe { out.slice(r.clone()) };
+        for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
+            f(r.start / vocab + i, row);
         }
     });
 }

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
 
-use super::train_ops::{SharedOut, exp_fast, vectorised};
+use super::train_ops::{SharedOut, exp_fast, f32_slice, vectorised};
 
 /// `softmax(scale · Q Kᵀ + mask) V` for `q` (batch, seq, heads, head_dim), `k` and `v` (batch, keys,
 /// kv_heads, head_dim) with `heads` a multiple of `kv_heads` (query head `h` reads key/value head
@@ -66,15 +66,9 @@ struct Attention {
 /// A contiguous f32 slice of a CPU storage.
 fn slice<'a>(s: &'a Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     match s {
-        Storage::Cpu(c) => cpu_slice(c, l, what),
+        Storage::Cpu(c) => f32_slice(c, l, &format!("attention {what}")),
         _ => candle_core::bail!("attention: {what} left the CPU"),
     }
-}
-
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("attention: {what} is not f32") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("attention: {what} is not contiguous") };
-    Ok(&v[a..b])
 }
 
 /// `dst (m×n) = beta · lhs (m×k) · rhs (k×n) [+ dst when accumulate]`, strides in elements as
@@ -130,7 +124,7 @@ impl CustomOp3 for Attention {
 
     fn cpu_fwd(&self, q: &CpuStorage, ql: &Layout, k: &CpuStorage, kl: &Layout, v: &CpuStorage, vl: &Layout) -> Result<(CpuStorage, Shape)> {
         let Dims { b, t, keys, heads, kv, d } = self.dims;
-        let (q, k, v) = (cpu_slice(q, ql, "q")?, cpu_slice(k, kl, "k")?, cpu_slice(v, vl, "v")?);
+        let (q, k, v) = (f32_slice(q, ql, "attention q")?, f32_slice(k, kl, "attention k")?, f32_slice(v, vl, "attention v")?);
         let (ms, ml) = self.mask.storage_and_layout();
         let mask = slice(&ms, ml, "the mask")?;
         let mut out = vec![0f32; b * t * heads * d];

@@ -69,7 +69,7 @@ pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Splits `0..len` into chunks of `chunk` elements (rounded to whole rows by the caller) on candle's pool.
-fn par_chunks(len: usize, chunk: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+pub(crate) fn par_chunks(len: usize, chunk: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     let items = len.div_ceil(chunk);
     if items <= 1 {
         f(0..len);
@@ -79,7 +79,7 @@ fn par_chunks(len: usize, chunk: usize, f: impl Fn(std::ops::Range<usize>) + Syn
 }
 
 /// A contiguous f32 slice of a CPU storage.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: f32 only") };
     let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("{what}: contiguous input only") };
     Ok(&v[a..b])
