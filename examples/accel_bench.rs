@@ -1,6 +1,8 @@
 //! The matmul micro-benchmark of `just bench`: the machine's peak (a 2048³ product through oneDNN with
 //! packed weights) and the encoders' large Linear layers through `accel::Linear` and through candle,
-//! in f32 and bf16, as GFLOP/s. Prints one JSON line per measurement.
+//! in f32 and bf16, as GFLOP/s; then the encoders' f32 attention at their real shapes through
+//! `accel::attention` (the AVX-512 kernel where the CPU has it) and through oneDNN's blocks. Prints one JSON
+//! line per measurement (attention rows carry `"attention": true`).
 //!     RAYON_NUM_THREADS=2 cargo run --release --example accel_bench -- [repeats]
 
 use std::time::Instant;
@@ -60,6 +62,24 @@ fn main() -> anyhow::Result<()> {
         }
         row["backend"] = serde_json::json!(accel::backend());
         row["cpu_native_bf16"] = serde_json::json!(accel::cpu_has_bf16());
+        println!("{row}");
+    }
+    // (name, batch, tokens): 16 heads of 64 in each encoder.
+    let attention = [("VideoMAE-L (16 frames)", 1, 1568), ("HuBERT-L (10 s)", 1, 499), ("ViT-MAE-L (16 crops)", 16, 197)];
+    accel::set_inference(Precision::F32, threads);
+    for (name, b, t) in attention {
+        let (h, d) = (16, 64);
+        let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h * d), &dev)?;
+        let [q, k, v] = accel::split_fused_qkv(&qkv, h)?;
+        let flops = 4.0 * (b * h * t * t * d) as f64;
+        let t_ours = time(repeats, || accel::attention(&q, &k, &v, 0.125))?;
+        let mut row = serde_json::json!({"attention": true, "name": name, "batch": b, "tokens": t, "heads": h, "head_dim": d,
+            "emollama_f32_gflops": flops / t_ours / 1e9, "avx512_kernel": accel::attention_avx512::available()});
+        #[cfg(feature = "onednn")]
+        {
+            let t_onednn = time(repeats, || accel::onednn::fused_attention(&q, &k, &v, 0.125, accel::Arith::F32))?;
+            row["onednn_f32_gflops"] = serde_json::json!(flops / t_onednn / 1e9);
+        }
         println!("{row}");
     }
     Ok(())

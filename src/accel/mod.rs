@@ -3,8 +3,9 @@
 //! - [`Linear`]: weights packed once, bias and optionally the exact GELU fused; f32 or bf16
 //!   ([`bf16_arith`]: native kernels or f32 FMAs on rounded operands, the same numbers).
 //! - [`attention`]: `softmax(scale·QKᵀ)·V` fused per block of query rows (the scores never materialised,
-//!   the heads-split views read in place, the output already heads-merged); in bf16 the two products take
-//!   bf16 operands and the softmax stays f32.
+//!   the heads-split views read in place, the output already heads-merged); in f32 on AVX-512 CPUs the
+//!   register-tiled kernel of [`attention_avx512`] (with or without the `onednn` feature), else oneDNN's
+//!   blocks; in bf16 the two products take bf16 operands and the softmax stays f32.
 //! - [`matmul`]: strided batched matmul.
 //! - [`Conv1d`]: a conv over time-major activations (HuBERT's feature extractor and positional conv):
 //!   groups = 1 without padding as sums of in-place strided GEMMs, candle otherwise; f32.
@@ -21,6 +22,7 @@
 
 #[cfg(feature = "onednn")]
 pub mod onednn;
+pub mod attention_avx512;
 pub mod frozen_linear;
 pub mod fused_loss;
 pub mod train_attention;
@@ -483,11 +485,42 @@ impl Conv1d {
     }
 }
 
+/// A buffer of `len` f32 values that `fill` writes completely, not zeroed first: a zeroed allocation of
+/// memory the heap reuses is a memset over the whole output (VideoMAE-L: ~60 MB per layer, 1-2 % of its
+/// time). Callers' kernels write every element (oneDNN's primitives their whole destination).
+pub(crate) fn written_by(len: usize, fill: impl FnOnce(*mut f32) -> Result<()>) -> Result<Vec<f32>> {
+    let mut y = Vec::<f32>::with_capacity(len);
+    fill(y.as_mut_ptr())?;
+    // SAFETY: `fill` returned Ok after writing all `len` elements (the callers' contract).
+    unsafe { y.set_len(len) };
+    Ok(y)
+}
+
+/// The (batch, heads, tokens, head_dim) query, key and value views of a fused projection (batch, tokens,
+/// 3 · heads · head_dim), as strided views of its storage: candle's `get` on the permuted tensor would copy
+/// each (its reshape of a non-contiguous view copies), three passes over the activations per layer.
+pub fn split_fused_qkv(qkv: &Tensor, heads: usize) -> Result<[Tensor; 3]> {
+    let (b, t, c) = qkv.dims3()?;
+    if heads == 0 || !c.is_multiple_of(3 * heads) {
+        candle_core::bail!("split_fused_qkv: width {c} is not 3 × {heads} heads × a head dimension");
+    }
+    let split = qkv.reshape((b, t, 3, heads, c / (3 * heads)))?.permute((2, 0, 3, 1, 4))?;
+    let view = |i: usize| split.narrow(0, i, 1)?.squeeze(0);
+    Ok([view(0)?, view(1)?, view(2)?])
+}
+
 /// Scaled dot-product attention without a mask: `softmax(scale · q · kᵀ) · v` for q (b, h, m, d),
 /// k (b, h, n, d) and v (b, h, n, e), returned with the heads merged: (b, m, h·e). The inputs may be the
 /// heads-split views of the projections (`reshape` + `transpose`): the fast path reads them in place and
 /// never materialises the (m, n) scores, one block of query rows per thread at a time.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    // f32 on AVX-512: the register-tiled kernel (faster than oneDNN 2.6's three primitives per block).
+    if inference_precision() == Precision::F32
+        && ENABLED.load(Ordering::Relaxed)
+        && let Some(out) = attention_avx512::attention(q, k, v, scale as f32)?
+    {
+        return Ok(out);
+    }
     #[cfg(feature = "onednn")]
     if fast_ok(q) && fast_ok(k) && fast_ok(v) && q.rank() == 4 {
         return onednn::fused_attention(q, k, v, scale as f32, inference_arith());
@@ -748,6 +781,12 @@ mod tests {
             let fast = attention(&q, &k, &v, scale)?;
             assert_eq!(fast.dims(), &[b, m, h * e]);
             assert!(max_diff(&fast, &reference) < 1e-5, "{:?}: {}", (b, h, m, n), max_diff(&fast, &reference));
+            // oneDNN's blocks (what CPUs without AVX-512 run; the dispatcher above prefers the AVX-512 kernel).
+            #[cfg(feature = "onednn")]
+            {
+                let onednn = onednn::fused_attention(&q, &k, &v, scale as f32, Arith::F32)?;
+                assert!(max_diff(&onednn, &reference) < 1e-5, "oneDNN {:?}: {}", (b, h, m, n), max_diff(&onednn, &reference));
+            }
             set_enabled(false);
             let fallback = attention(&q, &k, &v, scale)?;
             set_enabled(true);

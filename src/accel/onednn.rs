@@ -168,13 +168,15 @@ impl CustomOp1 for PackedLinear {
             bail!("onednn-linear: input {:?} does not end in {}", dims, self.k);
         }
         let m = l.shape().elem_count() / self.k.max(1);
-        let mut y = vec![0f32; m * self.n];
-        let mut err = [0u8; ERR_LEN];
-        // SAFETY: x holds m*k contiguous f32, y has room for m*n f32.
-        let rc = unsafe { emo_dnnl_linear_run(self.handle, m as i64, v[start..end].as_ptr(), y.as_mut_ptr(), err.as_mut_ptr() as *mut c_char, ERR_LEN) };
-        if rc != 0 {
-            bail!("oneDNN linear: {}", err_text(&err));
-        }
+        let y = super::written_by(m * self.n, |y| {
+            let mut err = [0u8; ERR_LEN];
+            // SAFETY: x holds m*k contiguous f32, y has room for m*n f32 (all written on success).
+            let rc = unsafe { emo_dnnl_linear_run(self.handle, m as i64, v[start..end].as_ptr(), y, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+            if rc != 0 {
+                bail!("oneDNN linear: {}", err_text(&err));
+            }
+            Ok(())
+        })?;
         let mut out = dims.to_vec();
         if let Some(last) = out.last_mut() {
             *last = self.n;
@@ -268,29 +270,31 @@ impl CustomOp3 for FusedAttention {
             [s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64]
         };
         let (sq, sk, sv) = (strides(l1), strides(l2), strides(l3));
-        let mut out = vec![0f32; b * m * h * e];
-        let mut err = [0u8; ERR_LEN];
-        // SAFETY: each pointer starts at its layout's offset and the strides index within its storage (candle
-        // layouts); out is dense (b, m, h, e).
-        let rc = unsafe {
-            emo_dnnl_attention(
-                dims.as_ptr(),
-                sq.as_ptr(),
-                sk.as_ptr(),
-                sv.as_ptr(),
-                q[l1.start_offset()..].as_ptr(),
-                k[l2.start_offset()..].as_ptr(),
-                v[l3.start_offset()..].as_ptr(),
-                out.as_mut_ptr(),
-                self.scale,
-                operand_code(self.arith),
-                err.as_mut_ptr() as *mut c_char,
-                ERR_LEN,
-            )
-        };
-        if rc != 0 {
-            bail!("oneDNN attention: {}", err_text(&err));
-        }
+        let out = super::written_by(b * m * h * e, |out| {
+            let mut err = [0u8; ERR_LEN];
+            // SAFETY: each pointer starts at its layout's offset and the strides index within its storage
+            // (candle layouts); out is dense (b, m, h, e), every row block of every head written on success.
+            let rc = unsafe {
+                emo_dnnl_attention(
+                    dims.as_ptr(),
+                    sq.as_ptr(),
+                    sk.as_ptr(),
+                    sv.as_ptr(),
+                    q[l1.start_offset()..].as_ptr(),
+                    k[l2.start_offset()..].as_ptr(),
+                    v[l3.start_offset()..].as_ptr(),
+                    out,
+                    self.scale,
+                    operand_code(self.arith),
+                    err.as_mut_ptr() as *mut c_char,
+                    ERR_LEN,
+                )
+            };
+            if rc != 0 {
+                bail!("oneDNN attention: {}", err_text(&err));
+            }
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((b, m, h * e))))
     }
 }
@@ -370,13 +374,16 @@ impl CustomOp1 for PackedConv1d {
             bail!("onednn-conv1d: {t} frames are fewer than the kernel needs");
         }
         let t_out = t_out as usize;
-        let mut y = vec![0f32; b * t_out * self.c_out];
-        let mut err = [0u8; ERR_LEN];
-        // SAFETY: x holds b*t*c contiguous f32, y has room for b*t_out*c_out f32.
-        let rc = unsafe { emo_dnnl_conv1d_run(self.handle, b as i64, t as i64, v[start..end].as_ptr(), y.as_mut_ptr(), err.as_mut_ptr() as *mut c_char, ERR_LEN) };
-        if rc != 0 {
-            bail!("oneDNN conv1d: {}", err_text(&err));
-        }
+        let y = super::written_by(b * t_out * self.c_out, |y| {
+            let mut err = [0u8; ERR_LEN];
+            // SAFETY: x holds b*t*c contiguous f32, y has room for b*t_out*c_out f32 (all written on success:
+            // the first chunk's product writes, the others add).
+            let rc = unsafe { emo_dnnl_conv1d_run(self.handle, b as i64, t as i64, v[start..end].as_ptr(), y, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+            if rc != 0 {
+                bail!("oneDNN conv1d: {}", err_text(&err));
+            }
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(y), Shape::from((b, t_out, self.c_out))))
     }
 }
@@ -392,13 +399,15 @@ impl CustomOp1 for GeluErf {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(v) = s else { bail!("onednn-gelu-erf: f32 input expected") };
         let Some((start, end)) = l.contiguous_offsets() else { bail!("onednn-gelu-erf: contiguous input expected") };
-        let mut y = vec![0f32; end - start];
-        let mut err = [0u8; ERR_LEN];
-        // SAFETY: x and y hold end-start f32 each.
-        let rc = unsafe { emo_dnnl_gelu_erf(v[start..end].as_ptr(), y.as_mut_ptr(), (end - start) as i64, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
-        if rc != 0 {
-            bail!("oneDNN gelu: {}", err_text(&err));
-        }
+        let y = super::written_by(end - start, |y| {
+            let mut err = [0u8; ERR_LEN];
+            // SAFETY: x and y hold end-start f32 each (all written on success).
+            let rc = unsafe { emo_dnnl_gelu_erf(v[start..end].as_ptr(), y, (end - start) as i64, err.as_mut_ptr() as *mut c_char, ERR_LEN) };
+            if rc != 0 {
+                bail!("oneDNN gelu: {}", err_text(&err));
+            }
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 }

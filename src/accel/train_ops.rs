@@ -98,6 +98,11 @@ impl SharedOut {
         Self(buf.as_mut_ptr())
     }
 
+    /// A buffer not (yet) initialised, as [`super::written_by`] hands it out.
+    pub(crate) fn from_ptr(buf: *mut f32) -> Self {
+        Self(buf)
+    }
+
     /// The element at `offset`. Through a method, so that closures capture the `Sync` wrapper rather
     /// than its raw field.
     pub(crate) fn at(self, offset: usize) -> *mut f32 {

@@ -47,6 +47,15 @@ for name, dt in [("f32", torch.float32), ("bf16", torch.bfloat16)][: 2 if sys.ar
     for _ in range(10):
         t = time.perf_counter(); a @ b; runs.append(time.perf_counter() - t)
     out[name] = 2 * 2048 ** 3 / statistics.median(runs) / 1e9
+# The encoders' attention (16 heads of 64) through sdpa, as accel_bench measures emollama's.
+F = torch.nn.functional
+for name, b, t in [("VideoMAE-L (16 frames)", 1, 1568), ("HuBERT-L (10 s)", 1, 499), ("ViT-MAE-L (16 crops)", 16, 197)]:
+    q, k, v = torch.randn(b, t, 3, 16, 64).permute(2, 0, 3, 1, 4)
+    for _ in range(2): F.scaled_dot_product_attention(q, k, v)
+    runs = []
+    for _ in range(10):
+        t0 = time.perf_counter(); F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 1024); runs.append(time.perf_counter() - t0)
+    out["sdpa " + name] = 4 * b * 16 * t * t * 64 / statistics.median(runs) / 1e9
 print(json.dumps(out))
 PY
 python3 - "$tmp" "$THREADS" "$REPEATS" <<'PY' | python3 tools/bench/write_section.py BENCHMARKS.md
@@ -87,6 +96,8 @@ for name, r in ours["f32"].items():
     L.append(f"| {name} | {r['input']} | {fmt(c)} | {f:.2f} | {fmt(tf)} | {f / tf:.2f}x | {fmt(b)} | {fmt(tb)} | {fmt(ta)} | {ratio16} |")
 print("\n".join(L))
 rows = [json.loads(l) for l in (tmp / "accel.jsonl").read_text().splitlines() if l.strip()]
+attention = [r for r in rows if r.get("attention")]
+rows = [r for r in rows if not r.get("attention")]
 tp = json.loads((tmp / "torch-peak.json").read_text())
 peak = {p: max(rows[0][f"emollama_{p}_gflops"], tp.get(p, 0.0)) for p in ["f32", "bf16"]}
 print(f"\n## Matmul: machine peak and the encoders' large Linear layers, CPU with {level}\n")
@@ -105,4 +116,15 @@ for r in rows:
     f, b = r["emollama_f32_gflops"], r["emollama_bf16_gflops"]
     row = f"| {r['name']} | {r['m']}×{r['k']}×{r['n']} | {r['candle_f32_gflops']:.0f} | {f:.0f} | {100 * f / peak['f32']:.0f}% |"
     print(row + (f" {b:.0f} | {100 * b / peak['bf16']:.0f}% |" if native else ""))
+print(f"\n## Attention: the encoders' f32 attention, CPU with {level}\n")
+print(f"Same session, {threads} threads, median of 10, 16 heads of 64, q/k/v read in place from the fused projection, output heads-merged. "
+      "emollama = `accel::attention` (" + ("the AVX-512 kernel, `accel::attention_avx512`" if attention and attention[0].get("avx512_kernel") else "oneDNN's blocks: this CPU has no AVX-512")
+      + "); oneDNN = three primitives per block of query rows (scores, softmax, values); PyTorch = `scaled_dot_product_attention` (its flash kernel). GFLOP/s = 4·b·h·t²·d / time.\n")
+print("| shape | batch × tokens | emollama GFLOP/s | oneDNN GFLOP/s | PyTorch sdpa GFLOP/s | time ratio vs PyTorch |")
+print("|---|---|---|---|---|---|")
+for r in attention:
+    sd = tp.get("sdpa " + r["name"])
+    one = r.get("onednn_f32_gflops")
+    print(f"| {r['name']} | {r['batch']} × {r['tokens']} | {r['emollama_f32_gflops']:.0f} | {'n/a' if one is None else f'{one:.0f}'} | {'n/a' if sd is None else f'{sd:.0f}'} | "
+          + ("n/a" if sd is None else f"{sd / r['emollama_f32_gflops']:.2f}x") + " |")
 PY

@@ -200,9 +200,8 @@ impl Attention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?;
-        let qkv = qkv.reshape((b, n, 3, self.num_heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let out = crate::accel::attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, (self.head_dim as f64).powf(-0.5))?;
+        let [q, k, v] = crate::accel::split_fused_qkv(&self.qkv.forward(x)?, self.num_heads)?;
+        let out = crate::accel::attention(&q, &k, &v, (self.head_dim as f64).powf(-0.5))?;
         debug_assert_eq!(out.dims(), &[b, n, c]);
         self.proj.forward(&out)
     }

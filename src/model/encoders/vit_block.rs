@@ -128,11 +128,10 @@ impl VitLayer {
     }
 
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let d = c / self.heads;
-        // (3, b, heads, n, d) views of the fused projection: the fast path reads them in place.
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, d))?.permute((2, 0, 3, 1, 4))?;
-        let ctx = crate::accel::attention(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, (d as f64).powf(-0.5))?;
+        let d = x.dim(2)? / self.heads;
+        // (b, heads, n, d) views of the fused projection: the fast paths read them in place.
+        let [q, k, v] = crate::accel::split_fused_qkv(&self.qkv.forward(x)?, self.heads)?;
+        let ctx = crate::accel::attention(&q, &k, &v, (d as f64).powf(-0.5))?;
         self.out.forward(&ctx)
     }
 
