@@ -7,11 +7,13 @@
 //! 2-core AVX-512 Xeon): the attention took 57 ms of a 212 ms layer, PyTorch's sdpa 54 ms.
 //!
 //! Here a block of [`ROWS`] queries is transposed once (scaled by `scale · log2 e`), so the scores are
-//! computed transposed, sᵀ[key][query], 8 keys × 48 queries per register tile with the keys read in place;
-//! the softmax then runs down the keys with whole vectors of queries (running maxima and sums in
-//! registers, no horizontal reductions); the values product takes 6 queries × 64 value columns per tile.
-//! A block's transposed scores (48 × the key count) stay in the core's L2 cache between the three steps,
-//! and one head's keys and values stay there across its consecutive blocks.
+//! computed transposed, sᵀ[key][query], 8 keys × 48 queries per register tile; the softmax then runs down
+//! the keys with whole vectors of queries (running maxima and sums in registers, no horizontal
+//! reductions); the values product takes 6 queries × 64 value columns per tile. A head's keys and values
+//! are copied once into dense rows (the projections' views put rows a token apart), and stay in the
+//! core's L2 cache across the head's consecutive blocks with a block's transposed scores (48 × the key
+//! count). VideoMAE-L's attention: 37-40 ms per layer (~250 GFLOP/s, 1.4x faster than oneDNN's blocks and
+//! than PyTorch's sdpa on the same machine).
 //!
 //! Other CPUs, dtypes and devices return `None`: the caller keeps oneDNN's path or candle's composition.
 

@@ -10,6 +10,8 @@
 //! - [`Conv1d`]: a conv over time-major activations (HuBERT's feature extractor and positional conv):
 //!   groups = 1 without padding as sums of in-place strided GEMMs, candle otherwise; f32.
 //! - [`gelu_erf`]: oneDNN's vectorised exact GELU.
+//! - [`layer_norm`]: the frozen encoders' LayerNorm, vectorised on candle's pool (with or without the
+//!   `onednn` feature).
 //!
 //! The precision is process-wide ([`set_inference`], from a recipe's `runtime.inference_precision`):
 //! `bf16` rounds the packed weights to bf16 and multiplies bf16 operands with f32 accumulation, keeping
@@ -25,10 +27,12 @@ pub mod onednn;
 pub mod attention_avx512;
 pub mod frozen_linear;
 pub mod fused_loss;
+pub mod layer_norm;
 pub mod train_attention;
 pub mod train_ops;
 pub mod quant_gemv;
 pub use frozen_linear::frozen_linear;
+pub use layer_norm::layer_norm;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -60,6 +64,11 @@ static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// Turns the fast path off (candle's ops everywhere) or on again; for A/B benchmarks and checks.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fast path is on ([`set_enabled`]); the oneDNN ops also need the feature and the library.
+pub(crate) fn fast_path_enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 /// Sets the inference precision and the thread count of the fast path for this process.
@@ -516,7 +525,7 @@ pub fn split_fused_qkv(qkv: &Tensor, heads: usize) -> Result<[Tensor; 3]> {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     // f32 on AVX-512: the register-tiled kernel (faster than oneDNN 2.6's three primitives per block).
     if inference_precision() == Precision::F32
-        && ENABLED.load(Ordering::Relaxed)
+        && fast_path_enabled()
         && let Some(out) = attention_avx512::attention(q, k, v, scale as f32)?
     {
         return Ok(out);

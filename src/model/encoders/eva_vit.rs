@@ -229,9 +229,9 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        let x = (x + self.attn.forward(&crate::accel::layer_norm(x, &self.norm1)?)?)?;
         // fc1 carries the exact GELU (fused on the fast path).
-        let h = self.fc2.forward(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        let h = self.fc2.forward(&self.fc1.forward(&crate::accel::layer_norm(&x, &self.norm2)?)?)?;
         x + h
     }
 }

@@ -279,9 +279,9 @@ impl Activation {
     }
 }
 
-/// LayerNorm over the last dim, through the fused op when the input is contiguous.
+/// LayerNorm over the last dim (the vectorised pass of `accel::layer_norm` for frozen f32 weights).
 fn layer_norm(x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
-    ln.forward(&x.contiguous()?)
+    crate::accel::layer_norm(x, ln)
 }
 
 #[derive(Debug, Clone)]

@@ -221,7 +221,7 @@ impl VideoMAEModel {
     /// The model's final `layernorm` if it has one, for callers that already have the hidden states.
     pub fn final_layernorm(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.layernorm {
-            Some(ln) => ln.forward(hidden),
+            Some(ln) => crate::accel::layer_norm(hidden, ln),
             None => Ok(hidden.clone()),
         }
     }

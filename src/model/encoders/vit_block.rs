@@ -136,8 +136,8 @@ impl VitLayer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (self.attention(&self.ln_before.forward(x)?)? + x)?;
-        let mut m = self.fc1.forward(&self.ln_after.forward(&h)?)?;
+        let h = (self.attention(&crate::accel::layer_norm(x, &self.ln_before)?)? + x)?;
+        let mut m = self.fc1.forward(&crate::accel::layer_norm(&h, &self.ln_after)?)?;
         if let Some(act) = &self.act {
             m = act.forward(&m)?;
         }
