@@ -121,7 +121,8 @@ impl CustomOp3 for Attention {
         let [b, h, m, d] = l1.dims() else { candle_core::bail!("attention_avx512: q must be rank 4") };
         let (n, e) = (l2.dims()[2], l3.dims()[3]);
         let (b, h, m, d) = (*b, *h, *m, *d);
-        if !e.is_multiple_of(16) || l2.dims()[3] != d || [q, k, v].iter().any(|t| t.strides[3] != 1 && d > 1) {
+        let unit_last = [(q, d), (k, d), (v, e)].iter().all(|(t, width)| t.strides[3] == 1 || *width == 1);
+        if !e.is_multiple_of(16) || l2.dims()[3] != d || !unit_last {
             candle_core::bail!("attention_avx512: unsupported shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
         }
         let dims = Dims { h, m, n, d, e };
@@ -227,8 +228,9 @@ unsafe fn block_attention(
     // qᵀ: [d][ROWS], scaled; the lanes past the last query stay 0 (their scores are unused).
     let qt = &mut scratch.qt;
     qt.fill(0.0);
+    let (queries, query_stride) = q.head(bi, hi);
     for r in 0..rows {
-        let src = q.head(bi, hi).0.wrapping_add((r0 + r) * q.strides[2]);
+        let src = queries.wrapping_add((r0 + r) * query_stride);
         for i in 0..d {
             // SAFETY: row r0 + r of the head has d elements with unit stride (View::new bounds them).
             qt[i * ROWS + r] = unsafe { *src.add(i) } * factor;

@@ -258,7 +258,7 @@ fn fast_ok(x: &Tensor) -> bool {
 /// True when the build has the oneDNN path and it is enabled ([`set_enabled`]).
 #[cfg(feature = "onednn")]
 fn fast_path_on() -> bool {
-    available() && ENABLED.load(Ordering::Relaxed)
+    available() && fast_path_enabled()
 }
 
 /// A frozen Linear layer: candle's `Linear` plus, on first use on the CPU, its weights packed for

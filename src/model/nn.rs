@@ -68,9 +68,8 @@ impl Module for EncoderBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let hd = d / self.heads;
-        let qkv = self.qkv.forward(&self.norm1.forward(x)?)?.reshape((b, t, 3, self.heads, hd))?;
-        let qkv = qkv.permute((2, 0, 3, 1, 4))?; // (3, b, heads, t, hd)
-        let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+        let [q, k, v] = crate::accel::split_fused_qkv(&self.qkv.forward(&self.norm1.forward(x)?)?, self.heads)?;
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?); // (b, heads, t, hd) each
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         let attn = softmax_last_dim(&scores)?.matmul(&v)?;
         let attn = attn.transpose(1, 2)?.reshape((b, t, d))?;
